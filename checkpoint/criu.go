@@ -1,0 +1,288 @@
+package checkpoint
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	criu "github.com/checkpoint-restore/go-criu/v8"
+	"github.com/checkpoint-restore/go-criu/v8/rpc"
+	"github.com/checkpoint-restore/go-criu/v8/stats"
+)
+
+// Log files CRIU writes into the image directory.
+const (
+	DumpLog    = "dump.log"
+	RestoreLog = "restore.log"
+)
+
+// ErrCriuFailed wraps every failure reported by CRIU itself.
+var ErrCriuFailed = errors.New("criu failed")
+
+// Options is everything ftrun asks of CRIU, in ftrun's words. It is turned into
+// rpc.CriuOpts in exactly one place (rpcOpts), so what ftrun asks is easy to audit.
+type Options struct {
+	// ImagesDir is where the image set is written (dump) or read (restore).
+	ImagesDir string
+	// WorkDir receives CRIU's log and statistics; empty means ImagesDir. A restore uses
+	// its own, so the committed image set it reads stays exactly as it was verified.
+	WorkDir string
+	// Pid is the host PID of the root of the tree to dump.
+	Pid int
+	// LeaveRunning keeps the program running after a dump (every epoch but the last).
+	LeaveRunning bool
+	// TCPEstablished dumps (or restores) established TCP connections.
+	TCPEstablished bool
+	// TCPClose restores established connections closed: right for a local restore after
+	// a crash, where the peer already saw the old socket die.
+	TCPClose bool
+	// NetworkLockSkip leaves the network alone during dump/restore; for programs whose
+	// network namespace ftrun already holds still (the output gate).
+	NetworkLockSkip bool
+	// Inherit hands CRIU replacements for resources outside the tree, keyed the way
+	// CRIU names them in the images ("pipe:[123]").
+	Inherit map[string]*os.File
+	// Timeout bounds how long CRIU may take to freeze the tree (0: CRIU's default).
+	Timeout time.Duration
+	// LogLevel is CRIU's verbosity (0-4); 0 means 4, since error reports quote the log.
+	LogLevel int
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// rpcOpts converts Options for CRIU; imagesFd is the open images directory.
+func (o Options) rpcOpts(imagesFd, workFd int, logFile string) *rpc.CriuOpts {
+	level := o.LogLevel
+	if level == 0 {
+		level = 4
+	}
+	opts := &rpc.CriuOpts{
+		ImagesDirFd:       ptr(int32(imagesFd)),
+		LogFile:           ptr(logFile),
+		LogLevel:          ptr(int32(level)),
+		FileLocks:         ptr(true),
+		ManageCgroups:     ptr(true),
+		ManageCgroupsMode: ptr(rpc.CriuCgMode_SOFT),
+	}
+	if workFd >= 0 {
+		opts.WorkDirFd = ptr(int32(workFd))
+	}
+	if o.Pid != 0 {
+		opts.Pid = ptr(int32(o.Pid))
+	}
+	if o.LeaveRunning {
+		opts.LeaveRunning = ptr(true)
+	}
+	if o.TCPEstablished {
+		opts.TcpEstablished = ptr(true)
+	}
+	if o.TCPClose {
+		opts.TcpClose = ptr(true)
+	}
+	if o.NetworkLockSkip {
+		opts.NetworkLock = ptr(rpc.CriuNetworkLockMethod_SKIP)
+	}
+	if o.Timeout > 0 {
+		opts.Timeout = ptr(uint32((o.Timeout + time.Second - 1) / time.Second))
+	}
+	return opts
+}
+
+// DumpStats is what CRIU measured of one dump.
+type DumpStats struct {
+	// Frozen is how long the program was stopped: what a client of it notices.
+	Frozen time.Duration `json:"frozen_ns"`
+	// Freezing is the part of Frozen spent stopping all tasks.
+	Freezing      time.Duration `json:"freezing_ns"`
+	Memdump       time.Duration `json:"memdump_ns"`
+	Memwrite      time.Duration `json:"memwrite_ns"`
+	PagesScanned  uint64        `json:"pages_scanned"`
+	PagesWritten  uint64        `json:"pages_written"`
+	Total         time.Duration `json:"total_ns"`
+	CriuImageSize int64         `json:"image_bytes"`
+}
+
+// Criu runs CRIU operations through its RPC interface.
+type Criu struct {
+	// Path is the criu binary; empty means "criu" from PATH.
+	Path string
+}
+
+func (c *Criu) client() *criu.Criu {
+	cl := criu.MakeCriu()
+	if c.Path != "" {
+		cl.SetCriuPath(c.Path)
+	}
+	return cl
+}
+
+// Dump checkpoints the tree rooted at o.Pid into o.ImagesDir.
+func (c *Criu) Dump(o Options) (DumpStats, error) {
+	start := time.Now()
+	dir, err := os.Open(o.ImagesDir)
+	if err != nil {
+		return DumpStats{}, fmt.Errorf("open image dir: %w", err)
+	}
+	defer dir.Close()
+	work, err := openWork(o)
+	if err != nil {
+		return DumpStats{}, err
+	}
+	defer closeWork(work)
+	cl := c.client()
+	if err := cl.Dump(o.rpcOpts(int(dir.Fd()), workFd(work), DumpLog), nil); err != nil {
+		return DumpStats{}, criuError("dump", o.logDir(), DumpLog, err)
+	}
+	st := DumpStats{Total: time.Since(start)}
+	if ds, err := stats.CriuGetDumpStats(dir); err == nil {
+		st.Frozen = time.Duration(ds.GetFrozenTime()) * time.Microsecond
+		st.Freezing = time.Duration(ds.GetFreezingTime()) * time.Microsecond
+		st.Memdump = time.Duration(ds.GetMemdumpTime()) * time.Microsecond
+		st.Memwrite = time.Duration(ds.GetMemwriteTime()) * time.Microsecond
+		st.PagesScanned = ds.GetPagesScanned()
+		st.PagesWritten = ds.GetPagesWritten()
+	}
+	st.CriuImageSize = dirSize(o.ImagesDir)
+	return st, nil
+}
+
+func (o Options) logDir() string {
+	if o.WorkDir != "" {
+		return o.WorkDir
+	}
+	return o.ImagesDir
+}
+
+func openWork(o Options) (*os.File, error) {
+	if o.WorkDir == "" {
+		return nil, nil
+	}
+	f, err := os.Open(o.WorkDir)
+	if err != nil {
+		return nil, fmt.Errorf("open CRIU work dir: %w", err)
+	}
+	return f, nil
+}
+
+func closeWork(f *os.File) {
+	if f != nil {
+		f.Close()
+	}
+}
+
+func workFd(f *os.File) int {
+	if f == nil {
+		return -1
+	}
+	return int(f.Fd())
+}
+
+// restoreNotify learns the PID of the restored root: go-criu's Restore does not return it.
+type restoreNotify struct {
+	criu.NoNotify
+	pid int
+}
+
+func (n *restoreNotify) PostRestore(pid int32) error {
+	n.pid = int(pid)
+	return nil
+}
+
+// Restore brings back the tree in o.ImagesDir as a child of this process and returns
+// the host PID of its root.
+func (c *Criu) Restore(o Options) (int, error) {
+	dir, err := os.Open(o.ImagesDir)
+	if err != nil {
+		return 0, fmt.Errorf("open image dir: %w", err)
+	}
+	defer dir.Close()
+	work, err := openWork(o)
+	if err != nil {
+		return 0, err
+	}
+	defer closeWork(work)
+	cl := c.client()
+	for key, f := range o.Inherit {
+		cl.AddInheritFd(key, f)
+	}
+	n := &restoreNotify{}
+	opts := o.rpcOpts(int(dir.Fd()), workFd(work), RestoreLog)
+	// Restored tasks become children of ftrun (siblings of the swrk helper), so ftrun can
+	// wait for them like for a program it started.
+	opts.RstSibling = ptr(true)
+	if err := cl.Restore(opts, n); err != nil {
+		return 0, criuError("restore", o.logDir(), RestoreLog, err)
+	}
+	if n.pid == 0 {
+		return 0, fmt.Errorf("%w: restore reported no pid (see %s)", ErrCriuFailed, filepath.Join(o.logDir(), RestoreLog))
+	}
+	return n.pid, nil
+}
+
+// criuError turns a failed RPC into one line that carries CRIU's own Error lines.
+func criuError(op, dir, logName string, err error) error {
+	var b strings.Builder
+	if errors.Is(err, os.ErrNotExist) || strings.Contains(err.Error(), "executable file not found") {
+		return fmt.Errorf("%w: %s: criu binary not found: %v (run scripts/setup, or pass --criu PATH)", ErrCriuFailed, op, err)
+	}
+	lines := ErrorLines(filepath.Join(dir, logName), 3)
+	if len(lines) > 0 {
+		b.WriteString(": ")
+		b.WriteString(strings.Join(lines, " | "))
+	}
+	return fmt.Errorf("%w: %s: %v%s (log: %s)", ErrCriuFailed, op, err, b.String(), filepath.Join(dir, logName))
+}
+
+// benignErrors are Error lines CRIU prints on every run here and that explain nothing.
+var benignErrors = []string{
+	"Can't setup RLIMIT_NOFILE",
+}
+
+// ErrorLines returns the last max "Error" lines of a CRIU log, without CRIU's
+// timestamps and without the lines it prints on every run.
+func ErrorLines(path string, max int) []string {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+scan:
+	for sc.Scan() {
+		line := sc.Text()
+		i := strings.Index(line, "Error (")
+		if i < 0 {
+			continue
+		}
+		for _, b := range benignErrors {
+			if strings.Contains(line, b) {
+				continue scan
+			}
+		}
+		out = append(out, strings.TrimSpace(line[i:]))
+		if len(out) > max {
+			out = out[1:]
+		}
+	}
+	return out
+}
+
+func dirSize(dir string) int64 {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, e := range ents {
+		if info, err := e.Info(); err == nil && info.Mode().IsRegular() {
+			n += info.Size()
+		}
+	}
+	return n
+}

@@ -1,0 +1,184 @@
+package checkpoint
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// MinVersion is the oldest CRIU ftrun accepts: 3.x cannot dump on current kernels
+// ("vdso: Unexpected rt vDSO area bounds") and reads of 4.x images need 4.x.
+var MinVersion = Version{4, 1, 0}
+
+// ErrCriuMissing is returned when no usable criu binary is found.
+var ErrCriuMissing = errors.New("criu not found")
+
+// Version is a CRIU release number.
+type Version struct{ Major, Minor, Sub int }
+
+func (v Version) String() string { return fmt.Sprintf("%d.%d.%d", v.Major, v.Minor, v.Sub) }
+
+// Less orders versions.
+func (v Version) Less(o Version) bool {
+	if v.Major != o.Major {
+		return v.Major < o.Major
+	}
+	if v.Minor != o.Minor {
+		return v.Minor < o.Minor
+	}
+	return v.Sub < o.Sub
+}
+
+// ParseVersion reads the output of `criu --version` ("Version: 4.2.1", maybe "Version: 4.2").
+func ParseVersion(out string) (Version, error) {
+	for _, line := range strings.Split(out, "\n") {
+		rest, ok := strings.CutPrefix(strings.TrimSpace(line), "Version:")
+		if !ok {
+			continue
+		}
+		parts := strings.Split(strings.TrimSpace(rest), ".")
+		var nums [3]int
+		for i := 0; i < len(parts) && i < 3; i++ {
+			n, err := strconv.Atoi(parts[i])
+			if err != nil {
+				return Version{}, fmt.Errorf("parse criu version %q: %w", rest, err)
+			}
+			nums[i] = n
+		}
+		if len(parts) < 2 {
+			return Version{}, fmt.Errorf("parse criu version %q: want MAJOR.MINOR", rest)
+		}
+		return Version{nums[0], nums[1], nums[2]}, nil
+	}
+	return Version{}, fmt.Errorf("no \"Version:\" line in %q", strings.TrimSpace(out))
+}
+
+// Finding is one line of a machine probe.
+type Finding struct {
+	Name     string
+	OK       bool
+	Required bool   // ftrun run cannot work without it
+	Detail   string // what was found
+	Fix      string // what to do when !OK
+}
+
+// Prober runs CRIU's own checks.
+type Prober struct {
+	Path    string // criu binary; empty: from PATH
+	Timeout time.Duration
+}
+
+func (p Prober) run(args ...string) (string, error) {
+	path := p.Path
+	if path == "" {
+		lp, err := exec.LookPath("criu")
+		if err != nil {
+			return "", fmt.Errorf("%w in PATH", ErrCriuMissing)
+		}
+		path = lp
+	}
+	timeout := p.Timeout
+	if timeout == 0 {
+		timeout = 20 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var out bytes.Buffer
+	cmd := exec.CommandContext(ctx, path, args...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	if errors.Is(err, exec.ErrNotFound) {
+		err = fmt.Errorf("%w: %v", ErrCriuMissing, err)
+	}
+	return out.String(), err
+}
+
+// Version runs `criu --version`.
+func (p Prober) Version() (Version, error) {
+	out, err := p.run("--version")
+	if err != nil {
+		if errors.Is(err, ErrCriuMissing) {
+			return Version{}, err
+		}
+		return Version{}, fmt.Errorf("criu --version: %w: %s", err, firstLine(out))
+	}
+	return ParseVersion(out)
+}
+
+// Usable checks that CRIU is present, new enough, and that `criu check` passes: the
+// precondition of every dump. Its error is one line naming cause and fix.
+func (p Prober) Usable() (Version, error) {
+	v, err := p.Version()
+	if err != nil {
+		return v, fmt.Errorf("%w (install CRIU >= %s: run scripts/setup)", err, MinVersion)
+	}
+	if v.Less(MinVersion) {
+		return v, fmt.Errorf("criu %s is too old: ftrun needs >= %s (run scripts/setup to build it)", v, MinVersion)
+	}
+	if out, err := p.run("check"); err != nil || !LooksGood(out) {
+		return v, fmt.Errorf("`criu check` fails: %s (see `criu check -v4`)", firstLine(lastErrorOr(out)))
+	}
+	return v, nil
+}
+
+// LooksGood reports whether `criu check` output says the kernel is fine.
+func LooksGood(out string) bool { return strings.Contains(out, "Looks good") }
+
+// Probe returns CRIU findings for `ftrun check`.
+func (p Prober) Probe() []Finding {
+	var fs []Finding
+	v, err := p.Version()
+	switch {
+	case err != nil:
+		fs = append(fs, Finding{Name: "criu", Required: true, Detail: err.Error(),
+			Fix: fmt.Sprintf("install CRIU >= %s: run scripts/setup (builds it from Debian's source package)", MinVersion)})
+		return fs
+	case v.Less(MinVersion):
+		fs = append(fs, Finding{Name: "criu", Required: true, Detail: "version " + v.String(),
+			Fix: fmt.Sprintf("CRIU >= %s is needed (older ones fail on this kernel): run scripts/setup", MinVersion)})
+		return fs
+	default:
+		fs = append(fs, Finding{Name: "criu", OK: true, Required: true, Detail: "version " + v.String()})
+	}
+	out, err := p.run("check")
+	if err == nil && LooksGood(out) {
+		fs = append(fs, Finding{Name: "criu check", OK: true, Required: true, Detail: "Looks good"})
+	} else {
+		fs = append(fs, Finding{Name: "criu check", Required: true, Detail: firstLine(lastErrorOr(out)),
+			Fix: "the kernel lacks something CRIU needs; `criu check -v4` names it"})
+	}
+	out, err = p.run("check", "--feature", "mem_dirty_track")
+	if err == nil {
+		fs = append(fs, Finding{Name: "memory dirty tracking", OK: true, Detail: "soft-dirty available: CRIU tracks changed pages"})
+	} else {
+		fs = append(fs, Finding{Name: "memory dirty tracking", OK: false, Detail: "unavailable (" + firstLine(lastErrorOr(out)) + ")",
+			Fix: "optional: ftrun hashes pages of full dumps instead (CONFIG_MEM_SOFT_DIRTY enables CRIU's own tracking)"})
+	}
+	return fs
+}
+
+func firstLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	return s
+}
+
+// lastErrorOr returns the last CRIU "Error"/"Warn" line of out, or out itself.
+func lastErrorOr(out string) string {
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		l := lines[i]
+		if (strings.Contains(l, "Error") || strings.Contains(l, "Warn")) && !strings.Contains(l, "Can't setup RLIMIT_NOFILE") &&
+			!strings.Contains(l, "non-tempfs") && !strings.Contains(l, "libnftables") {
+			return l
+		}
+	}
+	return out
+}

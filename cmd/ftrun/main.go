@@ -1,0 +1,439 @@
+// Command ftrun keeps an unmodified program alive through crashes, hangs and its own
+// supervisor's death by checkpointing it with CRIU and restoring it.
+//
+// This file only turns flags into options; the work happens in the packages below.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/ftrun/ftrun/checkpoint"
+	"github.com/ftrun/ftrun/contrib/demo"
+	"github.com/ftrun/ftrun/supervisor"
+	"github.com/ftrun/ftrun/watchdog"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const defaultStateRoot = "/var/lib/ftrun"
+
+func main() {
+	app := &cli.App{
+		Name:    "ftrun",
+		Usage:   "checkpoint/restart supervisor: protects an unmodified program with CRIU",
+		Version: version,
+		Description: "ftrun runs a program in its own cgroup and PID namespace, checkpoints it every\n" +
+			"interval with CRIU, and when it crashes or hangs restores the newest good checkpoint\n" +
+			"(then older ones, then a fresh start). Every flag can also be set by environment.",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json", EnvVars: []string{"FTRUN_LOG_FORMAT"}},
+			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"FTRUN_LOG_LEVEL"}},
+		},
+		Commands: []*cli.Command{runCmd(), checkCmd(), statusCmd(), checkpointCmd(), restoreCmd(), demoCmd()},
+		ExitErrHandler: func(c *cli.Context, err error) {},
+	}
+	if err := app.Run(os.Args); err != nil {
+		fmt.Fprintf(os.Stderr, "ftrun: %v\n", err)
+		os.Exit(exitCode(err))
+	}
+}
+
+func exitCode(err error) int {
+	var xe *supervisor.ExitErr
+	if errors.As(err, &xe) {
+		return xe.Code
+	}
+	var ce cli.ExitCoder
+	if errors.As(err, &ce) {
+		return ce.ExitCode()
+	}
+	if strings.Contains(err.Error(), "flag provided but not defined") || strings.Contains(err.Error(), "Required flag") {
+		return supervisor.ExitUsage
+	}
+	return supervisor.ExitError
+}
+
+func newLogger(c *cli.Context) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+		return nil, usage("--log-level: %v", err)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch c.String("log-format") {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, usage("--log-format must be text or json, not %q", c.String("log-format"))
+}
+
+func usage(format string, a ...any) error {
+	return &supervisor.ExitErr{Code: supervisor.ExitUsage, Err: fmt.Errorf(format, a...)}
+}
+
+func env(name string) []string { return []string{"FTRUN_" + name} }
+
+func stateDirFlag() cli.Flag {
+	return &cli.StringFlag{Name: "state-dir", Usage: "service state directory (default " + defaultStateRoot + "/NAME)", EnvVars: env("STATE_DIR")}
+}
+
+func nameFlag() cli.Flag {
+	return &cli.StringFlag{Name: "name", Usage: "service name (default: the command's base name)", EnvVars: env("NAME")}
+}
+
+func runCmd() *cli.Command {
+	return &cli.Command{
+		Name:      "run",
+		Usage:     "run CMD under protection",
+		ArgsUsage: "-- CMD [ARGS...]",
+		Flags: []cli.Flag{
+			nameFlag(), stateDirFlag(),
+			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "time between checkpoints (epoch length)", EnvVars: env("INTERVAL")},
+			&cli.IntFlag{Name: "keep", Value: 3, Usage: "checkpoints to keep", EnvVars: env("KEEP")},
+			&cli.StringFlag{Name: "restart", Value: "on-failure", Usage: "what exit 0 means: on-failure (stop), always (start again), never (any exit stops)", EnvVars: env("RESTART")},
+			&cli.BoolFlag{Name: "no-fresh", Usage: "never fall back to a fresh start (the program's state would be lost)", EnvVars: env("NO_FRESH")},
+			&cli.BoolFlag{Name: "no-final-checkpoint", Usage: "on SIGTERM stop the program without a last checkpoint", EnvVars: env("NO_FINAL_CHECKPOINT")},
+			&cli.BoolFlag{Name: "discard", Usage: "throw away existing checkpoints and start afresh", EnvVars: env("DISCARD")},
+			&cli.IntFlag{Name: "burst", Value: supervisor.DefaultLadderPolicy.Burst, Usage: "give up after this many crashes within --burst-window", EnvVars: env("BURST")},
+			&cli.DurationFlag{Name: "burst-window", Value: supervisor.DefaultLadderPolicy.Window, Usage: "period for --burst", EnvVars: env("BURST_WINDOW")},
+			&cli.DurationFlag{Name: "backoff", Value: supervisor.DefaultLadderPolicy.BackoffBase, Usage: "delay before a repeated recovery attempt (doubles, capped at --backoff-max)", EnvVars: env("BACKOFF")},
+			&cli.DurationFlag{Name: "backoff-max", Value: supervisor.DefaultLadderPolicy.BackoffMax, Usage: "cap for --backoff", EnvVars: env("BACKOFF_MAX")},
+			&cli.StringFlag{Name: "health-cmd", Usage: "shell command that exits 0 while the program answers", EnvVars: env("HEALTH_CMD")},
+			&cli.StringFlag{Name: "health-tcp", Usage: "HOST:PORT that must accept (and answer, see --health-send/--health-expect)", EnvVars: env("HEALTH_TCP")},
+			&cli.StringFlag{Name: "health-send", Usage: "bytes to send on --health-tcp (Go escapes like \\r\\n allowed)", EnvVars: env("HEALTH_SEND")},
+			&cli.StringFlag{Name: "health-expect", Usage: "reply --health-tcp must contain", EnvVars: env("HEALTH_EXPECT")},
+			&cli.DurationFlag{Name: "health-interval", Value: time.Second, Usage: "time between health probes", EnvVars: env("HEALTH_INTERVAL")},
+			&cli.DurationFlag{Name: "health-timeout", Value: 2 * time.Second, Usage: "time a probe may take", EnvVars: env("HEALTH_TIMEOUT")},
+			&cli.IntFlag{Name: "health-threshold", Value: 3, Usage: "consecutive failed probes that mean the program hangs", EnvVars: env("HEALTH_THRESHOLD")},
+			&cli.DurationFlag{Name: "health-start-period", Value: 0, Usage: "grace after each (re)start before failures count", EnvVars: env("HEALTH_START_PERIOD")},
+			&cli.StringFlag{Name: "criu", Usage: "criu binary (default: from PATH)", EnvVars: env("CRIU")},
+			&cli.DurationFlag{Name: "criu-timeout", Value: 10 * time.Second, Usage: "how long CRIU may take to freeze the program", EnvVars: env("CRIU_TIMEOUT")},
+			&cli.BoolFlag{Name: "no-sync", Hidden: true, Usage: "skip fsync of checkpoints (benchmarks only)", EnvVars: env("NO_SYNC")},
+		},
+		Action: func(c *cli.Context) error {
+			log, err := newLogger(c)
+			if err != nil {
+				return err
+			}
+			argv := c.Args().Slice()
+			if len(argv) == 0 {
+				return usage("no command: ftrun run [flags] -- CMD [ARGS...]")
+			}
+			if err := supervisor.RequireRoot(); err != nil {
+				return &supervisor.ExitErr{Code: supervisor.ExitSetup, Err: err}
+			}
+			criu := &checkpoint.Criu{Path: c.String("criu")}
+			if v, err := (checkpoint.Prober{Path: c.String("criu")}).Usable(); err != nil {
+				return &supervisor.ExitErr{Code: supervisor.ExitSetup, Err: err}
+			} else {
+				log.Debug("criu usable", "version", v.String())
+			}
+			restart := supervisor.RestartPolicy(c.String("restart"))
+			switch restart {
+			case supervisor.RestartOnFailure, supervisor.RestartAlways, supervisor.RestartNever:
+			default:
+				return usage("--restart must be on-failure, always or never, not %q", restart)
+			}
+			if c.Duration("interval") < 50*time.Millisecond {
+				return usage("--interval %s is too short (minimum 50ms)", c.Duration("interval"))
+			}
+			name := c.String("name")
+			if name == "" {
+				name = filepath.Base(argv[0])
+			}
+			stateDir := c.String("state-dir")
+			if stateDir == "" {
+				stateDir = filepath.Join(defaultStateRoot, name)
+			}
+			health, err := healthFromFlags(c)
+			if err != nil {
+				return err
+			}
+			wd, _ := os.Getwd()
+			sup, err := supervisor.New(supervisor.Config{
+				Name: name, Command: argv, WorkDir: wd, StateDir: stateDir,
+				Interval: c.Duration("interval"), Keep: c.Int("keep"), Restart: restart,
+				Ladder: supervisor.LadderPolicy{Burst: c.Int("burst"), Window: c.Duration("burst-window"),
+					BackoffBase: c.Duration("backoff"), BackoffMax: c.Duration("backoff-max"), NoFresh: c.Bool("no-fresh")},
+				NoFinalCheckpoint: c.Bool("no-final-checkpoint"), Discard: c.Bool("discard"),
+				Health: health, Criu: criu, CriuTimeout: c.Duration("criu-timeout"), NoSync: c.Bool("no-sync"),
+				Log: log,
+			})
+			if err != nil {
+				return usage("%v", err)
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			err = sup.Run(ctx)
+			var xe *supervisor.ExitErr
+			if errors.As(err, &xe) && xe.Code == supervisor.ExitOK {
+				log.Info("ftrun exits", "reason", xe.Err)
+				return nil
+			}
+			return err
+		},
+	}
+}
+
+func healthFromFlags(c *cli.Context) (*supervisor.Health, error) {
+	cfg := watchdog.HealthConfig{Interval: c.Duration("health-interval"), Timeout: c.Duration("health-timeout"),
+		Threshold: c.Int("health-threshold"), StartPeriod: c.Duration("health-start-period")}
+	switch {
+	case c.String("health-cmd") != "" && c.String("health-tcp") != "":
+		return nil, usage("use one of --health-cmd and --health-tcp")
+	case c.String("health-cmd") != "":
+		return &supervisor.Health{Probe: watchdog.CommandProbe(c.String("health-cmd")), Config: cfg}, nil
+	case c.String("health-tcp") != "":
+		send, err := unescape(c.String("health-send"))
+		if err != nil {
+			return nil, usage("--health-send: %v", err)
+		}
+		expect, err := unescape(c.String("health-expect"))
+		if err != nil {
+			return nil, usage("--health-expect: %v", err)
+		}
+		return &supervisor.Health{Probe: watchdog.TCPProbe(c.String("health-tcp"), send, expect), Config: cfg}, nil
+	}
+	return nil, nil
+}
+
+// unescape reads Go escape sequences (\r\n) so protocols like redis's can be spoken.
+func unescape(s string) (string, error) {
+	if s == "" {
+		return "", nil
+	}
+	var out string
+	if err := json.Unmarshal([]byte(`"`+strings.ReplaceAll(s, `"`, `\"`)+`"`), &out); err != nil {
+		return "", fmt.Errorf("bad escape in %q", s)
+	}
+	return out, nil
+}
+
+func checkCmd() *cli.Command {
+	return &cli.Command{
+		Name:  "check",
+		Usage: "probe this machine for what ftrun needs; exit 0 when `ftrun run` can work",
+		Flags: []cli.Flag{&cli.StringFlag{Name: "criu", Usage: "criu binary (default: from PATH)", EnvVars: env("CRIU")}},
+		Action: func(c *cli.Context) error {
+			var fs []checkpoint.Finding
+			if os.Geteuid() != 0 {
+				fs = append(fs, checkpoint.Finding{Name: "root", Required: true, Detail: "not root", Fix: "run ftrun as root"})
+			} else {
+				fs = append(fs, checkpoint.Finding{Name: "root", OK: true, Required: true, Detail: "yes"})
+			}
+			fs = append(fs, (checkpoint.Prober{Path: c.String("criu")}).Probe()...)
+			fs = append(fs, supervisor.ProbeHost()...)
+			tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+			bad := 0
+			for _, f := range fs {
+				mark := "ok"
+				if !f.OK {
+					mark = "MISSING"
+					if !f.Required {
+						mark = "optional"
+					} else {
+						bad++
+					}
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", mark, f.Name, f.Detail)
+				if !f.OK && f.Fix != "" {
+					fmt.Fprintf(tw, "\t\tfix: %s\n", f.Fix)
+				}
+			}
+			tw.Flush()
+			if bad > 0 {
+				return &supervisor.ExitErr{Code: supervisor.ExitSetup, Err: fmt.Errorf("%d required item(s) missing: `ftrun run` cannot work here", bad)}
+			}
+			fmt.Println("ftrun run can work on this machine")
+			return nil
+		},
+	}
+}
+
+// resolveStateDirs returns the state dir named by flags, or every service under the
+// default root when none is named.
+func resolveStateDirs(c *cli.Context) []string {
+	if d := c.String("state-dir"); d != "" {
+		return []string{d}
+	}
+	if n := c.String("name"); n != "" {
+		return []string{filepath.Join(defaultStateRoot, n)}
+	}
+	matches, _ := filepath.Glob(filepath.Join(defaultStateRoot, "*", supervisor.ControlSocket))
+	var dirs []string
+	for _, m := range matches {
+		dirs = append(dirs, filepath.Dir(m))
+	}
+	return dirs
+}
+
+func statusCmd() *cli.Command {
+	return &cli.Command{
+		Name:  "status",
+		Usage: "show what the supervisor of a service is doing",
+		Flags: []cli.Flag{nameFlag(), stateDirFlag(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}},
+		Action: func(c *cli.Context) error {
+			dirs := resolveStateDirs(c)
+			if len(dirs) == 0 {
+				return fmt.Errorf("no running ftrun found under %s (name one with --state-dir or --name)", defaultStateRoot)
+			}
+			var out []supervisor.Status
+			for _, d := range dirs {
+				resp, err := supervisor.Query(d, supervisor.Request{Op: "status"}, 5*time.Second)
+				if err != nil {
+					return err
+				}
+				out = append(out, *resp.Status)
+			}
+			if c.Bool("json") {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				if len(out) == 1 {
+					return enc.Encode(out[0])
+				}
+				return enc.Encode(out)
+			}
+			for _, st := range out {
+				printStatus(st)
+			}
+			return nil
+		},
+	}
+}
+
+func printStatus(st supervisor.Status) {
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	age := "-"
+	if !st.LastCheckpoint.IsZero() {
+		age = st.LastCheckpointAge.Round(time.Millisecond).String() + " ago"
+	}
+	rows := [][2]string{
+		{"service", st.Service}, {"role", st.Role}, {"state", string(st.State)}, {"protection", st.Protection},
+		{"pid", fmt.Sprint(st.Pid)}, {"command", strings.Join(st.Command, " ")},
+		{"epoch", fmt.Sprint(st.Epoch)}, {"last checkpoint", age},
+		{"last frozen time", st.LastFrozen.String()}, {"last checkpoint took", st.LastCheckpointTime.Round(time.Microsecond).String()},
+		{"image size", humanBytes(st.ImageBytes)},
+		{"checkpoints", fmt.Sprintf("%d ok, %d failed", st.Checkpoints, st.CheckpointFailures)},
+		{"restores", fmt.Sprint(st.Restores)}, {"fresh starts", fmt.Sprint(st.FreshStarts)},
+		{"adoptions", fmt.Sprint(st.Adoptions)}, {"health failures", fmt.Sprint(st.HealthFailures)},
+		{"state dir", st.StateDir},
+	}
+	if st.LastError != "" {
+		rows = append(rows, [2]string{"last error", st.LastError})
+	}
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s:\t%s\n", r[0], r[1])
+	}
+	tw.Flush()
+	fmt.Println()
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+func oneDir(c *cli.Context) (string, error) {
+	dirs := resolveStateDirs(c)
+	if len(dirs) != 1 {
+		return "", usage("name the service with --state-dir or --name (found %d running)", len(dirs))
+	}
+	return dirs[0], nil
+}
+
+func checkpointCmd() *cli.Command {
+	return &cli.Command{
+		Name:  "checkpoint",
+		Usage: "take a checkpoint now",
+		Flags: []cli.Flag{nameFlag(), stateDirFlag()},
+		Action: func(c *cli.Context) error {
+			dir, err := oneDir(c)
+			if err != nil {
+				return err
+			}
+			resp, err := supervisor.Query(dir, supervisor.Request{Op: "checkpoint"}, 2*time.Minute)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("checkpoint committed: epoch %d\n", resp.Epoch)
+			return nil
+		},
+	}
+}
+
+func restoreCmd() *cli.Command {
+	return &cli.Command{
+		Name:  "restore",
+		Usage: "replace the running program with a checkpoint (the newest, or --epoch); with no supervisor running, restore it detached",
+		Flags: []cli.Flag{nameFlag(), stateDirFlag(),
+			&cli.Uint64Flag{Name: "epoch", Usage: "epoch to restore (default: newest)"},
+			&cli.StringFlag{Name: "criu", Usage: "criu binary (default: from PATH)", EnvVars: env("CRIU")}},
+		Action: func(c *cli.Context) error {
+			dir := c.String("state-dir")
+			if dir == "" && c.String("name") != "" {
+				dir = filepath.Join(defaultStateRoot, c.String("name"))
+			}
+			if dir == "" {
+				return usage("name the service with --state-dir or --name")
+			}
+			if resp, err := supervisor.Query(dir, supervisor.Request{Op: "restore", Epoch: c.Uint64("epoch")}, 2*time.Minute); err == nil {
+				fmt.Printf("restored epoch %d (by the running supervisor)\n", resp.Epoch)
+				return nil
+			} else if !strings.HasPrefix(err.Error(), "no ftrun supervises") {
+				return err
+			}
+			log, err := newLogger(c)
+			if err != nil {
+				return err
+			}
+			pid, epoch, err := supervisor.RestoreDetached(dir, c.Uint64("epoch"), &checkpoint.Criu{Path: c.String("criu")}, log)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("restored epoch %d as pid %d (detached; output goes to /dev/null). `ftrun run` with this state dir adopts it.\n", epoch, pid)
+			return nil
+		},
+	}
+}
+
+func demoCmd() *cli.Command {
+	return &cli.Command{
+		Name:  "demo",
+		Usage: "protect a Ruby counter and inject failures: kill -9, a hang, ftrun's own death, a deleted file, a corrupt checkpoint",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "work-dir", Usage: "where the demo keeps its state (default: a new temporary directory)"},
+			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "checkpoint interval"},
+		},
+		Action: func(c *cli.Context) error {
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return demo.Run(ctx, demo.Options{Ftrun: self, WorkDir: c.String("work-dir"), Interval: c.Duration("interval"), Out: os.Stdout})
+		},
+	}
+}

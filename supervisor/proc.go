@@ -1,0 +1,216 @@
+package supervisor
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// ExitStatus is how the program ended.
+type ExitStatus struct {
+	Code    int    // exit code when Exited
+	Signal  string // signal name when killed by a signal
+	Exited  bool
+	Unknown bool // an adopted program (not our child): the kernel keeps its status from us
+}
+
+func (e ExitStatus) String() string {
+	switch {
+	case e.Unknown:
+		return "exited (status unknown: the program was adopted)"
+	case e.Exited:
+		return fmt.Sprintf("exited with code %d", e.Code)
+	default:
+		return "killed by " + e.Signal
+	}
+}
+
+// Clean is an exit with code 0.
+func (e ExitStatus) Clean() bool { return e.Exited && e.Code == 0 }
+
+// startProgram runs argv as PID 1 of a new PID namespace, in its own session, placed
+// into the cgroup at clone time, with stdin from /dev/null and stdout/stderr on the
+// given pipes. A new PID namespace means a restore never needs the original host PID
+// to be free; a session of its own means CRIU need not treat it as a shell job.
+func startProgram(argv []string, dir string, env []string, cg *os.File, stdout, stderr *os.File) (int, error) {
+	if len(argv) == 0 {
+		return 0, errors.New("no command to run")
+	}
+	path, err := exec.LookPath(argv[0])
+	if err != nil {
+		return 0, fmt.Errorf("command %q: %w", argv[0], err)
+	}
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return 0, err
+	}
+	defer devnull.Close()
+	attr := &syscall.SysProcAttr{
+		Setsid:     true,
+		Cloneflags: syscall.CLONE_NEWPID,
+	}
+	if cg != nil {
+		attr.UseCgroupFD = true
+		attr.CgroupFD = int(cg.Fd())
+	}
+	proc, err := os.StartProcess(path, argv, &os.ProcAttr{
+		Dir:   dir,
+		Env:   env,
+		Files: []*os.File{devnull, stdout, stderr},
+		Sys:   attr,
+	})
+	if err != nil {
+		return 0, fmt.Errorf("start %q: %w", argv[0], err)
+	}
+	pid := proc.Pid
+	// We wait with pidfd/wait4 ourselves so that started, restored and adopted programs
+	// are watched the same way.
+	_ = proc.Release()
+	return pid, nil
+}
+
+// waitExit blocks until pid ends or ctx is done. For our own children it reaps them
+// and returns their status; for adopted ones the status is Unknown.
+func waitExit(ctx context.Context, pid int) (ExitStatus, error) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		if errors.Is(err, unix.ESRCH) {
+			return reap(pid), nil
+		}
+		return ExitStatus{}, fmt.Errorf("pidfd_open %d: %w", pid, err)
+	}
+	defer unix.Close(fd)
+	for {
+		if ctx.Err() != nil {
+			return ExitStatus{}, ctx.Err()
+		}
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, 100)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			return ExitStatus{}, fmt.Errorf("poll pidfd %d: %w", pid, err)
+		}
+		if n > 0 {
+			return reap(pid), nil
+		}
+	}
+}
+
+func reap(pid int) ExitStatus {
+	var ws unix.WaitStatus
+	for {
+		got, err := unix.Wait4(pid, &ws, 0, nil)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil || got != pid {
+			return ExitStatus{Unknown: true}
+		}
+		break
+	}
+	if ws.Signaled() {
+		return ExitStatus{Signal: unix.SignalName(ws.Signal())}
+	}
+	return ExitStatus{Exited: true, Code: ws.ExitStatus()}
+}
+
+// procStartTime reads field 22 of /proc/PID/stat: with the PID it identifies a process
+// across PID reuse.
+func procStartTime(pid int) (uint64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	return parseStatStart(string(data))
+}
+
+func parseStatStart(stat string) (uint64, error) {
+	// comm may contain spaces and parentheses: fields start after the last ')'.
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("malformed stat %q", stat)
+	}
+	fields := strings.Fields(stat[i+1:])
+	// fields[0] is field 3 (state); starttime is field 22.
+	if len(fields) < 20 {
+		return 0, fmt.Errorf("malformed stat %q", stat)
+	}
+	return strconv.ParseUint(fields[19], 10, 64)
+}
+
+// procState is the one-letter state of a process (R, S, D, T, Z, ...).
+func procState(pid int) (byte, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 || i+2 >= len(s) {
+		return 0, fmt.Errorf("malformed stat for %d", pid)
+	}
+	return s[i+2], nil
+}
+
+// anyStopped reports a process of pids that is stopped (SIGSTOP, job control): such a
+// tree must not be checkpointed, or every restore would bring back a stopped program.
+func anyStopped(pids []int) (int, bool) {
+	for _, p := range pids {
+		if st, err := procState(p); err == nil && (st == 'T' || st == 't') {
+			return p, true
+		}
+	}
+	return 0, false
+}
+
+// externalKey is how CRIU names the resource behind fd of pid ("pipe:[123]"), or "".
+func externalKey(pid, fd int) string {
+	link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", pid, fd))
+	if err != nil || !strings.HasPrefix(link, "pipe:[") {
+		return ""
+	}
+	return link
+}
+
+// reopenPipe opens a new read end of the pipe behind fd of pid. An adopted program's
+// output pipes lost their reader when the previous ftrun died; this lets us relay them
+// again without touching the program.
+func reopenPipe(pid, fd int) (*os.File, error) {
+	if externalKey(pid, fd) == "" {
+		return nil, fmt.Errorf("fd %d of %d is not a pipe", fd, pid)
+	}
+	f, err := os.OpenFile(fmt.Sprintf("/proc/%d/fd/%d", pid, fd), os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("reopen output pipe of %d: %w", pid, err)
+	}
+	return f, nil
+}
+
+// relay copies lines from the program's output into the log until r ends or is closed.
+type relay struct {
+	wg sync.WaitGroup
+}
+
+func (r *relay) start(log *slog.Logger, stream string, rd io.Reader) {
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		sc := bufio.NewScanner(rd)
+		sc.Buffer(make([]byte, 64*1024), 1024*1024)
+		for sc.Scan() {
+			log.Info(sc.Text(), "stream", stream)
+		}
+	}()
+}
+
+func (r *relay) wait() { r.wg.Wait() }

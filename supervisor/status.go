@@ -1,0 +1,52 @@
+package supervisor
+
+import (
+	"fmt"
+	"time"
+)
+
+// State is where the supervised program is in its life.
+type State string
+
+const (
+	StateStarting   State = "starting"
+	StateRunning    State = "running"
+	StateRecovering State = "recovering"
+	StateStopping   State = "stopping"
+	StateStopped    State = "stopped"
+	StateFailed     State = "failed"
+)
+
+// Status is what `ftrun status` shows.
+type Status struct {
+	Service            string        `json:"service"`
+	Role               string        `json:"role"`
+	State              State         `json:"state"`
+	Protection         string        `json:"protection"`
+	Pid                int           `json:"pid"`
+	Command            []string      `json:"command"`
+	Epoch              uint64        `json:"epoch"`
+	LastCheckpoint     time.Time     `json:"last_checkpoint,omitzero"`
+	LastCheckpointAge  time.Duration `json:"last_checkpoint_age_ns"`
+	LastFrozen         time.Duration `json:"last_frozen_ns"`
+	LastCheckpointTime time.Duration `json:"last_checkpoint_total_ns"`
+	ImageBytes         int64         `json:"image_bytes"`
+	Checkpoints        int           `json:"checkpoints"`
+	CheckpointFailures int           `json:"checkpoint_failures"`
+	LastError          string        `json:"last_error,omitempty"`
+	Restores           int           `json:"restores"`
+	FreshStarts        int           `json:"fresh_starts"`
+	Adoptions          int           `json:"adoptions"`
+	HealthFailures     int           `json:"health_failures"`
+	Since              time.Time     `json:"since"`
+	StateDir           string        `json:"state_dir"`
+}
+
+// Summary is the one-line form used for systemd's STATUS= and logs.
+func (s Status) Summary() string {
+	age := "no checkpoint yet"
+	if !s.LastCheckpoint.IsZero() {
+		age = fmt.Sprintf("last checkpoint %s ago", s.LastCheckpointAge.Round(time.Millisecond))
+	}
+	return fmt.Sprintf("%s: pid %d, epoch %d, %s, %s", s.State, s.Pid, s.Epoch, age, s.Protection)
+}

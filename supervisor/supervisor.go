@@ -1,0 +1,775 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+
+	"github.com/ftrun/ftrun/checkpoint"
+	"github.com/ftrun/ftrun/watchdog"
+)
+
+// Exit codes of `ftrun run`, so scripts and systemd can tell outcomes apart.
+const (
+	ExitOK      = 0 // the program finished cleanly, or ftrun was asked to stop
+	ExitError   = 1 // ftrun itself failed
+	ExitUsage   = 2 // bad flags
+	ExitSetup   = 3 // the machine cannot run ftrun (CRIU, cgroups): `ftrun check` says why
+	ExitGaveUp  = 4 // the recovery ladder gave up
+	ExitLocked  = 5 // another ftrun supervises this state directory
+	ExitProgram = 6 // --restart=never: the program failed (its own code is logged)
+)
+
+// ExitErr carries the exit code ftrun should end with.
+type ExitErr struct {
+	Code int
+	Err  error
+}
+
+func (e *ExitErr) Error() string { return e.Err.Error() }
+func (e *ExitErr) Unwrap() error { return e.Err }
+
+// RestartPolicy decides what a clean exit (code 0) means, like systemd's Restart=.
+type RestartPolicy string
+
+const (
+	RestartOnFailure RestartPolicy = "on-failure" // exit 0 ends supervision
+	RestartAlways    RestartPolicy = "always"     // exit 0 is recovered like a crash
+	RestartNever     RestartPolicy = "never"      // any exit ends supervision
+)
+
+// Health configures hang detection.
+type Health struct {
+	Probe  watchdog.Probe
+	Config watchdog.HealthConfig
+}
+
+// Config is everything `ftrun run` was told.
+type Config struct {
+	Name              string
+	Command           []string
+	WorkDir           string
+	Env               []string
+	StateDir          string
+	Interval          time.Duration
+	Keep              int
+	Restart           RestartPolicy
+	Ladder            LadderPolicy
+	NoFinalCheckpoint bool
+	Discard           bool
+	Health            *Health
+	Criu              *checkpoint.Criu
+	CriuTimeout       time.Duration
+	NoSync            bool
+	Clock             clockwork.Clock
+	Log               *slog.Logger
+	Notifier          *watchdog.Notifier
+}
+
+// event is anything the loop reacts to; every goroutine reports through one channel so
+// that all state is owned by the loop.
+type event struct {
+	kind   string // "exit", "health", "request", "retry"
+	inc    int
+	exit   ExitStatus
+	health watchdog.Result
+	req    *request
+}
+
+// Supervisor protects one program on this host.
+type Supervisor struct {
+	cfg    Config
+	log    *slog.Logger
+	clock  clockwork.Clock
+	state  *stateDir
+	store  *checkpoint.Store
+	cg     *Cgroup
+	ladder *Ladder
+	events chan event
+
+	outR, outW, errR, errW *os.File
+	relays                 relay
+
+	wg     sync.WaitGroup // every goroutine the supervisor starts
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// the current incarnation of the program
+	inc          int
+	pid          int
+	alive        bool
+	incCancel    context.CancelFunc
+	killReason   string
+	healthFail   int
+	pending      *Attempt // a recovery waiting out its backoff
+	nextEpoch    uint64
+	ready        bool
+	lastCkptErr  bool
+	startedAt    time.Time
+	st           Status
+	shuttingDown bool
+}
+
+// New checks the configuration and fills in defaults.
+func New(cfg Config) (*Supervisor, error) {
+	if len(cfg.Command) == 0 {
+		return nil, errors.New("no command given: ftrun run [flags] -- CMD ARGS")
+	}
+	if cfg.Name == "" {
+		cfg.Name = filepath.Base(cfg.Command[0])
+	}
+	if cfg.StateDir == "" {
+		cfg.StateDir = filepath.Join("/var/lib/ftrun", cfg.Name)
+	}
+	if cfg.Interval <= 0 {
+		cfg.Interval = time.Second
+	}
+	if cfg.Keep <= 0 {
+		cfg.Keep = 3
+	}
+	if cfg.Restart == "" {
+		cfg.Restart = RestartOnFailure
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clockwork.NewRealClock()
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.Criu == nil {
+		cfg.Criu = &checkpoint.Criu{}
+	}
+	if cfg.Notifier == nil {
+		cfg.Notifier = watchdog.NewNotifier()
+	}
+	if cfg.Ladder == (LadderPolicy{}) {
+		cfg.Ladder = DefaultLadderPolicy
+	}
+	if cfg.Env == nil {
+		cfg.Env = os.Environ()
+	}
+	abs, err := filepath.Abs(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	cfg.StateDir = abs
+	return &Supervisor{
+		cfg:    cfg,
+		log:    cfg.Log.With("service", cfg.Name),
+		clock:  cfg.Clock,
+		ladder: NewLadder(cfg.Ladder),
+		events: make(chan event),
+	}, nil
+}
+
+// Run supervises until ctx is cancelled (then it takes a final checkpoint and stops the
+// program) or until recovery gives up. The error is an *ExitErr when ftrun should exit
+// with a particular code.
+func (s *Supervisor) Run(ctx context.Context) (err error) {
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	defer func() {
+		s.cancel()
+		s.wg.Wait()
+	}()
+	if err := s.open(); err != nil {
+		return err
+	}
+	defer s.close()
+
+	s.startedAt = s.clock.Now()
+	s.st = Status{Service: s.cfg.Name, Role: "primary", State: StateStarting, Protection: "local checkpoints",
+		Command: s.cfg.Command, Since: s.startedAt, StateDir: s.cfg.StateDir}
+
+	if err := s.serveControl(); err != nil {
+		return err
+	}
+	if err := s.boot(); err != nil {
+		return err
+	}
+
+	ticker := s.clock.NewTicker(s.cfg.Interval)
+	defer ticker.Stop()
+	var wdog <-chan time.Time
+	if iv := s.cfg.Notifier.WatchdogInterval(); iv > 0 {
+		t := s.clock.NewTicker(iv)
+		defer t.Stop()
+		wdog = t.Chan()
+	}
+
+	for {
+		select {
+		case <-ctx.Done():
+			return s.shutdown()
+		case <-ticker.Chan():
+			if s.alive {
+				s.tryCheckpoint(false)
+			}
+		case <-wdog:
+			s.pingWatchdog()
+		case ev := <-s.events:
+			if err := s.handle(ev); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (s *Supervisor) open() error {
+	st, err := lockStateDir(s.cfg.StateDir)
+	if err != nil {
+		if errors.Is(err, ErrLocked) {
+			return &ExitErr{Code: ExitLocked, Err: err}
+		}
+		return err
+	}
+	s.state = st
+	store, err := checkpoint.OpenStore(st.path(CheckpointsDir))
+	if err != nil {
+		st.close()
+		return err
+	}
+	store.NoSync = s.cfg.NoSync
+	s.store = store
+	cg, err := OpenCgroup(s.cfg.Name)
+	if err != nil {
+		st.close()
+		return &ExitErr{Code: ExitSetup, Err: err}
+	}
+	s.cg = cg
+	if s.outR, s.outW, err = os.Pipe(); err != nil {
+		st.close()
+		return err
+	}
+	if s.errR, s.errW, err = os.Pipe(); err != nil {
+		st.close()
+		return err
+	}
+	s.relays.start(s.log, "stdout", s.outR)
+	s.relays.start(s.log, "stderr", s.errR)
+	latest, err := store.Latest()
+	if err != nil {
+		st.close()
+		return err
+	}
+	s.nextEpoch = latest + 1
+	return nil
+}
+
+func (s *Supervisor) close() {
+	s.outW.Close()
+	s.errW.Close()
+	// Children of the program may still hold the write ends; closing the read ends
+	// ends the relays regardless.
+	s.outR.Close()
+	s.errR.Close()
+	s.relays.wait()
+	os.Remove(s.state.path(ControlSocket))
+	s.state.close()
+}
+
+// boot carries out DecideBoot.
+func (s *Supervisor) boot() error {
+	rec, err := readRunRecord(s.cfg.StateDir)
+	if err != nil {
+		s.log.Warn("ignoring damaged run record", "err", err)
+	}
+	procs, err := s.cg.Procs()
+	if err != nil {
+		return err
+	}
+	sets, err := s.store.List()
+	if err != nil {
+		return err
+	}
+	alive := false
+	if rec != nil && rec.Pid > 0 {
+		if start, err := procStartTime(rec.Pid); err == nil && start == rec.StartTime && contains(procs, rec.Pid) {
+			alive = true
+		}
+	}
+	d := DecideBoot(BootInput{Record: rec, RecordAlive: alive, CgroupProcs: len(procs), Checkpoints: len(sets), Discard: s.cfg.Discard})
+	s.log.Info("boot: "+d.Reason, "action", d.Action.String(), "checkpoints", len(sets))
+	if d.Action != BootFresh && len(sets) > 0 {
+		if m, err := checkpoint.ReadManifest(sets[0].Dir); err == nil && !SameCommand(m.Command, s.cfg.Command) {
+			return &ExitErr{Code: ExitUsage, Err: fmt.Errorf("state dir %q holds checkpoints of %q, not %q: use --discard to drop them, or another --state-dir",
+				s.cfg.StateDir, m.Command, s.cfg.Command)}
+		}
+	}
+	if d.KillStrays {
+		if err := s.killAll(); err != nil {
+			return err
+		}
+	}
+	if d.DropCheckpoints {
+		for _, set := range sets {
+			if err := s.store.Remove(set); err != nil {
+				return err
+			}
+		}
+	}
+	switch d.Action {
+	case BootAdopt:
+		s.adopt(rec)
+		return nil
+	case BootRestore:
+		return s.carryOut(s.ladder.Failed(s.candidates(), "ftrun started and the program is gone"))
+	default:
+		return s.carryOut(Attempt{Rung: RungFresh, Reason: d.Reason})
+	}
+}
+
+func contains(xs []int, x int) bool {
+	for _, v := range xs {
+		if v == x {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Supervisor) adopt(rec *RunRecord) {
+	// Relay the adopted program's output again: its pipes lost their reader with the
+	// previous ftrun, but a new read end of the same pipe can be opened through /proc.
+	for fd, stream := range map[int]string{1: "stdout", 2: "stderr"} {
+		if f, err := reopenPipe(rec.Pid, fd); err == nil {
+			s.relays.start(s.log, stream, f)
+			s.onClose(f)
+		}
+	}
+	s.st.Adoptions++
+	s.incarnation(rec.Pid, "adopted")
+}
+
+// onClose closes f when the supervisor's context ends, ending its relay.
+func (s *Supervisor) onClose(f *os.File) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		<-s.ctx.Done()
+		f.Close()
+	}()
+}
+
+// incarnation starts watching a new (started, restored or adopted) program.
+func (s *Supervisor) incarnation(pid int, how string) {
+	if s.incCancel != nil {
+		s.incCancel()
+	}
+	s.inc++
+	s.pid, s.alive, s.killReason, s.healthFail = pid, true, "", 0
+	s.st.Pid, s.st.State = pid, StateRunning
+	ctx, cancel := context.WithCancel(s.ctx)
+	s.incCancel = cancel
+	inc := s.inc
+	start, _ := procStartTime(pid)
+	if err := s.state.writeRunRecord(&RunRecord{Service: s.cfg.Name, Command: s.cfg.Command, Pid: pid, StartTime: start,
+		Phase: PhaseRunning, Since: s.clock.Now(), Ftrun: os.Getpid()}); err != nil {
+		s.log.Warn("cannot record the running program; a restarted ftrun may not adopt it", "err", err)
+	}
+	s.log.Info("program "+how, "pid", pid)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		st, err := waitExit(ctx, pid)
+		if err != nil {
+			return
+		}
+		s.send(ctx, event{kind: "exit", inc: inc, exit: st})
+	}()
+	if h := s.cfg.Health; h != nil {
+		results := make(chan watchdog.Result)
+		checker := &watchdog.Checker{Probe: h.Probe, Config: h.Config, Clock: s.clock}
+		s.wg.Add(2)
+		go func() {
+			defer s.wg.Done()
+			_ = checker.Run(ctx, results)
+		}()
+		go func() {
+			defer s.wg.Done()
+			for {
+				select {
+				case r := <-results:
+					s.send(ctx, event{kind: "health", inc: inc, health: r})
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+	}
+	s.notifyStatus()
+}
+
+func (s *Supervisor) send(ctx context.Context, ev event) {
+	select {
+	case s.events <- ev:
+	case <-ctx.Done():
+	}
+}
+
+func (s *Supervisor) handle(ev event) error {
+	switch ev.kind {
+	case "exit":
+		if ev.inc != s.inc || !s.alive {
+			return nil
+		}
+		return s.exited(ev.exit)
+	case "health":
+		if ev.inc != s.inc || !s.alive {
+			return nil
+		}
+		s.observeHealth(ev.health)
+	case "retry":
+		if s.pending != nil && ev.inc == s.inc {
+			a := *s.pending
+			s.pending = nil
+			return s.carryOut(a)
+		}
+	case "request":
+		s.serve(ev.req)
+	}
+	return nil
+}
+
+func (s *Supervisor) observeHealth(r watchdog.Result) {
+	s.healthFail = r.Consecutive
+	if r.Err == nil {
+		return
+	}
+	s.st.HealthFailures++
+	s.log.Warn("health check failed", "consecutive", r.Consecutive, "err", r.Err)
+	if r.Unhealthy {
+		s.killReason = fmt.Sprintf("hung: health check failed %d times in a row (%v)", r.Consecutive, r.Err)
+		s.log.Error("program does not answer: killing it", "reason", s.killReason, "pid", s.pid)
+		if err := s.cg.Kill(); err != nil {
+			s.log.Error("kill hung program", "err", err)
+		}
+	}
+}
+
+// exited reacts to the end of the current incarnation.
+func (s *Supervisor) exited(st ExitStatus) error {
+	s.alive = false
+	s.incCancel()
+	s.st.Pid = 0
+	reason := st.String()
+	if s.killReason != "" {
+		reason = s.killReason
+	}
+	// Anything the program left behind in its cgroup goes with it.
+	if err := s.killAll(); err != nil {
+		s.log.Warn("clean up after program", "err", err)
+	}
+	switch {
+	case st.Clean() && s.cfg.Restart != RestartAlways:
+		s.log.Info("program finished cleanly", "status", reason)
+		s.setPhase(PhaseFinished)
+		s.st.State = StateStopped
+		return &ExitErr{Code: ExitOK, Err: errors.New("program finished")}
+	case s.cfg.Restart == RestartNever:
+		s.log.Error("program ended and --restart=never", "status", reason)
+		s.setPhase(PhaseFailed)
+		return &ExitErr{Code: ExitProgram, Err: fmt.Errorf("program %s", reason)}
+	}
+	s.log.Error("program died", "status", reason)
+	var a Attempt
+	if st.Clean() {
+		a = Attempt{Rung: RungFresh, Reason: "program exited 0 and --restart=always: starting it again"}
+	} else {
+		a = s.ladder.Crashed(s.clock.Now(), s.candidates())
+	}
+	return s.carryOut(a)
+}
+
+func (s *Supervisor) setPhase(p Phase) {
+	rec, _ := readRunRecord(s.cfg.StateDir)
+	if rec == nil {
+		rec = &RunRecord{Service: s.cfg.Name, Command: s.cfg.Command}
+	}
+	rec.Phase, rec.Since = p, s.clock.Now()
+	if err := s.state.writeRunRecord(rec); err != nil {
+		s.log.Warn("write run record", "err", err)
+	}
+}
+
+// candidates lists committed epochs, newest first.
+func (s *Supervisor) candidates() []uint64 {
+	sets, err := s.store.List()
+	if err != nil {
+		s.log.Error("list checkpoints", "err", err)
+		return nil
+	}
+	out := make([]uint64, len(sets))
+	for i, set := range sets {
+		out[i] = set.Epoch
+	}
+	return out
+}
+
+// carryOut performs ladder attempts until one brings the program back, the ladder
+// gives up, or an attempt must wait for its backoff.
+func (s *Supervisor) carryOut(a Attempt) error {
+	for {
+		if a.Rung == RungGiveUp {
+			s.log.Error("recovery gave up: "+a.Reason, "step", a.Rung.String())
+			s.st.State = StateFailed
+			s.setPhase(PhaseFailed)
+			s.notifyStatus()
+			return &ExitErr{Code: ExitGaveUp, Err: fmt.Errorf("recovery gave up: %s", a.Reason)}
+		}
+		if a.Delay > 0 {
+			s.log.Warn("recovery: waiting before the next attempt", "delay", a.Delay, "step", a.Rung.String(), "reason", a.Reason)
+			s.st.State = StateRecovering
+			s.pending = &a
+			inc := s.inc
+			s.clock.AfterFunc(a.Delay, func() { s.send(s.ctx, event{kind: "retry", inc: inc}) })
+			return nil
+		}
+		s.log.Info("recovery: "+a.Reason, "step", a.Rung.String(), "epoch", a.Epoch)
+		s.st.State = StateRecovering
+		var err error
+		switch a.Rung {
+		case RungRestore:
+			err = s.restore(a.Epoch, true)
+		case RungFresh:
+			err = s.fresh()
+		}
+		if err == nil {
+			return nil
+		}
+		s.log.Error("recovery step failed", "step", a.Rung.String(), "epoch", a.Epoch, "err", err)
+		a = s.ladder.Failed(s.candidates(), fmt.Sprintf("%s failed", a.Rung))
+	}
+}
+
+func (s *Supervisor) fresh() error {
+	if err := s.killAll(); err != nil {
+		return err
+	}
+	cg, err := s.cg.Open()
+	if err != nil {
+		return err
+	}
+	defer cg.Close()
+	pid, err := startProgram(s.cfg.Command, s.cfg.WorkDir, s.cfg.Env, cg, s.outW, s.errW)
+	if err != nil {
+		return err
+	}
+	s.st.FreshStarts++
+	s.incarnation(pid, "started")
+	return nil
+}
+
+// restore brings back epoch. local means the program's TCP peers saw it die, so its
+// connections come back closed.
+func (s *Supervisor) restore(epoch uint64, local bool) error {
+	dir := filepath.Join(s.store.Dir(), fmt.Sprintf("%016d", epoch))
+	m, err := checkpoint.VerifyDir(dir)
+	if err != nil {
+		return fmt.Errorf("checkpoint epoch %d is unusable: %w", epoch, err)
+	}
+	if !SameCommand(m.Command, s.cfg.Command) {
+		return fmt.Errorf("checkpoint epoch %d is of %q, not %q", epoch, m.Command, s.cfg.Command)
+	}
+	if err := s.killAll(); err != nil {
+		return err
+	}
+	inherit := map[string]*os.File{}
+	if k := m.External["stdout"]; k != "" {
+		inherit[k] = s.outW
+	}
+	if k := m.External["stderr"]; k != "" && inherit[k] == nil {
+		inherit[k] = s.errW
+	}
+	work, err := os.MkdirTemp(s.cfg.StateDir, "restore-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	start := s.clock.Now()
+	pid, err := s.cfg.Criu.Restore(checkpoint.Options{ImagesDir: dir, WorkDir: work, TCPEstablished: true, TCPClose: local, Inherit: inherit})
+	if err != nil {
+		return err
+	}
+	s.st.Restores++
+	s.incarnation(pid, fmt.Sprintf("restored from epoch %d in %s", epoch, s.clock.Since(start).Round(time.Millisecond)))
+	return nil
+}
+
+// killAll kills everything in the program's cgroup and waits until it is empty.
+func (s *Supervisor) killAll() error {
+	procs, err := s.cg.Procs()
+	if err != nil {
+		return err
+	}
+	if len(procs) == 0 {
+		return s.cg.Renew()
+	}
+	if err := s.cg.Kill(); err != nil {
+		return err
+	}
+	deadline := s.clock.Now().Add(5 * time.Second)
+	for s.clock.Now().Before(deadline) {
+		if procs, err := s.cg.Procs(); err == nil && len(procs) == 0 {
+			return s.cg.Renew()
+		}
+		s.clock.Sleep(5 * time.Millisecond)
+	}
+	return fmt.Errorf("processes in cgroup %q survived SIGKILL for 5s", s.cg.Group)
+}
+
+// mayCheckpoint is the pure rule for whether the program's current state is worth
+// keeping: a stopped or failing program would be restored stopped or failing.
+func mayCheckpoint(alive bool, stoppedPid int, healthFailures int) (bool, string) {
+	switch {
+	case !alive:
+		return false, "program not running"
+	case stoppedPid != 0:
+		return false, fmt.Sprintf("process %d is stopped (SIGSTOP?): not keeping a stopped state", stoppedPid)
+	case healthFailures > 0:
+		return false, fmt.Sprintf("health check failing (%d in a row): not keeping a state that may be hung", healthFailures)
+	}
+	return true, ""
+}
+
+// tryCheckpoint takes one checkpoint. final dumps without leaving the program running.
+func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
+	procs, _ := s.cg.Procs()
+	stopped, _ := anyStopped(procs)
+	if ok, why := mayCheckpoint(s.alive, stopped, s.healthFail); !ok {
+		s.log.Warn("checkpoint skipped: " + why)
+		return 0, errors.New(why)
+	}
+	epoch := s.nextEpoch
+	pending, err := s.store.Begin(epoch)
+	if err != nil {
+		return 0, s.checkpointFailed(epoch, err)
+	}
+	ext := map[string]string{}
+	if k := externalKey(s.pid, 1); k != "" {
+		ext["stdout"] = k
+	}
+	if k := externalKey(s.pid, 2); k != "" {
+		ext["stderr"] = k
+	}
+	start := s.clock.Now()
+	stats, err := s.cfg.Criu.Dump(checkpoint.Options{ImagesDir: pending.Dir, Pid: s.pid, LeaveRunning: !final,
+		TCPEstablished: true, Timeout: s.cfg.CriuTimeout})
+	if err != nil {
+		s.keepFailedLog(pending.Dir)
+		_ = pending.Abort()
+		return 0, s.checkpointFailed(epoch, err)
+	}
+	m := &checkpoint.Manifest{Created: s.clock.Now(), Service: s.cfg.Name, Command: s.cfg.Command, Pid: s.pid, External: ext, Stats: stats}
+	set, err := pending.Commit(m)
+	if err != nil {
+		return 0, s.checkpointFailed(epoch, err)
+	}
+	total := s.clock.Since(start)
+	s.nextEpoch = epoch + 1
+	s.lastCkptErr = false
+	s.ladder.Committed()
+	s.st.Epoch, s.st.LastCheckpoint, s.st.LastFrozen, s.st.LastCheckpointTime = epoch, m.Created, stats.Frozen, total
+	s.st.ImageBytes = m.Bytes()
+	s.st.Checkpoints++
+	s.st.LastError = ""
+	s.log.Debug("checkpoint committed", "epoch", epoch, "frozen", stats.Frozen, "total", total, "bytes", m.Bytes(), "dir", set.Dir)
+	if dropped, err := s.store.Prune(s.cfg.Keep); err != nil {
+		s.log.Warn("prune old checkpoints", "err", err)
+	} else if len(dropped) > 0 {
+		s.log.Debug("pruned old checkpoints", "count", len(dropped))
+	}
+	if !s.ready {
+		s.ready = true
+		s.log.Info("first checkpoint committed: program is protected", "epoch", epoch, "frozen", stats.Frozen, "bytes", m.Bytes())
+		if err := s.cfg.Notifier.Ready(s.status().Summary()); err != nil {
+			s.log.Warn("sd_notify READY", "err", err)
+		}
+	} else {
+		s.notifyStatus()
+	}
+	return epoch, nil
+}
+
+func (s *Supervisor) checkpointFailed(epoch uint64, err error) error {
+	s.lastCkptErr = true
+	s.st.CheckpointFailures++
+	s.st.LastError = err.Error()
+	if errors.Is(err, checkpoint.ErrNoSpace) {
+		err = fmt.Errorf("%w (free space in %q; earlier checkpoints are intact)", err, s.store.Dir())
+	}
+	s.log.Error("checkpoint failed; earlier checkpoints are intact", "epoch", epoch, "err", err)
+	s.notifyStatus()
+	return err
+}
+
+// keepFailedLog saves CRIU's log of a failed dump next to the checkpoints.
+func (s *Supervisor) keepFailedLog(dir string) {
+	data, err := os.ReadFile(filepath.Join(dir, checkpoint.DumpLog))
+	if err == nil {
+		_ = os.WriteFile(s.state.path("last-failed-dump.log"), data, 0o600)
+	}
+}
+
+func (s *Supervisor) status() Status {
+	st := s.st
+	if !st.LastCheckpoint.IsZero() {
+		st.LastCheckpointAge = s.clock.Since(st.LastCheckpoint)
+	}
+	return st
+}
+
+func (s *Supervisor) notifyStatus() {
+	if err := s.cfg.Notifier.Status(s.status().Summary()); err != nil {
+		s.log.Debug("sd_notify STATUS", "err", err)
+	}
+}
+
+func (s *Supervisor) pingWatchdog() {
+	ok, why := watchdog.ShouldPing(watchdog.WatchdogInput{
+		Alive: s.alive, LastCheckpointOK: s.st.LastCheckpoint, LastCheckpointErr: s.lastCkptErr,
+		Started: s.startedAt, MaxCheckpointAge: 3*s.cfg.Interval + 2*time.Second, Now: s.clock.Now(),
+	})
+	if !ok {
+		s.log.Warn("withholding systemd watchdog ping: " + why)
+		return
+	}
+	if err := s.cfg.Notifier.Watchdog(); err != nil {
+		s.log.Debug("sd_notify WATCHDOG", "err", err)
+	}
+}
+
+// shutdown stops the program after a final checkpoint, so the next start resumes it.
+func (s *Supervisor) shutdown() error {
+	s.shuttingDown = true
+	s.st.State = StateStopping
+	if err := s.cfg.Notifier.Stopping("stopping: final checkpoint"); err != nil {
+		s.log.Debug("sd_notify STOPPING", "err", err)
+	}
+	if s.alive {
+		final := false
+		if !s.cfg.NoFinalCheckpoint {
+			if epoch, err := s.tryCheckpoint(true); err == nil {
+				s.log.Info("final checkpoint committed; the next `ftrun run` resumes from it", "epoch", epoch)
+				final = true
+			}
+		}
+		if !final {
+			s.log.Info("stopping program", "pid", s.pid)
+		}
+		if err := s.killAll(); err != nil {
+			s.log.Error("stop program", "err", err)
+		}
+		s.incCancel()
+		s.alive = false
+		s.setPhase(PhaseStopped)
+	}
+	s.st.State = StateStopped
+	return nil
+}

@@ -1,0 +1,139 @@
+package auth
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// Config holds one node's credentials: the deployment CA and the node's own
+// certificate and key.
+type Config struct {
+	pool *x509.CertPool
+	cert tls.Certificate
+	name string
+}
+
+// LoadConfig reads ca.crt, node.crt and node.key from dir and checks that they
+// belong together (the key matches the certificate, the CA issued it, it has not
+// expired), so a bad directory fails at startup with the file named rather than at
+// the first handshake with a TLS alert.
+func LoadConfig(dir string) (*Config, error) {
+	fix := fmt.Sprintf("run `ftrun keygen %s`", dir)
+	caPath := filepath.Join(dir, CACertFile)
+	ca, err := readCert(caPath)
+	if err != nil {
+		return nil, fmt.Errorf("auth: %w (%s)", err, fix)
+	}
+	if !ca.IsCA {
+		return nil, fmt.Errorf("auth: %w: %q is not a CA certificate (%s)", ErrInvalid, caPath, fix)
+	}
+	crtPath, keyPath := filepath.Join(dir, NodeCertFile), filepath.Join(dir, NodeKeyFile)
+	leaf, err := readCert(crtPath)
+	if err != nil {
+		return nil, fmt.Errorf("auth: %w (%s)", err, fix)
+	}
+	key, err := readKey(keyPath)
+	if err != nil {
+		return nil, fmt.Errorf("auth: %w (%s)", err, fix)
+	}
+	if pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(leaf.PublicKey) {
+		return nil, fmt.Errorf("auth: %w: %q is not the key of %q (run `ftrun keygen --force %s`)", ErrInvalid, keyPath, crtPath, dir)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	if _, err := leaf.Verify(x509.VerifyOptions{
+		Roots:     pool,
+		DNSName:   ServerName,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}); err != nil {
+		return nil, fmt.Errorf("auth: %w: %q is not valid under %q: %w (reissue it with `ftrun keygen --force %s` using this CA)", ErrInvalid, crtPath, caPath, err, dir)
+	}
+	return &Config{
+		pool: pool,
+		cert: tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf},
+		name: leaf.Subject.CommonName,
+	}, nil
+}
+
+// Name is the common name of this node's certificate.
+func (c *Config) Name() string { return c.name }
+
+// Server returns the settings for the listening end. Each call returns a new
+// tls.Config, so a caller may adjust its copy without affecting others.
+func (c *Config) Server() *tls.Config {
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{c.cert},
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientCAs:    c.pool,
+	}
+}
+
+// Client returns the settings for the dialling end. It verifies the server against
+// the deployment CA under ServerName, whatever address was dialled.
+func (c *Config) Client() *tls.Config {
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{c.cert},
+		RootCAs:      c.pool,
+		ServerName:   ServerName,
+	}
+}
+
+// PeerName is the common name of the peer's verified certificate, for logs, or ""
+// when the peer presented none that was verified.
+func PeerName(cs tls.ConnectionState) string {
+	if len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
+		return ""
+	}
+	return cs.VerifiedChains[0][0].Subject.CommonName
+}
+
+func readPEM(path, blockType string) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", filepath.Base(path), err)
+	}
+	block, rest := pem.Decode(data)
+	if block == nil || block.Type != blockType {
+		return nil, fmt.Errorf("%w: %q holds no PEM %q block", ErrInvalid, path, blockType)
+	}
+	if more, _ := pem.Decode(rest); more != nil {
+		return nil, fmt.Errorf("%w: %q holds more than one PEM block", ErrInvalid, path)
+	}
+	return block.Bytes, nil
+}
+
+func readCert(path string) (*x509.Certificate, error) {
+	der, err := readPEM(path, "CERTIFICATE")
+	if err != nil {
+		return nil, err
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %q: %w", ErrInvalid, path, err)
+	}
+	return cert, nil
+}
+
+func readKey(path string) (crypto.Signer, error) {
+	der, err := readPEM(path, "PRIVATE KEY")
+	if err != nil {
+		return nil, err
+	}
+	key, err := x509.ParsePKCS8PrivateKey(der)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %q: %w", ErrInvalid, path, err)
+	}
+	ec, ok := key.(*ecdsa.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("%w: %q: %T, want an ECDSA key", ErrInvalid, path, key)
+	}
+	return ec, nil
+}
