@@ -43,7 +43,7 @@ func main() {
 			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json", EnvVars: []string{"FTRUN_LOG_FORMAT"}},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"FTRUN_LOG_LEVEL"}},
 		},
-		Commands: []*cli.Command{runCmd(), checkCmd(), statusCmd(), checkpointCmd(), restoreCmd(), demoCmd()},
+		Commands:       []*cli.Command{runCmd(), checkCmd(), statusCmd(), checkpointCmd(), restoreCmd(), demoCmd()},
 		ExitErrHandler: func(c *cli.Context, err error) {},
 	}
 	if err := app.Run(os.Args); err != nil {

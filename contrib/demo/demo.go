@@ -280,7 +280,9 @@ func (r *run) inject(ctx context.Context, step, script string, perInterval int64
 		if err := syscall.Kill(before.Pid, syscall.SIGKILL); err != nil {
 			return res, err
 		}
-		recovered = func(s supervisor.Status) bool { return s.Restores > before.Restores && s.State == supervisor.StateRunning }
+		recovered = func(s supervisor.Status) bool {
+			return s.Restores > before.Restores && s.State == supervisor.StateRunning
+		}
 		res.How = "restore"
 	case "hang":
 		r.say("inject: SIGSTOP the program (pid %d): it hangs; the health check must notice", before.Pid)
@@ -288,7 +290,9 @@ func (r *run) inject(ctx context.Context, step, script string, perInterval int64
 		if err := syscall.Kill(before.Pid, syscall.SIGSTOP); err != nil {
 			return res, err
 		}
-		recovered = func(s supervisor.Status) bool { return s.Restores > before.Restores && s.State == supervisor.StateRunning }
+		recovered = func(s supervisor.Status) bool {
+			return s.Restores > before.Restores && s.State == supervisor.StateRunning
+		}
 		res.How = "health check + restore"
 	case "kill-ftrun":
 		r.say("inject: kill -9 ftrun itself (pid %d), then start it again as systemd's Restart= would", r.ftrun.Process.Pid)
@@ -309,7 +313,9 @@ func (r *run) inject(ctx context.Context, step, script string, perInterval int64
 		if err := syscall.Kill(before.Pid, syscall.SIGKILL); err != nil {
 			return res, err
 		}
-		recovered = func(s supervisor.Status) bool { return s.Restores > before.Restores && s.State == supervisor.StateRunning }
+		recovered = func(s supervisor.Status) bool {
+			return s.Restores > before.Restores && s.State == supervisor.StateRunning
+		}
 		res.How = "restore"
 	case "corrupt-checkpoint":
 		newest, err := newestSet(filepath.Join(r.state, supervisor.CheckpointsDir))
@@ -324,7 +330,9 @@ func (r *run) inject(ctx context.Context, step, script string, perInterval int64
 		if err := syscall.Kill(before.Pid, syscall.SIGKILL); err != nil {
 			return res, err
 		}
-		recovered = func(s supervisor.Status) bool { return s.Restores > before.Restores && s.State == supervisor.StateRunning }
+		recovered = func(s supervisor.Status) bool {
+			return s.Restores > before.Restores && s.State == supervisor.StateRunning
+		}
 		res.How = "restore of an older checkpoint"
 		// The newest checkpoint is lost, so one more interval may be lost with it.
 		res.Allowed += perInterval

@@ -1,0 +1,331 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ftrun/ftrun/supervisor"
+)
+
+var ftrunBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "ftrun-it-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	ftrunBin = filepath.Join(dir, "ftrun")
+	out, err := exec.Command("go", "build", "-o", ftrunBin, "github.com/ftrun/ftrun/cmd/ftrun").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build ftrun: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// requiresRoot skips tests that need root and the tools scripts/setup installs.
+func requiresRoot(t testing.TB, tools ...string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: CRIU, cgroups and namespaces")
+	}
+	for _, tool := range append([]string{"criu"}, tools...) {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed: run scripts/setup", tool)
+		}
+	}
+}
+
+// ftrunProc is one running `ftrun run`.
+type ftrunProc struct {
+	t        testing.TB
+	cmd      *exec.Cmd
+	stateDir string
+	logPath  string
+	done     chan struct{}
+	err      error
+}
+
+func startFtrun(t testing.TB, stateDir string, env []string, args ...string) *ftrunProc {
+	t.Helper()
+	logPath := filepath.Join(t.TempDir(), "ftrun.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := append([]string{"run", "--state-dir", stateDir}, args...)
+	cmd := exec.Command(ftrunBin, full...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	logf.Close()
+	p := &ftrunProc{t: t, cmd: cmd, stateDir: stateDir, logPath: logPath, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.stop()
+		if t.Failed() {
+			data, _ := os.ReadFile(logPath)
+			t.Logf("ftrun log:\n%s", tail(string(data), 60))
+		}
+	})
+	return p
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// stop sends SIGTERM and waits; it returns ftrun's exit code.
+func (p *ftrunProc) stop() int {
+	select {
+	case <-p.done:
+	default:
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(30 * time.Second):
+			_ = p.cmd.Process.Kill()
+			<-p.done
+			p.t.Errorf("ftrun did not stop within 30s of SIGTERM")
+		}
+	}
+	return exitCode(p.err)
+}
+
+func (p *ftrunProc) kill9() {
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
+func (p *ftrunProc) wait(timeout time.Duration) (int, error) {
+	select {
+	case <-p.done:
+		return exitCode(p.err), nil
+	case <-time.After(timeout):
+		return 0, errors.New("ftrun still running")
+	}
+}
+
+func (p *ftrunProc) log() string {
+	data, _ := os.ReadFile(p.logPath)
+	return string(data)
+}
+
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
+}
+
+func status(stateDir string) (supervisor.Status, error) {
+	resp, err := supervisor.Query(stateDir, supervisor.Request{Op: "status"}, 2*time.Second)
+	if err != nil {
+		return supervisor.Status{}, err
+	}
+	return *resp.Status, nil
+}
+
+// waitFor polls the supervisor's status until ok holds.
+func (p *ftrunProc) waitFor(what string, timeout time.Duration, ok func(supervisor.Status) bool) supervisor.Status {
+	p.t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last error
+	for time.Now().Before(deadline) {
+		select {
+		case <-p.done:
+			p.t.Fatalf("waiting for %s: ftrun exited (%v)", what, p.err)
+		default:
+		}
+		st, err := status(p.stateDir)
+		if err == nil && ok(st) {
+			return st
+		}
+		last = err
+		time.Sleep(20 * time.Millisecond)
+	}
+	p.t.Fatalf("waiting for %s: timed out after %s (last error: %v)", what, timeout, last)
+	return supervisor.Status{}
+}
+
+func (p *ftrunProc) checkpoint() uint64 {
+	p.t.Helper()
+	resp, err := supervisor.Query(p.stateDir, supervisor.Request{Op: "checkpoint"}, time.Minute)
+	if err != nil {
+		p.t.Fatalf("forced checkpoint: %v", err)
+	}
+	return resp.Epoch
+}
+
+// cgroupProcs lists the processes in service name's cgroup.
+func cgroupProcs(t testing.TB, name string) []int {
+	data, err := os.ReadFile(filepath.Join(cgroup2Mount(t), "ftrun", name, "cgroup.procs"))
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, f := range strings.Fields(string(data)) {
+		if n, err := strconv.Atoi(f); err == nil {
+			pids = append(pids, n)
+		}
+	}
+	return pids
+}
+
+func cgroup2Mount(t testing.TB) string {
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
+		return "/sys/fs/cgroup"
+	}
+	return "/sys/fs/cgroup/unified"
+}
+
+// killService removes whatever a test left in a service's cgroup.
+func killService(t testing.TB, name string) {
+	path := filepath.Join(cgroup2Mount(t), "ftrun", name)
+	_ = os.WriteFile(filepath.Join(path, "cgroup.kill"), []byte("1"), 0)
+	for i := 0; i < 100 && len(cgroupProcs(t, name)) > 0; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	_ = os.Remove(path)
+}
+
+var portMu sync.Mutex
+
+// freePort finds a free TCP port on 127.0.0.1.
+func freePort(t testing.TB) int {
+	portMu.Lock()
+	defer portMu.Unlock()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// resp is a minimal RESP client: enough to speak to a real redis-server.
+type resp struct {
+	conn net.Conn
+	rd   *bufio.Reader
+}
+
+func dialRedis(addr string, timeout time.Duration) (*resp, error) {
+	c, err := net.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		return nil, err
+	}
+	return &resp{conn: c, rd: bufio.NewReader(c)}, nil
+}
+
+func (r *resp) Close() error { return r.conn.Close() }
+
+// Do sends a command and returns the reply as text (bulk strings unquoted, nil as "(nil)").
+func (r *resp) Do(timeout time.Duration, args ...string) (string, error) {
+	_ = r.conn.SetDeadline(time.Now().Add(timeout))
+	var b strings.Builder
+	fmt.Fprintf(&b, "*%d\r\n", len(args))
+	for _, a := range args {
+		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	}
+	if _, err := r.conn.Write([]byte(b.String())); err != nil {
+		return "", err
+	}
+	return r.read()
+}
+
+func (r *resp) read() (string, error) {
+	line, err := r.rd.ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	line = strings.TrimRight(line, "\r\n")
+	if line == "" {
+		return "", errors.New("empty reply")
+	}
+	switch line[0] {
+	case '+', ':':
+		return line[1:], nil
+	case '-':
+		return "", fmt.Errorf("redis: %s", line[1:])
+	case '$':
+		n, err := strconv.Atoi(line[1:])
+		if err != nil {
+			return "", err
+		}
+		if n < 0 {
+			return "(nil)", nil
+		}
+		buf := make([]byte, n+2)
+		if _, err := io.ReadFull(r.rd, buf); err != nil {
+			return "", err
+		}
+		return string(buf[:n]), nil
+	case '*':
+		n, _ := strconv.Atoi(line[1:])
+		var parts []string
+		for i := 0; i < n; i++ {
+			s, err := r.read()
+			if err != nil {
+				return "", err
+			}
+			parts = append(parts, s)
+		}
+		return strings.Join(parts, " "), nil
+	}
+	return "", fmt.Errorf("unexpected reply %q", line)
+}
+
+// waitRedis polls until PING answers on a new connection.
+func waitRedis(ctx context.Context, addr string) (time.Time, error) {
+	for {
+		if c, err := dialRedis(addr, 200*time.Millisecond); err == nil {
+			got, err := c.Do(500*time.Millisecond, "PING")
+			c.Close()
+			if err == nil && got == "PONG" {
+				return time.Now(), nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return time.Time{}, fmt.Errorf("redis at %s did not answer: %w", addr, ctx.Err())
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+// redisArgs runs redis-server in the foreground on 127.0.0.1:port with no persistence
+// of its own: only ftrun keeps its data.
+func redisArgs(port int, dir string) []string {
+	return []string{"redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--daemonize", "no", "--dir", dir, "--protected-mode", "no", "--logfile", ""}
+}
