@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -223,18 +224,43 @@ func (c *Criu) Restore(o Options) (int, error) {
 	return n.pid, nil
 }
 
+// CriuError is a failed CRIU operation, told in CRIU's own Error lines.
+type CriuError struct {
+	Op    string   // "dump" or "restore"
+	Lines []string // the last Error lines of CRIU's log
+	Log   string   // the log file (it may live in a directory that is removed later)
+	Err   error    // what go-criu reported
+}
+
+func (e *CriuError) Error() string {
+	if len(e.Lines) > 0 {
+		return fmt.Sprintf("criu %s failed: %s", e.Op, strings.Join(e.Lines, " | "))
+	}
+	return fmt.Sprintf("criu %s failed: %s", e.Op, oneLine(e.Err.Error()))
+}
+
+func (e *CriuError) Unwrap() []error {
+	errs := []error{ErrCriuFailed, e.Err}
+	for _, l := range e.Lines {
+		if strings.Contains(l, "No space left on device") {
+			errs = append(errs, ErrNoSpace)
+			break
+		}
+	}
+	return errs
+}
+
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}
+
 // criuError turns a failed RPC into one line that carries CRIU's own Error lines.
 func criuError(op, dir, logName string, err error) error {
-	var b strings.Builder
-	if errors.Is(err, os.ErrNotExist) || strings.Contains(err.Error(), "executable file not found") {
-		return fmt.Errorf("%w: %s: criu binary not found: %v (run scripts/setup, or pass --criu PATH)", ErrCriuFailed, op, err)
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, exec.ErrNotFound) {
+		return fmt.Errorf("%w: %s: criu binary not found: %v (run scripts/setup, or pass --criu PATH)", ErrCriuMissing, op, err)
 	}
-	lines := ErrorLines(filepath.Join(dir, logName), 3)
-	if len(lines) > 0 {
-		b.WriteString(": ")
-		b.WriteString(strings.Join(lines, " | "))
-	}
-	return fmt.Errorf("%w: %s: %v%s (log: %s)", ErrCriuFailed, op, err, b.String(), filepath.Join(dir, logName))
+	log := filepath.Join(dir, logName)
+	return &CriuError{Op: op, Lines: ErrorLines(log, 3), Log: log, Err: err}
 }
 
 // benignErrors are Error lines CRIU prints on every run here and that explain nothing.

@@ -4,24 +4,29 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/crc32"
-	"io"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"slices"
 	"sort"
+	"sync"
 	"time"
+
+	"github.com/zeebo/xxh3"
+	"golang.org/x/sys/unix"
 )
 
 // ManifestName is the file in every committed image set that lists its files.
 const ManifestName = "MANIFEST.json"
 
 // manifestVersion changes when the manifest's meaning changes; older ftruns refuse newer sets.
-const manifestVersion = 1
+const manifestVersion = 2
 
-// castagnoli is CRC32C: hardware-accelerated on amd64 and arm64, so checksumming a
-// 100 MB image set costs a few milliseconds. It guards against corruption (bit rot, torn
-// writes, truncation), not against an attacker with write access to the state dir.
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+// Checksums are XXH3-64 per chunk: it runs at memory speed with SIMD (about five times
+// CRC32C's speed here), so checksumming a 100 MB image set stays within the 10% of a
+// CRIU dump that ftrun may add. It guards against corruption (bit rot, torn writes,
+// truncation), not against an attacker with write access to the state dir.
 
 // ErrCorrupt marks an image set whose files do not match its manifest.
 var ErrCorrupt = errors.New("image set corrupt")
@@ -43,11 +48,19 @@ type Manifest struct {
 	Files    []FileSum         `json:"files"`
 }
 
-// FileSum is one file of an image set.
+// ChunkSize is the unit of the per-file checksums: files are checksummed in chunks so
+// that both cores work on the one large pages image at once.
+const ChunkSize = 8 << 20
+
+// FileSum is one file of an image set: its size and the XXH3-64 of each ChunkSize piece.
 type FileSum struct {
-	Name   string `json:"name"`
-	Size   int64  `json:"size"`
-	CRC32C uint32 `json:"crc32c"`
+	Name string   `json:"name"`
+	Size int64    `json:"size"`
+	XXH3 []uint64 `json:"xxh3"`
+}
+
+func (f FileSum) equal(o FileSum) bool {
+	return f.Size == o.Size && slices.Equal(f.XXH3, o.XXH3)
 }
 
 // Bytes is the total size of the files the manifest lists.
@@ -59,28 +72,77 @@ func (m *Manifest) Bytes() int64 {
 	return n
 }
 
-// sumFile checksums one file and, when sync is set, forces it to stable storage. Both
-// happen through the same open file so the bytes we vouch for are the bytes we fsynced.
-func sumFile(path string, sync bool) (FileSum, error) {
+// sumFile checksums one file. The image was just written, so its pages are in the page
+// cache: mapping them avoids copying 100 MB through read(2), and the chunks (and the
+// page faults that map them) are spread over all cores.
+func sumFile(path string) (FileSum, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return FileSum{}, err
 	}
 	defer f.Close()
-	h := crc32.New(castagnoli)
-	n, err := io.Copy(h, f)
+	fi, err := f.Stat()
 	if err != nil {
+		return FileSum{}, err
+	}
+	sum := FileSum{Name: filepath.Base(path), Size: fi.Size()}
+	if fi.Size() == 0 {
+		return sum, nil
+	}
+	data, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return FileSum{}, fmt.Errorf("map %q: %w", path, err)
+	}
+	defer unix.Munmap(data)
+	if sum.XXH3, err = chunkSums(data); err != nil {
 		return FileSum{}, fmt.Errorf("read %q: %w", path, err)
 	}
-	if sync {
-		if err := f.Sync(); err != nil {
-			return FileSum{}, fmt.Errorf("fsync %q: %w", path, err)
-		}
-	}
-	return FileSum{Name: filepath.Base(path), Size: n, CRC32C: h.Sum32()}, nil
+	return sum, nil
 }
 
-// writeManifest writes m as dir/MANIFEST.json and fsyncs it.
+// chunkSums is the XXH3-64 of every ChunkSize piece of mapped data, computed in
+// parallel. A file truncated behind our back while mapped faults (SIGBUS): that becomes
+// an error about the file, not a crash of the supervisor.
+func chunkSums(data []byte) ([]uint64, error) {
+	n := (len(data) + ChunkSize - 1) / ChunkSize
+	sums := make([]uint64, n)
+	workers := min(runtime.NumCPU(), n)
+	errs := make([]error, workers)
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+			defer func() {
+				if r := recover(); r != nil {
+					errs[w] = fmt.Errorf("file changed while being checksummed: %v", r)
+				}
+			}()
+			for i := w; i < n; i += workers {
+				end := min((i+1)*ChunkSize, len(data))
+				sums[i] = xxh3.Hash(data[i*ChunkSize : end])
+			}
+		}()
+	}
+	wg.Wait()
+	return sums, errors.Join(errs...)
+}
+
+// syncFile forces one file to stable storage.
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("fsync %q: %w", path, err)
+	}
+	return nil
+}
+
+// writeManifest writes m as dir/MANIFEST.json (Store.Sync makes it durable).
 func writeManifest(dir string, m *Manifest) error {
 	data, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
@@ -94,10 +156,6 @@ func writeManifest(dir string, m *Manifest) error {
 	if _, err := f.Write(data); err != nil {
 		f.Close()
 		return fmt.Errorf("write %q: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("fsync %q: %w", path, err)
 	}
 	return f.Close()
 }
@@ -118,7 +176,7 @@ func ReadManifest(dir string) (*Manifest, error) {
 	return &m, nil
 }
 
-// VerifyDir checks every file the manifest in dir lists: present, same size, same CRC32C.
+// VerifyDir checks every file the manifest in dir lists: present, same size, same checksums.
 // It also refuses CRIU images that are present but unlisted, since CRIU would read them.
 func VerifyDir(dir string) (*Manifest, error) {
 	m, err := ReadManifest(dir)
@@ -128,14 +186,14 @@ func VerifyDir(dir string) (*Manifest, error) {
 	listed := make(map[string]bool, len(m.Files))
 	for _, want := range m.Files {
 		listed[want.Name] = true
-		got, err := sumFile(filepath.Join(dir, want.Name), false)
+		got, err := sumFile(filepath.Join(dir, want.Name))
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
 		}
 		if got.Size != want.Size {
 			return nil, fmt.Errorf("%w: %q in %q is %d bytes, manifest says %d", ErrCorrupt, want.Name, dir, got.Size, want.Size)
 		}
-		if got.CRC32C != want.CRC32C {
+		if !got.equal(want) {
 			return nil, fmt.Errorf("%w: %q in %q fails its checksum", ErrCorrupt, want.Name, dir)
 		}
 	}

@@ -8,7 +8,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 )
 
@@ -22,7 +21,7 @@ var ErrNoSpace = errors.New("no space left for the image set")
 // Store keeps committed image sets in one directory, one subdirectory per epoch.
 type Store struct {
 	dir string
-	// NoSync skips fsync; only for tests and benchmarks that measure without it.
+	// NoSync makes Sync a no-op; for tests and benchmarks that measure without it.
 	NoSync bool
 }
 
@@ -82,8 +81,15 @@ func (p *Pending) Abort() error {
 	return os.RemoveAll(p.Dir)
 }
 
-// Commit checksums and fsyncs every file, writes the manifest, and renames the set into
-// place. On any error the pending directory is removed and no committed set changes.
+// Commit checksums every file, writes the manifest, and renames the set into place; it
+// does not wait for the disk (see Sync). On any error the pending directory is removed
+// and no committed set changes.
+//
+// Why rename before fsync: the epoch's critical path then costs what CRIU costs plus a
+// checksum, and safety does not depend on the order. Every restore verifies a set
+// against its manifest first, so a set torn by a power loss before its Sync is refused
+// and the ladder takes the one before, which Sync made durable; pruning never removes
+// the newest durable set.
 func (p *Pending) Commit(m *Manifest) (Set, error) {
 	set, err := p.commit(m)
 	if err != nil {
@@ -98,61 +104,43 @@ func (p *Pending) commit(m *Manifest) (Set, error) {
 	if err != nil {
 		return Set{}, fmt.Errorf("list images: %w", err)
 	}
-	durable := !p.store.NoSync
-	sums, err := sumFiles(p.Dir, names, durable)
-	if err != nil {
-		return Set{}, err
+	m.Files = make([]FileSum, len(names))
+	for i, name := range names {
+		if m.Files[i], err = sumFile(filepath.Join(p.Dir, name)); err != nil {
+			return Set{}, err
+		}
 	}
 	m.Version = manifestVersion
 	m.Epoch = p.Epoch
-	m.Files = sums
 	if err := writeManifest(p.Dir, m); err != nil {
 		return Set{}, err
-	}
-	if durable {
-		if err := syncDir(p.Dir); err != nil {
-			return Set{}, err
-		}
 	}
 	final := filepath.Join(p.store.dir, epochName(p.Epoch))
 	if err := os.Rename(p.Dir, final); err != nil {
 		return Set{}, fmt.Errorf("commit image set: %w", err)
 	}
-	if durable {
-		if err := syncDir(p.store.dir); err != nil {
-			// The rename happened; the set is complete and verifiable, only its durability
-			// across a power loss is in doubt. Say so rather than pretend it failed.
-			return Set{Epoch: p.Epoch, Dir: final}, nil
-		}
-	}
 	return Set{Epoch: p.Epoch, Dir: final}, nil
 }
 
-// sumFiles checksums (and fsyncs) files on two workers: one large pages image and many
-// small ones are typical, and fsync latency overlaps well.
-func sumFiles(dir string, names []string, durable bool) ([]FileSum, error) {
-	sums := make([]FileSum, len(names))
-	errs := make([]error, len(names))
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for w := 0; w < 2; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				sums[i], errs[i] = sumFile(filepath.Join(dir, names[i]), durable)
-			}
-		}()
+// Sync makes a committed set durable: its files, its directory and its name. Until it
+// returns, a power loss may tear the set (which Verify then refuses).
+func (s *Store) Sync(set Set) error {
+	if s.NoSync {
+		return nil
 	}
-	for i := range names {
-		next <- i
+	names, err := listFiles(set.Dir)
+	if err != nil {
+		return wrapNoSpace(fmt.Errorf("list %q: %w", set.Dir, err))
 	}
-	close(next)
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
+	for _, name := range append(names, ManifestName) {
+		if err := syncFile(filepath.Join(set.Dir, name)); err != nil {
+			return wrapNoSpace(err)
+		}
 	}
-	return sums, nil
+	if err := syncDir(set.Dir); err != nil {
+		return err
+	}
+	return syncDir(s.dir)
 }
 
 func syncDir(dir string) error {
@@ -212,13 +200,14 @@ func (s *Store) Remove(set Set) error {
 	return os.RemoveAll(set.Dir)
 }
 
-// Prune removes all but the newest keep sets and returns what it removed.
-func (s *Store) Prune(keep int) ([]Set, error) {
+// Prune removes all but the newest keep sets, never the newest durable one (epoch
+// durable, 0 if none is known), and returns what it removed.
+func (s *Store) Prune(keep int, durable uint64) ([]Set, error) {
 	sets, err := s.List()
 	if err != nil {
 		return nil, err
 	}
-	drop := Retain(sets, keep)
+	drop := Retain(sets, keep, durable)
 	for _, set := range drop {
 		if err := s.Remove(set); err != nil {
 			return nil, fmt.Errorf("prune epoch %d: %w", set.Epoch, err)
@@ -228,13 +217,17 @@ func (s *Store) Prune(keep int) ([]Set, error) {
 }
 
 // Retain decides which sets (newest first) to drop so that keep remain. keep < 1 is
-// treated as 1: the newest committed set is never dropped.
-func Retain(newestFirst []Set, keep int) []Set {
+// treated as 1: the newest committed set is never dropped, and neither is the set of
+// epoch durable, the newest known to be on stable storage.
+func Retain(newestFirst []Set, keep int, durable uint64) []Set {
 	if keep < 1 {
 		keep = 1
 	}
-	if len(newestFirst) <= keep {
-		return nil
+	var drop []Set
+	for i, set := range newestFirst {
+		if i >= keep && set.Epoch != durable {
+			drop = append(drop, set)
+		}
 	}
-	return append([]Set(nil), newestFirst[keep:]...)
+	return drop
 }

@@ -3,13 +3,14 @@ package checkpoint
 import (
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/zeebo/xxh3"
 )
 
 // sampleImages is a small stand-in for what CRIU writes into an image directory.
@@ -51,6 +52,20 @@ func commitSet(t *testing.T, s *Store, epoch uint64, files map[string]string) Se
 		t.Fatalf("Commit(%d): %v", epoch, err)
 	}
 	return set
+}
+
+// wantSum is what the manifest must say of a file holding data, computed here
+// independently: the XXH3-64 of every ChunkSize piece.
+func wantSum(name string, data []byte) FileSum {
+	var sums []uint64
+	for off := 0; off < len(data); off += ChunkSize {
+		sums = append(sums, xxh3.Hash(data[off:min(off+ChunkSize, len(data))]))
+	}
+	return FileSum{Name: name, Size: int64(len(data)), XXH3: sums}
+}
+
+func sameSum(a, b FileSum) bool {
+	return a.Name == b.Name && a.Size == b.Size && slices.Equal(a.XXH3, b.XXH3)
 }
 
 func epochs(sets []Set) []uint64 {
@@ -131,68 +146,124 @@ func TestOpenStoreRemovesUnfinishedSets(t *testing.T) {
 }
 
 func TestCommitWritesManifest(t *testing.T) {
+	s := openStore(t)
+	p, err := s.Begin(7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(filepath.Base(p.Dir), tmpPrefix) || filepath.Dir(p.Dir) != s.Dir() {
+		t.Errorf("pending dir %q is not a %q dir inside the store", p.Dir, tmpPrefix)
+	}
+	if p.Epoch != 7 {
+		t.Errorf("pending epoch = %d, want 7", p.Epoch)
+	}
+	writeFiles(t, p.Dir, sampleImages)
+	if sets, err := s.List(); err != nil || len(sets) != 0 {
+		t.Fatalf("pending set is visible before Commit: %v, %v", sets, err)
+	}
+
+	set, err := p.Commit(&Manifest{Service: "svc", Command: []string{"prog", "arg"}, Pid: 42})
+	if err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	wantDir := filepath.Join(s.Dir(), "0000000000000007")
+	if set.Epoch != 7 || set.Dir != wantDir {
+		t.Errorf("Commit = %+v, want epoch 7 in %q", set, wantDir)
+	}
+	if _, err := os.Stat(p.Dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pending dir still exists after Commit: %v", err)
+	}
+	if sets, err := s.List(); err != nil || !slices.Equal(epochs(sets), []uint64{7}) {
+		t.Errorf("List after Commit = %v, %v", sets, err)
+	}
+
+	m, err := ReadManifest(set.Dir)
+	if err != nil {
+		t.Fatalf("ReadManifest: %v", err)
+	}
+	if m.Version != manifestVersion || m.Epoch != 7 || m.Service != "svc" || m.Pid != 42 ||
+		!slices.Equal(m.Command, []string{"prog", "arg"}) {
+		t.Errorf("manifest header = %+v", m)
+	}
+	var names []string
+	for name := range sampleImages {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	if len(m.Files) != len(names) {
+		t.Fatalf("manifest lists %d files, want %d: %+v", len(m.Files), len(names), m.Files)
+	}
+	var total int64
+	for i, f := range m.Files {
+		want := wantSum(names[i], []byte(sampleImages[names[i]]))
+		if !sameSum(f, want) {
+			t.Errorf("manifest file %d = %+v, want %+v", i, f, want)
+		}
+		total += want.Size
+	}
+	if m.Bytes() != total {
+		t.Errorf("Bytes() = %d, want %d", m.Bytes(), total)
+	}
+	if _, err := VerifyDir(set.Dir); err != nil {
+		t.Errorf("VerifyDir on a fresh set: %v", err)
+	}
+}
+
+func TestCommitMultiChunkFile(t *testing.T) {
+	// One byte over two chunks: three checksums, the last of a single byte.
+	big := make([]byte, 2*ChunkSize+1)
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	s := openStore(t)
+	set := commitSet(t, s, 1, map[string]string{"pages-1.img": string(big)})
+	m, err := VerifyDir(set.Dir)
+	if err != nil {
+		t.Fatalf("VerifyDir: %v", err)
+	}
+	want := wantSum("pages-1.img", big)
+	if len(want.XXH3) != 3 || len(m.Files) != 1 || !sameSum(m.Files[0], want) {
+		t.Fatalf("manifest = %+v, want %+v", m.Files, want)
+	}
+	// Damage in any chunk, the first byte of the last one included, is caught.
+	for _, off := range []int{0, ChunkSize - 1, ChunkSize, 2 * ChunkSize} {
+		f, err := os.OpenFile(filepath.Join(set.Dir, "pages-1.img"), os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteAt([]byte{big[off] ^ 1}, int64(off)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := VerifyDir(set.Dir); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("flipped byte at %d: VerifyDir = %v, want ErrCorrupt", off, err)
+		}
+		if _, err := f.WriteAt(big[off:off+1], int64(off)); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		if _, err := VerifyDir(set.Dir); err != nil {
+			t.Fatalf("restored byte at %d: %v", off, err)
+		}
+	}
+}
+
+func TestSync(t *testing.T) {
 	for _, nosync := range []bool{false, true} {
 		t.Run(fmt.Sprintf("NoSync=%v", nosync), func(t *testing.T) {
 			s := openStore(t)
 			s.NoSync = nosync
-			p, err := s.Begin(7)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !strings.HasPrefix(filepath.Base(p.Dir), tmpPrefix) || filepath.Dir(p.Dir) != s.Dir() {
-				t.Errorf("pending dir %q is not a %q dir inside the store", p.Dir, tmpPrefix)
-			}
-			if p.Epoch != 7 {
-				t.Errorf("pending epoch = %d, want 7", p.Epoch)
-			}
-			writeFiles(t, p.Dir, sampleImages)
-			if sets, err := s.List(); err != nil || len(sets) != 0 {
-				t.Fatalf("pending set is visible before Commit: %v, %v", sets, err)
-			}
-
-			set, err := p.Commit(&Manifest{Service: "svc", Command: []string{"prog", "arg"}, Pid: 42})
-			if err != nil {
-				t.Fatalf("Commit: %v", err)
-			}
-			wantDir := filepath.Join(s.Dir(), "0000000000000007")
-			if set.Epoch != 7 || set.Dir != wantDir {
-				t.Errorf("Commit = %+v, want epoch 7 in %q", set, wantDir)
-			}
-			if _, err := os.Stat(p.Dir); !errors.Is(err, os.ErrNotExist) {
-				t.Errorf("pending dir still exists after Commit: %v", err)
-			}
-
-			m, err := ReadManifest(set.Dir)
-			if err != nil {
-				t.Fatalf("ReadManifest: %v", err)
-			}
-			if m.Version != manifestVersion || m.Epoch != 7 || m.Service != "svc" || m.Pid != 42 ||
-				!slices.Equal(m.Command, []string{"prog", "arg"}) {
-				t.Errorf("manifest header = %+v", m)
-			}
-			var names []string
-			for name := range sampleImages {
-				names = append(names, name)
-			}
-			slices.Sort(names)
-			if len(m.Files) != len(names) {
-				t.Fatalf("manifest lists %d files, want %d: %+v", len(m.Files), len(names), m.Files)
-			}
-			var total int64
-			for i, f := range m.Files {
-				data := sampleImages[names[i]]
-				want := FileSum{Name: names[i], Size: int64(len(data)),
-					CRC32C: crc32.Checksum([]byte(data), crc32.MakeTable(crc32.Castagnoli))}
-				if f != want {
-					t.Errorf("manifest file %d = %+v, want %+v", i, f, want)
-				}
-				total += int64(len(data))
-			}
-			if m.Bytes() != total {
-				t.Errorf("Bytes() = %d, want %d", m.Bytes(), total)
+			set := commitSet(t, s, 3, sampleImages)
+			if err := s.Sync(set); err != nil {
+				t.Fatalf("Sync: %v", err)
 			}
 			if _, err := VerifyDir(set.Dir); err != nil {
-				t.Errorf("VerifyDir on a fresh set: %v", err)
+				t.Errorf("VerifyDir after Sync: %v", err)
+			}
+			if nosync {
+				return
+			}
+			if err := s.Sync(Set{Epoch: 4, Dir: filepath.Join(s.Dir(), epochName(4))}); err == nil {
+				t.Error("Sync of a set that does not exist succeeded")
 			}
 		})
 	}
@@ -365,6 +436,7 @@ func TestFailedCommitLeavesNoHalfSet(t *testing.T) {
 func TestPrune(t *testing.T) {
 	cases := []struct {
 		keep        int
+		durable     uint64
 		wantKept    []uint64
 		wantDropped []uint64
 	}{
@@ -374,15 +446,18 @@ func TestPrune(t *testing.T) {
 		{keep: -2, wantKept: []uint64{5}, wantDropped: []uint64{4, 3, 2, 1}},
 		{keep: 5, wantKept: []uint64{5, 4, 3, 2, 1}},
 		{keep: 10, wantKept: []uint64{5, 4, 3, 2, 1}},
+		{keep: 2, durable: 2, wantKept: []uint64{5, 4, 2}, wantDropped: []uint64{3, 1}},
+		{keep: 1, durable: 5, wantKept: []uint64{5}, wantDropped: []uint64{4, 3, 2, 1}},
+		{keep: 0, durable: 1, wantKept: []uint64{5, 1}, wantDropped: []uint64{4, 3, 2}},
+		{keep: 2, durable: 99, wantKept: []uint64{5, 4}, wantDropped: []uint64{3, 2, 1}},
 	}
 	for _, tc := range cases {
-		t.Run(fmt.Sprintf("keep=%d", tc.keep), func(t *testing.T) {
+		t.Run(fmt.Sprintf("keep=%d,durable=%d", tc.keep, tc.durable), func(t *testing.T) {
 			s := openStore(t)
-			s.NoSync = true
 			for e := uint64(1); e <= 5; e++ {
 				commitSet(t, s, e, sampleImages)
 			}
-			dropped, err := s.Prune(tc.keep)
+			dropped, err := s.Prune(tc.keep, tc.durable)
 			if err != nil {
 				t.Fatalf("Prune: %v", err)
 			}
@@ -427,30 +502,39 @@ func TestRetain(t *testing.T) {
 		return out
 	}
 	cases := []struct {
-		name string
-		in   []Set
-		keep int
-		want []uint64
+		name    string
+		in      []Set
+		keep    int
+		durable uint64
+		want    []uint64
 	}{
-		{"none", nil, 3, nil},
-		{"fewer than keep", sets(3, 2), 3, nil},
-		{"exactly keep", sets(3, 2, 1), 3, nil},
-		{"more than keep", sets(9, 7, 5, 3), 2, []uint64{5, 3}},
-		{"keep 1", sets(9, 7, 5), 1, []uint64{7, 5}},
-		{"keep 0 is 1", sets(9, 7, 5), 0, []uint64{7, 5}},
-		{"negative keep is 1", sets(9, 7, 5), -4, []uint64{7, 5}},
-		{"keep 0 with one set drops nothing", sets(9), 0, nil},
+		{"none", nil, 3, 0, nil},
+		{"fewer than keep", sets(3, 2), 3, 0, nil},
+		{"exactly keep", sets(3, 2, 1), 3, 0, nil},
+		{"more than keep", sets(9, 7, 5, 3), 2, 0, []uint64{5, 3}},
+		{"keep 1", sets(9, 7, 5), 1, 0, []uint64{7, 5}},
+		{"keep 0 is 1", sets(9, 7, 5), 0, 0, []uint64{7, 5}},
+		{"negative keep is 1", sets(9, 7, 5), -4, 0, []uint64{7, 5}},
+		{"keep 0 with one set drops nothing", sets(9), 0, 0, nil},
+		{"durable among the kept", sets(9, 7, 5, 3), 2, 7, []uint64{5, 3}},
+		{"durable beyond keep is kept", sets(9, 7, 5, 3), 1, 5, []uint64{7, 3}},
+		{"durable is the oldest", sets(9, 7, 5, 3), 1, 3, []uint64{7, 5}},
+		{"durable unknown epoch", sets(9, 7, 5), 1, 8, []uint64{7, 5}},
+		{"keep 0 with durable newest", sets(9, 7), 0, 9, []uint64{7}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			in := slices.Clone(tc.in)
-			got := Retain(in, tc.keep)
+			got := Retain(in, tc.keep, tc.durable)
 			if e := epochs(got); !slices.Equal(e, tc.want) && !(len(e) == 0 && len(tc.want) == 0) {
-				t.Errorf("Retain(%v, %d) = %v, want %v", epochs(tc.in), tc.keep, e, tc.want)
+				t.Errorf("Retain(%v, %d, %d) = %v, want %v", epochs(tc.in), tc.keep, tc.durable, e, tc.want)
 			}
 			for _, d := range got {
 				if len(in) > 0 && d.Epoch == in[0].Epoch {
 					t.Errorf("Retain dropped the newest set %d", d.Epoch)
+				}
+				if tc.durable != 0 && d.Epoch == tc.durable {
+					t.Errorf("Retain dropped the durable set %d", d.Epoch)
 				}
 			}
 			// The result must not share the caller's backing array.

@@ -327,5 +327,5 @@ func waitRedis(ctx context.Context, addr string) (time.Time, error) {
 // of its own: only ftrun keeps its data.
 func redisArgs(port int, dir string) []string {
 	return []string{"redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--daemonize", "no", "--dir", dir, "--protected-mode", "no", "--logfile", ""}
+		"--daemonize", "no", "--dir", dir, "--protected-mode", "no", "--logfile", "", "--enable-debug-command", "local"}
 }

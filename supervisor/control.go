@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -68,6 +69,9 @@ func (s *Supervisor) serveControl() error {
 
 func (s *Supervisor) answer(conn *net.UnixConn) {
 	defer conn.Close()
+	// A client that connects and says nothing must not hold up shutdown.
+	stop := context.AfterFunc(s.ctx, func() { conn.Close() })
+	defer stop()
 	_ = conn.SetDeadline(time.Now().Add(2 * time.Minute))
 	var req Request
 	if err := json.NewDecoder(bufio.NewReader(conn)).Decode(&req); err != nil {

@@ -120,7 +120,15 @@ const (
 )
 
 func (b BootAction) String() string {
-	return [...]string{"fresh start", "restore", "adopt"}[b]
+	switch b {
+	case BootFresh:
+		return "fresh start"
+	case BootRestore:
+		return "restore"
+	case BootAdopt:
+		return "adopt"
+	}
+	return fmt.Sprintf("boot(%d)", int(b))
 }
 
 // BootInput is what a starting supervisor finds.
@@ -148,7 +156,7 @@ func DecideBoot(in BootInput) BootDecision {
 	switch {
 	case in.Discard:
 		return BootDecision{Action: BootFresh, KillStrays: strays, DropCheckpoints: in.Checkpoints > 0, Reason: "--discard: starting afresh"}
-	case in.RecordAlive:
+	case in.RecordAlive && in.Record != nil:
 		return BootDecision{Action: BootAdopt, Reason: fmt.Sprintf("program pid %d from a previous ftrun still runs: adopting it", in.Record.Pid)}
 	case in.Record != nil && in.Record.Phase == PhaseFinished:
 		return BootDecision{Action: BootFresh, KillStrays: strays, DropCheckpoints: in.Checkpoints > 0, Reason: "the program finished cleanly last time: starting afresh"}

@@ -26,6 +26,7 @@ type Status struct {
 	Pid                int           `json:"pid"`
 	Command            []string      `json:"command"`
 	Epoch              uint64        `json:"epoch"`
+	DurableEpoch       uint64        `json:"durable_epoch"`
 	LastCheckpoint     time.Time     `json:"last_checkpoint,omitzero"`
 	LastCheckpointAge  time.Duration `json:"last_checkpoint_age_ns"`
 	LastFrozen         time.Duration `json:"last_frozen_ns"`

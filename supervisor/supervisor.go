@@ -76,8 +76,10 @@ type Config struct {
 // event is anything the loop reacts to; every goroutine reports through one channel so
 // that all state is owned by the loop.
 type event struct {
-	kind   string // "exit", "health", "request", "retry"
+	kind   string // "exit", "health", "request", "retry", "durable"
 	inc    int
+	set    checkpoint.Set
+	err    error
 	exit   ExitStatus
 	health watchdog.Result
 	req    *request
@@ -115,6 +117,10 @@ type Supervisor struct {
 	startedAt    time.Time
 	st           Status
 	shuttingDown bool
+	// durability runs behind the epoch loop: one fsync at a time, newest set next
+	syncing  bool
+	syncNext *checkpoint.Set
+	durable  uint64
 }
 
 // New checks the configuration and fills in defaults.
@@ -433,8 +439,45 @@ func (s *Supervisor) handle(ev event) error {
 		}
 	case "request":
 		s.serve(ev.req)
+	case "durable":
+		s.synced(ev.set, ev.err)
 	}
 	return nil
+}
+
+// syncLater makes set durable in the background; while one fsync runs, only the newest
+// set waits for the next.
+func (s *Supervisor) syncLater(set checkpoint.Set) {
+	if s.syncing {
+		s.syncNext = &set
+		return
+	}
+	s.syncing = true
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		err := s.store.Sync(set)
+		s.send(s.ctx, event{kind: "durable", set: set, err: err})
+	}()
+}
+
+func (s *Supervisor) synced(set checkpoint.Set, err error) {
+	s.syncing = false
+	if err != nil {
+		s.log.Error("checkpoint is committed but could not be made durable", "epoch", set.Epoch, "err", err)
+	} else {
+		s.durable = set.Epoch
+		s.st.DurableEpoch = set.Epoch
+		if dropped, err := s.store.Prune(s.cfg.Keep, s.durable); err != nil {
+			s.log.Warn("prune old checkpoints", "err", err)
+		} else if len(dropped) > 0 {
+			s.log.Debug("pruned old checkpoints", "count", len(dropped))
+		}
+	}
+	if next := s.syncNext; next != nil {
+		s.syncNext = nil
+		s.syncLater(*next)
+	}
 }
 
 func (s *Supervisor) observeHealth(r watchdog.Result) {
@@ -643,6 +686,9 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 	procs, _ := s.cg.Procs()
 	stopped, _ := anyStopped(procs)
 	if ok, why := mayCheckpoint(s.alive, stopped, s.healthFail); !ok {
+		// A skipped checkpoint is a checkpoint that did not succeed: systemd's watchdog
+		// must not be told all is well.
+		s.lastCkptErr = true
 		s.log.Warn("checkpoint skipped: " + why)
 		return 0, errors.New(why)
 	}
@@ -662,7 +708,9 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 	stats, err := s.cfg.Criu.Dump(checkpoint.Options{ImagesDir: pending.Dir, Pid: s.pid, LeaveRunning: !final,
 		TCPEstablished: true, Timeout: s.cfg.CriuTimeout})
 	if err != nil {
-		s.keepFailedLog(pending.Dir)
+		if s.keepFailedLog(pending.Dir) {
+			err = fmt.Errorf("%w (CRIU log: %s)", err, s.state.path(failedDumpLog))
+		}
 		_ = pending.Abort()
 		return 0, s.checkpointFailed(epoch, err)
 	}
@@ -680,10 +728,13 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 	s.st.Checkpoints++
 	s.st.LastError = ""
 	s.log.Debug("checkpoint committed", "epoch", epoch, "frozen", stats.Frozen, "total", total, "bytes", m.Bytes(), "dir", set.Dir)
-	if dropped, err := s.store.Prune(s.cfg.Keep); err != nil {
-		s.log.Warn("prune old checkpoints", "err", err)
-	} else if len(dropped) > 0 {
-		s.log.Debug("pruned old checkpoints", "count", len(dropped))
+	if final {
+		// ftrun is about to exit: nothing may stay behind in the page cache only.
+		if err := s.store.Sync(set); err != nil {
+			return 0, s.checkpointFailed(epoch, fmt.Errorf("final checkpoint not durable: %w", err))
+		}
+	} else {
+		s.syncLater(set)
 	}
 	if !s.ready {
 		s.ready = true
@@ -702,19 +753,23 @@ func (s *Supervisor) checkpointFailed(epoch uint64, err error) error {
 	s.st.CheckpointFailures++
 	s.st.LastError = err.Error()
 	if errors.Is(err, checkpoint.ErrNoSpace) {
-		err = fmt.Errorf("%w (free space in %q; earlier checkpoints are intact)", err, s.store.Dir())
+		err = fmt.Errorf("no space left on device in %q: free some space (earlier checkpoints are intact): %w", s.store.Dir(), err)
 	}
 	s.log.Error("checkpoint failed; earlier checkpoints are intact", "epoch", epoch, "err", err)
 	s.notifyStatus()
-	return err
+	return fmt.Errorf("checkpoint failed; earlier checkpoints are intact: %w", err)
 }
 
-// keepFailedLog saves CRIU's log of a failed dump next to the checkpoints.
-func (s *Supervisor) keepFailedLog(dir string) {
+const failedDumpLog = "last-failed-dump.log"
+
+// keepFailedLog saves CRIU's log of a failed dump next to the checkpoints; the image
+// directory it was in is removed.
+func (s *Supervisor) keepFailedLog(dir string) bool {
 	data, err := os.ReadFile(filepath.Join(dir, checkpoint.DumpLog))
-	if err == nil {
-		_ = os.WriteFile(s.state.path("last-failed-dump.log"), data, 0o600)
+	if err != nil {
+		return false
 	}
+	return os.WriteFile(s.state.path(failedDumpLog), data, 0o600) == nil
 }
 
 func (s *Supervisor) status() Status {

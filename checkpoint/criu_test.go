@@ -1,0 +1,206 @@
+package checkpoint
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/checkpoint-restore/go-criu/v8/rpc"
+)
+
+func TestRPCOpts(t *testing.T) {
+	cases := []struct {
+		name   string
+		opts   Options
+		workFd int
+		check  func(t *testing.T, o *rpc.CriuOpts)
+	}{
+		{name: "defaults", opts: Options{}, workFd: -1, check: func(t *testing.T, o *rpc.CriuOpts) {
+			if o.LogLevel == nil || *o.LogLevel != 4 {
+				t.Errorf("default log level = %v, want 4", o.LogLevel)
+			}
+			if o.WorkDirFd != nil {
+				t.Errorf("work dir fd set without a work dir: %d", *o.WorkDirFd)
+			}
+			for name, set := range map[string]bool{
+				"Pid": o.Pid != nil, "LeaveRunning": o.LeaveRunning != nil, "TcpEstablished": o.TcpEstablished != nil,
+				"TcpClose": o.TcpClose != nil, "NetworkLock": o.NetworkLock != nil, "Timeout": o.Timeout != nil,
+				"RstSibling": o.RstSibling != nil,
+			} {
+				if set {
+					t.Errorf("%s set by default", name)
+				}
+			}
+		}},
+		{name: "images and log", opts: Options{}, workFd: -1, check: func(t *testing.T, o *rpc.CriuOpts) {
+			if o.GetImagesDirFd() != 7 || o.GetLogFile() != DumpLog {
+				t.Errorf("images fd %d, log %q; want 7, %q", o.GetImagesDirFd(), o.GetLogFile(), DumpLog)
+			}
+			if !o.GetFileLocks() || !o.GetManageCgroups() || o.GetManageCgroupsMode() != rpc.CriuCgMode_SOFT {
+				t.Errorf("file locks %v, manage cgroups %v mode %v", o.GetFileLocks(), o.GetManageCgroups(), o.GetManageCgroupsMode())
+			}
+		}},
+		{name: "explicit log level", opts: Options{LogLevel: 1}, workFd: -1, check: func(t *testing.T, o *rpc.CriuOpts) {
+			if o.GetLogLevel() != 1 {
+				t.Errorf("log level = %d, want 1", o.GetLogLevel())
+			}
+		}},
+		{name: "work dir fd", opts: Options{WorkDir: "/somewhere"}, workFd: 9, check: func(t *testing.T, o *rpc.CriuOpts) {
+			if o.WorkDirFd == nil || *o.WorkDirFd != 9 {
+				t.Errorf("work dir fd = %v, want 9", o.WorkDirFd)
+			}
+		}},
+		{name: "work dir fd 0 is a real fd", opts: Options{}, workFd: 0, check: func(t *testing.T, o *rpc.CriuOpts) {
+			if o.WorkDirFd == nil || *o.WorkDirFd != 0 {
+				t.Errorf("work dir fd = %v, want 0", o.WorkDirFd)
+			}
+		}},
+		{name: "pid", opts: Options{Pid: 4321}, workFd: -1, check: func(t *testing.T, o *rpc.CriuOpts) {
+			if o.Pid == nil || *o.Pid != 4321 {
+				t.Errorf("pid = %v, want 4321", o.Pid)
+			}
+		}},
+		{name: "leave running", opts: Options{LeaveRunning: true}, workFd: -1, check: func(t *testing.T, o *rpc.CriuOpts) {
+			if !o.GetLeaveRunning() {
+				t.Error("LeaveRunning not set")
+			}
+		}},
+		{name: "tcp established", opts: Options{TCPEstablished: true}, workFd: -1, check: func(t *testing.T, o *rpc.CriuOpts) {
+			if !o.GetTcpEstablished() || o.TcpClose != nil {
+				t.Errorf("tcp established %v, tcp close %v", o.GetTcpEstablished(), o.TcpClose)
+			}
+		}},
+		{name: "tcp close", opts: Options{TCPEstablished: true, TCPClose: true}, workFd: -1, check: func(t *testing.T, o *rpc.CriuOpts) {
+			if !o.GetTcpEstablished() || !o.GetTcpClose() {
+				t.Errorf("tcp established %v, tcp close %v", o.GetTcpEstablished(), o.GetTcpClose())
+			}
+		}},
+		{name: "network lock skip", opts: Options{NetworkLockSkip: true}, workFd: -1, check: func(t *testing.T, o *rpc.CriuOpts) {
+			if o.NetworkLock == nil || *o.NetworkLock != rpc.CriuNetworkLockMethod_SKIP {
+				t.Errorf("network lock = %v, want SKIP", o.NetworkLock)
+			}
+		}},
+		{name: "timeout whole seconds", opts: Options{Timeout: 3 * time.Second}, workFd: -1, check: func(t *testing.T, o *rpc.CriuOpts) {
+			if o.GetTimeout() != 3 {
+				t.Errorf("timeout = %d, want 3", o.GetTimeout())
+			}
+		}},
+		{name: "timeout rounded up", opts: Options{Timeout: 2500 * time.Millisecond}, workFd: -1, check: func(t *testing.T, o *rpc.CriuOpts) {
+			if o.GetTimeout() != 3 {
+				t.Errorf("timeout = %d, want 3", o.GetTimeout())
+			}
+		}},
+		{name: "sub-second timeout is 1s, not none", opts: Options{Timeout: time.Millisecond}, workFd: -1, check: func(t *testing.T, o *rpc.CriuOpts) {
+			if o.Timeout == nil || *o.Timeout != 1 {
+				t.Errorf("timeout = %v, want 1", o.Timeout)
+			}
+		}},
+		{name: "one nanosecond over", opts: Options{Timeout: time.Second + 1}, workFd: -1, check: func(t *testing.T, o *rpc.CriuOpts) {
+			if o.GetTimeout() != 2 {
+				t.Errorf("timeout = %d, want 2", o.GetTimeout())
+			}
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.check(t, tc.opts.rpcOpts(7, tc.workFd, DumpLog))
+		})
+	}
+}
+
+func TestRPCOptsEverything(t *testing.T) {
+	o := Options{ImagesDir: "/img", WorkDir: "/work", Pid: 12, LeaveRunning: true, TCPEstablished: true,
+		TCPClose: true, NetworkLockSkip: true, Timeout: 10 * time.Second, LogLevel: 2}.rpcOpts(3, 4, RestoreLog)
+	if o.GetImagesDirFd() != 3 || o.GetWorkDirFd() != 4 || o.GetLogFile() != RestoreLog || o.GetLogLevel() != 2 ||
+		o.GetPid() != 12 || !o.GetLeaveRunning() || !o.GetTcpEstablished() || !o.GetTcpClose() ||
+		o.GetNetworkLock() != rpc.CriuNetworkLockMethod_SKIP || o.GetTimeout() != 10 {
+		t.Errorf("rpcOpts = %v", o)
+	}
+}
+
+// sampleDumpLog is shaped like a real CRIU dump.log at log level 4.
+const sampleDumpLog = `(00.000000) Version: 4.2.1 (gitid 0)
+(00.000012) Running on host Linux 6.18
+(00.041901) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted
+(00.050000) Warn  (criu/kerndat.c:890): Can't keep kdat cache on non-tempfs
+(00.100100) Error (criu/proc_parse.c:120): first real error
+(00.100200) Dumping task 1234
+(00.100300) Error (criu/files-reg.c:900): second real error: ./relative/path (x) y
+(00.100400) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted
+(00.100500) Error (criu/cr-dump.c:2093): Dumping FAILED.
+(00.100600) Something mentions Error but is not an Error line
+`
+
+func TestErrorLines(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, DumpLog)
+	if err := os.WriteFile(path, []byte(sampleDumpLog), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	all := []string{
+		"Error (criu/proc_parse.c:120): first real error",
+		"Error (criu/files-reg.c:900): second real error: ./relative/path (x) y",
+		"Error (criu/cr-dump.c:2093): Dumping FAILED.",
+	}
+	cases := []struct {
+		name string
+		path string
+		max  int
+		want []string
+	}{
+		{"all of them", path, 10, all},
+		{"exactly max", path, 3, all},
+		{"last two", path, 2, all[1:]},
+		{"last one", path, 1, all[2:]},
+		{"none wanted", path, 0, nil},
+		{"missing log", filepath.Join(dir, "nope.log"), 3, nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got := ErrorLines(tc.path, tc.max)
+			if !slices.Equal(got, tc.want) && !(len(got) == 0 && len(tc.want) == 0) {
+				t.Errorf("ErrorLines(max %d) = %q, want %q", tc.max, got, tc.want)
+			}
+			for _, l := range got {
+				if strings.HasPrefix(l, "(") || strings.Contains(l, "RLIMIT_NOFILE") {
+					t.Errorf("line %q kept a timestamp or a benign error", l)
+				}
+			}
+		})
+	}
+}
+
+func TestErrorLinesOnlyBenign(t *testing.T) {
+	path := filepath.Join(t.TempDir(), RestoreLog)
+	log := "(00.041901) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\n" +
+		"(00.050000) Restore finished successfully.\n"
+	if err := os.WriteFile(path, []byte(log), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got := ErrorLines(path, 3); len(got) != 0 {
+		t.Errorf("ErrorLines = %q, want none", got)
+	}
+}
+
+func TestCriuErrorQuotesLog(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, DumpLog), []byte(sampleDumpLog), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := criuError("dump", dir, DumpLog, errors.New("criu exited 1"))
+	if !errors.Is(err, ErrCriuFailed) {
+		t.Errorf("criuError is not ErrCriuFailed: %v", err)
+	}
+	for _, want := range []string{"dump", "first real error", "Dumping FAILED."} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("criuError %q does not mention %q", err, want)
+		}
+	}
+	if strings.Contains(err.Error(), "RLIMIT_NOFILE") || strings.Contains(err.Error(), "\n") {
+		t.Errorf("criuError quotes a benign line or spans lines: %q", err)
+	}
+}

@@ -1,0 +1,258 @@
+package checkpoint
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestParseVersion(t *testing.T) {
+	cases := []struct {
+		in      string
+		want    Version
+		wantErr bool
+	}{
+		{in: "Version: 4.2.1", want: Version{4, 2, 1}},
+		{in: "Version: 4.2.1\n", want: Version{4, 2, 1}},
+		{in: "Version: 4.2", want: Version{4, 2, 0}},
+		{in: "Version: 4.1\nGitID: v4.1-3-gdeadbeef", want: Version{4, 1, 0}},
+		{in: "  Version:   3.17.1  \nGitID: v3.17.1", want: Version{3, 17, 1}},
+		{in: "Warn: something first\nVersion: 4.0.10", want: Version{4, 0, 10}},
+		{in: "Version: 4", wantErr: true},
+		{in: "Version: four.two", wantErr: true},
+		{in: "Version: 4.x.1", wantErr: true},
+		{in: "Version:", wantErr: true},
+		{in: "criu: command not found", wantErr: true},
+		{in: "GitID: v4.1-3-gdeadbeef", wantErr: true},
+		{in: "", wantErr: true},
+	}
+	for _, tc := range cases {
+		t.Run(fmt.Sprintf("%q", tc.in), func(t *testing.T) {
+			got, err := ParseVersion(tc.in)
+			if tc.wantErr {
+				if err == nil {
+					t.Errorf("ParseVersion(%q) = %v, want an error", tc.in, got)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Errorf("ParseVersion(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestVersionLess(t *testing.T) {
+	cases := []struct {
+		a, b Version
+		want bool
+	}{
+		{Version{3, 17, 1}, Version{4, 1, 0}, true},
+		{Version{4, 1, 0}, Version{3, 17, 1}, false},
+		{Version{4, 0, 9}, Version{4, 1, 0}, true},
+		{Version{4, 1, 0}, Version{4, 1, 0}, false},
+		{Version{4, 1, 0}, Version{4, 1, 1}, true},
+		{Version{4, 1, 1}, Version{4, 1, 0}, false},
+		{Version{4, 2, 0}, Version{4, 10, 0}, true}, // numeric, not lexical
+		{Version{4, 10, 0}, Version{4, 2, 0}, false},
+		{Version{5, 0, 0}, Version{4, 99, 99}, false},
+		{Version{4, 1, 9}, Version{4, 2, 0}, true},
+	}
+	for _, tc := range cases {
+		if got := tc.a.Less(tc.b); got != tc.want {
+			t.Errorf("%v.Less(%v) = %v, want %v", tc.a, tc.b, got, tc.want)
+		}
+	}
+	if s := (Version{4, 2, 1}).String(); s != "4.2.1" {
+		t.Errorf("String() = %q", s)
+	}
+}
+
+func TestLooksGood(t *testing.T) {
+	cases := []struct {
+		out  string
+		want bool
+	}{
+		{"Looks good.\n", true},
+		{"Warn  (criu/kerndat.c:1): something\nLooks good.", true},
+		{"Error (criu/cr-check.c:1): Kernel doesn't support PTRACE_O_SUSPEND_SECCOMP\n", false},
+		{"looks good", false},
+		{"", false},
+	}
+	for _, tc := range cases {
+		if got := LooksGood(tc.out); got != tc.want {
+			t.Errorf("LooksGood(%q) = %v, want %v", tc.out, got, tc.want)
+		}
+	}
+}
+
+// fakeCriu writes a shell script that answers like criu, with its outputs in files
+// next to it. Everything is written and closed before any exec, so no fork inherits
+// the script open for writing ("text file busy").
+func fakeCriu(t *testing.T, version string, versionExit int, check string, checkExit int) string {
+	t.Helper()
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"version.out": version + "\n", "check.out": check + "\n"})
+	path := filepath.Join(dir, "criu")
+	script := fmt.Sprintf(`#!/bin/sh
+here=$(dirname "$0")
+case "$1" in
+--version)
+	cat "$here/version.out"
+	exit %d ;;
+check)
+	if [ "$2" = "--feature" ]; then
+		echo "Error (criu/cr-check.c:1): $3 is not supported"
+		exit 1
+	fi
+	cat "$here/check.out"
+	exit %d ;;
+esac
+echo "unexpected arguments: $*" >&2
+exit 99
+`, versionExit, checkExit)
+	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestProberUsable(t *testing.T) {
+	if _, err := os.Stat("/bin/sh"); err != nil {
+		t.Skip("no /bin/sh to run a fake criu")
+	}
+	cases := []struct {
+		name        string
+		version     string
+		versionExit int
+		check       string
+		checkExit   int
+		wantVersion Version
+		wantErr     []string // substrings; nil: no error
+	}{
+		{name: "new and looks good", version: "Version: 4.2.1\nGitID: v4.2.1", check: "Looks good.",
+			wantVersion: Version{4, 2, 1}},
+		{name: "oldest accepted", version: "Version: 4.1", check: "Looks good.",
+			wantVersion: Version{4, 1, 0}},
+		{name: "too old", version: "Version: 3.17.1", check: "Looks good.",
+			wantVersion: Version{3, 17, 1}, wantErr: []string{"too old", "3.17.1", "4.1.0", "scripts/setup"}},
+		{name: "check fails", version: "Version: 4.2.1",
+			check: "Warn  (criu/kerndat.c:1): minor\nError (criu/cr-check.c:1): Kernel lacks memfd", checkExit: 1,
+			wantVersion: Version{4, 2, 1}, wantErr: []string{"criu check", "Kernel lacks memfd"}},
+		{name: "check exits 0 without looking good", version: "Version: 4.2.1", check: "Error (x.c:1): no way",
+			wantVersion: Version{4, 2, 1}, wantErr: []string{"criu check", "no way"}},
+		{name: "check looks good but exits 1", version: "Version: 4.2.1", check: "Looks good.", checkExit: 1,
+			wantVersion: Version{4, 2, 1}, wantErr: []string{"criu check"}},
+		{name: "--version fails", version: "criu: broken install", versionExit: 1, check: "Looks good.",
+			wantErr: []string{"criu --version", "broken install", "scripts/setup"}},
+		{name: "--version prints garbage", version: "hello", check: "Looks good.",
+			wantErr: []string{"Version:", "scripts/setup"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := Prober{Path: fakeCriu(t, tc.version, tc.versionExit, tc.check, tc.checkExit)}
+			v, err := p.Usable()
+			if tc.wantErr == nil {
+				if err != nil {
+					t.Fatalf("Usable: %v", err)
+				}
+			} else {
+				if err == nil {
+					t.Fatalf("Usable succeeded, want an error mentioning %q", tc.wantErr)
+				}
+				for _, s := range tc.wantErr {
+					if !strings.Contains(err.Error(), s) {
+						t.Errorf("Usable error %q does not mention %q", err, s)
+					}
+				}
+				if strings.Contains(err.Error(), "\n") {
+					t.Errorf("Usable error is not one line: %q", err)
+				}
+			}
+			if v != tc.wantVersion {
+				t.Errorf("Usable version = %v, want %v", v, tc.wantVersion)
+			}
+		})
+	}
+}
+
+func TestProberProbe(t *testing.T) {
+	if _, err := os.Stat("/bin/sh"); err != nil {
+		t.Skip("no /bin/sh to run a fake criu")
+	}
+	type finding struct {
+		name string
+		ok   bool
+	}
+	cases := []struct {
+		name    string
+		version string
+		check   string
+		exit    int
+		want    []finding
+	}{
+		{"usable", "Version: 4.2.1", "Looks good.", 0, []finding{{"criu", true}, {"criu check", true}, {"memory dirty tracking", false}}},
+		{"check fails", "Version: 4.2.1", "Error (a.c:1): nope", 1, []finding{{"criu", true}, {"criu check", false}, {"memory dirty tracking", false}}},
+		{"too old stops early", "Version: 3.17.1", "Looks good.", 0, []finding{{"criu", false}}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			fs := Prober{Path: fakeCriu(t, tc.version, 0, tc.check, tc.exit)}.Probe()
+			if len(fs) != len(tc.want) {
+				t.Fatalf("Probe = %+v, want %d findings", fs, len(tc.want))
+			}
+			for i, f := range fs {
+				if f.Name != tc.want[i].name || f.OK != tc.want[i].ok {
+					t.Errorf("finding %d = %q ok=%v, want %q ok=%v", i, f.Name, f.OK, tc.want[i].name, tc.want[i].ok)
+				}
+				if !f.OK && f.Fix == "" {
+					t.Errorf("failed finding %q has no fix", f.Name)
+				}
+			}
+		})
+	}
+}
+
+func TestProberMissingBinary(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "no-such-criu")
+	p := Prober{Path: missing}
+	if _, err := p.Version(); err == nil {
+		t.Fatal("Version of a missing binary succeeded")
+	} else if !strings.Contains(err.Error(), missing) {
+		t.Errorf("Version error %q does not name %q", err, missing)
+	}
+	_, err := p.Usable()
+	if err == nil || !strings.Contains(err.Error(), "scripts/setup") {
+		t.Errorf("Usable = %v, want an error pointing at scripts/setup", err)
+	}
+	if fs := p.Probe(); len(fs) != 1 || fs[0].OK || !fs[0].Required {
+		t.Errorf("Probe = %+v, want one failed required finding", fs)
+	}
+}
+
+// TestProberMissingPathIsErrCriuMissing states the contract callers rely on
+// (errors.Is(err, ErrCriuMissing) for "install CRIU"), also for an explicit --criu path
+// that does not exist (ENOENT from fork/exec, not a failed PATH lookup).
+func TestProberMissingPathIsErrCriuMissing(t *testing.T) {
+	p := Prober{Path: filepath.Join(t.TempDir(), "no-such-criu")}
+	if _, err := p.Version(); !errors.Is(err, ErrCriuMissing) {
+		t.Errorf("Version = %v, want ErrCriuMissing", err)
+	}
+	if _, err := p.Usable(); !errors.Is(err, ErrCriuMissing) {
+		t.Errorf("Usable = %v, want ErrCriuMissing", err)
+	}
+}
+
+func TestProberMissingFromPath(t *testing.T) {
+	t.Setenv("PATH", t.TempDir())
+	_, err := Prober{}.Version()
+	if !errors.Is(err, ErrCriuMissing) {
+		t.Errorf("Version with no criu in PATH = %v, want ErrCriuMissing", err)
+	}
+	if _, err := (Prober{}).Usable(); !errors.Is(err, ErrCriuMissing) || !strings.Contains(err.Error(), "scripts/setup") {
+		t.Errorf("Usable with no criu in PATH = %v, want ErrCriuMissing pointing at scripts/setup", err)
+	}
+}
