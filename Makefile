@@ -43,7 +43,7 @@ integration: build
 
 # Benchmarks print each figure next to its baseline measured in the same run.
 bench: setup build
-	$(GO) test -run '^$$' -bench . -benchtime 5x -timeout 30m ./integration/
+	$(GO) test -run '^$$' -bench . -benchtime 10x -timeout 30m ./integration/
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzReader -fuzztime 30s ./transport/frame/

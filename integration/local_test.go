@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -300,4 +301,58 @@ func readInt(t *testing.T, path string) int {
 	var n int
 	fmt.Sscan(strings.TrimSpace(string(data)), &n)
 	return n
+}
+
+// `ftrun restore` with no supervisor running: the program comes back detached, and a
+// later `ftrun run` adopts it rather than starting a second copy.
+func TestRestoreDetachedThenAdopt(t *testing.T) {
+	requiresRoot(t, "ruby")
+	name := "it-detached"
+	t.Cleanup(func() { killService(t, name) })
+	script, out := writeCounter(t)
+	state := t.TempDir()
+	args := []string{"--name", name, "--interval", "1h", "--", "ruby", script, out}
+	p := startFtrun(t, state, nil, append([]string{"--discard"}, args...)...)
+	p.waitFor("running", 20*time.Second, func(s supervisor.Status) bool { return s.Pid > 0 })
+	time.Sleep(500 * time.Millisecond)
+	if code := p.stop(); code != 0 {
+		t.Fatalf("stop: exit %d", code)
+	}
+	stopped := readInt(t, out)
+	res, err := exec.Command(ftrunBin, "restore", "--state-dir", state).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ftrun restore: %v\n%s", err, res)
+	}
+	if !strings.Contains(string(res), "detached") {
+		t.Errorf("restore output: %s", res)
+	}
+	procs := cgroupProcs(t, name)
+	if len(procs) == 0 {
+		t.Fatal("nothing runs after a detached restore")
+	}
+	time.Sleep(300 * time.Millisecond)
+	if now := readInt(t, out); now <= stopped {
+		t.Fatalf("counter not moving after detached restore: %d (stopped at %d)", now, stopped)
+	}
+	// A second detached restore is refused while the program runs.
+	if res, err := exec.Command(ftrunBin, "restore", "--state-dir", state).CombinedOutput(); err == nil || !strings.Contains(string(res), "still runs") {
+		t.Errorf("second restore: %v %s", err, res)
+	}
+	p2 := startFtrun(t, state, nil, args...)
+	st := p2.waitFor("adoption", 20*time.Second, func(s supervisor.Status) bool { return s.Adoptions == 1 })
+	if !contains(procs, st.Pid) {
+		t.Fatalf("adopted pid %d is not the restored program %v", st.Pid, procs)
+	}
+	if n := countCounters(t, script); n != 1 {
+		t.Fatalf("%d copies running, want 1", n)
+	}
+}
+
+func contains(xs []int, x int) bool {
+	for _, v := range xs {
+		if v == x {
+			return true
+		}
+	}
+	return false
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/ftrun/ftrun/checkpoint"
 	"github.com/ftrun/ftrun/contrib/demo"
 	"github.com/ftrun/ftrun/supervisor"
+	"github.com/ftrun/ftrun/transport/auth"
 	"github.com/ftrun/ftrun/watchdog"
 )
 
@@ -43,7 +44,7 @@ func main() {
 			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json", EnvVars: []string{"FTRUN_LOG_FORMAT"}},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"FTRUN_LOG_LEVEL"}},
 		},
-		Commands:       []*cli.Command{runCmd(), checkCmd(), statusCmd(), checkpointCmd(), restoreCmd(), demoCmd()},
+		Commands:       []*cli.Command{runCmd(), checkCmd(), statusCmd(), checkpointCmd(), restoreCmd(), keygenCmd(), demoCmd()},
 		ExitErrHandler: func(c *cli.Context, err error) {},
 	}
 	if err := app.Run(os.Args); err != nil {
@@ -413,6 +414,32 @@ func restoreCmd() *cli.Command {
 				return err
 			}
 			fmt.Printf("restored epoch %d as pid %d (detached; output goes to /dev/null). `ftrun run` with this state dir adopts it.\n", epoch, pid)
+			return nil
+		},
+	}
+}
+
+func keygenCmd() *cli.Command {
+	return &cli.Command{
+		Name:      "keygen",
+		Usage:     "make the CA and node certificate that authenticate and encrypt the primary<->standby channel (TLS 1.3, both ends verified)",
+		ArgsUsage: "DIR",
+		Description: "Creates DIR (0700) with ca.crt, ca.key, node.crt, node.key. Run it once, copy DIR to the\n" +
+			"other host and run `ftrun keygen --name HOST DIR` there to issue that host its own\n" +
+			"certificate from the same CA (ca.key is only needed where certificates are issued).",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "name", Usage: "this node's name in its certificate (default " + auth.DefaultNodeName + ")"},
+			&cli.BoolFlag{Name: "force", Usage: "replace an existing node certificate"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return usage("usage: ftrun keygen [--name NAME] [--force] DIR")
+			}
+			dir := c.Args().First()
+			if err := auth.Keygen(dir, auth.KeygenOptions{Name: c.String("name"), Force: c.Bool("force")}); err != nil {
+				return err
+			}
+			fmt.Printf("keys written to %s\n", dir)
 			return nil
 		},
 	}
