@@ -265,31 +265,46 @@ func TestCriuMissingIsAClearError(t *testing.T) {
 
 // SIGTERM: a final checkpoint, then stop; the next start resumes the counter from it.
 func TestStopWithFinalCheckpointResumes(t *testing.T) {
-	requiresRoot(t, "ruby")
 	name := "it-final"
-	t.Cleanup(func() { killService(t, name) })
-	script, out := writeCounter(t)
-	state := t.TempDir()
-	args := []string{"--name", name, "--interval", "1h", "--", "ruby", script, out}
-	p := startFtrun(t, state, nil, append([]string{"--discard"}, args...)...)
-	p.waitFor("running", 20*time.Second, func(s supervisor.Status) bool { return s.Pid > 0 })
-	time.Sleep(1500 * time.Millisecond)
-	if code := p.stop(); code != 0 {
-		t.Fatalf("ftrun exit code %d after SIGTERM, want 0", code)
-	}
-	last := readInt(t, out)
+	c := stoppedCounter(t, name)
+	last := readInt(t, c.out)
 	if n := len(cgroupProcs(t, name)); n != 0 {
 		t.Fatalf("%d processes left after stop", n)
 	}
-	if !strings.Contains(p.log(), "final checkpoint committed") {
-		t.Fatalf("no final checkpoint:\n%s", tail(p.log(), 10))
+	if !strings.Contains(c.log, "final checkpoint committed") {
+		t.Fatalf("no final checkpoint:\n%s", tail(c.log, 10))
 	}
-	p2 := startFtrun(t, state, nil, args...)
+	p2 := startFtrun(t, c.state, nil, c.args...)
 	p2.waitFor("restore", 20*time.Second, func(s supervisor.Status) bool { return s.Restores == 1 && s.Pid > 0 })
 	time.Sleep(300 * time.Millisecond)
-	if now := readInt(t, out); now < last {
+	if now := readInt(t, c.out); now < last {
 		t.Fatalf("counter went back from %d to %d across stop/start", last, now)
 	}
+}
+
+// counterRun is counter.rb supervised by ftrun and then stopped with SIGTERM.
+type counterRun struct {
+	state, script, out, log string
+	args                    []string
+}
+
+// stoppedCounter runs counter.rb under ftrun for a moment, then stops ftrun with
+// SIGTERM (final checkpoint) and checks it exits 0.
+func stoppedCounter(t *testing.T, name string) counterRun {
+	t.Helper()
+	requiresRoot(t, "ruby")
+	t.Cleanup(func() { killService(t, name) })
+	script, out := writeCounter(t)
+	c := counterRun{state: t.TempDir(), script: script, out: out,
+		args: []string{"--name", name, "--interval", "1h", "--", "ruby", script, out}}
+	p := startFtrun(t, c.state, nil, append([]string{"--discard"}, c.args...)...)
+	p.waitFor("running", 20*time.Second, func(s supervisor.Status) bool { return s.Pid > 0 })
+	time.Sleep(time.Second)
+	if code := p.stop(); code != 0 {
+		t.Fatalf("ftrun exit code %d after SIGTERM, want 0", code)
+	}
+	c.log = p.log()
+	return c
 }
 
 func readInt(t *testing.T, path string) int {
@@ -306,18 +321,9 @@ func readInt(t *testing.T, path string) int {
 // `ftrun restore` with no supervisor running: the program comes back detached, and a
 // later `ftrun run` adopts it rather than starting a second copy.
 func TestRestoreDetachedThenAdopt(t *testing.T) {
-	requiresRoot(t, "ruby")
 	name := "it-detached"
-	t.Cleanup(func() { killService(t, name) })
-	script, out := writeCounter(t)
-	state := t.TempDir()
-	args := []string{"--name", name, "--interval", "1h", "--", "ruby", script, out}
-	p := startFtrun(t, state, nil, append([]string{"--discard"}, args...)...)
-	p.waitFor("running", 20*time.Second, func(s supervisor.Status) bool { return s.Pid > 0 })
-	time.Sleep(500 * time.Millisecond)
-	if code := p.stop(); code != 0 {
-		t.Fatalf("stop: exit %d", code)
-	}
+	c := stoppedCounter(t, name)
+	state, script, out, args := c.state, c.script, c.out, c.args
 	stopped := readInt(t, out)
 	res, err := exec.Command(ftrunBin, "restore", "--state-dir", state).CombinedOutput()
 	if err != nil {
