@@ -20,7 +20,10 @@ import (
 	"github.com/ftrun/ftrun/supervisor"
 )
 
-var ftrunBin string
+var (
+	ftrunBin   string
+	buildFlags []string
+)
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "ftrun-it-")
@@ -29,7 +32,8 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	ftrunBin = filepath.Join(dir, "ftrun")
-	out, err := exec.Command("go", "build", "-o", ftrunBin, "github.com/ftrun/ftrun/cmd/ftrun").CombinedOutput()
+	args := append(append([]string{"build"}, buildFlags...), "-o", ftrunBin, "github.com/ftrun/ftrun/cmd/ftrun")
+	out, err := exec.Command("go", args...).CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "build ftrun: %v\n%s", err, out)
 		os.Exit(1)
@@ -85,6 +89,9 @@ func startFtrun(t testing.TB, stateDir string, env []string, args ...string) *ft
 	}()
 	t.Cleanup(func() {
 		p.stop()
+		if strings.Contains(p.log(), "DATA RACE") {
+			t.Errorf("the race detector found a data race in ftrun (see its log)")
+		}
 		if t.Failed() {
 			data, _ := os.ReadFile(logPath)
 			t.Logf("ftrun log:\n%s", tail(string(data), 60))
