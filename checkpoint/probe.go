@@ -151,7 +151,7 @@ func (p Prober) Probe() []Finding {
 		fs = append(fs, Finding{Name: "criu check", OK: true, Required: true, Detail: "Looks good"})
 	} else {
 		fs = append(fs, Finding{Name: "criu check", Required: true, Detail: firstLine(lastErrorOr(out)),
-			Fix: "the kernel lacks something CRIU needs; `criu check -v4` names it"})
+			Fix: "`criu check -v4` names what is missing: a kernel feature, or (in a chroot or container) the host's whole mount tree"})
 	}
 	out, err = p.run("check", "--feature", "mem_dirty_track")
 	if err == nil {
