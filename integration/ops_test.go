@@ -241,3 +241,39 @@ func TestStatusCommand(t *testing.T) {
 		t.Errorf("restore by hand: before %+v after %+v", before, after)
 	}
 }
+
+// A program that dies again right after every recovery climbs the whole ladder:
+// restore, then (after a backoff) a fresh start, then ftrun gives up with exit 4.
+func TestLadderEscalatesAndGivesUp(t *testing.T) {
+	requiresRoot(t)
+	name := "it-ladder"
+	t.Cleanup(func() { killService(t, name) })
+	state := t.TempDir()
+	p := startFtrun(t, state, nil, "--name", name, "--interval", "1h", "--discard", "--backoff", "300ms",
+		"--", "/bin/sh", "-c", "sleep 1; exit 3")
+	p.waitFor("running", 20*time.Second, func(s supervisor.Status) bool { return s.Pid > 0 })
+	p.checkpoint()
+	code, err := p.wait(30 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code != supervisor.ExitGaveUp {
+		t.Fatalf("exit %d, want %d", code, supervisor.ExitGaveUp)
+	}
+	log := p.log()
+	for _, want := range []string{
+		"exited with code 3",
+		"restoring newest checkpoint",
+		"waiting before the next attempt",
+		"delay=300ms",
+		"every checkpoint was tried: starting the command afresh",
+		"recovery gave up",
+	} {
+		if !strings.Contains(log, want) {
+			t.Errorf("log lacks %q:\n%s", want, tail(log, 30))
+		}
+	}
+	if n := len(cgroupProcs(t, name)); n != 0 {
+		t.Errorf("%d processes left after giving up", n)
+	}
+}

@@ -134,6 +134,10 @@ func (s *Supervisor) manualRestore(epoch uint64) error {
 		s.incCancel()
 	}
 	s.pending = nil
+	if s.retry != nil {
+		s.retry.Stop()
+		s.retry = nil
+	}
 	if err := s.restore(epoch, true); err != nil {
 		s.log.Error("restore by hand failed; falling back to the recovery ladder", "err", err)
 		if lerr := s.carryOut(s.ladder.Failed(s.candidates(), "restore by hand failed")); lerr != nil {

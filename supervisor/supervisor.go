@@ -76,7 +76,7 @@ type Config struct {
 // event is anything the loop reacts to; every goroutine reports through one channel so
 // that all state is owned by the loop.
 type event struct {
-	kind   string // "exit", "health", "request", "retry", "durable"
+	kind   string // "exit", "health", "request", "durable"
 	inc    int
 	set    checkpoint.Set
 	err    error
@@ -97,7 +97,9 @@ type Supervisor struct {
 	events chan event
 
 	outR, outW, errR, errW *os.File
+	adoptedOut             []*os.File // read ends reopened for an adopted program
 	relays                 relay
+	retry                  clockwork.Timer
 
 	wg     sync.WaitGroup // every goroutine the supervisor starts
 	ctx    context.Context
@@ -219,6 +221,16 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 			}
 		case <-wdog:
 			s.pingWatchdog()
+		case <-s.retryChan():
+			s.retry = nil
+			if s.pending != nil {
+				a := *s.pending
+				s.pending = nil
+				a.Delay = 0 // waited out
+				if err := s.carryOut(a); err != nil {
+					return err
+				}
+			}
 		case ev := <-s.events:
 			if err := s.handle(ev); err != nil {
 				return err
@@ -275,6 +287,9 @@ func (s *Supervisor) close() {
 	// ends the relays regardless.
 	s.outR.Close()
 	s.errR.Close()
+	for _, f := range s.adoptedOut {
+		f.Close()
+	}
 	s.relays.wait()
 	os.Remove(s.state.path(ControlSocket))
 	s.state.close()
@@ -346,21 +361,11 @@ func (s *Supervisor) adopt(rec *RunRecord) {
 	for fd, stream := range map[int]string{1: "stdout", 2: "stderr"} {
 		if f, err := reopenPipe(rec.Pid, fd); err == nil {
 			s.relays.start(s.log, stream, f)
-			s.onClose(f)
+			s.adoptedOut = append(s.adoptedOut, f)
 		}
 	}
 	s.st.Adoptions++
 	s.incarnation(rec.Pid, "adopted")
-}
-
-// onClose closes f when the supervisor's context ends, ending its relay.
-func (s *Supervisor) onClose(f *os.File) {
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		<-s.ctx.Done()
-		f.Close()
-	}()
 }
 
 // incarnation starts watching a new (started, restored or adopted) program.
@@ -431,12 +436,6 @@ func (s *Supervisor) handle(ev event) error {
 			return nil
 		}
 		s.observeHealth(ev.health)
-	case "retry":
-		if s.pending != nil && ev.inc == s.inc {
-			a := *s.pending
-			s.pending = nil
-			return s.carryOut(a)
-		}
 	case "request":
 		s.serve(ev.req)
 	case "durable":
@@ -570,8 +569,7 @@ func (s *Supervisor) carryOut(a Attempt) error {
 			s.log.Warn("recovery: waiting before the next attempt", "delay", a.Delay, "step", a.Rung.String(), "reason", a.Reason)
 			s.st.State = StateRecovering
 			s.pending = &a
-			inc := s.inc
-			s.clock.AfterFunc(a.Delay, func() { s.send(s.ctx, event{kind: "retry", inc: inc}) })
+			s.armRetry(a.Delay)
 			return nil
 		}
 		s.log.Info("recovery: "+a.Reason, "step", a.Rung.String(), "epoch", a.Epoch)
@@ -589,6 +587,22 @@ func (s *Supervisor) carryOut(a Attempt) error {
 		s.log.Error("recovery step failed", "step", a.Rung.String(), "epoch", a.Epoch, "err", err)
 		a = s.ladder.Failed(s.candidates(), fmt.Sprintf("%s failed", a.Rung))
 	}
+}
+
+// armRetry wakes the loop after d through a timer the loop owns; its channel is read
+// in the loop, so no callback goroutine outlives Run.
+func (s *Supervisor) armRetry(d time.Duration) {
+	if s.retry != nil {
+		s.retry.Stop()
+	}
+	s.retry = s.clock.NewTimer(d)
+}
+
+func (s *Supervisor) retryChan() <-chan time.Time {
+	if s.retry == nil {
+		return nil
+	}
+	return s.retry.Chan()
 }
 
 func (s *Supervisor) fresh() error {
