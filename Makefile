@@ -44,6 +44,7 @@ integration: build
 # Benchmarks print each figure next to its baseline measured in the same run.
 bench: setup build
 	$(GO) test -run '^$$' -bench . -benchtime 10x -timeout 30m ./integration/
+	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 10m ./checkpoint/delta/
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzReader -fuzztime 30s ./transport/frame/

@@ -1,0 +1,305 @@
+package delta
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/checkpoint-restore/go-criu/v8/crit"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/pagemap"
+
+	"github.com/ftrun/ftrun/checkpoint"
+)
+
+// dirtierSource is the program the real tests dump: it fills a heap of argv[1] MiB
+// (every page different), then on each SIGUSR1 writes a counter into exactly argv[2]
+// distinct heap pages and records the round in the state file argv[3]. The record has a
+// fixed width and is written in place, because CRIU refuses to restore an open regular
+// file whose size changed since the dump.
+const dirtierSource = `
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define PAGE 4096
+static volatile sig_atomic_t pending;
+static void on_usr1(int s) { (void)s; pending++; }
+
+static void record(int fd, const char *what, unsigned long round) {
+	char buf[32];
+	int n = snprintf(buf, sizeof buf, "%-5s %010lu\n", what, round);
+	if (pwrite(fd, buf, n, 0) != n) _exit(3);
+}
+
+int main(int argc, char **argv) {
+	if (argc != 4) return 2;
+	size_t npages = (size_t)atol(argv[1]) * 256, n = (size_t)atol(argv[2]);
+	if (n == 0 || n > npages) return 2;
+	char *heap = malloc(npages * PAGE);
+	if (!heap) return 1;
+	for (size_t i = 0; i < npages; i++) memset(heap + i * PAGE, (int)(i * 7 + 1), PAGE);
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_usr1;
+	sigaction(SIGUSR1, &sa, NULL);
+	int fd = open(argv[3], O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	if (fd < 0) return 1;
+	unsigned long round = 0, counter = 0;
+	record(fd, "ready", 0);
+	sigset_t none;
+	sigemptyset(&none);
+	sigset_t usr1;
+	sigemptyset(&usr1);
+	sigaddset(&usr1, SIGUSR1);
+	sigprocmask(SIG_BLOCK, &usr1, NULL);
+	for (;;) {
+		while (!pending) sigsuspend(&none);
+		pending--;
+		round++;
+		size_t stride = npages / n;
+		for (size_t k = 0; k < n; k++) {
+			unsigned long *p = (unsigned long *)(heap + (k * stride + round % stride) * PAGE);
+			*p = ++counter;
+		}
+		record(fd, "done", round);
+	}
+}
+`
+
+// requiresCRIU skips tests that dump real processes when they cannot run here.
+func requiresCRIU(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: dumps real processes with CRIU")
+	}
+	for _, tool := range []string{"criu", "gcc"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed: run scripts/setup", tool)
+		}
+	}
+}
+
+// dirtier is one running dirtier program.
+type dirtier struct {
+	t     testing.TB
+	cmd   *exec.Cmd
+	pid   int
+	state string
+	round int
+}
+
+// startDirtier compiles and starts the dirtier with a heap of mib MiB, dirtying n pages
+// per round; it is killed when the test ends.
+func startDirtier(t testing.TB, mib, n int) *dirtier {
+	t.Helper()
+	dir := t.TempDir()
+	src, bin := filepath.Join(dir, "dirtier.c"), filepath.Join(dir, "dirtier")
+	must(t, os.WriteFile(src, []byte(dirtierSource), 0o600))
+	if out, err := exec.Command("gcc", "-O1", "-o", bin, src).CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, out)
+	}
+	d := &dirtier{t: t, state: filepath.Join(dir, "state")}
+	d.cmd = exec.Command(bin, fmt.Sprint(mib), fmt.Sprint(n), d.state)
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	must(t, d.cmd.Start())
+	d.pid = d.cmd.Process.Pid
+	t.Cleanup(d.kill)
+	d.waitFor("ready", 0)
+	return d
+}
+
+func (d *dirtier) kill() {
+	if d.cmd != nil {
+		d.cmd.Process.Kill()
+		d.cmd.Wait()
+		d.cmd = nil
+	}
+}
+
+// dirty makes the program dirty its pages once more and waits until it has.
+func (d *dirtier) dirty() {
+	d.t.Helper()
+	d.round++
+	must(d.t, syscall.Kill(d.pid, syscall.SIGUSR1))
+	d.waitFor("done", d.round)
+}
+
+func (d *dirtier) waitFor(what string, round int) {
+	d.t.Helper()
+	want := fmt.Sprintf("%-5s %010d\n", what, round)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, _ := os.ReadFile(d.state)
+		if string(got) == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("pid %d: state %q, want %q", d.pid, got, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// dump checkpoints the program into a new directory, leaving it running. CRIU's log
+// goes elsewhere, so the directory holds the image set only.
+func (d *dirtier) dump(dir string) {
+	d.t.Helper()
+	must(d.t, os.MkdirAll(dir, 0o700))
+	work := d.t.TempDir()
+	if _, err := (&checkpoint.Criu{}).Dump(checkpoint.Options{ImagesDir: dir, WorkDir: work, Pid: d.pid, LeaveRunning: true}); err != nil {
+		d.t.Fatalf("dump: %v", err)
+	}
+}
+
+func dirBytes(t testing.TB, dir string) int64 {
+	ents, err := os.ReadDir(dir)
+	must(t, err)
+	var n int64
+	for _, e := range ents {
+		info, err := e.Info()
+		must(t, err)
+		n += info.Size()
+	}
+	return n
+}
+
+// TestRealDumps diffs two real dumps of a program that dirtied a known number of pages
+// between them, rebuilds the second from the first and the delta, and restores the
+// program from the rebuilt set.
+func TestRealDumps(t *testing.T) {
+	requiresCRIU(t)
+	const n = 256
+	p := startDirtier(t, 100, n)
+	root := t.TempDir()
+	a, b, c := filepath.Join(root, "a"), filepath.Join(root, "b"), filepath.Join(root, "c")
+	p.dump(a)
+	p.dirty()
+	p.dump(b)
+
+	checkDecoderAgreesWithCrit(t, b)
+
+	idx, err := BuildIndex(a)
+	must(t, err)
+	d, _, err := Diff(idx, b, 1, 2)
+	must(t, err)
+	shipped, copied := d.PageCounts()
+	var pageBytes, fileBytes int64
+	for _, pm := range d.Pagemaps {
+		for _, r := range pm.Pages {
+			pageBytes += int64(len(r.Data))
+		}
+	}
+	for _, f := range d.Files {
+		fileBytes += int64(len(f.Data))
+	}
+	t.Logf("dirtied %d pages; delta ships %d pages (%d KiB) and %d files (%d KiB), copies %d pages; the full set is %d KiB",
+		n, shipped, pageBytes>>10, len(d.Files), fileBytes>>10, copied, dirBytes(t, b)>>10)
+	if shipped < n {
+		t.Errorf("delta ships %d pages, fewer than the %d dirtied", shipped, n)
+	}
+	if limit := int64(n*PageSize*11/10) + 64<<10; pageBytes > limit {
+		t.Errorf("delta ships %d bytes of pages, more than %d", pageBytes, limit)
+	}
+	if fileBytes > 256<<10 {
+		t.Errorf("delta ships %d bytes of whole files, want them small", fileBytes)
+	}
+
+	must(t, os.Mkdir(c, 0o700))
+	must(t, Apply(a, d, c))
+	sameSet(t, b, c)
+
+	t.Run("full delta onto an empty base", func(t *testing.T) {
+		full, _, err := Diff(nil, b, 0, 2)
+		must(t, err)
+		if s, c := full.PageCounts(); c != 0 || s != shipped+copied {
+			t.Errorf("full delta ships %d pages and copies %d, want %d and 0", s, c, shipped+copied)
+		}
+		out := t.TempDir()
+		must(t, Apply(t.TempDir(), full, out))
+		sameSet(t, b, out)
+	})
+
+	t.Run("a base without the copied pages", func(t *testing.T) {
+		out := t.TempDir()
+		must(t, os.WriteFile(filepath.Join(out, "callers-file"), nil, 0o600))
+		if err := Apply(t.TempDir(), d, out); !errors.Is(err, ErrBadBase) {
+			t.Errorf("Apply onto an empty base = %v, want ErrBadBase", err)
+		}
+		onlyCallersFile(t, out)
+	})
+
+	// The rebuilt set restores: the program comes back and does its next round.
+	p.kill()
+	pid, err := (&checkpoint.Criu{}).Restore(checkpoint.Options{ImagesDir: c, WorkDir: t.TempDir()})
+	if err != nil {
+		t.Fatalf("restore from the rebuilt set: %v", err)
+	}
+	restored := &dirtier{t: t, pid: pid, state: p.state, round: p.round}
+	t.Cleanup(func() {
+		syscall.Kill(pid, syscall.SIGKILL)
+		var ws syscall.WaitStatus
+		syscall.Wait4(pid, &ws, 0, nil)
+	})
+	if pid != p.pid {
+		t.Errorf("restored pid %d, dumped %d", pid, p.pid)
+	}
+	restored.dirty()
+}
+
+// checkDecoderAgreesWithCrit compares the present pages decodePagemap finds with what
+// crit itself decodes from every pagemap of a real set.
+func checkDecoderAgreesWithCrit(t *testing.T, dir string) {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	must(t, err)
+	for _, e := range ents {
+		if !isPagemapName(e.Name()) {
+			continue
+		}
+		f, err := os.Open(filepath.Join(dir, e.Name()))
+		must(t, err)
+		img, err := crit.New(f, nil, "", false, false).Decode(&pagemap.PagemapEntry{})
+		f.Close()
+		must(t, err)
+		var want []uint64
+		for _, ce := range img.Entries[1:] {
+			pe := ce.Message.(*pagemap.PagemapEntry)
+			if pe.GetFlags()&pePresent == 0 {
+				continue
+			}
+			for i := uint64(0); i < pe.GetNrPages(); i++ {
+				want = append(want, pe.GetVaddr()+i*PageSize)
+			}
+		}
+		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		must(t, err)
+		got, err := decodePagemap(data)
+		must(t, err)
+		if got.pagesID != img.Entries[0].Message.(*pagemap.PagemapHead).GetPagesId() || !equalU64(got.present, want) {
+			t.Errorf("%s: decoded %d present pages, crit %d", e.Name(), len(got.present), len(want))
+		}
+		if len(want) == 0 {
+			t.Errorf("%s: crit finds no present pages", e.Name())
+		}
+	}
+}
+
+func equalU64(a, b []uint64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,130 @@
+package delta
+
+import (
+	"encoding/binary"
+	"fmt"
+	"strings"
+
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/pagemap"
+	"github.com/checkpoint-restore/go-criu/v8/magic"
+	"google.golang.org/protobuf/proto"
+)
+
+// Pagemap entry flags (criu/include/pagemap.h).
+const (
+	peParent  = 1 << 0 // pages are in a parent (pre-dump) image set
+	peLazy    = 1 << 1 // pages may be restored lazily
+	pePresent = 1 << 2 // pages are in the pages-<id>.img file
+)
+
+// pagemapFile is a decoded pagemap image: which pages file holds its data and, in the
+// order of that file, the vaddr of every page present in it.
+type pagemapFile struct {
+	pagesID uint32
+	present []uint64
+}
+
+func (p *pagemapFile) pagesName() string { return fmt.Sprintf("pages-%d.img", p.pagesID) }
+
+// isPagemapName says whether a file of an image set may be a pagemap (pagemap-<pid>.img,
+// pagemap-shmem-<ino>.img, ...); its magic decides.
+func isPagemapName(name string) bool {
+	return strings.HasPrefix(name, "pagemap-") && strings.HasSuffix(name, ".img")
+}
+
+var (
+	magics        = magic.LoadMagic()
+	magicCommon   = uint32(magics.ByName["IMG_COMMON"])
+	magicService  = uint32(magics.ByName["IMG_SERVICE"])
+	magicPagemap  = uint32(magics.ByName["PAGEMAP"])
+	errNotPagemap = fmt.Errorf("not a pagemap image")
+)
+
+// decodePagemap reads a pagemap image from memory. It is crit's pagemap decoding (a
+// PagemapHead, then PagemapEntry messages, each behind a 32-bit length) over a byte
+// slice, so the receiver can check a delta before it writes anything. The messages are
+// go-criu v8's, which read CRIU 4.x's 64-bit nr_pages (field 5) correctly.
+func decodePagemap(data []byte) (*pagemapFile, error) {
+	if len(data) < 4 {
+		return nil, errNotPagemap
+	}
+	m := binary.LittleEndian.Uint32(data)
+	data = data[4:]
+	if m == magicCommon || m == magicService {
+		if len(data) < 4 {
+			return nil, errNotPagemap
+		}
+		m = binary.LittleEndian.Uint32(data)
+		data = data[4:]
+	}
+	if m != magicPagemap {
+		return nil, errNotPagemap
+	}
+	next := func(msg proto.Message) (bool, error) {
+		if len(data) == 0 {
+			return false, nil
+		}
+		if len(data) < 4 {
+			return false, fmt.Errorf("truncated entry size")
+		}
+		size := binary.LittleEndian.Uint32(data)
+		if uint64(size) > uint64(len(data)-4) {
+			return false, fmt.Errorf("entry of %d bytes with %d left", size, len(data)-4)
+		}
+		if err := proto.Unmarshal(data[4:4+size], msg); err != nil {
+			return false, err
+		}
+		data = data[4+size:]
+		return true, nil
+	}
+	var head pagemap.PagemapHead
+	if ok, err := next(&head); err != nil || !ok {
+		return nil, fmt.Errorf("pagemap head: %v", orEmpty(err))
+	}
+	pm := &pagemapFile{pagesID: head.GetPagesId()}
+	for {
+		var e pagemap.PagemapEntry
+		ok, err := next(&e)
+		if err != nil {
+			return nil, fmt.Errorf("pagemap entry %d: %w", len(pm.present), err)
+		}
+		if !ok {
+			return pm, nil
+		}
+		// CRIU 4.x writes the count in nr_pages; older images only in compat_nr_pages.
+		n := e.GetNrPages()
+		if e.NrPages == nil {
+			n = uint64(e.GetCompatNrPages())
+		}
+		flags := e.GetFlags()
+		if e.Flags == nil {
+			// Images older than the flags field: CRIU infers them the same way.
+			flags = pePresent
+			if e.GetInParent() {
+				flags = peParent
+			}
+		}
+		if flags&peParent != 0 {
+			return nil, fmt.Errorf("entry at 0x%x has pages in a parent image set (pre-dump images are not supported)", e.GetVaddr())
+		}
+		if flags&pePresent == 0 {
+			continue
+		}
+		if e.GetVaddr()%PageSize != 0 {
+			return nil, fmt.Errorf("entry at 0x%x is not page aligned", e.GetVaddr())
+		}
+		if n > 1<<40 {
+			return nil, fmt.Errorf("entry at 0x%x claims %d pages", e.GetVaddr(), n)
+		}
+		for i := uint64(0); i < n; i++ {
+			pm.present = append(pm.present, e.GetVaddr()+i*PageSize)
+		}
+	}
+}
+
+func orEmpty(err error) error {
+	if err == nil {
+		return fmt.Errorf("missing")
+	}
+	return err
+}
