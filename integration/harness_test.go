@@ -68,6 +68,13 @@ type ftrunProc struct {
 
 func startFtrun(t testing.TB, stateDir string, env []string, args ...string) *ftrunProc {
 	t.Helper()
+	return startFtrunIn(t, "", stateDir, env, args...)
+}
+
+// startFtrunIn runs `ftrun run` in the network namespace at netns ("" for this one);
+// nsenter enters it and then becomes ftrun, so signals reach ftrun itself.
+func startFtrunIn(t testing.TB, netns, stateDir string, env []string, args ...string) *ftrunProc {
+	t.Helper()
 	logPath := filepath.Join(t.TempDir(), "ftrun.log")
 	logf, err := os.Create(logPath)
 	if err != nil {
@@ -75,6 +82,9 @@ func startFtrun(t testing.TB, stateDir string, env []string, args ...string) *ft
 	}
 	full := append([]string{"run", "--state-dir", stateDir}, args...)
 	cmd := exec.Command(ftrunBin, full...)
+	if netns != "" {
+		cmd = exec.Command("nsenter", append([]string{"--net=" + netns, "--", ftrunBin}, full...)...)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
