@@ -1,0 +1,339 @@
+package standby
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+
+	"github.com/ftrun/ftrun/transport/auth"
+	"github.com/ftrun/ftrun/transport/frame"
+)
+
+// Defaults for Config's zero fields.
+const (
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultWriteTimeout     = 10 * time.Second
+)
+
+// Config is what a Server needs.
+type Config struct {
+	Store *Store
+	// TLS is the server side of mutual TLS (auth.Config.Server()); required, since
+	// the stream carries a program's memory.
+	TLS *tls.Config
+	// Host names this standby in its Hello.
+	Host string
+	// Clock times LastHeard; default the real clock.
+	Clock clockwork.Clock
+	// Logger gets one line per refused connection or epoch; default slog.Default().
+	Logger *slog.Logger
+	// Limits bound what a frame may declare; zero fields take frame's defaults.
+	Limits frame.Limits
+	// Pages rebuilds page deltas; default DeltaPages (checkpoint/delta).
+	Pages PageApplier
+	// HandshakeTimeout bounds TLS handshake plus Hello; WriteTimeout each reply.
+	HandshakeTimeout time.Duration
+	WriteTimeout     time.Duration
+}
+
+// Status is what the standby knows of one service.
+type Status struct {
+	Service       string
+	LastCommitted uint64
+	// LastHeard is when the last valid frame from the service's primary arrived
+	// (zero: never since this Server started).
+	LastHeard     time.Time
+	BytesReceived uint64
+	Connections   int
+}
+
+// Server receives epochs from any number of primaries, one goroutine per connection.
+type Server struct {
+	cfg Config
+	log *slog.Logger
+	clk clockwork.Clock
+
+	mu    sync.Mutex
+	stats map[string]*Status
+}
+
+// NewServer returns a Server for cfg.
+func NewServer(cfg Config) (*Server, error) {
+	if cfg.Store == nil || cfg.TLS == nil {
+		return nil, errors.New("standby: Config needs a Store and a TLS config")
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clockwork.NewRealClock()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Pages == nil {
+		cfg.Pages = DeltaPages{}
+	}
+	if cfg.HandshakeTimeout == 0 {
+		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if cfg.WriteTimeout == 0 {
+		cfg.WriteTimeout = DefaultWriteTimeout
+	}
+	return &Server{cfg: cfg, log: cfg.Logger, clk: cfg.Clock, stats: map[string]*Status{}}, nil
+}
+
+// Status reports every service known to the store or heard from since start.
+func (s *Server) Status() map[string]Status {
+	out := map[string]Status{}
+	for _, name := range s.cfg.Store.Services() {
+		out[name] = Status{Service: name}
+	}
+	s.mu.Lock()
+	for name, st := range s.stats {
+		out[name] = *st
+	}
+	s.mu.Unlock()
+	for name, st := range out {
+		st.LastCommitted = s.cfg.Store.LastCommitted(name)
+		out[name] = st
+	}
+	return out
+}
+
+// LastHeard is when the primary of service was last heard from (zero: not since
+// this Server started). Failure detection compares it with the injected clock.
+func (s *Server) LastHeard(service string) time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st := s.stats[service]; st != nil {
+		return st.LastHeard
+	}
+	return time.Time{}
+}
+
+func (s *Server) heard(service string, bytes int) {
+	now := s.clk.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.stats[service]
+	if st == nil {
+		st = &Status{Service: service}
+		s.stats[service] = st
+	}
+	st.LastHeard = now
+	st.BytesReceived += uint64(bytes)
+}
+
+func (s *Server) connected(service string, delta int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.stats[service]
+	if st == nil {
+		st = &Status{Service: service}
+		s.stats[service] = st
+	}
+	st.Connections += delta
+}
+
+// Serve accepts connections on ln until ctx ends, then closes ln and every
+// connection and returns once all their goroutines have ended. It returns nil when
+// stopped by ctx, otherwise the listener's error.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			cancel()
+			return fmt.Errorf("standby: accept: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.handleTLS(ctx, c)
+		}()
+	}
+}
+
+// handleTLS authenticates the peer, then runs the epoch protocol on the connection.
+func (s *Server) handleTLS(ctx context.Context, c net.Conn) {
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	tc := tls.Server(c, s.cfg.TLS)
+	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
+	err := tc.HandshakeContext(hctx)
+	cancel()
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("standby: refused connection: TLS handshake failed", "peer", c.RemoteAddr().String(), "err", err)
+		}
+		return
+	}
+	s.serveConn(ctx, tc, auth.PeerName(tc.ConnectionState()))
+}
+
+// conn is one primary's connection. Its goroutine alone reads and writes it.
+type conn struct {
+	s       *Server
+	c       net.Conn
+	peer    string
+	r       *frame.Reader
+	w       *frame.Writer
+	seq     *frame.Sequencer
+	svc     *service
+	name    string
+	in      *incoming
+	resync  bool // a full epoch was asked for; deltas until then are dropped
+	started bool
+}
+
+// serveConn runs the protocol on an authenticated connection. Any frame that does
+// not check out ends the connection with one log line; committed state is only
+// ever changed by a complete, verified epoch.
+func (s *Server) serveConn(ctx context.Context, c net.Conn, peer string) {
+	cn := &conn{s: s, c: c, peer: peer, r: frame.NewReader(c, s.cfg.Limits), w: frame.NewWriterLimits(c, s.cfg.Limits)}
+	defer func() {
+		if cn.in != nil {
+			cn.in.abort()
+		}
+		if cn.started {
+			s.connected(cn.name, -1)
+		}
+	}()
+	err := cn.run()
+	switch {
+	case ctx.Err() != nil:
+	case errors.Is(err, io.EOF):
+		s.log.Info("standby: primary closed the connection", "peer", peer, "remote", c.RemoteAddr().String(), "service", cn.name)
+	default:
+		s.log.Warn("standby: closing connection", "peer", peer, "remote", c.RemoteAddr().String(), "service", cn.name, "err", err)
+	}
+}
+
+func (cn *conn) send(epoch uint64, p frame.Payload) error {
+	if err := cn.c.SetWriteDeadline(time.Now().Add(cn.s.cfg.WriteTimeout)); err != nil {
+		return err
+	}
+	return cn.w.WritePayload(epoch, p)
+}
+
+func (cn *conn) run() error {
+	cn.c.SetReadDeadline(time.Now().Add(cn.s.cfg.HandshakeTimeout))
+	f, err := cn.r.Next()
+	if err != nil {
+		return fmt.Errorf("waiting for Hello: %w", err)
+	}
+	if f.Type != frame.TypeHello {
+		return fmt.Errorf("first frame is %s, not Hello", f.Type)
+	}
+	var h frame.Hello
+	if err := h.UnmarshalBinary(f.Payload); err != nil {
+		return err
+	}
+	svc, err := cn.s.cfg.Store.service(h.Service)
+	if err != nil {
+		return err
+	}
+	cn.svc, cn.name = svc, h.Service
+	committed := cn.s.cfg.Store.LastCommitted(h.Service)
+	cn.seq = frame.NewSequencer(frame.RoleStandby, committed)
+	if err := cn.seq.Step(f); err != nil {
+		return err
+	}
+	cn.started = true
+	cn.s.connected(cn.name, 1)
+	cn.s.heard(cn.name, frame.HeaderSize+len(f.Payload)+frame.TrailerSize)
+	if h.LastCommitted != committed {
+		cn.s.log.Info("standby: primary's view of this standby differs", "service", cn.name, "primary_thinks", h.LastCommitted, "committed", committed)
+	}
+	reply := &frame.Hello{Version: frame.Version, Service: h.Service, Host: cn.s.cfg.Host, Role: frame.RoleStandby.String(), LastCommitted: committed}
+	if err := cn.send(0, reply); err != nil {
+		return err
+	}
+	cn.c.SetReadDeadline(time.Time{})
+	for {
+		f, err := cn.r.Next()
+		if err != nil {
+			return err
+		}
+		if err := cn.seq.Step(f); err != nil {
+			return err
+		}
+		cn.s.heard(cn.name, frame.HeaderSize+len(f.Payload)+frame.TrailerSize)
+		p, err := frame.DecodePayload(f.Type, f.Payload)
+		if err != nil {
+			return err
+		}
+		if err := cn.step(f.Epoch, p); err != nil {
+			return err
+		}
+	}
+}
+
+// step acts on one frame the Sequencer accepted.
+func (cn *conn) step(epoch uint64, p frame.Payload) error {
+	switch p := p.(type) {
+	case *frame.Heartbeat:
+		return cn.send(0, &frame.Heartbeat{SentUnixNano: cn.s.clk.Now().UnixNano(), Committed: cn.s.cfg.Store.LastCommitted(cn.name)})
+	case *frame.EpochBegin:
+		if p.Full {
+			cn.resync = false
+		}
+		cn.in = beginEpoch(cn.svc, epoch, *p, cn.s.cfg.Pages)
+		if cn.resync {
+			// Already asked for a full epoch: this delta was sent before the primary
+			// saw the request. Drop it quietly.
+			cn.in.failWith(badBase("delta epoch %d sent before the requested full epoch", epoch))
+			return nil
+		}
+		if f := cn.in.fail; f != nil && f.resync {
+			cn.resync = true
+			cn.s.log.Warn("standby: refusing epoch, asking for a full one", "service", cn.name, "epoch", epoch, "err", f.err)
+			return cn.send(epoch, &frame.ResyncRequest{Reason: f.err.Error(), HaveEpoch: cn.s.cfg.Store.LastCommitted(cn.name)})
+		}
+		return nil
+	case *frame.ImageData:
+		cn.in.image(p)
+	case *frame.PageDelta:
+		cn.in.pageDelta(p)
+	case *frame.FileDelta:
+		cn.in.fileDelta(p)
+	case *frame.EpochCommit:
+		in := cn.in
+		cn.in = nil
+		alreadyAsked := in.fail != nil && in.fail.resync && cn.resync
+		e := in.commit(p.Manifest, func(err error) {
+			if err != nil {
+				cn.s.log.Warn("standby: pruning old epochs failed", "service", cn.name, "err", err)
+			}
+		})
+		if e == nil {
+			return cn.send(epoch, &frame.Ack{Epoch: epoch})
+		}
+		cn.s.log.Warn("standby: epoch not committed", "service", cn.name, "epoch", epoch, "code", e.code.String(), "err", e.err)
+		if e.resync && !alreadyAsked {
+			cn.resync = true
+			if err := cn.send(epoch, &frame.ResyncRequest{Reason: e.err.Error(), HaveEpoch: cn.s.cfg.Store.LastCommitted(cn.name)}); err != nil {
+				return err
+			}
+		}
+		return cn.send(epoch, &frame.Nack{Epoch: epoch, Code: e.code, Reason: e.err.Error()})
+	default:
+		return fmt.Errorf("frame: %w: unexpected %s from a primary", frame.ErrProtocol, p.Type())
+	}
+	return nil
+}
