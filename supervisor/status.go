@@ -27,6 +27,10 @@ type Status struct {
 	Command            []string      `json:"command"`
 	Epoch              uint64        `json:"epoch"`
 	DurableEpoch       uint64        `json:"durable_epoch"`
+	Peer               string        `json:"peer,omitempty"`
+	StandbyEpoch       uint64        `json:"standby_epoch"`
+	LastShippedBytes   int64         `json:"last_shipped_bytes"`
+	LastShipFull       bool          `json:"last_ship_full"`
 	LastCheckpoint     time.Time     `json:"last_checkpoint,omitzero"`
 	LastCheckpointAge  time.Duration `json:"last_checkpoint_age_ns"`
 	LastFrozen         time.Duration `json:"last_frozen_ns"`
@@ -41,6 +45,14 @@ type Status struct {
 	HealthFailures     int           `json:"health_failures"`
 	Since              time.Time     `json:"since"`
 	StateDir           string        `json:"state_dir"`
+}
+
+// Lag is how many epochs the standby is behind (0 without a standby).
+func (s Status) Lag() uint64 {
+	if s.Peer == "" || s.StandbyEpoch >= s.Epoch {
+		return 0
+	}
+	return s.Epoch - s.StandbyEpoch
 }
 
 // Summary is the one-line form used for systemd's STATUS= and logs.

@@ -2,17 +2,20 @@ package supervisor
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/jonboulle/clockwork"
 
 	"github.com/ftrun/ftrun/checkpoint"
+	"github.com/ftrun/ftrun/transport/ship"
 	"github.com/ftrun/ftrun/watchdog"
 )
 
@@ -71,13 +74,18 @@ type Config struct {
 	Clock             clockwork.Clock
 	Log               *slog.Logger
 	Notifier          *watchdog.Notifier
+	// Standby is the standby's HOST:PORT ("" for local checkpoints only); StandbyTLS
+	// the client side of the mutual TLS it requires.
+	Standby    string
+	StandbyTLS *tls.Config
 }
 
 // event is anything the loop reacts to; every goroutine reports through one channel so
 // that all state is owned by the loop.
 type event struct {
-	kind   string // "exit", "health", "request", "durable"
+	kind   string // "exit", "health", "request", "durable", "link"
 	inc    int
+	link   linkEvent
 	set    checkpoint.Set
 	err    error
 	exit   ExitStatus
@@ -123,6 +131,7 @@ type Supervisor struct {
 	syncing  bool
 	syncNext *checkpoint.Set
 	durable  uint64
+	link     *link
 }
 
 // New checks the configuration and fills in defaults.
@@ -197,6 +206,17 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 
 	if err := s.serveControl(); err != nil {
 		return err
+	}
+	if s.cfg.Standby != "" {
+		host, _ := os.Hostname()
+		s.link = newLink(s.cfg.Standby, s.cfg.StandbyTLS, s.cfg.Name, host, s.clock, s.log.With("standby", s.cfg.Standby))
+		s.st.Peer = s.cfg.Standby
+		s.st.Protection = "unprotected: connecting to standby " + s.cfg.Standby
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.link.run(s.ctx, func(ev linkEvent) { s.send(s.ctx, event{kind: "link", link: ev}) })
+		}()
 	}
 	if err := s.boot(); err != nil {
 		return err
@@ -440,8 +460,44 @@ func (s *Supervisor) handle(ev event) error {
 		s.serve(ev.req)
 	case "durable":
 		s.synced(ev.set, ev.err)
+	case "link":
+		s.linkChanged(ev.link)
 	}
 	return nil
+}
+
+// linkChanged follows the standby link: whether the program is protected by a
+// standby, and how far the standby is behind.
+func (s *Supervisor) linkChanged(ev linkEvent) {
+	if ev.shipped > 0 {
+		s.st.StandbyEpoch = ev.shipped
+		s.st.LastShippedBytes = ev.stats.Bytes
+		s.st.LastShipFull = ev.stats.Full
+		s.log.Debug("epoch acked by standby", "epoch", ev.shipped, "bytes", ev.stats.Bytes, "full", ev.stats.Full, "took", ev.stats.Duration)
+	}
+	protection := "protected by standby " + s.cfg.Standby
+	switch {
+	case ev.err != nil && errors.Is(ev.err, ship.ErrStandbyFull):
+		protection = "unprotected: the standby's disk is full (it keeps its last epoch; free space there)"
+	case ev.err != nil:
+		s.log.Warn("epoch not shipped; the next one will be", "err", ev.err)
+		if !ev.up {
+			protection = "unprotected: " + ev.why
+		} else {
+			protection = s.st.Protection
+		}
+	case !ev.up:
+		protection = "unprotected: " + ev.why
+	}
+	if protection != s.st.Protection {
+		if strings.HasPrefix(protection, "unprotected") {
+			s.log.Error("program is "+protection+"; it keeps running, checkpoints stay local", "epoch", s.st.Epoch)
+		} else {
+			s.log.Info("program is "+protection, "epoch", s.st.Epoch)
+		}
+		s.st.Protection = protection
+		s.notifyStatus()
+	}
 }
 
 // syncLater makes set durable in the background; while one fsync runs, only the newest
@@ -749,6 +805,9 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 		}
 	} else {
 		s.syncLater(set)
+	}
+	if s.link != nil {
+		s.link.offer(set)
 	}
 	if !s.ready {
 		s.ready = true

@@ -6,10 +6,12 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -24,6 +26,7 @@ import (
 	"github.com/ftrun/ftrun/contrib/demo"
 	"github.com/ftrun/ftrun/supervisor"
 	"github.com/ftrun/ftrun/transport/auth"
+	"github.com/ftrun/ftrun/transport/standby"
 	"github.com/ftrun/ftrun/watchdog"
 )
 
@@ -44,7 +47,7 @@ func main() {
 			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json", EnvVars: []string{"FTRUN_LOG_FORMAT"}},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"FTRUN_LOG_LEVEL"}},
 		},
-		Commands:       []*cli.Command{runCmd(), checkCmd(), statusCmd(), checkpointCmd(), restoreCmd(), keygenCmd(), demoCmd()},
+		Commands:       []*cli.Command{runCmd(), checkCmd(), statusCmd(), checkpointCmd(), restoreCmd(), keygenCmd(), standbyCmd(), demoCmd()},
 		ExitErrHandler: func(c *cli.Context, err error) {},
 	}
 	if err := app.Run(os.Args); err != nil {
@@ -124,6 +127,8 @@ func runCmd() *cli.Command {
 			&cli.DurationFlag{Name: "health-start-period", Value: 0, Usage: "grace after each (re)start before failures count", EnvVars: env("HEALTH_START_PERIOD")},
 			&cli.StringFlag{Name: "criu", Usage: "criu binary (default: from PATH)", EnvVars: env("CRIU")},
 			&cli.DurationFlag{Name: "criu-timeout", Value: 10 * time.Second, Usage: "how long CRIU may take to freeze the program", EnvVars: env("CRIU_TIMEOUT")},
+			&cli.StringFlag{Name: "standby", Usage: "HOST:PORT of an `ftrun standby` to stream every checkpoint to", EnvVars: env("STANDBY")},
+			keysFlag(),
 			&cli.BoolFlag{Name: "no-sync", Hidden: true, Usage: "skip fsync of checkpoints (benchmarks only)", EnvVars: env("NO_SYNC")},
 		},
 		Action: func(c *cli.Context) error {
@@ -165,8 +170,17 @@ func runCmd() *cli.Command {
 			if err != nil {
 				return err
 			}
+			var standbyTLS *tls.Config
+			if c.String("standby") != "" {
+				keys, err := auth.LoadConfig(c.String("keys"))
+				if err != nil {
+					return usage("--standby needs keys: %v", err)
+				}
+				standbyTLS = keys.Client()
+			}
 			wd, _ := os.Getwd()
 			sup, err := supervisor.New(supervisor.Config{
+				Standby: c.String("standby"), StandbyTLS: standbyTLS,
 				Name: name, Command: argv, WorkDir: wd, StateDir: stateDir,
 				Interval: c.Duration("interval"), Keep: c.Int("keep"), Restart: restart,
 				Ladder: supervisor.LadderPolicy{Burst: c.Int("burst"), Window: c.Duration("burst-window"),
@@ -223,6 +237,54 @@ func unescape(s string) (string, error) {
 		return "", fmt.Errorf("bad escape in %q", s)
 	}
 	return out, nil
+}
+
+const defaultKeys = "/etc/ftrun/keys"
+
+func keysFlag() cli.Flag {
+	return &cli.StringFlag{Name: "keys", Value: defaultKeys, Usage: "directory made by `ftrun keygen` (TLS 1.3, both ends authenticated)", EnvVars: env("KEYS")}
+}
+
+func standbyCmd() *cli.Command {
+	return &cli.Command{
+		Name:  "standby",
+		Usage: "hold the newest committed checkpoint of every primary that streams to this host",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "listen", Value: ":7946", Usage: "address to accept primaries on", EnvVars: env("LISTEN")},
+			&cli.StringFlag{Name: "state-dir", Value: "/var/lib/ftrun-standby", Usage: "where epochs are kept, one directory per service", EnvVars: env("STANDBY_STATE_DIR")},
+			keysFlag(),
+		},
+		Action: func(c *cli.Context) error {
+			log, err := newLogger(c)
+			if err != nil {
+				return err
+			}
+			keys, err := auth.LoadConfig(c.String("keys"))
+			if err != nil {
+				return usage("%v", err)
+			}
+			store, err := standby.OpenStore(c.String("state-dir"))
+			if err != nil {
+				return err
+			}
+			host, _ := os.Hostname()
+			srv, err := standby.NewServer(standby.Config{Store: store, TLS: keys.Server(), Host: host, Logger: log})
+			if err != nil {
+				return err
+			}
+			ln, err := net.Listen("tcp", c.String("listen"))
+			if err != nil {
+				return fmt.Errorf("listen on %q: %w", c.String("listen"), err)
+			}
+			for _, svc := range store.Services() {
+				log.Info("holding committed epoch", "service", svc, "epoch", store.LastCommitted(svc))
+			}
+			log.Info("standby listening", "addr", ln.Addr().String(), "state_dir", store.Root())
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return srv.Serve(ctx, ln)
+		},
+	}
 }
 
 func checkCmd() *cli.Command {
@@ -333,6 +395,11 @@ func printStatus(st supervisor.Status) {
 		{"restores", fmt.Sprint(st.Restores)}, {"fresh starts", fmt.Sprint(st.FreshStarts)},
 		{"adoptions", fmt.Sprint(st.Adoptions)}, {"health failures", fmt.Sprint(st.HealthFailures)},
 		{"state dir", st.StateDir},
+	}
+	if st.Peer != "" {
+		rows = append(rows, [2]string{"standby", st.Peer},
+			[2]string{"standby epoch", fmt.Sprintf("%d (lag %d)", st.StandbyEpoch, st.Lag())},
+			[2]string{"last shipped", fmt.Sprintf("%s (full: %v)", humanBytes(st.LastShippedBytes), st.LastShipFull)})
 	}
 	if st.LastError != "" {
 		rows = append(rows, [2]string{"last error", st.LastError})

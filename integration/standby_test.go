@@ -1,0 +1,124 @@
+package integration
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ftrun/ftrun/checkpoint"
+	"github.com/ftrun/ftrun/supervisor"
+	"github.com/ftrun/ftrun/transport/auth"
+)
+
+// standbyProc is an `ftrun standby` on a host.
+type standbyProc struct {
+	cmd  *exec.Cmd
+	logs *bytes.Buffer
+	done chan struct{}
+}
+
+func startStandby(t *testing.T, h host, state, keys string) *standbyProc {
+	t.Helper()
+	var buf bytes.Buffer
+	cmd := h.cmd(ftrunBin, "standby", "--listen", h.addr+":7946", "--state-dir", state, "--keys", keys)
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &standbyProc{cmd: cmd, logs: &buf, done: make(chan struct{})}
+	go func() { cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			t.Logf("standby log:\n%s", tail(buf.String(), 40))
+		}
+	})
+	return p
+}
+
+func (p *standbyProc) kill() {
+	select {
+	case <-p.done:
+	default:
+		p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// The primary streams every checkpoint to a standby on another host over mutual TLS.
+// When the standby dies the program keeps running and ftrun says it is unprotected;
+// when the standby comes back (with what it had committed) ftrun reconnects, resyncs
+// and is protected again, on its own.
+func TestStandbyHoldsEpochsAndSurvivesStandbyLoss(t *testing.T) {
+	requiresRoot(t, "ruby")
+	hosts := hostNet(t, 2)
+	primary, stby := hosts[0], hosts[1]
+	keys := t.TempDir()
+	if err := auth.Keygen(keys, auth.KeygenOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	standbyState := t.TempDir()
+	sb := startStandby(t, stby, standbyState, keys)
+
+	name := "it-standby"
+	t.Cleanup(func() { killService(t, name) })
+	script, out := writeCounter(t)
+	state := t.TempDir()
+	p := startFtrunIn(t, primary.nsPath(), state, nil, "--name", name, "--interval", "300ms", "--discard",
+		"--standby", stby.addr+":7946", "--keys", keys, "--", "ruby", script, out)
+	st := p.waitFor("protected", 30*time.Second, func(s supervisor.Status) bool {
+		return strings.HasPrefix(s.Protection, "protected") && s.StandbyEpoch >= 3
+	})
+	t.Logf("protected: epoch %d, standby has %d, last shipped %d bytes (full %v)", st.Epoch, st.StandbyEpoch, st.LastShippedBytes, st.LastShipFull)
+	if st.LastShipFull {
+		t.Errorf("epoch %d was shipped whole: deltas expected after the first", st.StandbyEpoch)
+	}
+
+	// What the standby holds is a complete, verified image set of its own, 0700/0600.
+	svcDir := filepath.Join(standbyState, name)
+	fi, err := os.Stat(svcDir)
+	if err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("standby service dir %s: %v %v", svcDir, fi, err)
+	}
+	sets, _ := filepath.Glob(filepath.Join(svcDir, "epochs", "0*"))
+	if len(sets) == 0 {
+		t.Fatalf("no epochs on the standby under %s", svcDir)
+	}
+	if _, err := checkpoint.VerifyDir(sets[len(sets)-1]); err != nil {
+		t.Fatalf("standby's newest epoch does not verify: %v", err)
+	}
+
+	// Standby loss: the program keeps running, ftrun reports it unprotected.
+	sb.kill()
+	lost := p.waitFor("unprotected", 10*time.Second, func(s supervisor.Status) bool {
+		return strings.HasPrefix(s.Protection, "unprotected")
+	})
+	if lost.Pid != st.Pid || lost.State != supervisor.StateRunning {
+		t.Fatalf("program disturbed by standby loss: %+v", lost)
+	}
+	p.waitFor("local checkpoints go on", 10*time.Second, func(s supervisor.Status) bool { return s.Epoch >= lost.Epoch+3 })
+	if out, _ := exec.Command(ftrunBin, "status", "--state-dir", state).Output(); !strings.Contains(string(out), "unprotected") {
+		t.Errorf("ftrun status does not say unprotected:\n%s", out)
+	}
+
+	// The standby returns with what it had committed: ftrun catches up on its own.
+	startStandby(t, stby, standbyState, keys)
+	back := p.waitFor("protected again", 20*time.Second, func(s supervisor.Status) bool {
+		return strings.HasPrefix(s.Protection, "protected") && s.StandbyEpoch > lost.Epoch+2
+	})
+	if back.Pid != st.Pid {
+		t.Fatalf("program restarted while the standby came back")
+	}
+	log := p.log()
+	for _, want := range []string{"program is unprotected", "program is protected by standby"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("log lacks %q", want)
+		}
+	}
+}

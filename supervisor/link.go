@@ -1,0 +1,136 @@
+package supervisor
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+
+	"github.com/ftrun/ftrun/checkpoint"
+	"github.com/ftrun/ftrun/transport/ship"
+	"github.com/ftrun/ftrun/watchdog"
+)
+
+// Defaults of the primary<->standby link (Remus-style heartbeats).
+const (
+	HeartbeatInterval = 100 * time.Millisecond
+	HeartbeatTimeout  = time.Second
+	redialDelay       = 500 * time.Millisecond
+)
+
+// link keeps the primary connected to its standby and ships committed epochs to it.
+// It owns the Shipper: shipping and heartbeats happen on its one goroutine, and the
+// loop learns what happened through events. Only the newest committed set waits to be
+// shipped: an older one is worthless once a newer one exists.
+type link struct {
+	addr    string
+	tls     *tls.Config
+	shipper *ship.Shipper
+	clock   clockwork.Clock
+	log     *slog.Logger
+	timeout time.Duration
+
+	mu   sync.Mutex
+	next *checkpoint.Set
+	wake chan struct{}
+}
+
+func newLink(addr string, tlsConf *tls.Config, service, host string, clock clockwork.Clock, log *slog.Logger) *link {
+	return &link{
+		addr: addr, tls: tlsConf, clock: clock, log: log, timeout: HeartbeatTimeout,
+		shipper: ship.New(ship.Config{Service: service, Host: host, Clock: clock, Logger: log}),
+		wake:    make(chan struct{}, 1),
+	}
+}
+
+// offer hands the newest committed set to the link.
+func (l *link) offer(set checkpoint.Set) {
+	l.mu.Lock()
+	l.next = &set
+	l.mu.Unlock()
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (l *link) take() *checkpoint.Set {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := l.next
+	l.next = nil
+	return s
+}
+
+// linkEvent is what the link tells the loop.
+type linkEvent struct {
+	up      bool // connected and hearing the standby
+	why     string
+	shipped uint64 // epoch acknowledged by the standby (0: none in this event)
+	stats   ship.Stats
+	err     error // a ship that failed
+}
+
+func (l *link) run(ctx context.Context, report func(linkEvent)) {
+	defer l.shipper.Close()
+	hb := l.clock.NewTicker(HeartbeatInterval)
+	defer hb.Stop()
+	up := false
+	down := func(why string) {
+		l.shipper.Close()
+		if up {
+			up = false
+		}
+		report(linkEvent{why: why})
+	}
+	for ctx.Err() == nil {
+		if !up {
+			dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			err := l.shipper.Dial(dctx, l.addr, l.tls)
+			cancel()
+			if err != nil {
+				down(fmt.Sprintf("standby %s unreachable: %v", l.addr, err))
+				select {
+				case <-ctx.Done():
+					return
+				case <-l.clock.After(redialDelay):
+				}
+				continue
+			}
+			up = true
+			report(linkEvent{up: true, why: "connected to standby " + l.addr})
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-l.wake:
+			set := l.take()
+			if set == nil {
+				continue
+			}
+			err := l.shipper.Ship(ctx, set.Epoch, set.Dir)
+			if err != nil {
+				report(linkEvent{up: up, err: fmt.Errorf("ship epoch %d: %w", set.Epoch, err)})
+				if errors.Is(err, ship.ErrNotConnected) {
+					down(fmt.Sprintf("lost standby %s: %v", l.addr, err))
+				}
+				continue
+			}
+			report(linkEvent{up: true, shipped: set.Epoch, stats: l.shipper.LastStats()})
+		case <-hb.Chan():
+			if err := l.shipper.Heartbeat(ctx); err != nil {
+				down(fmt.Sprintf("lost standby %s: %v", l.addr, err))
+				continue
+			}
+			d := watchdog.NewDetector(l.timeout, l.shipper.LastHeard())
+			if d.Expired(l.clock.Now()) {
+				down(fmt.Sprintf("standby %s silent for %s", l.addr, d.Silence(l.clock.Now()).Round(time.Millisecond)))
+			}
+		}
+	}
+}
