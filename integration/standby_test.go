@@ -34,12 +34,28 @@ func startStandby(t *testing.T, h host, state, keys string) *standbyProc {
 	p := &standbyProc{cmd: cmd, logs: &buf, done: make(chan struct{})}
 	go func() { cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() {
-		p.kill()
+		p.stop()
 		if t.Failed() {
 			t.Logf("standby log:\n%s", tail(buf.String(), 40))
 		}
 	})
 	return p
+}
+
+// stop asks the standby to stop (SIGTERM): a program it took over gets its final
+// checkpoint and is stopped, as on a primary.
+func (p *standbyProc) stop() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		p.kill()
+	}
 }
 
 func (p *standbyProc) kill() {
@@ -120,5 +136,72 @@ func TestStandbyHoldsEpochsAndSurvivesStandbyLoss(t *testing.T) {
 		if !strings.Contains(log, want) {
 			t.Errorf("log lacks %q", want)
 		}
+	}
+}
+
+// Everything on the primary host dies at once (ftrun and the program's cgroup): the
+// standby notices the silence, restores the newest epoch it committed and supervises
+// the program from there. The counter continues from that epoch, not from zero.
+func TestFailoverToStandby(t *testing.T) {
+	requiresRoot(t, "ruby")
+	hosts := hostNet(t, 2)
+	primary, stby := hosts[0], hosts[1]
+	keys := t.TempDir()
+	if err := auth.Keygen(keys, auth.KeygenOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	name := "it-failover"
+	t.Cleanup(func() { killService(t, name) })
+	standbyState := t.TempDir()
+	startStandby(t, stby, standbyState, keys)
+	script, out := writeCounter(t)
+	p := startFtrunIn(t, primary.nsPath(), t.TempDir(), nil, "--name", name, "--interval", "300ms", "--discard",
+		"--standby", stby.addr+":7946", "--keys", keys, "--", "ruby", script, out)
+	st := p.waitFor("protected", 30*time.Second, func(s supervisor.Status) bool {
+		return strings.HasPrefix(s.Protection, "protected") && s.StandbyEpoch >= 8
+	})
+	// The primary host dies: ftrun and the program together.
+	p.kill9()
+	killService(t, name)
+	t0 := time.Now()
+	before := readInt(t, out)
+	// The standby restores: the counter file moves again, written by the restored program.
+	var after int
+	deadline := t0.Add(15 * time.Second)
+	for {
+		if fi, err := os.Stat(out); err == nil && fi.ModTime().After(t0.Add(50*time.Millisecond)) {
+			after = readInt(t, out)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the standby did not take over within 15s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	took := time.Since(t0)
+	t.Logf("failover: counter %d at the kill, %d after (standby had epoch %d of %d); first write after %s", before, after, st.StandbyEpoch, st.Epoch, took.Round(time.Millisecond))
+	if after <= 30 {
+		t.Fatalf("counter restarted from zero on the standby: %d", after)
+	}
+	// At most what happened after the standby's newest epoch is lost (interval 300ms =
+	// 6 ticks, plus shipping lag).
+	if before-after > 40 {
+		t.Errorf("counter went back by %d ticks across failover", before-after)
+	}
+	if n := countCounters(t, script); n != 1 {
+		t.Errorf("%d copies after failover, want 1", n)
+	}
+	// The live program is checkpointed again on the standby.
+	liveSets := filepath.Join(standbyState, name, "live", supervisor.CheckpointsDir)
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		sets, _ := filepath.Glob(filepath.Join(liveSets, "0*"))
+		if len(sets) >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the program is not checkpointed after take-over (%v)", sets)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

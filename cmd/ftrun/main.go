@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -26,7 +25,6 @@ import (
 	"github.com/ftrun/ftrun/contrib/demo"
 	"github.com/ftrun/ftrun/supervisor"
 	"github.com/ftrun/ftrun/transport/auth"
-	"github.com/ftrun/ftrun/transport/standby"
 	"github.com/ftrun/ftrun/watchdog"
 )
 
@@ -248,41 +246,34 @@ func keysFlag() cli.Flag {
 func standbyCmd() *cli.Command {
 	return &cli.Command{
 		Name:  "standby",
-		Usage: "hold the newest committed checkpoint of every primary that streams to this host",
+		Usage: "hold the newest committed checkpoint of every primary that streams here; take over when a primary goes silent",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "listen", Value: ":7946", Usage: "address to accept primaries on", EnvVars: env("LISTEN")},
 			&cli.StringFlag{Name: "state-dir", Value: "/var/lib/ftrun-standby", Usage: "where epochs are kept, one directory per service", EnvVars: env("STANDBY_STATE_DIR")},
 			keysFlag(),
+			&cli.DurationFlag{Name: "takeover-timeout", Value: supervisor.HeartbeatTimeout, Usage: "silence of a primary after which this standby restores its program here", EnvVars: env("TAKEOVER_TIMEOUT")},
+			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "checkpoint interval of a program after take-over", EnvVars: env("INTERVAL")},
+			&cli.StringFlag{Name: "arbiter", Value: "none", Usage: "who decides that a primary is gone: none (this standby alone; a partition can leave two live copies)", EnvVars: env("ARBITER")},
 		},
 		Action: func(c *cli.Context) error {
 			log, err := newLogger(c)
 			if err != nil {
 				return err
 			}
+			if c.String("arbiter") != "none" {
+				return usage("--arbiter %q is not supported yet: use none", c.String("arbiter"))
+			}
 			keys, err := auth.LoadConfig(c.String("keys"))
 			if err != nil {
 				return usage("%v", err)
 			}
-			store, err := standby.OpenStore(c.String("state-dir"))
-			if err != nil {
-				return err
-			}
 			host, _ := os.Hostname()
-			srv, err := standby.NewServer(standby.Config{Store: store, TLS: keys.Server(), Host: host, Logger: log})
-			if err != nil {
-				return err
-			}
-			ln, err := net.Listen("tcp", c.String("listen"))
-			if err != nil {
-				return fmt.Errorf("listen on %q: %w", c.String("listen"), err)
-			}
-			for _, svc := range store.Services() {
-				log.Info("holding committed epoch", "service", svc, "epoch", store.LastCommitted(svc))
-			}
-			log.Info("standby listening", "addr", ln.Addr().String(), "state_dir", store.Root())
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
-			return srv.Serve(ctx, ln)
+			return supervisor.RunStandby(ctx, supervisor.StandbyConfig{
+				Listen: c.String("listen"), StateDir: c.String("state-dir"), TLS: keys.Server(), Host: host,
+				Timeout: c.Duration("takeover-timeout"), Interval: c.Duration("interval"), Log: log,
+			})
 		},
 	}
 }

@@ -1,0 +1,188 @@
+package supervisor
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+
+	"github.com/ftrun/ftrun/checkpoint"
+	"github.com/ftrun/ftrun/transport/standby"
+	"github.com/ftrun/ftrun/watchdog"
+)
+
+// StandbyConfig is everything `ftrun standby` was told.
+type StandbyConfig struct {
+	Listen   string
+	StateDir string
+	TLS      *tls.Config
+	Host     string
+	// Timeout is how long a primary may be silent before the standby takes over.
+	Timeout time.Duration
+	// Interval is the checkpoint interval of a program the standby runs after taking over.
+	Interval time.Duration
+	Criu     *checkpoint.Criu
+	Clock    clockwork.Clock
+	Log      *slog.Logger
+	// Ready, when set, receives the listening address once accepting.
+	Ready chan<- string
+}
+
+// TakeOver is the pure failover rule (arbiter "none": the standby decides alone; a
+// partition that leaves the primary alive can then give two live copies, which is the
+// documented risk of running without an arbiter). A standby only takes over a service
+// whose primary it has heard from since it started, that has a committed epoch, and
+// whose primary has now been silent for longer than the timeout.
+func TakeOver(now, lastHeard time.Time, timeout time.Duration, committed uint64, live bool) (bool, string) {
+	switch {
+	case live:
+		return false, "already live"
+	case committed == 0:
+		return false, "no committed epoch"
+	case lastHeard.IsZero():
+		return false, "primary not heard since this standby started"
+	}
+	d := watchdog.NewDetector(timeout, lastHeard)
+	if !d.Expired(now) {
+		return false, "primary alive"
+	}
+	return true, fmt.Sprintf("primary silent for %s (timeout %s)", d.Silence(now).Round(time.Millisecond), timeout)
+}
+
+// RunStandby holds every primary's newest committed epoch and, when a primary goes
+// silent, restores its epoch here and supervises the program with the same recovery
+// ladder as a primary does.
+func RunStandby(ctx context.Context, cfg StandbyConfig) error {
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = HeartbeatTimeout
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clockwork.NewRealClock()
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	store, err := standby.OpenStore(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	srv, err := standby.NewServer(standby.Config{Store: store, TLS: cfg.TLS, Host: cfg.Host, Clock: cfg.Clock, Logger: cfg.Log})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %q: %w", cfg.Listen, err)
+	}
+	for _, svc := range store.Services() {
+		cfg.Log.Info("holding committed epoch", "service", svc, "epoch", store.LastCommitted(svc))
+	}
+	cfg.Log.Info("standby listening", "addr", ln.Addr().String(), "state_dir", store.Root(), "takeover_after", cfg.Timeout)
+	if cfg.Ready != nil {
+		cfg.Ready <- ln.Addr().String()
+	}
+
+	inner, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	var serveErr error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		serveErr = srv.Serve(inner, ln)
+	}()
+	live := map[string]bool{}
+	errs := make(chan error, 16)
+	tick := cfg.Clock.NewTicker(HeartbeatInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			cancel()
+			wg.Wait()
+			return serveErr
+		case err := <-errs:
+			cfg.Log.Error("live program ended", "err", err)
+		case <-tick.Chan():
+			for svc, st := range srv.Status() {
+				ok, why := TakeOver(cfg.Clock.Now(), st.LastHeard, cfg.Timeout, st.LastCommitted, live[svc])
+				if !ok {
+					continue
+				}
+				cfg.Log.Warn("taking over: "+why, "service", svc, "epoch", st.LastCommitted)
+				sup, err := goLive(cfg, store, svc)
+				if err != nil {
+					cfg.Log.Error("cannot take over", "service", svc, "err", err)
+					continue
+				}
+				live[svc] = true
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					if err := sup.Run(inner); err != nil {
+						var xe *ExitErr
+						if !errors.As(err, &xe) || xe.Code != ExitOK {
+							select {
+							case errs <- fmt.Errorf("%s: %w", svc, err):
+							default:
+							}
+						}
+					}
+				}()
+			}
+		}
+	}
+}
+
+// goLive prepares a supervisor that restores svc's newest committed epoch. The epoch
+// is linked (not copied) into the live supervisor's own checkpoint store, so the
+// standby's copy stays as it was received.
+func goLive(cfg StandbyConfig, store *standby.Store, svc string) (*Supervisor, error) {
+	sets, err := store.Sets(svc)
+	if err != nil || len(sets) == 0 {
+		return nil, fmt.Errorf("no committed epoch for %q: %v", svc, err)
+	}
+	set := sets[0]
+	m, err := checkpoint.VerifyDir(set.Dir)
+	if err != nil {
+		return nil, err
+	}
+	liveDir := filepath.Join(store.Root(), svc, "live")
+	target := filepath.Join(liveDir, CheckpointsDir, filepath.Base(set.Dir))
+	if err := linkSet(set.Dir, target); err != nil {
+		return nil, err
+	}
+	return New(Config{
+		Name: m.Service, Command: m.Command, StateDir: liveDir, WorkDir: "/",
+		Interval: cfg.Interval, Criu: cfg.Criu, Clock: cfg.Clock, Log: cfg.Log.With("role", "live"),
+	})
+}
+
+func linkSet(from, to string) error {
+	if _, err := os.Stat(to); err == nil {
+		return nil
+	}
+	tmp := to + ".linking"
+	os.RemoveAll(tmp)
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return err
+	}
+	ents, err := os.ReadDir(from)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if err := os.Link(filepath.Join(from, e.Name()), filepath.Join(tmp, e.Name())); err != nil {
+			return fmt.Errorf("link epoch into live store: %w", err)
+		}
+	}
+	return os.Rename(tmp, to)
+}
