@@ -138,8 +138,12 @@ func TestRedisInHostNamespace(t *testing.T) {
 	}
 	// A partition between the hosts cuts the client off; healing it restores service.
 	heal := partition(t, server, client)
-	if out, err := client.cmd("redis-cli", "-h", server.addr, "-p", "6379", "-t", "1", "PING").CombinedOutput(); err == nil && strings.Contains(string(out), "PONG") {
+	out, err := client.cmd("timeout", "2", "redis-cli", "-h", server.addr, "-p", "6379", "PING").CombinedOutput()
+	if strings.Contains(string(out), "PONG") {
 		t.Fatalf("PING crossed a partition: %s", out)
+	}
+	if err == nil || (!strings.Contains(err.Error(), "exit status 124") && !strings.Contains(string(out), "Could not connect")) {
+		t.Fatalf("PING across a partition should time out, got %v: %s", err, out)
 	}
 	heal()
 	if out, err := cli("PING"); err != nil || out != "PONG" {

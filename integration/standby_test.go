@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -203,5 +204,64 @@ func TestFailoverToStandby(t *testing.T) {
 			t.Fatalf("the program is not checkpointed after take-over (%v)", sets)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// redis-server fails over: every key written before the standby's newest epoch is
+// there when the standby answers. (The service address moving with it is the output-
+// commit work; here redis listens on all addresses and the client asks the standby.)
+func TestRedisFailoverKeepsKeys(t *testing.T) {
+	requiresRoot(t, "redis-server", "redis-cli")
+	hosts := hostNet(t, 3)
+	primary, stby, client := hosts[0], hosts[1], hosts[2]
+	keys := t.TempDir()
+	if err := auth.Keygen(keys, auth.KeygenOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	name := "it-redis-failover"
+	t.Cleanup(func() { killService(t, name) })
+	standbyState := t.TempDir()
+	startStandby(t, stby, standbyState, keys)
+	args := append([]string{"--name", name, "--interval", "200ms", "--discard", "--standby", stby.addr + ":7946", "--keys", keys, "--"},
+		redisArgs(6379, t.TempDir())...)
+	for i, a := range args {
+		if a == "127.0.0.1" {
+			args[i] = "0.0.0.0"
+		}
+	}
+	p := startFtrunIn(t, primary.nsPath(), t.TempDir(), nil, args...)
+	p.waitFor("protected", 30*time.Second, func(s supervisor.Status) bool { return strings.HasPrefix(s.Protection, "protected") })
+	cli := func(h host, args ...string) (string, error) {
+		out, err := client.cmd("timeout", append([]string{"2", "redis-cli", "-h", h.addr, "-p", "6379"}, args...)...).CombinedOutput()
+		return strings.TrimSpace(string(out)), err
+	}
+	const n = 200
+	for i := 0; i < n; i++ {
+		if out, err := cli(primary, "SET", fmt.Sprintf("k%d", i), fmt.Sprintf("v%d", i)); err != nil || out != "OK" {
+			t.Fatalf("SET k%d: %q %v", i, out, err)
+		}
+	}
+	// Wait until an epoch taken after the writes is acknowledged by the standby.
+	after := p.waitFor("epoch with the keys", 5*time.Second, func(s supervisor.Status) bool { return true }).Epoch + 1
+	p.waitFor("standby has it", 10*time.Second, func(s supervisor.Status) bool { return s.StandbyEpoch >= after })
+	p.kill9()
+	killService(t, name)
+	t0 := time.Now()
+	deadline := t0.Add(15 * time.Second)
+	for {
+		if out, err := cli(stby, "PING"); err == nil && out == "PONG" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("redis did not answer on the standby host within 15s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("failover: primary host killed -> first PONG from the standby host in %s", time.Since(t0).Round(time.Millisecond))
+	for i := 0; i < n; i++ {
+		got, err := cli(stby, "GET", fmt.Sprintf("k%d", i))
+		if err != nil || got != fmt.Sprintf("v%d", i) {
+			t.Fatalf("k%d on the standby: %q %v", i, got, err)
+		}
 	}
 }
