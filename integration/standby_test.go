@@ -161,6 +161,11 @@ func TestFailoverToStandby(t *testing.T) {
 	st := p.waitFor("protected", 30*time.Second, func(s supervisor.Status) bool {
 		return strings.HasPrefix(s.Protection, "protected") && s.StandbyEpoch >= 8
 	})
+	// `ftrun status` on the standby: the service, held, with the primary connected.
+	if out, err := exec.Command(ftrunBin, "status", "--state-dir", standbyState).CombinedOutput(); err != nil ||
+		!strings.Contains(string(out), name) || !strings.Contains(string(out), "standby") || !strings.Contains(string(out), "connected") {
+		t.Errorf("standby status before failover: %v\n%s", err, out)
+	}
 	// The primary host dies: ftrun and the program together.
 	p.kill9()
 	killService(t, name)
@@ -191,6 +196,10 @@ func TestFailoverToStandby(t *testing.T) {
 	}
 	if n := countCounters(t, script); n != 1 {
 		t.Errorf("%d copies after failover, want 1", n)
+	}
+	if out, err := exec.Command(ftrunBin, "status", "--state-dir", standbyState).CombinedOutput(); err != nil ||
+		!strings.Contains(string(out), "live") || !strings.Contains(string(out), "disconnected") {
+		t.Errorf("standby status after failover: %v\n%s", err, out)
 	}
 	// The live program is checkpointed again on the standby.
 	liveSets := filepath.Join(standbyState, name, "live", supervisor.CheckpointsDir)

@@ -24,6 +24,20 @@ type Response struct {
 	Error  string  `json:"error,omitempty"`
 	Epoch  uint64  `json:"epoch,omitempty"`
 	Status *Status `json:"status,omitempty"`
+	// Standby answers status on a standby: one entry per service it holds.
+	Standby []StandbyStatus `json:"standby,omitempty"`
+}
+
+// StandbyStatus is what a standby knows of one service.
+type StandbyStatus struct {
+	Service       string        `json:"service"`
+	Role          string        `json:"role"` // "standby" (holding) or "live" (took over)
+	Epoch         uint64        `json:"epoch"`
+	LastHeard     time.Time     `json:"last_heard,omitzero"`
+	Silence       time.Duration `json:"silence_ns"`
+	Connected     bool          `json:"connected"`
+	BytesReceived uint64        `json:"bytes_received"`
+	LiveStateDir  string        `json:"live_state_dir,omitempty"`
 }
 
 type request struct {

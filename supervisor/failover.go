@@ -3,12 +3,14 @@ package supervisor
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"sort"
 	"sync"
 	"time"
 
@@ -99,8 +101,32 @@ func RunStandby(ctx context.Context, cfg StandbyConfig) error {
 		defer wg.Done()
 		serveErr = srv.Serve(inner, ln)
 	}()
+	var mu sync.Mutex // guards live: the loop writes it, the control socket reads it
 	live := map[string]bool{}
 	errs := make(chan error, 16)
+	status := func() []StandbyStatus {
+		mu.Lock()
+		defer mu.Unlock()
+		var out []StandbyStatus
+		for svc, st := range srv.Status() {
+			ss := StandbyStatus{Service: svc, Role: "standby", Epoch: st.LastCommitted, LastHeard: st.LastHeard,
+				Connected: st.Connections > 0, BytesReceived: st.BytesReceived}
+			if !st.LastHeard.IsZero() {
+				ss.Silence = cfg.Clock.Since(st.LastHeard)
+			}
+			if live[svc] {
+				ss.Role, ss.LiveStateDir = "live", filepath.Join(store.Root(), svc, "live")
+			}
+			out = append(out, ss)
+		}
+		sort.Slice(out, func(i, j int) bool { return out[i].Service < out[j].Service })
+		return out
+	}
+	if err := serveStandbyControl(inner, &wg, filepath.Join(store.Root(), ControlSocket), status); err != nil {
+		cancel()
+		wg.Wait()
+		return err
+	}
 	tick := cfg.Clock.NewTicker(HeartbeatInterval)
 	defer tick.Stop()
 	for {
@@ -113,7 +139,10 @@ func RunStandby(ctx context.Context, cfg StandbyConfig) error {
 			cfg.Log.Error("live program ended", "err", err)
 		case <-tick.Chan():
 			for svc, st := range srv.Status() {
-				ok, why := TakeOver(cfg.Clock.Now(), st.LastHeard, cfg.Timeout, st.LastCommitted, live[svc])
+				mu.Lock()
+				isLive := live[svc]
+				mu.Unlock()
+				ok, why := TakeOver(cfg.Clock.Now(), st.LastHeard, cfg.Timeout, st.LastCommitted, isLive)
 				if !ok {
 					continue
 				}
@@ -123,7 +152,9 @@ func RunStandby(ctx context.Context, cfg StandbyConfig) error {
 					cfg.Log.Error("cannot take over", "service", svc, "err", err)
 					continue
 				}
+				mu.Lock()
 				live[svc] = true
+				mu.Unlock()
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
@@ -140,6 +171,46 @@ func RunStandby(ctx context.Context, cfg StandbyConfig) error {
 			}
 		}
 	}
+}
+
+// serveStandbyControl answers `ftrun status` on a standby until ctx ends.
+func serveStandbyControl(ctx context.Context, wg *sync.WaitGroup, path string, status func() []StandbyStatus) error {
+	_ = os.Remove(path)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return fmt.Errorf("control socket %q: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return err
+	}
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		<-ctx.Done()
+		ln.Close()
+		os.Remove(path)
+	}()
+	go func() {
+		defer wg.Done()
+		for {
+			conn, err := ln.AcceptUnix()
+			if err != nil {
+				return
+			}
+			_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+			var req Request
+			resp := Response{OK: true}
+			if err := json.NewDecoder(conn).Decode(&req); err != nil || req.Op != "status" {
+				resp = Response{Error: fmt.Sprintf("a standby answers only status (got %q)", req.Op)}
+			} else {
+				resp.Standby = status()
+			}
+			_ = json.NewEncoder(conn).Encode(resp)
+			conn.Close()
+		}
+	}()
+	return nil
 }
 
 // goLive prepares a supervisor that restores svc's newest committed epoch. The epoch

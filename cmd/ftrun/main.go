@@ -31,7 +31,10 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-const defaultStateRoot = "/var/lib/ftrun"
+const (
+	defaultStateRoot    = "/var/lib/ftrun"
+	defaultStandbyState = "/var/lib/ftrun-standby"
+)
 
 func main() {
 	app := &cli.App{
@@ -249,7 +252,7 @@ func standbyCmd() *cli.Command {
 		Usage: "hold the newest committed checkpoint of every primary that streams here; take over when a primary goes silent",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "listen", Value: ":7946", Usage: "address to accept primaries on", EnvVars: env("LISTEN")},
-			&cli.StringFlag{Name: "state-dir", Value: "/var/lib/ftrun-standby", Usage: "where epochs are kept, one directory per service", EnvVars: env("STANDBY_STATE_DIR")},
+			&cli.StringFlag{Name: "state-dir", Value: defaultStandbyState, Usage: "where epochs are kept, one directory per service", EnvVars: env("STANDBY_STATE_DIR")},
 			keysFlag(),
 			&cli.DurationFlag{Name: "takeover-timeout", Value: supervisor.HeartbeatTimeout, Usage: "silence of a primary after which this standby restores its program here", EnvVars: env("TAKEOVER_TIMEOUT")},
 			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "checkpoint interval of a program after take-over", EnvVars: env("INTERVAL")},
@@ -329,6 +332,9 @@ func resolveStateDirs(c *cli.Context) []string {
 		return []string{filepath.Join(defaultStateRoot, n)}
 	}
 	matches, _ := filepath.Glob(filepath.Join(defaultStateRoot, "*", supervisor.ControlSocket))
+	if _, err := os.Stat(filepath.Join(defaultStandbyState, supervisor.ControlSocket)); err == nil {
+		matches = append(matches, filepath.Join(defaultStandbyState, supervisor.ControlSocket))
+	}
 	var dirs []string
 	for _, m := range matches {
 		dirs = append(dirs, filepath.Dir(m))
@@ -346,13 +352,17 @@ func statusCmd() *cli.Command {
 			if len(dirs) == 0 {
 				return fmt.Errorf("no running ftrun found under %s (name one with --state-dir or --name)", defaultStateRoot)
 			}
-			var out []supervisor.Status
+			var out []any
 			for _, d := range dirs {
 				resp, err := supervisor.Query(d, supervisor.Request{Op: "status"}, 5*time.Second)
 				if err != nil {
 					return err
 				}
-				out = append(out, *resp.Status)
+				if resp.Status != nil {
+					out = append(out, *resp.Status)
+				} else {
+					out = append(out, resp.Standby)
+				}
 			}
 			if c.Bool("json") {
 				enc := json.NewEncoder(os.Stdout)
@@ -362,12 +372,37 @@ func statusCmd() *cli.Command {
 				}
 				return enc.Encode(out)
 			}
-			for _, st := range out {
-				printStatus(st)
+			for _, o := range out {
+				switch v := o.(type) {
+				case supervisor.Status:
+					printStatus(v)
+				case []supervisor.StandbyStatus:
+					printStandby(v)
+				}
 			}
 			return nil
 		},
 	}
+}
+
+func printStandby(services []supervisor.StandbyStatus) {
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SERVICE\tROLE\tEPOCH\tPRIMARY\tLAST HEARD\tRECEIVED")
+	for _, s := range services {
+		peer, heard := "disconnected", "never (since start)"
+		if s.Connected {
+			peer = "connected"
+		}
+		if !s.LastHeard.IsZero() {
+			heard = s.Silence.Round(time.Millisecond).String() + " ago"
+		}
+		role := s.Role
+		if s.LiveStateDir != "" {
+			role += " (ftrun status --state-dir " + s.LiveStateDir + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", s.Service, role, s.Epoch, peer, heard, humanBytes(int64(s.BytesReceived)))
+	}
+	tw.Flush()
 }
 
 func printStatus(st supervisor.Status) {
