@@ -19,18 +19,21 @@ const (
 
 // Status is what `ftrun status` shows.
 type Status struct {
-	Service            string        `json:"service"`
-	Role               string        `json:"role"`
-	State              State         `json:"state"`
-	Protection         string        `json:"protection"`
-	Pid                int           `json:"pid"`
-	Command            []string      `json:"command"`
-	Epoch              uint64        `json:"epoch"`
-	DurableEpoch       uint64        `json:"durable_epoch"`
-	Peer               string        `json:"peer,omitempty"`
-	StandbyEpoch       uint64        `json:"standby_epoch"`
-	LastShippedBytes   int64         `json:"last_shipped_bytes"`
-	LastShipFull       bool          `json:"last_ship_full"`
+	Service          string   `json:"service"`
+	Role             string   `json:"role"`
+	State            State    `json:"state"`
+	Protection       string   `json:"protection"`
+	Pid              int      `json:"pid"`
+	Command          []string `json:"command"`
+	Epoch            uint64   `json:"epoch"`
+	DurableEpoch     uint64   `json:"durable_epoch"`
+	Peer             string   `json:"peer,omitempty"`
+	StandbyEpoch     uint64   `json:"standby_epoch"`
+	LastShippedBytes int64    `json:"last_shipped_bytes"`
+	LastShipFull     bool     `json:"last_ship_full"`
+	// Epoch commit latency, checkpoint start -> standby ack, over recent epochs.
+	CommitLatencyP50   time.Duration `json:"commit_latency_p50_ns"`
+	CommitLatencyP99   time.Duration `json:"commit_latency_p99_ns"`
 	LastCheckpoint     time.Time     `json:"last_checkpoint,omitzero"`
 	LastCheckpointAge  time.Duration `json:"last_checkpoint_age_ns"`
 	LastFrozen         time.Duration `json:"last_frozen_ns"`

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -132,6 +133,9 @@ type Supervisor struct {
 	syncNext *checkpoint.Set
 	durable  uint64
 	link     *link
+	// when each epoch's checkpoint started, until the standby acks it
+	ckptStart  map[uint64]time.Time
+	commitLats []time.Duration // recent checkpoint-start -> standby-ack latencies
 }
 
 // New checks the configuration and fills in defaults.
@@ -470,6 +474,18 @@ func (s *Supervisor) handle(ev event) error {
 // standby, and how far the standby is behind.
 func (s *Supervisor) linkChanged(ev linkEvent) {
 	if ev.shipped > 0 {
+		if t, ok := s.ckptStart[ev.shipped]; ok {
+			s.commitLats = append(s.commitLats, s.clock.Since(t))
+			if len(s.commitLats) > 1000 {
+				s.commitLats = s.commitLats[len(s.commitLats)-1000:]
+			}
+			s.st.CommitLatencyP50, s.st.CommitLatencyP99 = percentiles(s.commitLats)
+		}
+		for e := range s.ckptStart {
+			if e <= ev.shipped {
+				delete(s.ckptStart, e)
+			}
+		}
 		s.st.StandbyEpoch = ev.shipped
 		s.st.LastShippedBytes = ev.stats.Bytes
 		s.st.LastShipFull = ev.stats.Full
@@ -498,6 +514,16 @@ func (s *Supervisor) linkChanged(ev linkEvent) {
 		s.st.Protection = protection
 		s.notifyStatus()
 	}
+}
+
+// percentiles returns the median and the 99th percentile of ds.
+func percentiles(ds []time.Duration) (p50, p99 time.Duration) {
+	if len(ds) == 0 {
+		return 0, 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2], s[min(len(s)-1, len(s)*99/100)]
 }
 
 // syncLater makes set durable in the background; while one fsync runs, only the newest
@@ -807,6 +833,10 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 		s.syncLater(set)
 	}
 	if s.link != nil {
+		if s.ckptStart == nil {
+			s.ckptStart = map[uint64]time.Time{}
+		}
+		s.ckptStart[epoch] = start
 		s.link.offer(set)
 	}
 	if !s.ready {
