@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -19,14 +20,37 @@ import (
 // standbyProc is an `ftrun standby` on a host.
 type standbyProc struct {
 	cmd  *exec.Cmd
-	logs *bytes.Buffer
+	logs *syncBuffer
 	done chan struct{}
+}
+
+// syncBuffer collects a subprocess's output while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func startStandby(t *testing.T, h host, state, keys string) *standbyProc {
 	t.Helper()
-	var buf bytes.Buffer
-	cmd := h.cmd(ftrunBin, "standby", "--listen", h.addr+":7946", "--state-dir", state, "--keys", keys)
+	return startStandbyArgs(t, h, state, keys)
+}
+
+func startStandbyArgs(t *testing.T, h host, state, keys string, extra ...string) *standbyProc {
+	t.Helper()
+	var buf syncBuffer
+	cmd := h.cmd(ftrunBin, append([]string{"standby", "--listen", h.addr + ":7946", "--state-dir", state, "--keys", keys}, extra...)...)
 	cmd.Stdout, cmd.Stderr = &buf, &buf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {

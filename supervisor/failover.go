@@ -36,6 +36,8 @@ type StandbyConfig struct {
 	Log      *slog.Logger
 	// Ready, when set, receives the listening address once accepting.
 	Ready chan<- string
+	// Arbiter, when set, must hand this standby a service's key before it goes live.
+	Arbiter Arbiter
 }
 
 // TakeOver is the pure failover rule (arbiter "none": the standby decides alone; a
@@ -104,6 +106,8 @@ func RunStandby(ctx context.Context, cfg StandbyConfig) error {
 	var mu sync.Mutex // guards live: the loop writes it, the control socket reads it
 	live := map[string]bool{}
 	errs := make(chan error, 16)
+	acquiring := map[string]context.CancelFunc{} // loop-owned
+	acquired := make(chan acquiredLease)
 	status := func() []StandbyStatus {
 		mu.Lock()
 		defer mu.Unlock()
@@ -129,6 +133,32 @@ func RunStandby(ctx context.Context, cfg StandbyConfig) error {
 	}
 	tick := cfg.Clock.NewTicker(HeartbeatInterval)
 	defer tick.Stop()
+	startLive := func(svc string, lease Lease) {
+		sup, err := goLive(cfg, store, svc, lease)
+		if err != nil {
+			cfg.Log.Error("cannot take over", "service", svc, "err", err)
+			if lease != nil {
+				lease.Release()
+			}
+			return
+		}
+		mu.Lock()
+		live[svc] = true
+		mu.Unlock()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := sup.Run(inner); err != nil {
+				var xe *ExitErr
+				if !errors.As(err, &xe) || xe.Code != ExitOK {
+					select {
+					case errs <- fmt.Errorf("%s: %w", svc, err):
+					default:
+					}
+				}
+			}
+		}()
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -137,6 +167,14 @@ func RunStandby(ctx context.Context, cfg StandbyConfig) error {
 			return serveErr
 		case err := <-errs:
 			cfg.Log.Error("live program ended", "err", err)
+		case a := <-acquired:
+			delete(acquiring, a.svc)
+			if a.err != nil {
+				cfg.Log.Info("not taking over", "service", a.svc, "why", a.err)
+				continue
+			}
+			cfg.Log.Warn("holding the arbiter's key: going live", "service", a.svc)
+			startLive(a.svc, a.lease)
 		case <-tick.Chan():
 			for svc, st := range srv.Status() {
 				mu.Lock()
@@ -146,28 +184,37 @@ func RunStandby(ctx context.Context, cfg StandbyConfig) error {
 				if !ok {
 					continue
 				}
-				cfg.Log.Warn("taking over: "+why, "service", svc, "epoch", st.LastCommitted)
-				sup, err := goLive(cfg, store, svc)
-				if err != nil {
-					cfg.Log.Error("cannot take over", "service", svc, "err", err)
+				if cfg.Arbiter == nil {
+					cfg.Log.Warn("taking over: "+why, "service", svc, "epoch", st.LastCommitted)
+					startLive(svc, nil)
 					continue
 				}
-				mu.Lock()
-				live[svc] = true
-				mu.Unlock()
+				if _, busy := acquiring[svc]; busy {
+					continue
+				}
+				cfg.Log.Warn("primary looks gone ("+why+"): asking the arbiter for its key", "service", svc)
+				actx, acancel := context.WithCancel(inner)
+				acquiring[svc] = acancel
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					if err := sup.Run(inner); err != nil {
-						var xe *ExitErr
-						if !errors.As(err, &xe) || xe.Code != ExitOK {
-							select {
-							case errs <- fmt.Errorf("%s: %w", svc, err):
-							default:
-							}
+					lease, err := cfg.Arbiter.Acquire(actx, svc, cfg.Host)
+					select {
+					case acquired <- acquiredLease{svc: svc, lease: lease, err: err}:
+					case <-inner.Done():
+						if lease != nil {
+							lease.Release()
 						}
 					}
 				}()
+			}
+			// A primary heard again keeps its service: stop asking for its key.
+			for svc, acancel := range acquiring {
+				if st, ok := srv.Status()[svc]; ok {
+					if alive, _ := TakeOver(cfg.Clock.Now(), st.LastHeard, cfg.Timeout, st.LastCommitted, false); !alive {
+						acancel()
+					}
+				}
 			}
 		}
 	}
@@ -216,7 +263,13 @@ func serveStandbyControl(ctx context.Context, wg *sync.WaitGroup, path string, s
 // goLive prepares a supervisor that restores svc's newest committed epoch. The epoch
 // is linked (not copied) into the live supervisor's own checkpoint store, so the
 // standby's copy stays as it was received.
-func goLive(cfg StandbyConfig, store *standby.Store, svc string) (*Supervisor, error) {
+type acquiredLease struct {
+	svc   string
+	lease Lease
+	err   error
+}
+
+func goLive(cfg StandbyConfig, store *standby.Store, svc string, lease Lease) (*Supervisor, error) {
 	sets, err := store.Sets(svc)
 	if err != nil || len(sets) == 0 {
 		return nil, fmt.Errorf("no committed epoch for %q: %v", svc, err)
@@ -234,6 +287,7 @@ func goLive(cfg StandbyConfig, store *standby.Store, svc string) (*Supervisor, e
 	return New(Config{
 		Name: m.Service, Command: m.Command, StateDir: liveDir, WorkDir: "/",
 		Interval: cfg.Interval, Criu: cfg.Criu, Clock: cfg.Clock, Log: cfg.Log.With("role", "live"),
+		Lease: lease, Node: cfg.Host,
 	})
 }
 

@@ -29,6 +29,7 @@ const (
 	ExitGaveUp  = 4 // the recovery ladder gave up
 	ExitLocked  = 5 // another ftrun supervises this state directory
 	ExitProgram = 6 // --restart=never: the program failed (its own code is logged)
+	ExitFenced  = 7 // the arbiter lease was lost: the program was frozen and killed
 )
 
 // ExitErr carries the exit code ftrun should end with.
@@ -79,6 +80,11 @@ type Config struct {
 	// the client side of the mutual TLS it requires.
 	Standby    string
 	StandbyTLS *tls.Config
+	// Arbiter decides who may run the program (nil: no arbiter). Lease, when set, is
+	// one already held (a standby going live); otherwise Run acquires one first.
+	Arbiter Arbiter
+	Lease   Lease
+	Node    string
 }
 
 // event is anything the loop reacts to; every goroutine reports through one channel so
@@ -222,6 +228,20 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 			s.link.run(s.ctx, func(ev linkEvent) { s.send(s.ctx, event{kind: "link", link: ev}) })
 		}()
 	}
+	var lost <-chan struct{}
+	if s.cfg.Lease == nil && s.cfg.Arbiter != nil {
+		s.log.Info("waiting for the arbiter's key before running the program")
+		lease, err := s.cfg.Arbiter.Acquire(ctx, s.cfg.Name, s.cfg.Node)
+		if err != nil {
+			return &ExitErr{Code: ExitFenced, Err: fmt.Errorf("arbiter: %w", err)}
+		}
+		s.cfg.Lease = lease
+		s.log.Info("holding the arbiter's key: this node runs the program")
+	}
+	if s.cfg.Lease != nil {
+		lost = s.cfg.Lease.Lost()
+		defer s.cfg.Lease.Release()
+	}
 	if err := s.boot(); err != nil {
 		return err
 	}
@@ -239,6 +259,8 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 		select {
 		case <-ctx.Done():
 			return s.shutdown()
+		case <-lost:
+			return s.fence()
 		case <-ticker.Chan():
 			if s.alive {
 				s.tryCheckpoint(false)
@@ -901,6 +923,26 @@ func (s *Supervisor) pingWatchdog() {
 	if err := s.cfg.Notifier.Watchdog(); err != nil {
 		s.log.Debug("sd_notify WATCHDOG", "err", err)
 	}
+}
+
+// fence stops a program this node may no longer run: another node may be running it
+// now, so it is frozen at once (no further output, no further state) and killed,
+// without a final checkpoint.
+func (s *Supervisor) fence() error {
+	s.log.Error("lost the arbiter lease: freezing and killing the program; another node may run it now")
+	if err := s.cg.Freeze(); err != nil {
+		s.log.Error("freeze", "err", err)
+	}
+	if err := s.killAll(); err != nil {
+		s.log.Error("kill fenced program", "err", err)
+	}
+	if s.incCancel != nil {
+		s.incCancel()
+	}
+	s.alive = false
+	s.st.State = StateFailed
+	s.setPhase(PhaseFailed)
+	return &ExitErr{Code: ExitFenced, Err: fmt.Errorf("%w: program frozen and killed", ErrLeaseLost)}
 }
 
 // shutdown stops the program after a final checkpoint, so the next start resumes it.

@@ -129,6 +129,7 @@ func runCmd() *cli.Command {
 			&cli.StringFlag{Name: "criu", Usage: "criu binary (default: from PATH)", EnvVars: env("CRIU")},
 			&cli.DurationFlag{Name: "criu-timeout", Value: 10 * time.Second, Usage: "how long CRIU may take to freeze the program", EnvVars: env("CRIU_TIMEOUT")},
 			&cli.StringFlag{Name: "standby", Usage: "HOST:PORT of an `ftrun standby` to stream every checkpoint to", EnvVars: env("STANDBY")},
+			arbiterFlag(),
 			keysFlag(),
 			&cli.BoolFlag{Name: "no-sync", Hidden: true, Usage: "skip fsync of checkpoints (benchmarks only)", EnvVars: env("NO_SYNC")},
 		},
@@ -179,9 +180,17 @@ func runCmd() *cli.Command {
 				}
 				standbyTLS = keys.Client()
 			}
+			arb, err := supervisor.OpenArbiter(c.String("arbiter"), 0)
+			if err != nil {
+				return usage("%v", err)
+			}
+			if arb != nil {
+				defer arb.Close()
+			}
+			host, _ := os.Hostname()
 			wd, _ := os.Getwd()
 			sup, err := supervisor.New(supervisor.Config{
-				Standby: c.String("standby"), StandbyTLS: standbyTLS,
+				Standby: c.String("standby"), StandbyTLS: standbyTLS, Arbiter: arb, Node: host,
 				Name: name, Command: argv, WorkDir: wd, StateDir: stateDir,
 				Interval: c.Duration("interval"), Keep: c.Int("keep"), Restart: restart,
 				Ladder: supervisor.LadderPolicy{Burst: c.Int("burst"), Window: c.Duration("burst-window"),
@@ -242,6 +251,11 @@ func unescape(s string) (string, error) {
 
 const defaultKeys = "/etc/ftrun/keys"
 
+func arbiterFlag() cli.Flag {
+	return &cli.StringFlag{Name: "arbiter", Value: "none", EnvVars: env("ARBITER"),
+		Usage: "who may run the program: none (a partition can leave two live copies) or etcd:HOST:PORT[,...] (a leased key; losing it freezes and kills the program)"}
+}
+
 func keysFlag() cli.Flag {
 	return &cli.StringFlag{Name: "keys", Value: defaultKeys, Usage: "directory made by `ftrun keygen` (TLS 1.3, both ends authenticated)", EnvVars: env("KEYS")}
 }
@@ -256,15 +270,19 @@ func standbyCmd() *cli.Command {
 			keysFlag(),
 			&cli.DurationFlag{Name: "takeover-timeout", Value: supervisor.HeartbeatTimeout, Usage: "silence of a primary after which this standby restores its program here", EnvVars: env("TAKEOVER_TIMEOUT")},
 			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "checkpoint interval of a program after take-over", EnvVars: env("INTERVAL")},
-			&cli.StringFlag{Name: "arbiter", Value: "none", Usage: "who decides that a primary is gone: none (this standby alone; a partition can leave two live copies)", EnvVars: env("ARBITER")},
+			arbiterFlag(),
 		},
 		Action: func(c *cli.Context) error {
 			log, err := newLogger(c)
 			if err != nil {
 				return err
 			}
-			if c.String("arbiter") != "none" {
-				return usage("--arbiter %q is not supported yet: use none", c.String("arbiter"))
+			arb, err := supervisor.OpenArbiter(c.String("arbiter"), 0)
+			if err != nil {
+				return usage("%v", err)
+			}
+			if arb != nil {
+				defer arb.Close()
 			}
 			keys, err := auth.LoadConfig(c.String("keys"))
 			if err != nil {
@@ -275,7 +293,7 @@ func standbyCmd() *cli.Command {
 			defer stop()
 			return supervisor.RunStandby(ctx, supervisor.StandbyConfig{
 				Listen: c.String("listen"), StateDir: c.String("state-dir"), TLS: keys.Server(), Host: host,
-				Timeout: c.Duration("takeover-timeout"), Interval: c.Duration("interval"), Log: log,
+				Timeout: c.Duration("takeover-timeout"), Interval: c.Duration("interval"), Log: log, Arbiter: arb,
 			})
 		},
 	}
