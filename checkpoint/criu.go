@@ -51,6 +51,9 @@ type Options struct {
 	Timeout time.Duration
 	// LogLevel is CRIU's verbosity (0-4); 0 means 4, since error reports quote the log.
 	LogLevel int
+	// PostDump runs after CRIU has dumped the tree and before it lets it run again, so
+	// whatever it captures (the program's state files) matches the dumped memory.
+	PostDump func() error
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -135,7 +138,11 @@ func (c *Criu) Dump(o Options) (DumpStats, error) {
 	}
 	defer closeWork(work)
 	cl := c.client()
-	if err := cl.Dump(o.rpcOpts(int(dir.Fd()), workFd(work), DumpLog), nil); err != nil {
+	var nfy criu.Notify
+	if o.PostDump != nil {
+		nfy = dumpNotify{post: o.PostDump}
+	}
+	if err := cl.Dump(o.rpcOpts(int(dir.Fd()), workFd(work), DumpLog), nfy); err != nil {
 		return DumpStats{}, criuError("dump", o.logDir(), DumpLog, err)
 	}
 	st := DumpStats{Total: time.Since(start)}
@@ -181,6 +188,14 @@ func workFd(f *os.File) int {
 	}
 	return int(f.Fd())
 }
+
+// dumpNotify runs PostDump while the tree is still frozen.
+type dumpNotify struct {
+	criu.NoNotify
+	post func() error
+}
+
+func (n dumpNotify) PostDump() error { return n.post() }
 
 // restoreNotify learns the PID of the restored root: go-criu's Restore does not return it.
 type restoreNotify struct {

@@ -46,6 +46,19 @@ type Manifest struct {
 	External map[string]string `json:"external,omitempty"`
 	Stats    DumpStats         `json:"stats"`
 	Files    []FileSum         `json:"files"`
+	// SyncRoots are the program's state paths (--sync); Synced the files under them as
+	// they were while the program was frozen for this dump, kept in the set as Name.
+	SyncRoots []string     `json:"sync_roots,omitempty"`
+	Synced    []SyncedFile `json:"synced,omitempty"`
+}
+
+// SyncedFile is one of the program's state files captured with an image set.
+type SyncedFile struct {
+	Name    string    `json:"name"` // file in the image set
+	Path    string    `json:"path"` // where it lives for the program
+	Mode    uint32    `json:"mode"`
+	Size    int64     `json:"size"`
+	ModTime time.Time `json:"mtime"`
 }
 
 // ChunkSize is the unit of the per-file checksums: files are checksummed in chunks so

@@ -287,7 +287,7 @@ func goLive(cfg StandbyConfig, store *standby.Store, svc string, lease Lease) (*
 	return New(Config{
 		Name: m.Service, Command: m.Command, StateDir: liveDir, WorkDir: "/",
 		Interval: cfg.Interval, Criu: cfg.Criu, Clock: cfg.Clock, Log: cfg.Log.With("role", "live"),
-		Lease: lease, Node: cfg.Host,
+		Lease: lease, Node: cfg.Host, Sync: m.SyncRoots,
 	})
 }
 

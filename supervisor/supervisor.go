@@ -85,6 +85,9 @@ type Config struct {
 	Arbiter Arbiter
 	Lease   Lease
 	Node    string
+	// Sync are the program's state files and directories, captured with every
+	// checkpoint and put back before every restore.
+	Sync []string
 }
 
 // event is anything the loop reacts to; every goroutine reports through one channel so
@@ -135,10 +138,14 @@ type Supervisor struct {
 	st           Status
 	shuttingDown bool
 	// durability runs behind the epoch loop: one fsync at a time, newest set next
-	syncing  bool
-	syncNext *checkpoint.Set
-	durable  uint64
-	link     *link
+	syncing    bool
+	syncNext   *checkpoint.Set
+	durable    uint64
+	link       *link
+	stateFiles *syncedFiles
+	// the newest committed set, whose unchanged state files the next one links
+	lastManifest *checkpoint.Manifest
+	lastSetDir   string
 	// when each epoch's checkpoint started, until the standby acks it
 	ckptStart  map[uint64]time.Time
 	commitLats []time.Duration // recent checkpoint-start -> standby-ack latencies
@@ -216,6 +223,18 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 
 	if err := s.serveControl(); err != nil {
 		return err
+	}
+	if len(s.cfg.Sync) > 0 {
+		sf, err := newSyncedFiles(s.cfg.Sync)
+		if err != nil {
+			return &ExitErr{Code: ExitUsage, Err: err}
+		}
+		s.stateFiles = sf
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			sf.run(s.ctx)
+		}()
 	}
 	if s.cfg.Standby != "" {
 		host, _ := os.Hostname()
@@ -741,6 +760,15 @@ func (s *Supervisor) restore(epoch uint64, local bool) error {
 	if err := s.killAll(); err != nil {
 		return err
 	}
+	// The program's state files go back to epoch's before the program that has them
+	// open does: CRIU checks the size of every open file.
+	if err := restoreSynced(dir, m.Synced); err != nil {
+		return fmt.Errorf("checkpoint epoch %d: %w", epoch, err)
+	}
+	if s.stateFiles != nil {
+		s.stateFiles.markAll()
+		s.lastManifest = nil
+	}
 	inherit := map[string]*os.File{}
 	if k := m.External["stdout"]; k != "" {
 		inherit[k] = s.outW
@@ -823,8 +851,16 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 		ext["stderr"] = k
 	}
 	start := s.clock.Now()
+	var synced []checkpoint.SyncedFile
+	var postDump func() error
+	if s.stateFiles != nil {
+		postDump = func() (err error) {
+			synced, err = s.stateFiles.capture(pending.Dir, s.lastManifest, s.lastSetDir)
+			return err
+		}
+	}
 	stats, err := s.cfg.Criu.Dump(checkpoint.Options{ImagesDir: pending.Dir, Pid: s.pid, LeaveRunning: !final,
-		TCPEstablished: true, Timeout: s.cfg.CriuTimeout})
+		TCPEstablished: true, Timeout: s.cfg.CriuTimeout, PostDump: postDump})
 	if err != nil {
 		if s.keepFailedLog(pending.Dir) {
 			err = fmt.Errorf("%w (CRIU log: %s)", err, s.state.path(failedDumpLog))
@@ -832,11 +868,19 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 		_ = pending.Abort()
 		return 0, s.checkpointFailed(epoch, err)
 	}
-	m := &checkpoint.Manifest{Created: s.clock.Now(), Service: s.cfg.Name, Command: s.cfg.Command, Pid: s.pid, External: ext, Stats: stats}
+	m := &checkpoint.Manifest{Created: s.clock.Now(), Service: s.cfg.Name, Command: s.cfg.Command, Pid: s.pid, External: ext, Stats: stats,
+		Synced: synced}
+	if s.stateFiles != nil {
+		m.SyncRoots = s.stateFiles.roots
+	}
 	set, err := pending.Commit(m)
 	if err != nil {
+		if s.stateFiles != nil {
+			s.stateFiles.markAll()
+		}
 		return 0, s.checkpointFailed(epoch, err)
 	}
+	s.lastManifest, s.lastSetDir = m, set.Dir
 	total := s.clock.Since(start)
 	s.nextEpoch = epoch + 1
 	s.lastCkptErr = false

@@ -131,6 +131,7 @@ func runCmd() *cli.Command {
 			&cli.StringFlag{Name: "standby", Usage: "HOST:PORT of an `ftrun standby` to stream every checkpoint to", EnvVars: env("STANDBY")},
 			arbiterFlag(),
 			keysFlag(),
+			&cli.StringSliceFlag{Name: "sync", Usage: "a state file or directory of the program: captured with every checkpoint (and streamed to the standby), put back before every restore (repeatable)", EnvVars: env("SYNC")},
 			&cli.BoolFlag{Name: "no-sync", Hidden: true, Usage: "skip fsync of checkpoints (benchmarks only)", EnvVars: env("NO_SYNC")},
 		},
 		Action: func(c *cli.Context) error {
@@ -190,7 +191,7 @@ func runCmd() *cli.Command {
 			host, _ := os.Hostname()
 			wd, _ := os.Getwd()
 			sup, err := supervisor.New(supervisor.Config{
-				Standby: c.String("standby"), StandbyTLS: standbyTLS, Arbiter: arb, Node: host,
+				Standby: c.String("standby"), StandbyTLS: standbyTLS, Arbiter: arb, Node: host, Sync: c.StringSlice("sync"),
 				Name: name, Command: argv, WorkDir: wd, StateDir: stateDir,
 				Interval: c.Duration("interval"), Keep: c.Int("keep"), Restart: restart,
 				Ladder: supervisor.LadderPolicy{Burst: c.Int("burst"), Window: c.Duration("burst-window"),
