@@ -256,3 +256,26 @@ func TestProberMissingFromPath(t *testing.T) {
 		t.Errorf("Usable with no criu in PATH = %v, want ErrCriuMissing pointing at scripts/setup", err)
 	}
 }
+
+func TestMissingFiles(t *testing.T) {
+	dir := t.TempDir()
+	present := filepath.Join(dir, "present")
+	os.WriteFile(present, []byte("12345"), 0o644)
+	synced := filepath.Join(dir, "state")
+	req := []RequiredFile{
+		{Path: present, Size: 5},
+		{Path: filepath.Join(dir, "gone"), Size: 3},
+		{Path: present, Size: 9},
+		{Path: filepath.Join(synced, "db"), Size: 1},
+		{Path: synced + "x/db", Size: 1},
+	}
+	got := MissingFiles(req, []string{synced + "/"})
+	want := []string{
+		filepath.Join(dir, "gone") + ": missing on this host",
+		present + ": 5 bytes here, 9 on the primary",
+		synced + "x/db: missing on this host",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("MissingFiles:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}

@@ -187,7 +187,8 @@ func TestFailoverToStandby(t *testing.T) {
 	})
 	// `ftrun status` on the standby: the service, held, with the primary connected.
 	if out, err := exec.Command(ftrunBin, "status", "--state-dir", standbyState).CombinedOutput(); err != nil ||
-		!strings.Contains(string(out), name) || !strings.Contains(string(out), "standby") || !strings.Contains(string(out), "connected") {
+		!strings.Contains(string(out), name) || !strings.Contains(string(out), "standby") || !strings.Contains(string(out), "connected") ||
+		strings.Contains(string(out), "cannot fail over") {
 		t.Errorf("standby status before failover: %v\n%s", err, out)
 	}
 	// The primary host dies: ftrun and the program together.
@@ -296,5 +297,45 @@ func TestRedisFailoverKeepsKeys(t *testing.T) {
 		if err != nil || got != fmt.Sprintf("v%d", i) {
 			t.Fatalf("k%d on the standby: %q %v", i, got, err)
 		}
+	}
+}
+
+// A file the restore needs (here the program's own binary) that the standby host lacks
+// is reported when the service first arrives there, not discovered at failover.
+func TestStandbyReportsMissingBinary(t *testing.T) {
+	requiresRoot(t)
+	hosts := hostNet(t, 2)
+	primary, stby := hosts[0], hosts[1]
+	keys := t.TempDir()
+	if err := auth.Keygen(keys, auth.KeygenOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(t.TempDir(), "mysleep")
+	data, err := os.ReadFile("/bin/sleep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(bin, data, 0o755)
+	name := "it-missing-bin"
+	t.Cleanup(func() { killService(t, name) })
+	p := startFtrunIn(t, primary.nsPath(), t.TempDir(), nil, "--name", name, "--interval", "300ms", "--discard",
+		"--standby", stby.addr+":7946", "--keys", keys, "--", bin, "1000")
+	p.waitFor("running", 20*time.Second, func(s supervisor.Status) bool { return s.Epoch >= 1 })
+	os.Remove(bin) // the running program keeps its image; the standby host "lacks" it
+	standbyState := t.TempDir()
+	sb := startStandby(t, stby, standbyState, keys)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		out, _ := exec.Command(ftrunBin, "status", "--state-dir", standbyState).CombinedOutput()
+		if strings.Contains(string(out), "cannot fail over here: "+bin+": missing on this host") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("standby status does not report the missing binary:\n%s", out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !strings.Contains(sb.logs.String(), "service cannot fail over to this host: "+bin) {
+		t.Errorf("standby log does not report it:\n%s", tail(sb.logs.String(), 10))
 	}
 }

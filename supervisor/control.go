@@ -38,6 +38,8 @@ type StandbyStatus struct {
 	Connected     bool          `json:"connected"`
 	BytesReceived uint64        `json:"bytes_received"`
 	LiveStateDir  string        `json:"live_state_dir,omitempty"`
+	// Problems would make a failover of this service fail on this host.
+	Problems []string `json:"problems,omitempty"`
 }
 
 type request struct {

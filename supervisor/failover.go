@@ -103,8 +103,10 @@ func RunStandby(ctx context.Context, cfg StandbyConfig) error {
 		defer wg.Done()
 		serveErr = srv.Serve(inner, ln)
 	}()
-	var mu sync.Mutex // guards live: the loop writes it, the control socket reads it
+	var mu sync.Mutex // guards live and problems: the loop writes, the control socket reads
 	live := map[string]bool{}
+	problems := map[string][]string{} // what would make a failover fail, per service
+	checked := map[string]bool{}
 	errs := make(chan error, 16)
 	acquiring := map[string]context.CancelFunc{} // loop-owned
 	acquired := make(chan acquiredLease)
@@ -121,6 +123,7 @@ func RunStandby(ctx context.Context, cfg StandbyConfig) error {
 			if live[svc] {
 				ss.Role, ss.LiveStateDir = "live", filepath.Join(store.Root(), svc, "live")
 			}
+			ss.Problems = problems[svc]
 			out = append(out, ss)
 		}
 		sort.Slice(out, func(i, j int) bool { return out[i].Service < out[j].Service })
@@ -177,6 +180,16 @@ func RunStandby(ctx context.Context, cfg StandbyConfig) error {
 			startLive(a.svc, a.lease)
 		case <-tick.Chan():
 			for svc, st := range srv.Status() {
+				if st.LastCommitted > 0 && !checked[svc] {
+					checked[svc] = true
+					miss := checkRestorable(store, svc)
+					mu.Lock()
+					problems[svc] = miss
+					mu.Unlock()
+					if len(miss) > 0 {
+						cfg.Log.Error(fmt.Sprintf("service cannot fail over to this host: %s (%d problem(s); `ftrun status` lists them)", miss[0], len(miss)), "service", svc)
+					}
+				}
 				mu.Lock()
 				isLive := live[svc]
 				mu.Unlock()
@@ -263,6 +276,25 @@ func serveStandbyControl(ctx context.Context, wg *sync.WaitGroup, path string, s
 // goLive prepares a supervisor that restores svc's newest committed epoch. The epoch
 // is linked (not copied) into the live supervisor's own checkpoint store, so the
 // standby's copy stays as it was received.
+// checkRestorable lists what this host lacks to restore svc's newest epoch: files the
+// restore opens by path (binary, libraries) that are missing or differ, so that a
+// mismatch shows when the service arrives, not at failover.
+func checkRestorable(store *standby.Store, svc string) []string {
+	sets, err := store.Sets(svc)
+	if err != nil || len(sets) == 0 {
+		return nil
+	}
+	m, err := checkpoint.ReadManifest(sets[0].Dir)
+	if err != nil {
+		return []string{err.Error()}
+	}
+	req, err := checkpoint.RequiredFiles(sets[0].Dir)
+	if err != nil {
+		return []string{err.Error()}
+	}
+	return checkpoint.MissingFiles(req, m.SyncRoots)
+}
+
 type acquiredLease struct {
 	svc   string
 	lease Lease

@@ -422,6 +422,11 @@ func printStandby(services []supervisor.StandbyStatus) {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", s.Service, role, s.Epoch, peer, heard, humanBytes(int64(s.BytesReceived)))
 	}
 	tw.Flush()
+	for _, s := range services {
+		for _, p := range s.Problems {
+			fmt.Printf("%s cannot fail over here: %s\n", s.Service, p)
+		}
+	}
 }
 
 func printStatus(st supervisor.Status) {
