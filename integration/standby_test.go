@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -337,5 +338,104 @@ func TestStandbyReportsMissingBinary(t *testing.T) {
 	}
 	if !strings.Contains(sb.logs.String(), "service cannot fail over to this host: "+bin) {
 		t.Errorf("standby log does not report it:\n%s", tail(sb.logs.String(), 10))
+	}
+}
+
+// The standby's disk is full: the primary keeps running, says it is unprotected and
+// why, and nothing the standby had committed is lost.
+func TestStandbyDiskFull(t *testing.T) {
+	requiresRoot(t, "ruby")
+	hosts := hostNet(t, 2)
+	primary, stby := hosts[0], hosts[1]
+	keys := t.TempDir()
+	if err := auth.Keygen(keys, auth.KeygenOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	standbyState := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "ftrun-it", standbyState).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", standbyState).Run() })
+	startStandby(t, stby, standbyState, keys)
+	name := "it-standby-full"
+	t.Cleanup(func() { killService(t, name) })
+	script, out := writeCounter(t)
+	p := startFtrunIn(t, primary.nsPath(), t.TempDir(), nil, "--name", name, "--interval", "300ms", "--discard",
+		"--standby", stby.addr+":7946", "--keys", keys, "--", "ruby", script, out)
+	st := p.waitFor("unprotected: disk full", 30*time.Second, func(s supervisor.Status) bool {
+		return strings.Contains(s.Protection, "disk is full")
+	})
+	time.Sleep(time.Second)
+	now, _ := status(p.stateDir)
+	if now.Pid != st.Pid || now.State != supervisor.StateRunning || now.Epoch <= st.Epoch {
+		t.Fatalf("primary disturbed by the standby's full disk: before %+v after %+v", st, now)
+	}
+	// Once the primary stops sending, no half-written epoch remains on the standby.
+	p.stop()
+	time.Sleep(500 * time.Millisecond)
+	if leftovers, _ := filepath.Glob(filepath.Join(standbyState, name, "epochs", ".tmp-*")); len(leftovers) != 0 {
+		t.Errorf("the standby left half-written epochs: %v", leftovers)
+	}
+}
+
+// Three primaries on three hosts share one standby; when one primary host dies, only
+// its service goes live there, and the others stay protected.
+func TestOneStandbyThreePrimaries(t *testing.T) {
+	requiresRoot(t, "ruby")
+	hosts := hostNet(t, 4)
+	stby := hosts[3]
+	keys := t.TempDir()
+	if err := auth.Keygen(keys, auth.KeygenOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	standbyState := t.TempDir()
+	startStandby(t, stby, standbyState, keys)
+	var procs []*ftrunProc
+	var names []string
+	for i := 0; i < 3; i++ {
+		name := fmt.Sprintf("it-three-%d", i)
+		names = append(names, name)
+		t.Cleanup(func() { killService(t, name) })
+		script, out := writeCounter(t)
+		procs = append(procs, startFtrunIn(t, hosts[i].nsPath(), t.TempDir(), nil, "--name", name, "--interval", "300ms", "--discard",
+			"--standby", stby.addr+":7946", "--keys", keys, "--", "ruby", script, out))
+	}
+	for _, p := range procs {
+		p.waitFor("protected", 30*time.Second, func(s supervisor.Status) bool {
+			return strings.HasPrefix(s.Protection, "protected") && s.StandbyEpoch >= 3
+		})
+	}
+	for _, n := range names {
+		if fi, err := os.Stat(filepath.Join(standbyState, n)); err != nil || fi.Mode().Perm() != 0o700 {
+			t.Fatalf("standby dir for %s: %v %v", n, fi, err)
+		}
+	}
+	procs[1].kill9()
+	killService(t, names[1])
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		out, _ := exec.Command(ftrunBin, "status", "--json", "--state-dir", standbyState).Output()
+		var ss []supervisor.StandbyStatus
+		json.Unmarshal(out, &ss)
+		roles := map[string]string{}
+		for _, s := range ss {
+			roles[s.Service] = s.Role
+		}
+		if roles[names[1]] == "live" {
+			if roles[names[0]] != "standby" || roles[names[2]] != "standby" {
+				t.Fatalf("only %s should be live: %v", names[1], roles)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not go live on the standby: %s", names[1], out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, i := range []int{0, 2} {
+		st := procs[i].waitFor("still protected", 5*time.Second, func(s supervisor.Status) bool { return strings.HasPrefix(s.Protection, "protected") })
+		if st.State != supervisor.StateRunning {
+			t.Fatalf("%s disturbed: %+v", names[i], st)
+		}
 	}
 }
