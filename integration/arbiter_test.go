@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/ftrun/ftrun/supervisor"
-	"github.com/ftrun/ftrun/transport/auth"
 )
 
 // startEtcd runs a one-member etcd (Debian's etcd-server) on host h.
@@ -46,20 +45,13 @@ func startEtcd(t *testing.T, h host) string {
 // expires and the standby takes the key and goes live.
 func TestArbiterPartitionOneLiveCopy(t *testing.T) {
 	requiresRoot(t, "ruby", "etcd", "etcdctl")
-	hosts := hostNet(t, 3)
-	primary, stby, arb := hosts[0], hosts[1], hosts[2]
-	etcd := startEtcd(t, arb)
-	keys := t.TempDir()
-	if err := auth.Keygen(keys, auth.KeygenOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	name := "it-arbiter"
-	t.Cleanup(func() { killService(t, name) })
-	standbyState := t.TempDir()
-	sb := h2standby(t, stby, standbyState, keys, "etcd:"+etcd)
+	pr, rest := newPair(t, name, 1)
+	primary, stby := pr.primary, pr.standby
+	etcd := startEtcd(t, rest[0])
+	sb := pr.startStandby(t, "--arbiter", "etcd:"+etcd)
 	script, out := writeCounter(t)
-	p := startFtrunIn(t, primary.nsPath(), t.TempDir(), nil, "--name", name, "--interval", "300ms", "--discard",
-		"--standby", stby.addr+":7946", "--keys", keys, "--arbiter", "etcd:"+etcd, "--", "ruby", script, out)
+	p := pr.run(t, name, "--arbiter", "etcd:"+etcd, "--", "ruby", script, out)
 	st := p.waitFor("protected", 30*time.Second, func(s supervisor.Status) bool {
 		return strings.HasPrefix(s.Protection, "protected") && s.StandbyEpoch >= 3
 	})
@@ -110,12 +102,6 @@ func TestArbiterPartitionOneLiveCopy(t *testing.T) {
 	if n := countCounters(t, script); n != 1 {
 		t.Fatalf("%d copies after take-over, want 1", n)
 	}
-}
-
-// h2standby is startStandby with an arbiter.
-func h2standby(t *testing.T, h host, state, keys, arbiter string) *standbyProc {
-	t.Helper()
-	return startStandbyArgs(t, h, state, keys, "--arbiter", arbiter)
 }
 
 // A primary cut off from the arbiter loses its lease: it freezes and kills its program

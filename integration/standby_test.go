@@ -18,6 +18,50 @@ import (
 	"github.com/ftrun/ftrun/transport/auth"
 )
 
+// pair is a primary host and a standby host with keys from one CA and an
+// `ftrun standby` running on the standby host.
+type pair struct {
+	primary, standby host
+	keys, state      string // the CA directory; the standby's state dir
+	sb               *standbyProc
+}
+
+// newPair builds two hosts (plus extra ones, returned after the pair) and starts the
+// standby; name's cgroup is cleaned up after the standby has stopped.
+func newPair(t *testing.T, name string, extra int) (pair, []host) {
+	t.Helper()
+	hosts := hostNet(t, 2+extra)
+	pr := pair{primary: hosts[0], standby: hosts[1], keys: t.TempDir()}
+	if err := auth.Keygen(pr.keys, auth.KeygenOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { killService(t, name) })
+	pr.state = t.TempDir()
+	return pr, hosts[2:]
+}
+
+func (pr *pair) startStandby(t *testing.T, extra ...string) *standbyProc {
+	pr.sb = startStandbyArgs(t, pr.standby, pr.state, pr.keys, extra...)
+	return pr.sb
+}
+
+// run starts `ftrun run` on the primary host, streaming to the standby.
+func (pr pair) run(t *testing.T, name string, args ...string) *ftrunProc {
+	t.Helper()
+	i := indexOf(args, "--")
+	full := append([]string{"--name", name, "--interval", "300ms", "--discard", "--standby", pr.standby.addr + ":7946", "--keys", pr.keys}, args[:i]...)
+	return startFtrunIn(t, pr.primary.nsPath(), t.TempDir(), nil, append(full, args[i:]...)...)
+}
+
+func indexOf(xs []string, x string) int {
+	for i, v := range xs {
+		if v == x {
+			return i
+		}
+	}
+	return len(xs)
+}
+
 // standbyProc is an `ftrun standby` on a host.
 type standbyProc struct {
 	cmd  *exec.Cmd
@@ -99,21 +143,13 @@ func (p *standbyProc) kill() {
 // and is protected again, on its own.
 func TestStandbyHoldsEpochsAndSurvivesStandbyLoss(t *testing.T) {
 	requiresRoot(t, "ruby")
-	hosts := hostNet(t, 2)
-	primary, stby := hosts[0], hosts[1]
-	keys := t.TempDir()
-	if err := auth.Keygen(keys, auth.KeygenOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	standbyState := t.TempDir()
-	sb := startStandby(t, stby, standbyState, keys)
-
 	name := "it-standby"
-	t.Cleanup(func() { killService(t, name) })
+	pr, _ := newPair(t, name, 0)
+	sb := pr.startStandby(t)
+	stby, keys, standbyState := pr.standby, pr.keys, pr.state
 	script, out := writeCounter(t)
-	state := t.TempDir()
-	p := startFtrunIn(t, primary.nsPath(), state, nil, "--name", name, "--interval", "300ms", "--discard",
-		"--standby", stby.addr+":7946", "--keys", keys, "--", "ruby", script, out)
+	p := pr.run(t, name, "--", "ruby", script, out)
+	state := p.stateDir
 	st := p.waitFor("protected", 30*time.Second, func(s supervisor.Status) bool {
 		return strings.HasPrefix(s.Protection, "protected") && s.StandbyEpoch >= 3
 	})
@@ -170,19 +206,12 @@ func TestStandbyHoldsEpochsAndSurvivesStandbyLoss(t *testing.T) {
 // the program from there. The counter continues from that epoch, not from zero.
 func TestFailoverToStandby(t *testing.T) {
 	requiresRoot(t, "ruby")
-	hosts := hostNet(t, 2)
-	primary, stby := hosts[0], hosts[1]
-	keys := t.TempDir()
-	if err := auth.Keygen(keys, auth.KeygenOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	name := "it-failover"
-	t.Cleanup(func() { killService(t, name) })
-	standbyState := t.TempDir()
-	startStandby(t, stby, standbyState, keys)
+	pr, _ := newPair(t, name, 0)
+	pr.startStandby(t)
+	standbyState := pr.state
 	script, out := writeCounter(t)
-	p := startFtrunIn(t, primary.nsPath(), t.TempDir(), nil, "--name", name, "--interval", "300ms", "--discard",
-		"--standby", stby.addr+":7946", "--keys", keys, "--", "ruby", script, out)
+	p := pr.run(t, name, "--", "ruby", script, out)
 	st := p.waitFor("protected", 30*time.Second, func(s supervisor.Status) bool {
 		return strings.HasPrefix(s.Protection, "protected") && s.StandbyEpoch >= 8
 	})
@@ -345,23 +374,16 @@ func TestStandbyReportsMissingBinary(t *testing.T) {
 // why, and nothing the standby had committed is lost.
 func TestStandbyDiskFull(t *testing.T) {
 	requiresRoot(t, "ruby")
-	hosts := hostNet(t, 2)
-	primary, stby := hosts[0], hosts[1]
-	keys := t.TempDir()
-	if err := auth.Keygen(keys, auth.KeygenOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	standbyState := t.TempDir()
+	name := "it-standby-full"
+	pr, _ := newPair(t, name, 0)
+	standbyState := pr.state
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "ftrun-it", standbyState).CombinedOutput(); err != nil {
 		t.Skipf("cannot mount a tmpfs: %v %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", "-l", standbyState).Run() })
-	startStandby(t, stby, standbyState, keys)
-	name := "it-standby-full"
-	t.Cleanup(func() { killService(t, name) })
+	pr.startStandby(t)
 	script, out := writeCounter(t)
-	p := startFtrunIn(t, primary.nsPath(), t.TempDir(), nil, "--name", name, "--interval", "300ms", "--discard",
-		"--standby", stby.addr+":7946", "--keys", keys, "--", "ruby", script, out)
+	p := pr.run(t, name, "--", "ruby", script, out)
 	st := p.waitFor("unprotected: disk full", 30*time.Second, func(s supervisor.Status) bool {
 		return strings.Contains(s.Protection, "disk is full")
 	})

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/ftrun/ftrun/supervisor"
-	"github.com/ftrun/ftrun/transport/auth"
 )
 
 // journal.rb keeps an append-only journal open and writes its in-memory counter to it
@@ -96,19 +95,11 @@ func TestSyncedStateFilesMatchMemory(t *testing.T) {
 // and the program continues it without a gap or a repeat.
 func TestSyncedFilesFailOver(t *testing.T) {
 	requiresRoot(t, "ruby")
-	hosts := hostNet(t, 2)
-	primary, stby := hosts[0], hosts[1]
-	keys := t.TempDir()
-	if err := auth.Keygen(keys, auth.KeygenOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	name := "it-sync-failover"
-	t.Cleanup(func() { killService(t, name) })
-	standbyState := t.TempDir()
-	startStandby(t, stby, standbyState, keys)
+	pr, _ := newPair(t, name, 0)
+	pr.startStandby(t)
 	script, dir, journal := writeJournal(t)
-	p := startFtrunIn(t, primary.nsPath(), t.TempDir(), nil, "--name", name, "--interval", "300ms", "--discard",
-		"--sync", dir, "--standby", stby.addr+":7946", "--keys", keys, "--", "ruby", script, journal)
+	p := pr.run(t, name, "--sync", dir, "--", "ruby", script, journal)
 	p.waitFor("protected", 30*time.Second, func(s supervisor.Status) bool {
 		return strings.HasPrefix(s.Protection, "protected") && s.StandbyEpoch >= 4
 	})
