@@ -18,6 +18,7 @@ import (
 
 	"github.com/ftrun/ftrun/checkpoint"
 	"github.com/ftrun/ftrun/transport/ship"
+	"github.com/ftrun/ftrun/transport/standby"
 )
 
 // Three epochs: a full set, then two deltas; the standby ends up with the newest two,
@@ -214,11 +215,7 @@ func TestCorruptedWire(t *testing.T) {
 	}
 	srv.log.waitFor(t, "closing connection")
 	srv.log.waitFor(t, "bad record MAC")
-	if got := epochs(t, srv.store, "svc"); !slices.Equal(got, []uint64{1}) {
-		t.Fatalf("epochs %v after a corrupt stream, want [1]", got)
-	}
-	sameSet(t, dir1, setDir(t, srv.store, "svc", 1))
-	assertNoPending(t, root, "svc")
+	assertOnlyEpoch1(t, srv.store, root, dir1)
 }
 
 // startProxy forwards to addr, flipping the byte at offset flipAt of the
@@ -326,11 +323,7 @@ func TestManifestMismatch(t *testing.T) {
 		t.Fatalf("truncated image: %v, want ErrResync", err)
 	}
 	srv.log.waitFor(t, "Corrupt")
-	if got := epochs(t, srv.store, "svc"); !slices.Equal(got, []uint64{1}) {
-		t.Fatalf("epochs %v, want [1]", got)
-	}
-	assertNoPending(t, root, "svc")
-	sameSet(t, dir1, setDir(t, srv.store, "svc", 1))
+	assertOnlyEpoch1(t, srv.store, root, dir1)
 
 	// The connection stays usable and the next epoch is sent whole.
 	dir3 := p.commit(t, 3, map[string][]byte{"a.img": pattern(4000, 5), "b.img": pattern(9000, 6)})
@@ -411,11 +404,7 @@ func TestDiskFull(t *testing.T) {
 		t.Fatalf("4 MB onto 2 MB: %v, want ErrStandbyFull", err)
 	}
 	srv.log.waitFor(t, "DiskFull")
-	if got := epochs(t, srv.store, "svc"); !slices.Equal(got, []uint64{1}) {
-		t.Fatalf("epochs %v, want [1]", got)
-	}
-	assertNoPending(t, root, "svc")
-	sameSet(t, dir1, setDir(t, srv.store, "svc", 1))
+	assertOnlyEpoch1(t, srv.store, root, dir1)
 
 	// The standby still holds epoch 1, so the next (small) epoch may be a delta.
 	dir3 := p.commit(t, 3, map[string][]byte{"a.img": pattern(100<<10, 3)})
@@ -534,4 +523,15 @@ func TestShipCancelled(t *testing.T) {
 		t.Fatal(err)
 	}
 	sameSet(t, dir2, setDir(t, srv.store, "svc", 2))
+}
+
+// assertOnlyEpoch1 checks that the standby still holds exactly epoch 1 of "svc", byte
+// for byte as the primary had it, and no half-written epoch.
+func assertOnlyEpoch1(t *testing.T, store *standby.Store, root, dir1 string) {
+	t.Helper()
+	if got := epochs(t, store, "svc"); !slices.Equal(got, []uint64{1}) {
+		t.Fatalf("epochs %v, want only [1]", got)
+	}
+	assertNoPending(t, root, "svc")
+	sameSet(t, dir1, setDir(t, store, "svc", 1))
 }
