@@ -88,6 +88,8 @@ type Config struct {
 	// Sync are the program's state files and directories, captured with every
 	// checkpoint and put back before every restore.
 	Sync []string
+	// MetricsAddr serves Prometheus metrics at /metrics ("" for none).
+	MetricsAddr string
 }
 
 // event is anything the loop reacts to; every goroutine reports through one channel so
@@ -143,6 +145,7 @@ type Supervisor struct {
 	durable    uint64
 	link       *link
 	stateFiles *syncedFiles
+	metrics    *metrics
 	// the newest committed set, whose unchanged state files the next one links
 	lastManifest *checkpoint.Manifest
 	lastSetDir   string
@@ -195,11 +198,12 @@ func New(cfg Config) (*Supervisor, error) {
 	}
 	cfg.StateDir = abs
 	return &Supervisor{
-		cfg:    cfg,
-		log:    cfg.Log.With("service", cfg.Name),
-		clock:  cfg.Clock,
-		ladder: NewLadder(cfg.Ladder),
-		events: make(chan event),
+		cfg:     cfg,
+		log:     cfg.Log.With("service", cfg.Name),
+		clock:   cfg.Clock,
+		ladder:  NewLadder(cfg.Ladder),
+		events:  make(chan event),
+		metrics: newMetrics(cfg.Name),
 	}, nil
 }
 
@@ -223,6 +227,13 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 
 	if err := s.serveControl(); err != nil {
 		return err
+	}
+	if s.cfg.MetricsAddr != "" {
+		addr, err := s.metrics.serve(s.ctx, &s.wg, s.cfg.MetricsAddr)
+		if err != nil {
+			return &ExitErr{Code: ExitUsage, Err: err}
+		}
+		s.log.Info("serving metrics", "addr", "http://"+addr+"/metrics")
 	}
 	if len(s.cfg.Sync) > 0 {
 		sf, err := newSyncedFiles(s.cfg.Sync)
@@ -441,6 +452,7 @@ func (s *Supervisor) incarnation(pid int, how string) {
 	s.inc++
 	s.pid, s.alive, s.killReason, s.healthFail = pid, true, "", 0
 	s.st.Pid, s.st.State = pid, StateRunning
+	s.metrics.up.Set(1)
 	ctx, cancel := context.WithCancel(s.ctx)
 	s.incCancel = cancel
 	inc := s.inc
@@ -515,7 +527,10 @@ func (s *Supervisor) handle(ev event) error {
 // standby, and how far the standby is behind.
 func (s *Supervisor) linkChanged(ev linkEvent) {
 	if ev.shipped > 0 {
+		s.metrics.shipped.Add(float64(ev.stats.Bytes))
+		s.metrics.standbyEp.Set(float64(ev.shipped))
 		if t, ok := s.ckptStart[ev.shipped]; ok {
+			s.metrics.commitLat.Observe(s.clock.Since(t).Seconds())
 			s.commitLats = append(s.commitLats, s.clock.Since(t))
 			if len(s.commitLats) > 1000 {
 				s.commitLats = s.commitLats[len(s.commitLats)-1000:]
@@ -555,6 +570,12 @@ func (s *Supervisor) linkChanged(ev linkEvent) {
 		s.st.Protection = protection
 		s.notifyStatus()
 	}
+	if strings.HasPrefix(s.st.Protection, "protected") {
+		s.metrics.protected.Set(1)
+	} else {
+		s.metrics.protected.Set(0)
+	}
+	s.metrics.lag.Set(float64(s.st.Lag()))
 }
 
 // percentiles returns the median and the 99th percentile of ds.
@@ -621,6 +642,7 @@ func (s *Supervisor) observeHealth(r watchdog.Result) {
 // exited reacts to the end of the current incarnation.
 func (s *Supervisor) exited(st ExitStatus) error {
 	s.alive = false
+	s.metrics.up.Set(0)
 	s.incCancel()
 	s.st.Pid = 0
 	reason := st.String()
@@ -681,6 +703,9 @@ func (s *Supervisor) candidates() []uint64 {
 // gives up, or an attempt must wait for its backoff.
 func (s *Supervisor) carryOut(a Attempt) error {
 	for {
+		if a.Delay == 0 {
+			s.metrics.recoveries.WithLabelValues(a.Rung.String()).Inc()
+		}
 		if a.Rung == RungGiveUp {
 			s.log.Error("recovery gave up: "+a.Reason, "step", a.Rung.String())
 			s.st.State = StateFailed
@@ -835,6 +860,7 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 		// A skipped checkpoint is a checkpoint that did not succeed: systemd's watchdog
 		// must not be told all is well.
 		s.lastCkptErr = true
+		s.metrics.checkpoints.WithLabelValues("skipped").Inc()
 		s.log.Warn("checkpoint skipped: " + why)
 		return 0, errors.New(why)
 	}
@@ -888,6 +914,17 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 	s.st.Epoch, s.st.LastCheckpoint, s.st.LastFrozen, s.st.LastCheckpointTime = epoch, m.Created, stats.Frozen, total
 	s.st.ImageBytes = m.Bytes()
 	s.st.Checkpoints++
+	s.metrics.checkpoints.WithLabelValues("ok").Inc()
+	s.metrics.frozen.Observe(stats.Frozen.Seconds())
+	s.metrics.ckptTime.Observe(total.Seconds())
+	s.metrics.dumped.Add(float64(m.Bytes()))
+	s.metrics.imageBytes.Set(float64(m.Bytes()))
+	s.metrics.epoch.Set(float64(epoch))
+	if s.link == nil {
+		s.metrics.protected.Set(1)
+	} else {
+		s.metrics.lag.Set(float64(s.st.Lag()))
+	}
 	s.st.LastError = ""
 	s.log.Debug("checkpoint committed", "epoch", epoch, "frozen", stats.Frozen, "total", total, "bytes", m.Bytes(), "dir", set.Dir)
 	if final {
@@ -919,6 +956,7 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 
 func (s *Supervisor) checkpointFailed(epoch uint64, err error) error {
 	s.lastCkptErr = true
+	s.metrics.checkpoints.WithLabelValues("failed").Inc()
 	s.st.CheckpointFailures++
 	s.st.LastError = err.Error()
 	if errors.Is(err, checkpoint.ErrNoSpace) {

@@ -132,6 +132,7 @@ func runCmd() *cli.Command {
 			arbiterFlag(),
 			keysFlag(),
 			&cli.StringSliceFlag{Name: "sync", Usage: "a state file or directory of the program: captured with every checkpoint (and streamed to the standby), put back before every restore (repeatable)", EnvVars: env("SYNC")},
+			&cli.StringFlag{Name: "metrics", Usage: "ADDR (e.g. :9464) to serve Prometheus metrics on, at /metrics", EnvVars: env("METRICS")},
 			&cli.BoolFlag{Name: "no-sync", Hidden: true, Usage: "skip fsync of checkpoints (benchmarks only)", EnvVars: env("NO_SYNC")},
 		},
 		Action: func(c *cli.Context) error {
@@ -191,7 +192,7 @@ func runCmd() *cli.Command {
 			host, _ := os.Hostname()
 			wd, _ := os.Getwd()
 			sup, err := supervisor.New(supervisor.Config{
-				Standby: c.String("standby"), StandbyTLS: standbyTLS, Arbiter: arb, Node: host, Sync: c.StringSlice("sync"),
+				Standby: c.String("standby"), StandbyTLS: standbyTLS, Arbiter: arb, Node: host, Sync: c.StringSlice("sync"), MetricsAddr: c.String("metrics"),
 				Name: name, Command: argv, WorkDir: wd, StateDir: stateDir,
 				Interval: c.Duration("interval"), Keep: c.Int("keep"), Restart: restart,
 				Ladder: supervisor.LadderPolicy{Burst: c.Int("burst"), Window: c.Duration("burst-window"),

@@ -1,0 +1,102 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metrics is what --metrics serves (Prometheus text format). Its registry is its own,
+// not the process-global one, so each supervisor shows exactly its service.
+type metrics struct {
+	reg         *prometheus.Registry
+	checkpoints *prometheus.CounterVec
+	frozen      prometheus.Histogram
+	ckptTime    prometheus.Histogram
+	commitLat   prometheus.Histogram
+	dumped      prometheus.Counter
+	shipped     prometheus.Counter
+	imageBytes  prometheus.Gauge
+	epoch       prometheus.Gauge
+	standbyEp   prometheus.Gauge
+	lag         prometheus.Gauge
+	protected   prometheus.Gauge
+	up          prometheus.Gauge
+	recoveries  *prometheus.CounterVec
+}
+
+func newMetrics(service string) *metrics {
+	c := prometheus.Labels{"service": service}
+	lat := []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		checkpoints: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ftrun_checkpoints_total", ConstLabels: c,
+			Help: "Checkpoints attempted, by result (ok, failed, skipped)."}, []string{"result"}),
+		frozen: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ftrun_checkpoint_frozen_seconds", ConstLabels: c, Buckets: lat,
+			Help: "How long the program was frozen for each checkpoint."}),
+		ckptTime: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ftrun_checkpoint_duration_seconds", ConstLabels: c, Buckets: lat,
+			Help: "Time from the start of a checkpoint to its local commit."}),
+		commitLat: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ftrun_epoch_commit_latency_seconds", ConstLabels: c, Buckets: lat,
+			Help: "Time from the start of a checkpoint to the standby's acknowledgement."}),
+		dumped: prometheus.NewCounter(prometheus.CounterOpts{Name: "ftrun_dumped_bytes_total", ConstLabels: c,
+			Help: "Bytes of image sets committed locally."}),
+		shipped: prometheus.NewCounter(prometheus.CounterOpts{Name: "ftrun_shipped_bytes_total", ConstLabels: c,
+			Help: "Bytes sent to the standby (deltas after the first epoch)."}),
+		imageBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ftrun_image_bytes", ConstLabels: c,
+			Help: "Size of the newest image set."}),
+		epoch: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ftrun_epoch", ConstLabels: c,
+			Help: "Newest committed epoch."}),
+		standbyEp: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ftrun_standby_epoch", ConstLabels: c,
+			Help: "Newest epoch the standby acknowledged."}),
+		lag: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ftrun_standby_lag_epochs", ConstLabels: c,
+			Help: "Epochs committed locally but not yet acknowledged by the standby."}),
+		protected: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ftrun_protected", ConstLabels: c,
+			Help: "1 while the program is protected (by a standby, or by a local checkpoint without one)."}),
+		up: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ftrun_program_up", ConstLabels: c,
+			Help: "1 while the protected program runs."}),
+		recoveries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ftrun_recoveries_total", ConstLabels: c,
+			Help: "Recovery ladder steps taken, by step (restore, fresh-start, give-up)."}, []string{"step"}),
+	}
+	m.reg.MustRegister(m.checkpoints, m.frozen, m.ckptTime, m.commitLat, m.dumped, m.shipped, m.imageBytes,
+		m.epoch, m.standbyEp, m.lag, m.protected, m.up, m.recoveries)
+	for _, r := range []string{"ok", "failed", "skipped"} {
+		m.checkpoints.WithLabelValues(r)
+	}
+	for _, r := range []Rung{RungRestore, RungFresh, RungGiveUp} {
+		m.recoveries.WithLabelValues(r.String())
+	}
+	return m
+}
+
+// serve answers GET /metrics on addr until ctx ends.
+func (m *metrics) serve(ctx context.Context, wg *sync.WaitGroup, addr string) (string, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", fmt.Errorf("--metrics %q: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			_ = err // the listener is ours; nothing else closes it
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	return ln.Addr().String(), nil
+}
