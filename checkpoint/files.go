@@ -58,7 +58,7 @@ func RequiredFiles(dir string) ([]RequiredFile, error) {
 func MissingFiles(required []RequiredFile, synced []string) []string {
 	var out []string
 	for _, r := range required {
-		if underAny(r.Path, synced) {
+		if UnderAny(r.Path, synced) {
 			continue
 		}
 		fi, err := os.Stat(r.Path)
@@ -72,7 +72,8 @@ func MissingFiles(required []RequiredFile, synced []string) []string {
 	return out
 }
 
-func underAny(p string, roots []string) bool {
+// UnderAny reports whether path p is one of roots or lies below one of them.
+func UnderAny(p string, roots []string) bool {
 	for _, r := range roots {
 		if p == r || strings.HasPrefix(p, strings.TrimSuffix(r, "/")+"/") {
 			return true

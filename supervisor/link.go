@@ -83,9 +83,7 @@ func (l *link) run(ctx context.Context, report func(linkEvent)) {
 	up := false
 	down := func(why string) {
 		l.shipper.Close()
-		if up {
-			up = false
-		}
+		up = false
 		report(linkEvent{why: why})
 	}
 	for ctx.Err() == nil {

@@ -2,7 +2,6 @@ package supervisor
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -87,9 +86,9 @@ func (m *metrics) serve(ctx context.Context, wg *sync.WaitGroup, addr string) (s
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			_ = err // the listener is ours; nothing else closes it
-		}
+		// Serve returns http.ErrServerClosed once Shutdown below runs; nothing else
+		// closes the listener.
+		_ = srv.Serve(ln)
 	}()
 	go func() {
 		defer wg.Done()

@@ -387,7 +387,7 @@ func (s *Supervisor) boot() error {
 	}
 	alive := false
 	if rec != nil && rec.Pid > 0 {
-		if start, err := procStartTime(rec.Pid); err == nil && start == rec.StartTime && contains(procs, rec.Pid) {
+		if start, err := procStartTime(rec.Pid); err == nil && start == rec.StartTime && slices.Contains(procs, rec.Pid) {
 			alive = true
 		}
 	}
@@ -420,15 +420,6 @@ func (s *Supervisor) boot() error {
 	default:
 		return s.carryOut(Attempt{Rung: RungFresh, Reason: d.Reason})
 	}
-}
-
-func contains(xs []int, x int) bool {
-	for _, v := range xs {
-		if v == x {
-			return true
-		}
-	}
-	return false
 }
 
 func (s *Supervisor) adopt(rec *RunRecord) {

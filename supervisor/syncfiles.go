@@ -10,7 +10,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 
 	"github.com/fsnotify/fsnotify"
@@ -91,7 +90,7 @@ func (f *syncedFiles) run(ctx context.Context) {
 			f.dirty[ev.Name] = true
 			f.mu.Unlock()
 			if ev.Has(fsnotify.Create) {
-				if fi, err := os.Stat(ev.Name); err == nil && fi.IsDir() && f.under(ev.Name) {
+				if fi, err := os.Stat(ev.Name); err == nil && fi.IsDir() && checkpoint.UnderAny(ev.Name, f.roots) {
 					_ = f.watch(ev.Name)
 				}
 			}
@@ -104,18 +103,6 @@ func (f *syncedFiles) run(ctx context.Context) {
 			f.mu.Unlock()
 		}
 	}
-}
-
-func (f *syncedFiles) under(p string) bool {
-	for _, r := range f.roots {
-		if p == r {
-			return true
-		}
-		if rel, err := filepath.Rel(r, p); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
-			return true
-		}
-	}
-	return false
 }
 
 // files lists the regular files under the roots now.
