@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	criu "github.com/checkpoint-restore/go-criu/v8"
@@ -41,9 +42,13 @@ type Options struct {
 	// TCPClose restores established connections closed: right for a local restore after
 	// a crash, where the peer already saw the old socket die.
 	TCPClose bool
-	// NetworkLockSkip leaves the network alone during dump/restore; for programs whose
-	// network namespace ftrun already holds still (the output gate).
+	// NetworkLockSkip leaves the network alone during dump/restore.
 	NetworkLockSkip bool
+	// LockWithIptables makes CRIU lock TCP connections with iptables even when it has
+	// nftables. A program behind the NFQUEUE output gate needs it: CRIU's nftables lock
+	// adds and removes a table with hooks of its own, and the kernel drops every packet
+	// queued in a namespace whose hooks change, so each dump would drop held output.
+	LockWithIptables bool
 	// Inherit hands CRIU replacements for resources outside the tree, keyed the way
 	// CRIU names them in the images ("pipe:[123]").
 	Inherit map[string]*os.File
@@ -54,6 +59,20 @@ type Options struct {
 	// PostDump runs after CRIU has dumped the tree and before it lets it run again, so
 	// whatever it captures (the program's state files) matches the dumped memory.
 	PostDump func() error
+	// PreDump runs when CRIU starts a dump, before it stops the program.
+	PreDump func() error
+	// Enter, when set, runs CRIU from inside the program's network namespace (it calls
+	// its argument on a thread set into that namespace): CRIU must share the program's
+	// network namespace, or it would try to dump the namespace itself.
+	Enter func(func() error) error
+}
+
+// enter runs fn through o.Enter, or directly.
+func (o Options) enter(fn func() error) error {
+	if o.Enter == nil {
+		return fn()
+	}
+	return o.Enter(fn)
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -114,6 +133,35 @@ type DumpStats struct {
 type Criu struct {
 	// Path is the criu binary; empty means "criu" from PATH.
 	Path string
+
+	lockOnce sync.Once
+	lock     rpc.CriuNetworkLockMethod
+}
+
+// lockMethod is how CRIU holds TCP connections still while it dumps or restores them:
+// nftables when this CRIU has it (in-process), else iptables (an iptables-restore run
+// to lock and another to unlock, which the program spends frozen).
+func (c *Criu) lockMethod() rpc.CriuNetworkLockMethod {
+	c.lockOnce.Do(func() {
+		c.lock = rpc.CriuNetworkLockMethod_IPTABLES
+		if (Prober{Path: c.Path}).NFTablesLock() {
+			c.lock = rpc.CriuNetworkLockMethod_NFTABLES
+		}
+	})
+	return c.lock
+}
+
+// opts converts o for this CRIU.
+func (c *Criu) opts(o Options, imagesFd, workFd int, logFile string) *rpc.CriuOpts {
+	opts := o.rpcOpts(imagesFd, workFd, logFile)
+	switch {
+	case opts.NetworkLock != nil || !o.TCPEstablished:
+	case o.LockWithIptables:
+		opts.NetworkLock = ptr(rpc.CriuNetworkLockMethod_IPTABLES)
+	default:
+		opts.NetworkLock = ptr(c.lockMethod())
+	}
+	return opts
 }
 
 func (c *Criu) client() *criu.Criu {
@@ -139,10 +187,10 @@ func (c *Criu) Dump(o Options) (DumpStats, error) {
 	defer closeWork(work)
 	cl := c.client()
 	var nfy criu.Notify
-	if o.PostDump != nil {
-		nfy = dumpNotify{post: o.PostDump}
+	if o.PostDump != nil || o.PreDump != nil {
+		nfy = dumpNotify{pre: o.PreDump, post: o.PostDump}
 	}
-	if err := cl.Dump(o.rpcOpts(int(dir.Fd()), workFd(work), DumpLog), nfy); err != nil {
+	if err := o.enter(func() error { return cl.Dump(c.opts(o, int(dir.Fd()), workFd(work), DumpLog), nfy) }); err != nil {
 		return DumpStats{}, criuError("dump", o.logDir(), DumpLog, err)
 	}
 	st := DumpStats{Total: time.Since(start)}
@@ -189,13 +237,25 @@ func workFd(f *os.File) int {
 	return int(f.Fd())
 }
 
-// dumpNotify runs PostDump while the tree is still frozen.
+// dumpNotify runs PreDump as CRIU starts, and PostDump while the tree is still frozen.
 type dumpNotify struct {
 	criu.NoNotify
-	post func() error
+	pre, post func() error
 }
 
-func (n dumpNotify) PostDump() error { return n.post() }
+func (n dumpNotify) PreDump() error {
+	if n.pre == nil {
+		return nil
+	}
+	return n.pre()
+}
+
+func (n dumpNotify) PostDump() error {
+	if n.post == nil {
+		return nil
+	}
+	return n.post()
+}
 
 // restoreNotify learns the PID of the restored root: go-criu's Restore does not return it.
 type restoreNotify struct {
@@ -226,11 +286,11 @@ func (c *Criu) Restore(o Options) (int, error) {
 		cl.AddInheritFd(key, f)
 	}
 	n := &restoreNotify{}
-	opts := o.rpcOpts(int(dir.Fd()), workFd(work), RestoreLog)
+	opts := c.opts(o, int(dir.Fd()), workFd(work), RestoreLog)
 	// Restored tasks become children of ftrun (siblings of the swrk helper), so ftrun can
 	// wait for them like for a program it started.
 	opts.RstSibling = ptr(true)
-	if err := cl.Restore(opts, n); err != nil {
+	if err := o.enter(func() error { return cl.Restore(opts, n) }); err != nil {
 		return 0, criuError("restore", o.logDir(), RestoreLog, err)
 	}
 	if n.pid == 0 {

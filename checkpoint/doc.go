@@ -7,4 +7,11 @@
 // fsynced, and the directory is renamed into place. A crash, a full disk or a CRIU
 // failure halfway through therefore leaves earlier image sets untouched, and a set
 // whose bytes were damaged later is caught by Verify before anyone restores from it.
+//
+// The files of a committed set are never written again, so a set built from another
+// (a standby's delta epoch) may share the unchanged ones as hard links, and its
+// verification may skip the chunks it took unchanged from a verified file
+// (VerifyDirKnown); CommitDurable then fsyncs only what was written for it. The one
+// exception is a set taken out of the store first (Retire): it is no longer
+// committed, and its files are free to be written over.
 package checkpoint

@@ -50,6 +50,16 @@ type Manifest struct {
 	// they were while the program was frozen for this dump, kept in the set as Name.
 	SyncRoots []string     `json:"sync_roots,omitempty"`
 	Synced    []SyncedFile `json:"synced,omitempty"`
+	// Net is the program's own network placement (--net), which a standby rebuilds
+	// before it restores the program with its TCP connections.
+	Net *NetPlacement `json:"net,omitempty"`
+}
+
+// NetPlacement is the address a program serves on from its own network namespace.
+type NetPlacement struct {
+	Addr    string `json:"addr"` // CIDR
+	MAC     string `json:"mac"`
+	Gateway string `json:"gateway,omitempty"`
 }
 
 // SyncedFile is one of the program's state files captured with an image set.
@@ -72,8 +82,20 @@ type FileSum struct {
 	XXH3 []uint64 `json:"xxh3"`
 }
 
-func (f FileSum) equal(o FileSum) bool {
+// SameContent reports whether f and o describe the same bytes: the same size and the
+// same checksums, whatever their names.
+func (f FileSum) SameContent(o FileSum) bool {
 	return f.Size == o.Size && slices.Equal(f.XXH3, o.XXH3)
+}
+
+// File returns the entry of the file called name, if the manifest lists one.
+func (m *Manifest) File(name string) (FileSum, bool) {
+	for _, f := range m.Files {
+		if f.Name == name {
+			return f, true
+		}
+	}
+	return FileSum{}, false
 }
 
 // Bytes is the total size of the files the manifest lists.
@@ -107,17 +129,24 @@ func sumFile(path string) (FileSum, error) {
 		return FileSum{}, fmt.Errorf("map %q: %w", path, err)
 	}
 	defer unix.Munmap(data)
-	if sum.XXH3, err = chunkSums(data); err != nil {
+	if sum.XXH3, err = chunkSums(data, nil); err != nil {
 		return FileSum{}, fmt.Errorf("read %q: %w", path, err)
 	}
 	return sum, nil
 }
 
-// chunkSums is the XXH3-64 of every ChunkSize piece of mapped data, computed in
-// parallel. A file truncated behind our back while mapped faults (SIGBUS): that becomes
-// an error about the file, not a crash of the supervisor.
-func chunkSums(data []byte) ([]uint64, error) {
-	n := (len(data) + ChunkSize - 1) / ChunkSize
+// chunkSums is the XXH3-64 of the ChunkSize pieces of mapped data named in which (all
+// of them when which is nil), in the order of which, computed in parallel. A file
+// truncated behind our back while mapped faults (SIGBUS): that becomes an error about
+// the file, not a crash of the supervisor.
+func chunkSums(data []byte, which []int) ([]uint64, error) {
+	if which == nil {
+		which = make([]int, chunkCount(int64(len(data))))
+		for i := range which {
+			which[i] = i
+		}
+	}
+	n := len(which)
 	sums := make([]uint64, n)
 	workers := min(runtime.NumCPU(), n)
 	errs := make([]error, workers)
@@ -132,9 +161,10 @@ func chunkSums(data []byte) ([]uint64, error) {
 					errs[w] = fmt.Errorf("file changed while being checksummed: %v", r)
 				}
 			}()
-			for i := w; i < n; i += workers {
+			for k := w; k < n; k += workers {
+				i := which[k]
 				end := min((i+1)*ChunkSize, len(data))
-				sums[i] = xxh3.Hash(data[i*ChunkSize : end])
+				sums[k] = xxh3.Hash(data[i*ChunkSize : end])
 			}
 		}()
 	}
@@ -192,6 +222,18 @@ func ReadManifest(dir string) (*Manifest, error) {
 // VerifyDir checks every file the manifest in dir lists: present, same size, same checksums.
 // It also refuses CRIU images that are present but unlisted, since CRIU would read them.
 func VerifyDir(dir string) (*Manifest, error) {
+	return VerifyDirKnown(dir, nil)
+}
+
+// VerifyDirKnown is VerifyDir for a set some of whose bytes are already known to be
+// what its manifest says: known[name][i] true means that chunk i of file name (its
+// bytes [i*ChunkSize, (i+1)*ChunkSize)) is not read again. That is for a set built
+// from a verified one: a chunk copied from the same offsets of a verified file whose
+// manifest gives that chunk the same extent and checksum holds what the new manifest
+// says, so only the chunks that were written anew need reading. Every listed file is
+// still checked for presence, size and a checksum count that fits its size, and every
+// chunk not known is checksummed.
+func VerifyDirKnown(dir string, known map[string][]bool) (*Manifest, error) {
 	m, err := ReadManifest(dir)
 	if err != nil {
 		return nil, err
@@ -199,15 +241,8 @@ func VerifyDir(dir string) (*Manifest, error) {
 	listed := make(map[string]bool, len(m.Files))
 	for _, want := range m.Files {
 		listed[want.Name] = true
-		got, err := sumFile(filepath.Join(dir, want.Name))
-		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
-		}
-		if got.Size != want.Size {
-			return nil, fmt.Errorf("%w: %q in %q is %d bytes, manifest says %d", ErrCorrupt, want.Name, dir, got.Size, want.Size)
-		}
-		if !got.equal(want) {
-			return nil, fmt.Errorf("%w: %q in %q fails its checksum", ErrCorrupt, want.Name, dir)
+		if err := checkFile(filepath.Join(dir, want.Name), want, known[want.Name]); err != nil {
+			return nil, fmt.Errorf("%w: %q in %q: %v", ErrCorrupt, want.Name, dir, err)
 		}
 	}
 	ents, err := os.ReadDir(dir)
@@ -220,6 +255,55 @@ func VerifyDir(dir string) (*Manifest, error) {
 		}
 	}
 	return m, nil
+}
+
+// chunkCount is how many ChunkSize checksums a file of size bytes has.
+func chunkCount(size int64) int {
+	return int((size + ChunkSize - 1) / ChunkSize)
+}
+
+// checkFile compares the file at path with want, reading only the chunks known does
+// not mark.
+func checkFile(path string, want FileSum, known []bool) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if fi.Size() != want.Size {
+		return fmt.Errorf("%d bytes, manifest says %d", fi.Size(), want.Size)
+	}
+	if len(want.XXH3) != chunkCount(want.Size) {
+		return fmt.Errorf("manifest has %d checksums for %d bytes", len(want.XXH3), want.Size)
+	}
+	var which []int
+	for i := range want.XXH3 {
+		if i >= len(known) || !known[i] {
+			which = append(which, i)
+		}
+	}
+	if len(which) == 0 {
+		return nil
+	}
+	data, err := unix.Mmap(int(f.Fd()), 0, int(want.Size), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return fmt.Errorf("map: %w", err)
+	}
+	defer unix.Munmap(data)
+	sums, err := chunkSums(data, which)
+	if err != nil {
+		return err
+	}
+	for k, i := range which {
+		if sums[k] != want.XXH3[i] {
+			return fmt.Errorf("fails its checksum (chunk %d)", i)
+		}
+	}
+	return nil
 }
 
 // listFiles returns the regular files in dir, sorted, except the manifest.

@@ -194,8 +194,8 @@ func TestProberProbe(t *testing.T) {
 		exit    int
 		want    []finding
 	}{
-		{"usable", "Version: 4.2.1", "Looks good.", 0, []finding{{"criu", true}, {"criu check", true}, {"memory dirty tracking", false}}},
-		{"check fails", "Version: 4.2.1", "Error (a.c:1): nope", 1, []finding{{"criu", true}, {"criu check", false}, {"memory dirty tracking", false}}},
+		{"usable", "Version: 4.2.1", "Looks good.", 0, []finding{{"criu", true}, {"criu check", true}, {"memory dirty tracking", false}, {"network lock", false}}},
+		{"check fails", "Version: 4.2.1", "Error (a.c:1): nope", 1, []finding{{"criu", true}, {"criu check", false}, {"memory dirty tracking", false}, {"network lock", false}}},
 		{"too old stops early", "Version: 3.17.1", "Looks good.", 0, []finding{{"criu", false}}},
 	}
 	for _, tc := range cases {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -122,6 +123,56 @@ func (p *Pending) commit(m *Manifest) (Set, error) {
 	return Set{Epoch: p.Epoch, Dir: final}, nil
 }
 
+// CommitDurable commits a pending set whose manifest is already in its directory and
+// was checked against its files (m is that manifest as VerifyDirKnown returned it):
+// nothing is checksummed again. Unlike Commit it returns only once the set is durable,
+// and it makes durable only what is new: the files named in written (those written
+// for this set; every other file must be a hard link of a file already on stable
+// storage, which needs nothing but the directory entry), the manifest and the
+// directory are fsynced before the rename, the store's directory after it. So a crash
+// at any point leaves either no set of this epoch or a complete one. On any error the
+// set is removed, pending or committed, and no other set changes.
+func (p *Pending) CommitDurable(m *Manifest, written []string) (Set, error) {
+	set, err := p.commitDurable(m, written)
+	if err != nil {
+		_ = p.Abort()
+		return Set{}, wrapNoSpace(err)
+	}
+	return set, nil
+}
+
+func (p *Pending) commitDurable(m *Manifest, written []string) (Set, error) {
+	if m.Epoch != p.Epoch {
+		return Set{}, fmt.Errorf("%w: manifest is for epoch %d, not %d", ErrCorrupt, m.Epoch, p.Epoch)
+	}
+	if !p.store.NoSync {
+		for _, name := range append(written, ManifestName) {
+			if name != filepath.Base(name) {
+				return Set{}, fmt.Errorf("sync %q: not a file of the set", name)
+			}
+			if err := syncFile(filepath.Join(p.Dir, name)); err != nil {
+				return Set{}, err
+			}
+		}
+		if err := syncDir(p.Dir); err != nil {
+			return Set{}, err
+		}
+	}
+	final := filepath.Join(p.store.dir, epochName(p.Epoch))
+	if err := os.Rename(p.Dir, final); err != nil {
+		return Set{}, fmt.Errorf("commit image set: %w", err)
+	}
+	set := Set{Epoch: p.Epoch, Dir: final}
+	if !p.store.NoSync {
+		if err := syncDir(p.store.dir); err != nil {
+			// Its name may not survive a power loss: not durable, so not committed.
+			_ = os.RemoveAll(final)
+			return Set{}, err
+		}
+	}
+	return set, nil
+}
+
 // Sync makes a committed set durable: its files, its directory and its name. Until it
 // returns, a power loss may tear the set (which Verify then refuses).
 func (s *Store) Sync(set Set) error {
@@ -200,14 +251,38 @@ func (s *Store) Remove(set Set) error {
 	return os.RemoveAll(set.Dir)
 }
 
+// Retire takes a committed set out of the store ahead of its removal, so that its
+// files may be reused: it renames the set's directory to a name that List ignores and
+// OpenStore removes, makes the rename durable (unless NoSync) and returns the new
+// directory, which the caller removes when done with it. A crash at any point leaves
+// the set either committed and intact or gone.
+func (s *Store) Retire(set Set) (string, error) {
+	if filepath.Dir(set.Dir) != filepath.Clean(s.dir) {
+		return "", fmt.Errorf("refusing to retire %q: not in %q", set.Dir, s.dir)
+	}
+	dir := filepath.Join(s.dir, tmpPrefix+"retired-"+epochName(set.Epoch))
+	if err := os.RemoveAll(dir); err != nil {
+		return "", err
+	}
+	if err := os.Rename(set.Dir, dir); err != nil {
+		return "", fmt.Errorf("retire epoch %d: %w", set.Epoch, err)
+	}
+	if !s.NoSync {
+		if err := syncDir(s.dir); err != nil {
+			return dir, err
+		}
+	}
+	return dir, nil
+}
+
 // Prune removes all but the newest keep sets, never the newest durable one (epoch
 // durable, 0 if none is known), and returns what it removed.
-func (s *Store) Prune(keep int, durable uint64) ([]Set, error) {
+func (s *Store) Prune(keep int, durable uint64, pinned ...uint64) ([]Set, error) {
 	sets, err := s.List()
 	if err != nil {
 		return nil, err
 	}
-	drop := Retain(sets, keep, durable)
+	drop := Retain(sets, keep, durable, pinned...)
 	for _, set := range drop {
 		if err := s.Remove(set); err != nil {
 			return nil, fmt.Errorf("prune epoch %d: %w", set.Epoch, err)
@@ -218,14 +293,15 @@ func (s *Store) Prune(keep int, durable uint64) ([]Set, error) {
 
 // Retain decides which sets (newest first) to drop so that keep remain. keep < 1 is
 // treated as 1: the newest committed set is never dropped, and neither is the set of
-// epoch durable, the newest known to be on stable storage.
-func Retain(newestFirst []Set, keep int, durable uint64) []Set {
+// epoch durable, the newest known to be on stable storage, nor a pinned one (the
+// standby's newest, which the next page delta is computed against).
+func Retain(newestFirst []Set, keep int, durable uint64, pinned ...uint64) []Set {
 	if keep < 1 {
 		keep = 1
 	}
 	var drop []Set
 	for i, set := range newestFirst {
-		if i >= keep && set.Epoch != durable {
+		if i >= keep && set.Epoch != durable && !slices.Contains(pinned, set.Epoch) {
 			drop = append(drop, set)
 		}
 	}

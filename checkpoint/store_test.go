@@ -507,25 +507,27 @@ func TestRetain(t *testing.T) {
 		keep    int
 		durable uint64
 		want    []uint64
+		pinned  []uint64
 	}{
-		{"none", nil, 3, 0, nil},
-		{"fewer than keep", sets(3, 2), 3, 0, nil},
-		{"exactly keep", sets(3, 2, 1), 3, 0, nil},
-		{"more than keep", sets(9, 7, 5, 3), 2, 0, []uint64{5, 3}},
-		{"keep 1", sets(9, 7, 5), 1, 0, []uint64{7, 5}},
-		{"keep 0 is 1", sets(9, 7, 5), 0, 0, []uint64{7, 5}},
-		{"negative keep is 1", sets(9, 7, 5), -4, 0, []uint64{7, 5}},
-		{"keep 0 with one set drops nothing", sets(9), 0, 0, nil},
-		{"durable among the kept", sets(9, 7, 5, 3), 2, 7, []uint64{5, 3}},
-		{"durable beyond keep is kept", sets(9, 7, 5, 3), 1, 5, []uint64{7, 3}},
-		{"durable is the oldest", sets(9, 7, 5, 3), 1, 3, []uint64{7, 5}},
-		{"durable unknown epoch", sets(9, 7, 5), 1, 8, []uint64{7, 5}},
-		{"keep 0 with durable newest", sets(9, 7), 0, 9, []uint64{7}},
+		{"none", nil, 3, 0, nil, nil},
+		{"fewer than keep", sets(3, 2), 3, 0, nil, nil},
+		{"exactly keep", sets(3, 2, 1), 3, 0, nil, nil},
+		{"more than keep", sets(9, 7, 5, 3), 2, 0, []uint64{5, 3}, nil},
+		{"keep 1", sets(9, 7, 5), 1, 0, []uint64{7, 5}, nil},
+		{"keep 0 is 1", sets(9, 7, 5), 0, 0, []uint64{7, 5}, nil},
+		{"negative keep is 1", sets(9, 7, 5), -4, 0, []uint64{7, 5}, nil},
+		{"keep 0 with one set drops nothing", sets(9), 0, 0, nil, nil},
+		{"durable among the kept", sets(9, 7, 5, 3), 2, 7, []uint64{5, 3}, nil},
+		{"durable beyond keep is kept", sets(9, 7, 5, 3), 1, 5, []uint64{7, 3}, nil},
+		{"durable is the oldest", sets(9, 7, 5, 3), 1, 3, []uint64{7, 5}, nil},
+		{"durable unknown epoch", sets(9, 7, 5), 1, 8, []uint64{7, 5}, nil},
+		{"keep 0 with durable newest", sets(9, 7), 0, 9, []uint64{7}, nil},
+		{"the standby's base is kept", sets(9, 7, 5, 3), 1, 9, []uint64{7, 5}, []uint64{3}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			in := slices.Clone(tc.in)
-			got := Retain(in, tc.keep, tc.durable)
+			got := Retain(in, tc.keep, tc.durable, tc.pinned...)
 			if e := epochs(got); !slices.Equal(e, tc.want) && !(len(e) == 0 && len(tc.want) == 0) {
 				t.Errorf("Retain(%v, %d, %d) = %v, want %v", epochs(tc.in), tc.keep, tc.durable, e, tc.want)
 			}

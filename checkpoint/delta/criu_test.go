@@ -2,77 +2,18 @@ package delta
 
 import (
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/pagemap"
 
 	"github.com/ftrun/ftrun/checkpoint"
+	dirtierp "github.com/ftrun/ftrun/internal/dirtier"
 )
-
-// dirtierSource is the program the real tests dump: it fills a heap of argv[1] MiB
-// (every page different), then on each SIGUSR1 writes a counter into exactly argv[2]
-// distinct heap pages and records the round in the state file argv[3]. The record has a
-// fixed width and is written in place, because CRIU refuses to restore an open regular
-// file whose size changed since the dump.
-const dirtierSource = `
-#include <fcntl.h>
-#include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <unistd.h>
-
-#define PAGE 4096
-static volatile sig_atomic_t pending;
-static void on_usr1(int s) { (void)s; pending++; }
-
-static void record(int fd, const char *what, unsigned long round) {
-	char buf[32];
-	int n = snprintf(buf, sizeof buf, "%-5s %010lu\n", what, round);
-	if (pwrite(fd, buf, n, 0) != n) _exit(3);
-}
-
-int main(int argc, char **argv) {
-	if (argc != 4) return 2;
-	size_t npages = (size_t)atol(argv[1]) * 256, n = (size_t)atol(argv[2]);
-	if (n == 0 || n > npages) return 2;
-	char *heap = malloc(npages * PAGE);
-	if (!heap) return 1;
-	for (size_t i = 0; i < npages; i++) memset(heap + i * PAGE, (int)(i * 7 + 1), PAGE);
-	struct sigaction sa;
-	memset(&sa, 0, sizeof sa);
-	sa.sa_handler = on_usr1;
-	sigaction(SIGUSR1, &sa, NULL);
-	int fd = open(argv[3], O_WRONLY | O_CREAT | O_TRUNC, 0644);
-	if (fd < 0) return 1;
-	unsigned long round = 0, counter = 0;
-	record(fd, "ready", 0);
-	sigset_t none;
-	sigemptyset(&none);
-	sigset_t usr1;
-	sigemptyset(&usr1);
-	sigaddset(&usr1, SIGUSR1);
-	sigprocmask(SIG_BLOCK, &usr1, NULL);
-	for (;;) {
-		while (!pending) sigsuspend(&none);
-		pending--;
-		round++;
-		size_t stride = npages / n;
-		for (size_t k = 0; k < n; k++) {
-			unsigned long *p = (unsigned long *)(heap + (k * stride + round % stride) * PAGE);
-			*p = ++counter;
-		}
-		record(fd, "done", round);
-	}
-}
-`
 
 // requiresCRIU skips tests that dump real processes when they cannot run here.
 func requiresCRIU(t testing.TB) {
@@ -87,65 +28,31 @@ func requiresCRIU(t testing.TB) {
 	}
 }
 
-// dirtier is one running dirtier program.
+// dirtier is one running dirtier program (internal/dirtier).
 type dirtier struct {
-	t     testing.TB
-	cmd   *exec.Cmd
-	pid   int
-	state string
-	round int
+	t   testing.TB
+	p   *dirtierp.Proc
+	pid int
 }
 
 // startDirtier compiles and starts the dirtier with a heap of mib MiB, dirtying n pages
 // per round; it is killed when the test ends.
 func startDirtier(t testing.TB, mib, n int) *dirtier {
 	t.Helper()
-	dir := t.TempDir()
-	src, bin := filepath.Join(dir, "dirtier.c"), filepath.Join(dir, "dirtier")
-	must(t, os.WriteFile(src, []byte(dirtierSource), 0o600))
-	if out, err := exec.Command("gcc", "-O1", "-o", bin, src).CombinedOutput(); err != nil {
-		t.Fatalf("gcc: %v\n%s", err, out)
-	}
-	d := &dirtier{t: t, state: filepath.Join(dir, "state")}
-	d.cmd = exec.Command(bin, fmt.Sprint(mib), fmt.Sprint(n), d.state)
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	must(t, d.cmd.Start())
-	d.pid = d.cmd.Process.Pid
-	t.Cleanup(d.kill)
-	d.waitFor("ready", 0)
-	return d
+	bin, err := dirtierp.Build(t.TempDir())
+	must(t, err)
+	p, err := dirtierp.Start(bin, mib, n, filepath.Join(t.TempDir(), "state"))
+	must(t, err)
+	t.Cleanup(p.Kill)
+	return &dirtier{t: t, p: p, pid: p.Pid}
 }
 
-func (d *dirtier) kill() {
-	if d.cmd != nil {
-		d.cmd.Process.Kill()
-		d.cmd.Wait()
-		d.cmd = nil
-	}
-}
+func (d *dirtier) kill() { d.p.Kill() }
 
 // dirty makes the program dirty its pages once more and waits until it has.
 func (d *dirtier) dirty() {
 	d.t.Helper()
-	d.round++
-	must(d.t, syscall.Kill(d.pid, syscall.SIGUSR1))
-	d.waitFor("done", d.round)
-}
-
-func (d *dirtier) waitFor(what string, round int) {
-	d.t.Helper()
-	want := fmt.Sprintf("%-5s %010d\n", what, round)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		got, _ := os.ReadFile(d.state)
-		if string(got) == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			d.t.Fatalf("pid %d: state %q, want %q", d.pid, got, want)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	must(d.t, d.p.Dirty())
 }
 
 // dump checkpoints the program into a new directory, leaving it running. CRIU's log
@@ -242,7 +149,7 @@ func TestRealDumps(t *testing.T) {
 	if err != nil {
 		t.Fatalf("restore from the rebuilt set: %v", err)
 	}
-	restored := &dirtier{t: t, pid: pid, state: p.state, round: p.round}
+	restored := &dirtier{t: t, pid: pid, p: p.p.Restored(pid)}
 	t.Cleanup(func() {
 		syscall.Kill(pid, syscall.SIGKILL)
 		var ws syscall.WaitStatus

@@ -10,6 +10,12 @@
 // count) and the receiver copies it out of its own base. Everything that is not page
 // data (pagemaps, core, mm, files, ...) is small and travels whole.
 //
+// The receiver rebuilds with Apply (every file, through user space) or WritePages,
+// which writes only the pages files and only what it must: the unchanged pages are
+// copied in the kernel (copy_file_range, a reflink where the filesystem shares
+// extents), or, when it is offered the pages file of the set before the base
+// (WritePagesReusing), left where that file already holds them.
+//
 // What does not travel: CRIU's logs (*.log, the sender's diagnostics, not state) and
 // MANIFEST.json (the receiver writes its own when it commits the set).
 package delta

@@ -33,7 +33,7 @@ func (x *Index) Pages() int {
 
 // BuildIndex hashes every page of the image set in setDir.
 func BuildIndex(setDir string) (*Index, error) {
-	_, idx, err := scan(setDir, nil, false)
+	_, idx, err := scan(setDir, nil, false, nil)
 	return idx, err
 }
 
@@ -41,7 +41,14 @@ func BuildIndex(setDir string) (*Index, error) {
 // every page is a PageRun) and returns also the new set's Index for the next epoch.
 // baseEpoch is recorded as the delta's Base (0 when base is nil).
 func Diff(base *Index, newDir string, baseEpoch, epoch uint64) (*Delta, *Index, error) {
-	d, idx, err := scan(newDir, base, true)
+	return DiffExcept(base, newDir, baseEpoch, epoch, nil)
+}
+
+// DiffExcept is Diff that neither reads nor returns the files leave names (leave nil:
+// none), for a caller that ships those its own way, such as large state files it
+// sends as changed blocks; a pagemap is never left out.
+func DiffExcept(base *Index, newDir string, baseEpoch, epoch uint64, leave func(name string) bool) (*Delta, *Index, error) {
+	d, idx, err := scan(newDir, base, true, leave)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -64,8 +71,9 @@ func skipFile(name string) bool {
 	return name == checkpoint.ManifestName || strings.HasSuffix(name, ".log")
 }
 
-// readLayout reads the small files of the set in dir; pages files stay on disk.
-func readLayout(dir string) (*setLayout, error) {
+// readLayout reads the small files of the set in dir, but for those leave names;
+// pages files stay on disk.
+func readLayout(dir string, leave func(string) bool) (*setLayout, error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("read image set: %w", err)
@@ -108,6 +116,9 @@ func readLayout(dir string) (*setLayout, error) {
 		if _, isPages := owner[name]; isPages {
 			continue
 		}
+		if _, isPagemap := l.pagemaps[name]; !isPagemap && leave != nil && leave(name) {
+			continue
+		}
 		data, ok := small[name]
 		if !ok {
 			if data, err = os.ReadFile(filepath.Join(dir, name)); err != nil {
@@ -121,8 +132,8 @@ func readLayout(dir string) (*setLayout, error) {
 
 // scan reads the set in dir, hashes its pages into a new Index and, with wantDelta,
 // sorts them against base into changed pages and copies.
-func scan(dir string, base *Index, wantDelta bool) (*Delta, *Index, error) {
-	l, err := readLayout(dir)
+func scan(dir string, base *Index, wantDelta bool, leave func(string) bool) (*Delta, *Index, error) {
+	l, err := readLayout(dir, leave)
 	if err != nil {
 		return nil, nil, err
 	}
