@@ -70,6 +70,10 @@ func marshal(p encoding.BinaryAppender) ([]byte, error) {
 	return b, nil
 }
 
+// FeatureFileDelta in a standby's Hello says that it rebuilds files from FileDelta
+// frames; a primary sends changed files whole to a standby that does not say so.
+const FeatureFileDelta = "file-delta"
+
 // Hello opens a connection in both directions: who is talking and what it already has.
 type Hello struct {
 	Version uint8
@@ -142,8 +146,9 @@ func (p *Hello) validate() error {
 type EpochBegin struct {
 	Full      bool
 	BaseEpoch uint64
-	// Files is how many image files the epoch will carry, so the store can tell a
-	// complete epoch from one whose stream was cut short.
+	// Files is how many image files the epoch will carry, whole (ImageData) or as
+	// changed blocks (FileDelta), so the store can tell a complete epoch from one whose
+	// stream was cut short.
 	Files uint32
 }
 
@@ -355,14 +360,19 @@ type Block struct {
 	Data   []byte
 }
 
-// FileDelta brings one file the program has open (CRIU restores it by path and checks
-// its size) to its state at this epoch: new size and mode, the changed blocks, or
-// its removal.
+// FileDelta brings one file of the image set, such as the copy of one of the program's
+// state files, from its state in the base epoch to this one: its new size (a file cut
+// short or grown), its mode, and the blocks that changed since the base; the receiver
+// takes every other byte from its base copy. Path is the file's name in the set. A
+// large file's blocks may travel in several FileDeltas of the same Path and Size.
 type FileDelta struct {
-	Path    string
-	Size    uint64
-	Mode    uint32
-	Blocks  []Block
+	Path   string
+	Size   uint64
+	Mode   uint32
+	Blocks []Block
+	// Deleted says the file is gone. An image set's receiver has no use for it (a file
+	// the epoch's manifest does not list is simply not taken from the base) and
+	// refuses it.
 	Deleted bool
 }
 

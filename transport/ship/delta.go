@@ -19,10 +19,39 @@ type File struct {
 }
 
 // Delta is what travels for a delta epoch; every file of the new set that is in
-// neither Files nor produced from Pagemaps is taken unchanged from the base.
+// none of Files and Blocks nor produced from Pagemaps is taken unchanged from the base.
 type Delta struct {
 	Files    []File
 	Pagemaps []frame.PageDelta
+	// Blocks are files sent as what changed since the base's file of the same name.
+	Blocks []FileBlocks
+}
+
+// FileBlocks is one file of the new set sent as the ranges in which it differs from
+// the base's file of the same name, and its new size; the standby takes every other
+// byte from its copy of the base. The data is read from the new set when it is sent.
+type FileBlocks struct {
+	Name string
+	Size int64
+	// Mode is the state file's mode (SyncedFile.Mode), for information: the manifest
+	// carries it to a restore, and a set's own files are private whatever it says.
+	Mode uint32
+	// Ranges are sorted, do not overlap and lie within Size.
+	Ranges []Range
+}
+
+// Range is a byte range of a file.
+type Range struct {
+	Off, Len int64
+}
+
+// wholeFiles turns the block deltas of d into whole files, for a standby that cannot
+// rebuild files from blocks.
+func (d *Delta) wholeFiles() {
+	for _, b := range d.Blocks {
+		d.Files = append(d.Files, File{Name: b.Name})
+	}
+	d.Blocks = nil
 }
 
 // Differ computes the delta from base to the set in dir, described by m.

@@ -11,8 +11,9 @@ import (
 	"github.com/ftrun/ftrun/transport/frame"
 )
 
-// PageDiffer ships only the pages whose content changed (checkpoint/delta), plus
-// whole the small files that changed. It keeps the page index of recent sets so
+// PageDiffer ships only the pages whose content changed (checkpoint/delta), the
+// blocks that changed of the program's synced state files (see FileBlockSize), and
+// whole the other files that changed. It keeps the page index of recent sets so
 // that the base is not re-read every epoch: after a full epoch the base is indexed
 // once, after that each Diff indexes the new set as a by-product.
 type PageDiffer struct {
@@ -34,7 +35,13 @@ func (p *PageDiffer) Diff(base Base, dir string, m *checkpoint.Manifest) (*Delta
 			return nil, fmt.Errorf("index base epoch %d: %w", base.Epoch, err)
 		}
 	}
-	d, next, err := delta.Diff(idx, dir, base.Epoch, m.Epoch)
+	// The synced state files may be large: they are not read here, but compared
+	// block by block below where they changed, and otherwise sent from disk.
+	synced := map[string]bool{}
+	for _, f := range m.Synced {
+		synced[f.Name] = true
+	}
+	d, next, err := delta.DiffExcept(idx, dir, base.Epoch, m.Epoch, func(name string) bool { return synced[name] })
 	if err != nil {
 		return nil, err
 	}
@@ -44,7 +51,11 @@ func (p *PageDiffer) Diff(base Base, dir string, m *checkpoint.Manifest) (*Delta
 
 	changed := changedFiles(base.Manifest, m)
 	withPages := map[string]bool{}
-	out := &Delta{}
+	out := &Delta{Blocks: syncedBlocks(base, dir, m, changed)}
+	sent := map[string]bool{}
+	for _, b := range out.Blocks {
+		sent[b.Name] = true
+	}
 	for _, pm := range d.Pagemaps {
 		withPages[pm.Pagemap] = true
 		fp := frame.PageDelta{Pagemap: pm.Pagemap}
@@ -56,10 +67,12 @@ func (p *PageDiffer) Diff(base Base, dir string, m *checkpoint.Manifest) (*Delta
 		}
 		out.Pagemaps = append(out.Pagemaps, fp)
 	}
-	sent := map[string]bool{}
 	for _, f := range d.Files {
 		// A pagemap with page deltas travels even unchanged: the standby rebuilds its
-		// pages file from it. Other unchanged files are copied from the base there.
+		// pages file from it. Other unchanged files are taken from the base there.
+		if sent[f.Name] {
+			continue
+		}
 		if changed[f.Name] || withPages[f.Name] {
 			out.Files = append(out.Files, File{Name: f.Name, Data: f.Data})
 			sent[f.Name] = true

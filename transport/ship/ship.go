@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -61,9 +62,12 @@ type Config struct {
 type Stats struct {
 	Epoch uint64
 	// Bytes is everything written for the epoch, frame headers included.
-	Bytes    int64
-	Full     bool
-	Duration time.Duration
+	Bytes int64
+	// BlockBytes is the part of Bytes that is file data sent as changed blocks
+	// (FileDelta), framing excluded.
+	BlockBytes int64
+	Full       bool
+	Duration   time.Duration
 }
 
 // Shipper sends one service's epochs to one standby. Ship calls are serialised;
@@ -97,6 +101,8 @@ type link struct {
 	done    chan struct{} // closed when the reader has ended; err is then set
 	err     error
 	once    sync.Once
+	// fileDelta: the standby rebuilds files from FileDeltas (its Hello said so).
+	fileDelta bool
 }
 
 type result struct {
@@ -183,6 +189,7 @@ func (s *Shipper) hello(ctx context.Context, c net.Conn) error {
 	if h.Service != s.cfg.Service {
 		return fmt.Errorf("standby answered for service %q, not %q", h.Service, s.cfg.Service)
 	}
+	l.fileDelta = slices.Contains(h.Features, frame.FeatureFileDelta)
 	if !stop() {
 		return ctx.Err()
 	}
@@ -397,6 +404,8 @@ func (s *Shipper) Ship(ctx context.Context, epoch uint64, setDir string) error {
 		for _, f := range m.Files {
 			delta.Files = append(delta.Files, File{Name: f.Name})
 		}
+	} else if !l.fileDelta {
+		delta.wholeFiles()
 	}
 
 	l.seqMu.Lock()
@@ -435,7 +444,7 @@ func (s *Shipper) send(ctx context.Context, l *link, epoch uint64, full bool, ba
 		st.Bytes += int64(n)
 		return err
 	}
-	begin := &frame.EpochBegin{Full: full, Files: uint32(len(d.Files))}
+	begin := &frame.EpochBegin{Full: full, Files: uint32(len(d.Files) + len(d.Blocks))}
 	if !full {
 		begin.BaseEpoch = baseEpoch
 	}
@@ -450,6 +459,13 @@ func (s *Shipper) send(ctx context.Context, l *link, epoch uint64, full bool, ba
 	max := int(s.cfg.Limits.MaxPayload)
 	if max == 0 {
 		max = frame.DefaultMaxPayload
+	}
+	for _, fb := range d.Blocks {
+		n, err := sendBlocks(dir, fb, min(s.cfg.ChunkSize, max/2), put)
+		st.BlockBytes += n
+		if err != nil {
+			return err
+		}
 	}
 	for _, pm := range d.Pagemaps {
 		for _, piece := range splitPages(pm, max/2) {

@@ -2,9 +2,11 @@ package standby_test
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -12,18 +14,14 @@ import (
 	"time"
 
 	"github.com/ftrun/ftrun/checkpoint"
+	dirtierp "github.com/ftrun/ftrun/internal/dirtier"
 )
 
 // A real program end to end: CRIU dumps a running `sleep` twice, both epochs are
 // shipped (the second as page deltas), the original is killed, and CRIU restores
 // it from the standby's committed copy.
 func TestCriuShipAndRestore(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for CRIU")
-	}
-	if _, err := exec.LookPath("criu"); err != nil {
-		t.Skip("criu not installed: run scripts/setup")
-	}
+	requiresCRIU(t)
 	noLeaks(t)
 	c := newCreds(t)
 	root := filepath.Join(t.TempDir(), "root")
@@ -117,4 +115,130 @@ func dirBytes(t *testing.T, dir string) int64 {
 		}
 	}
 	return n
+}
+
+// requiresCRIU skips tests that dump real processes when they cannot run here.
+func requiresCRIU(t testing.TB, tools ...string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for CRIU")
+	}
+	for _, tool := range append([]string{"criu"}, tools...) {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed: run scripts/setup", tool)
+		}
+	}
+}
+
+// dirtier is one running dirtier program (internal/dirtier).
+type dirtier struct {
+	b   testing.TB
+	p   *dirtierp.Proc
+	pid int
+}
+
+// startDirtier compiles and starts the dirtier; it is killed when the test ends.
+func startDirtier(b testing.TB, mib, pages int) *dirtier {
+	b.Helper()
+	bin, err := dirtierp.Build(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	p, err := dirtierp.Start(bin, mib, pages, filepath.Join(b.TempDir(), "state"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(p.Kill)
+	return &dirtier{b: b, p: p, pid: p.Pid}
+}
+
+func (d *dirtier) kill() { d.p.Kill() }
+
+func (d *dirtier) dirty() {
+	if err := d.p.Dirty(); err != nil {
+		d.b.Fatal(err)
+	}
+}
+
+// A program whose pages change between epochs: from the third epoch on, the standby
+// writes each epoch's pages file over the one of two epochs before (taken out of the
+// store first) instead of copying the base. Every epoch is byte-identical to the
+// primary's, and CRIU restores the program from the last one.
+func TestCriuReusesOlderPages(t *testing.T) {
+	requiresCRIU(t, "gcc")
+	noLeaks(t)
+	c := newCreds(t)
+	root := filepath.Join(t.TempDir(), "root")
+	srv := startServer(t, root, c)
+	p := newPrimary(t, "dirtier")
+	p.dial(t, srv.addr, c.primary.Client())
+	prog := startDirtier(t, 32, 64)
+	criu := &checkpoint.Criu{}
+	pagesOf := func(dir string) os.FileInfo {
+		t.Helper()
+		names, _ := filepath.Glob(filepath.Join(dir, "pages-*.img"))
+		if len(names) != 1 {
+			t.Fatalf("%s holds pages files %v, want one", dir, names)
+		}
+		fi, err := os.Stat(names[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi
+	}
+	var pages []os.FileInfo
+	const last = 5
+	for epoch := uint64(1); epoch <= last; epoch++ {
+		if epoch > 1 {
+			prog.dirty()
+		}
+		pd, err := p.store.Begin(epoch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := criu.Dump(checkpoint.Options{ImagesDir: pd.Dir, Pid: prog.pid, LeaveRunning: true})
+		if err != nil {
+			pd.Abort()
+			t.Fatal(err)
+		}
+		set, err := pd.Commit(&checkpoint.Manifest{Service: "dirtier", Stats: st, Pid: prog.pid})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.shipSet(t, epoch, set.Dir); err != nil {
+			t.Fatalf("epoch %d: %v", epoch, err)
+		}
+		committed := setDir(t, srv.store, "dirtier", epoch)
+		sameSet(t, set.Dir, committed)
+		pages = append(pages, pagesOf(committed))
+		if epoch >= 3 && !os.SameFile(pages[epoch-1], pages[epoch-3]) {
+			t.Errorf("epoch %d did not write over the pages file of epoch %d", epoch, epoch-2)
+		}
+		if epoch == 2 && os.SameFile(pages[1], pages[0]) {
+			t.Errorf("epoch 2 shares its pages file with its base")
+		}
+	}
+	if got := epochs(t, srv.store, "dirtier"); !slices.Equal(got, []uint64{last, last - 1}) {
+		t.Errorf("epochs %v", got)
+	}
+	sameSet(t, filepath.Join(p.store.Dir(), fmt.Sprintf("%016d", last-1)), setDir(t, srv.store, "dirtier", last-1))
+
+	prog.kill()
+	committed := setDir(t, srv.store, "dirtier", last)
+	pid, err := criu.Restore(checkpoint.Options{ImagesDir: committed, WorkDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		syscall.Kill(pid, syscall.SIGKILL)
+		var ws syscall.WaitStatus
+		syscall.Wait4(pid, &ws, 0, nil)
+	}()
+	time.Sleep(100 * time.Millisecond)
+	if err := syscall.Kill(pid, 0); err != nil {
+		t.Fatalf("restored process gone: %v", err)
+	}
+	if _, err := checkpoint.VerifyDir(committed); err != nil {
+		t.Errorf("restore changed the committed set: %v", err)
+	}
 }

@@ -44,7 +44,7 @@ type creds struct {
 	standby, primary *auth.Config
 }
 
-func keygen(t *testing.T, dir, name string) *auth.Config {
+func keygen(t testing.TB, dir, name string) *auth.Config {
 	t.Helper()
 	if err := auth.Keygen(dir, auth.KeygenOptions{Name: name}); err != nil {
 		t.Fatal(err)
@@ -56,7 +56,7 @@ func keygen(t *testing.T, dir, name string) *auth.Config {
 	return c
 }
 
-func newCreds(t *testing.T) creds {
+func newCreds(t testing.TB) creds {
 	t.Helper()
 	base := t.TempDir()
 	sb := filepath.Join(base, "standby")
@@ -102,11 +102,20 @@ type server struct {
 
 // startServer runs a standby on 127.0.0.1:0 over the store at root until the test
 // ends (or stop is called), and checks that Serve returns.
-func startServer(t *testing.T, root string, c creds) *server {
+func startServer(t testing.TB, root string, c creds) *server {
+	t.Helper()
+	return startServerWith(t, root, c, nil)
+}
+
+// startServerWith is startServer with setup run on the store before it serves.
+func startServerWith(t testing.TB, root string, c creds, setup func(*standby.Store)) *server {
 	t.Helper()
 	store, err := standby.OpenStore(root)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if setup != nil {
+		setup(store)
 	}
 	lb := &logBuf{}
 	srv, err := standby.NewServer(standby.Config{
@@ -144,7 +153,7 @@ func startServer(t *testing.T, root string, c creds) *server {
 }
 
 // testWriter sends log lines to t.Log until the test ends.
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
@@ -157,7 +166,7 @@ type primary struct {
 	ship  *ship.Shipper
 }
 
-func newPrimary(t *testing.T, service string) *primary {
+func newPrimary(t testing.TB, service string) *primary {
 	t.Helper()
 	st, err := checkpoint.OpenStore(filepath.Join(t.TempDir(), "checkpoints"))
 	if err != nil {
@@ -170,7 +179,7 @@ func newPrimary(t *testing.T, service string) *primary {
 	return p
 }
 
-func (p *primary) dial(t *testing.T, addr string, tc *tls.Config) {
+func (p *primary) dial(t testing.TB, addr string, tc *tls.Config) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -180,7 +189,7 @@ func (p *primary) dial(t *testing.T, addr string, tc *tls.Config) {
 }
 
 // commit writes files as epoch's image set, committed the way the supervisor does.
-func (p *primary) commit(t *testing.T, epoch uint64, files map[string][]byte) string {
+func (p *primary) commit(t testing.TB, epoch uint64, files map[string][]byte) string {
 	t.Helper()
 	pd, err := p.store.Begin(epoch)
 	if err != nil {
@@ -198,7 +207,7 @@ func (p *primary) commit(t *testing.T, epoch uint64, files map[string][]byte) st
 	return set.Dir
 }
 
-func (p *primary) shipSet(t *testing.T, epoch uint64, dir string) error {
+func (p *primary) shipSet(t testing.TB, epoch uint64, dir string) error {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -206,7 +215,7 @@ func (p *primary) shipSet(t *testing.T, epoch uint64, dir string) error {
 }
 
 // setDir is the standby's committed copy of epoch, "" if it has none.
-func setDir(t *testing.T, s *standby.Store, service string, epoch uint64) string {
+func setDir(t testing.TB, s *standby.Store, service string, epoch uint64) string {
 	t.Helper()
 	sets, err := s.Sets(service)
 	if err != nil {
@@ -220,7 +229,7 @@ func setDir(t *testing.T, s *standby.Store, service string, epoch uint64) string
 	return ""
 }
 
-func epochs(t *testing.T, s *standby.Store, service string) []uint64 {
+func epochs(t testing.TB, s *standby.Store, service string) []uint64 {
 	t.Helper()
 	sets, err := s.Sets(service)
 	if err != nil {
@@ -235,7 +244,7 @@ func epochs(t *testing.T, s *standby.Store, service string) []uint64 {
 
 // sameSet checks that the standby's copy holds exactly the primary's image files,
 // byte for byte, verifies, and is private (dirs 0700, files 0600).
-func sameSet(t *testing.T, primaryDir, standbyDir string) {
+func sameSet(t testing.TB, primaryDir, standbyDir string) {
 	t.Helper()
 	if standbyDir == "" {
 		t.Fatalf("standby has no copy of %s", primaryDir)

@@ -4,12 +4,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 
 	"github.com/ftrun/ftrun/checkpoint"
+	"github.com/ftrun/ftrun/checkpoint/delta"
 	"github.com/ftrun/ftrun/transport/frame"
 )
 
@@ -64,22 +64,35 @@ type incoming struct {
 	epoch   uint64
 	begin   frame.EpochBegin
 	baseDir string
+	// base is the manifest of the base set, which was verified against its files
+	// (and made durable) by this process before the epoch began.
+	base    *checkpoint.Manifest
 	pending *checkpoint.Pending
 	applier PageApplier
 
+	// received names every file that arrived, whole or as a FileDelta.
 	received map[string]bool
 	cur      *os.File
 	curName  string
 	curOff   uint64
 	pages    []frame.PageDelta
-	fail     *epochError
+	// blocks are the files rebuilt from FileDeltas, by name.
+	blocks map[string]*blockFile
+	// retired is the older set taken out of the store so that its files are written
+	// over (see retireOlder); it goes when the epoch ends, committed or not. older is
+	// its manifest and chain what its successor, the base, changed of it.
+	retired string
+	older   *checkpoint.Manifest
+	chain   *chain
+	tried   bool // retireOlder ran
+	fail    *epochError
 }
 
 // beginEpoch checks that the epoch can be received (for a delta: its base is this
 // service's newest committed epoch and still verifies) and opens its pending
 // directory. A refused epoch still yields an incoming, which drops its frames.
 func beginEpoch(svc *service, epoch uint64, b frame.EpochBegin, applier PageApplier) *incoming {
-	in := &incoming{svc: svc, epoch: epoch, begin: b, applier: applier, received: map[string]bool{}}
+	in := &incoming{svc: svc, epoch: epoch, begin: b, applier: applier, received: map[string]bool{}, blocks: map[string]*blockFile{}}
 	svc.mu.Lock()
 	defer svc.mu.Unlock()
 	if epoch <= svc.committed {
@@ -96,21 +109,38 @@ func beginEpoch(svc *service, epoch uint64, b frame.EpochBegin, applier PageAppl
 			in.fail = classify("list epochs", err)
 			return in
 		}
+		var base checkpoint.Set
 		for _, set := range sets {
 			if set.Epoch == b.BaseEpoch {
-				in.baseDir = set.Dir
+				base = set
 			}
 		}
-		if in.baseDir == "" {
+		if base.Dir == "" {
 			in.fail = badBase("base epoch %d is gone from the store", b.BaseEpoch)
 			return in
 		}
+		in.baseDir = base.Dir
 		if svc.verified != b.BaseEpoch {
-			if _, err := checkpoint.VerifyDir(in.baseDir); err != nil {
+			// A set found on disk: check it once, and make it durable, since a set
+			// left by a crash between its rename and its fsync may still be only in
+			// the page cache, and the next epoch hard-links its files.
+			m, err := checkpoint.VerifyDir(base.Dir)
+			if err != nil {
 				in.fail = badBase("base epoch %d does not verify: %v", b.BaseEpoch, err)
 				return in
 			}
-			svc.verified = b.BaseEpoch
+			if err := svc.store.Sync(base); err != nil {
+				in.fail = classify("sync base epoch", err)
+				return in
+			}
+			svc.verified, in.base = b.BaseEpoch, m
+		} else {
+			m, err := checkpoint.ReadManifest(base.Dir)
+			if err != nil {
+				in.fail = badBase("base epoch %d: %v", b.BaseEpoch, err)
+				return in
+			}
+			in.base = m
 		}
 	}
 	p, err := svc.store.Begin(epoch)
@@ -140,6 +170,10 @@ func (in *incoming) abort() {
 	if in.pending != nil {
 		_ = in.pending.Abort()
 		in.pending = nil
+	}
+	if in.retired != "" {
+		_ = os.RemoveAll(in.retired)
+		in.retired = ""
 	}
 }
 
@@ -199,14 +233,52 @@ func (in *incoming) pageDelta(p *frame.PageDelta) {
 	in.pages = append(in.pages, *p)
 }
 
-// fileDelta refuses changes to the program's own files: where they live on the
-// standby is not decided yet, and silently dropping them would restore a program
-// whose files do not match its memory.
+// fileDelta rebuilds a file of the set (a synced state file) from its base copy and
+// the blocks that changed: its first frame makes the file (see startBlockFile), every
+// frame writes its blocks. Whether the result is right, the verification against the
+// manifest at commit tells.
 func (in *incoming) fileDelta(p *frame.FileDelta) {
 	if in.fail != nil {
 		return
 	}
-	in.failWith(&epochError{code: frame.NackInternal, err: fmt.Errorf("file delta for %q: not supported by this standby", p.Path)})
+	name := p.Path
+	switch {
+	case in.begin.Full:
+		in.failWith(corrupt("file delta for %q in a full epoch", name))
+		return
+	case !plainName(name):
+		in.failWith(corrupt("file delta for %q, which is not a file name of a set", name))
+		return
+	case p.Deleted:
+		in.failWith(corrupt("file delta deletes %q; a file left out of the manifest is simply not taken", name))
+		return
+	case in.cur != nil:
+		in.failWith(corrupt("file delta for %q while %q is incomplete", name, in.curName))
+		return
+	}
+	bf := in.blocks[name]
+	if bf == nil {
+		if in.received[name] {
+			in.failWith(corrupt("%q sent twice", name))
+			return
+		}
+		in.svc.mu.Lock()
+		in.retireOlder()
+		in.svc.mu.Unlock()
+		var e *epochError
+		if bf, e = in.startBlockFile(name, int64(p.Size)); e != nil {
+			in.failWith(e)
+			return
+		}
+		in.blocks[name] = bf
+		in.received[name] = true
+	} else if bf.size != int64(p.Size) {
+		in.failWith(corrupt("file delta for %q of %d bytes, earlier ones said %d", name, p.Size, bf.size))
+		return
+	}
+	if e := bf.write(in.pending.Dir, name, p.Blocks); e != nil {
+		in.failWith(e)
+	}
 }
 
 // commit rebuilds the complete set, verifies it against the primary's manifest,
@@ -220,7 +292,7 @@ func (in *incoming) commit(manifest []byte, prune func(error)) *epochError {
 		return corrupt("%q ended at %d bytes without its last chunk", in.curName, in.curOff)
 	}
 	if len(in.received) != int(in.begin.Files) {
-		return corrupt("%d whole files received, EpochBegin announced %d", len(in.received), in.begin.Files)
+		return corrupt("%d files received, EpochBegin announced %d", len(in.received), in.begin.Files)
 	}
 	var m checkpoint.Manifest
 	if err := json.Unmarshal(manifest, &m); err != nil {
@@ -231,7 +303,7 @@ func (in *incoming) commit(manifest []byte, prune func(error)) *epochError {
 	}
 	listed := make(map[string]bool, len(m.Files))
 	for _, f := range m.Files {
-		if filepath.Base(f.Name) != f.Name || f.Name == checkpoint.ManifestName || f.Name == "." || f.Name == ".." {
+		if !plainName(f.Name) {
 			return corrupt("manifest lists %q", f.Name)
 		}
 		listed[f.Name] = true
@@ -253,45 +325,92 @@ func (in *incoming) commit(manifest []byte, prune func(error)) *epochError {
 		if in.begin.BaseEpoch != svc.committed {
 			return badBase("base epoch %d is no longer the newest (%d)", in.begin.BaseEpoch, svc.committed)
 		}
-		if e := in.fromBase(listed); e != nil {
-			return e
-		}
 	} else if len(in.pages) != 0 {
 		return corrupt("page deltas in a full epoch")
 	}
-	if err := writeFile(filepath.Join(in.pending.Dir, checkpoint.ManifestName), manifest); err != nil {
-		return classify("write manifest", err)
+	build := svc.build
+	if build == nil {
+		build = (*incoming).build
 	}
-	verified, err := checkpoint.VerifyDir(in.pending.Dir)
-	if err != nil {
-		return classify("verify", err)
+	if e := build(in, &m, listed, manifest); e != nil {
+		return e
 	}
-	p := in.pending
-	in.pending = nil // Commit removes the directory itself on failure
-	set, err := p.Commit(verified)
-	if err != nil {
-		return classify("commit", err)
-	}
-	if err := svc.store.Sync(set); err != nil {
-		// Not durable means not committed: the primary must not release output on it.
-		_ = svc.store.Remove(set)
-		return classify("sync", err)
-	}
-	svc.committed, svc.verified = in.epoch, in.epoch
-	_, err = svc.store.Prune(keep, in.epoch)
+	svc.committed, svc.verified, svc.chain = in.epoch, in.epoch, in.nextChain()
+	_, err := svc.store.Prune(keep, in.epoch)
 	prune(err)
 	return nil
 }
 
-// fromBase completes a delta epoch: page images through the applier, then every
-// listed file that did not travel is copied from the base (it did not change).
-func (in *incoming) fromBase(listed map[string]bool) *epochError {
-	if len(in.pages) != 0 {
-		if in.applier == nil {
-			return corrupt("page deltas received, this standby has no page applier")
+// nextChain is what the next epoch needs to write over this one's base: the copy
+// runs of this epoch's page deltas and the blocks of its file deltas. A full epoch,
+// or one with neither, has none.
+func (in *incoming) nextChain() *chain {
+	if in.begin.Full || len(in.pages)+len(in.blocks) == 0 {
+		return nil
+	}
+	c := &chain{epoch: in.epoch, base: in.begin.BaseEpoch, copies: map[string][]delta.CopyRun{}, blocks: map[string][]delta.Span{}}
+	for name, bf := range in.blocks {
+		c.blocks[name] = bf.blocks
+	}
+	for _, p := range in.pages {
+		runs := c.copies[p.Pagemap]
+		for _, r := range p.CopyRuns {
+			runs = append(runs, delta.CopyRun{Vaddr: r.Vaddr, NrPages: r.NrPages})
 		}
-		if err := in.applier.ApplyPages(in.baseDir, in.pages, in.pending.Dir); err != nil {
-			return classify("apply page deltas", err)
+		c.copies[p.Pagemap] = runs
+	}
+	return c
+}
+
+// build turns the pending directory into the committed, durable set of m: it
+// completes a delta epoch from the base, checks the result against the manifest
+// (re-reading only what was written anew, see knownChunks) and commits it, fsyncing
+// only the files written for it.
+func (in *incoming) build(m *checkpoint.Manifest, listed map[string]bool, manifest []byte) *epochError {
+	origins := map[string]origin{}
+	if !in.begin.Full {
+		if e := in.fromBase(listed, origins); e != nil {
+			return e
+		}
+	}
+	if err := writeFile(filepath.Join(in.pending.Dir, checkpoint.ManifestName), manifest); err != nil {
+		return classify("write manifest", err)
+	}
+	if e := onlyListed(in.pending.Dir, listed); e != nil {
+		return e
+	}
+	verified, err := checkpoint.VerifyDirKnown(in.pending.Dir, knownChunks(m, origins))
+	if err != nil {
+		return classify("verify", err)
+	}
+	p := in.pending
+	in.pending = nil // CommitDurable removes the directory itself on failure
+	if _, err := p.CommitDurable(verified, written(m, origins)); err != nil {
+		// Not durable means not committed: the primary must not release output on it.
+		return classify("commit", err)
+	}
+	return nil
+}
+
+// fromBase completes a delta epoch: page images through the applier, files rebuilt
+// from FileDeltas as they are, then every listed file that did not travel is taken
+// from the base, which holds it unchanged. Files of committed sets are never written
+// again (the standby creates every file of a set new, and restores read a set without
+// writing into it), so taking one is a hard link: no copy, and nothing to fsync but
+// the directory. origins records how each file came to be.
+func (in *incoming) fromBase(listed map[string]bool, origins map[string]origin) *epochError {
+	if len(in.pages) != 0 {
+		if e := in.applyPages(origins); e != nil {
+			return e
+		}
+	}
+	for name, bf := range in.blocks {
+		from := in.base
+		if bf.reused {
+			from = in.older
+		}
+		if sum, err := fileSum(from, name); err == nil {
+			origins[name] = bf.origin(sum)
 		}
 	}
 	for name := range listed {
@@ -299,14 +418,140 @@ func (in *incoming) fromBase(listed map[string]bool) *epochError {
 		if _, err := os.Lstat(dst); err == nil {
 			continue
 		}
-		if err := copyFile(filepath.Join(in.baseDir, name), dst); err != nil {
+		o, err := takeFromBase(filepath.Join(in.baseDir, name), dst)
+		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
 				return badBase("%q is neither sent nor in base epoch %d", name, in.begin.BaseEpoch)
 			}
-			return classify("copy "+name+" from base", err)
+			return classify("take "+name+" from base", err)
+		}
+		if o.from, err = fileSum(in.base, name); err == nil {
+			origins[name] = o
 		}
 	}
 	return nil
+}
+
+// applyPages rebuilds the pages files; with a PagePatcher, over the retired older
+// set's where there is one (see retireOlder).
+func (in *incoming) applyPages(origins map[string]origin) *epochError {
+	pp, ok := in.applier.(PagePatcher)
+	if !ok {
+		if in.applier == nil {
+			return corrupt("page deltas received, this standby has no page applier")
+		}
+		if err := in.applier.ApplyPages(in.baseDir, in.pages, in.pending.Dir); err != nil {
+			return classify("apply page deltas", err)
+		}
+		return nil
+	}
+	in.retireOlder()
+	var reuse *delta.Reuse
+	if in.older != nil {
+		reuse = &delta.Reuse{Dir: in.retired, Unchanged: in.chain.copies}
+	}
+	files, err := pp.PatchPages(in.baseDir, in.pages, in.pending.Dir, reuse)
+	if err != nil {
+		return classify("apply page deltas", err)
+	}
+	for _, f := range files {
+		from := in.base
+		if f.Reused {
+			from = in.older
+		}
+		if f.Base == "" || from == nil {
+			continue
+		}
+		if sum, err := fileSum(from, f.Base); err == nil {
+			origins[f.Name] = origin{from: sum, same: f.Same}
+		}
+	}
+	return nil
+}
+
+// retireOlder takes the set the base's epoch was a delta from out of the store (it
+// would be pruned once this epoch commits) so that its files can be written over
+// instead of copying the base's: where the program's memory layout held still, a
+// pages file two epochs old needs only the pages that changed in the base's epoch or
+// in this one, and so does a synced file's copy need only those blocks. That takes
+// knowing what the base's epoch changed, so only a base this process committed as a
+// delta qualifies. It runs once per epoch, when a file first needs it, with svc.mu
+// held; any failure only means the base is copied instead.
+func (in *incoming) retireOlder() {
+	if in.tried || in.begin.Full {
+		return
+	}
+	in.tried = true
+	c := in.svc.chain
+	if c == nil || c.epoch != in.begin.BaseEpoch || in.svc.committed != c.epoch {
+		return
+	}
+	sets, err := in.svc.store.List()
+	if err != nil {
+		return
+	}
+	for _, set := range sets {
+		if set.Epoch != c.base {
+			continue
+		}
+		m, err := checkpoint.ReadManifest(set.Dir)
+		if err != nil || m.Epoch != set.Epoch {
+			return
+		}
+		dir, err := in.svc.store.Retire(set)
+		if dir != "" {
+			in.retired = dir
+		}
+		if err == nil {
+			in.older, in.chain = m, c
+		}
+		return
+	}
+}
+
+// fileSum is the entry of name in m.
+func fileSum(m *checkpoint.Manifest, name string) (checkpoint.FileSum, error) {
+	if f, ok := m.File(name); ok {
+		return f, nil
+	}
+	return checkpoint.FileSum{}, fmt.Errorf("%q is not in the manifest of epoch %d", name, m.Epoch)
+}
+
+// takeFromBase hard-links the base's file src as dst or, where the filesystem refuses
+// the link (too many links, no links at all), copies it.
+func takeFromBase(src, dst string) (origin, error) {
+	err := os.Link(src, dst)
+	if err == nil {
+		return origin{linked: true}, nil
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return origin{}, err
+	}
+	n, err := copyFile(src, dst)
+	if err != nil {
+		return origin{}, err
+	}
+	return origin{same: []delta.Span{{Off: 0, Len: n}}}, nil
+}
+
+// onlyListed refuses a pending set holding a file its manifest does not list: a
+// committed set is exactly what the primary committed.
+func onlyListed(dir string, listed map[string]bool) *epochError {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return classify("list pending set", err)
+	}
+	for _, e := range ents {
+		if e.Name() != checkpoint.ManifestName && !listed[e.Name()] {
+			return corrupt("%q is in the rebuilt set but not in the manifest", e.Name())
+		}
+	}
+	return nil
+}
+
+// plainName says whether name can be a file of a set: a plain name, not the manifest.
+func plainName(name string) bool {
+	return name != "" && filepath.Base(name) == name && name != "." && name != ".." && name != checkpoint.ManifestName
 }
 
 func writeFile(path string, data []byte) error {
@@ -324,22 +569,28 @@ func writeFile(path string, data []byte) error {
 	return os.Chmod(path, 0o600)
 }
 
-func copyFile(src, dst string) error {
+// copyFile copies src to a new file dst (in the kernel, see checkpoint.CopyRange)
+// and returns its size.
+func copyFile(src, dst string) (int64, error) {
 	in, err := os.Open(src)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return 0, err
+	}
 	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	if _, err := io.Copy(out, in); err != nil {
+	if err := checkpoint.CopyRange(out, in, 0, 0, fi.Size()); err != nil {
 		out.Close()
-		return err
+		return 0, err
 	}
 	if err := out.Close(); err != nil {
-		return err
+		return 0, err
 	}
-	return os.Chmod(dst, 0o600)
+	return fi.Size(), os.Chmod(dst, 0o600)
 }

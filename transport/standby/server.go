@@ -37,7 +37,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Limits bound what a frame may declare; zero fields take frame's defaults.
 	Limits frame.Limits
-	// Pages rebuilds page deltas; default DeltaPages (checkpoint/delta).
+	// Pages rebuilds page deltas; default DeltaPages (checkpoint/delta). One that is
+	// also a PagePatcher may write over the older set's pages files, and only what it
+	// wrote anew is checksummed again; any other is checked whole.
 	Pages PageApplier
 	// HandshakeTimeout bounds TLS handshake plus Hello; WriteTimeout each reply.
 	HandshakeTimeout time.Duration
@@ -53,6 +55,12 @@ type Status struct {
 	LastHeard     time.Time
 	BytesReceived uint64
 	Connections   int
+	// LastCommitTime is how long the standby took over the last epoch it committed,
+	// from the primary's EpochCommit to the ack: rebuilding, verifying and fsyncing.
+	LastCommitTime time.Duration
+	// Committing is set while the standby commits an epoch of the service: it reads no
+	// frame meanwhile, so the primary's silence then is the standby's own doing.
+	Committing bool
 }
 
 // Server receives epochs from any number of primaries, one goroutine per connection.
@@ -117,6 +125,22 @@ func (s *Server) LastHeard(service string) time.Time {
 	return time.Time{}
 }
 
+// committing marks a commit of service in progress, or over (which counts as hearing
+// the primary: its frames wait unread while the standby commits).
+func (s *Server) committing(service string, on bool) {
+	s.mu.Lock()
+	st := s.stats[service]
+	if st == nil {
+		st = &Status{Service: service}
+		s.stats[service] = st
+	}
+	st.Committing = on
+	s.mu.Unlock()
+	if !on {
+		s.heard(service, 0)
+	}
+}
+
 func (s *Server) heard(service string, bytes int) {
 	now := s.clk.Now()
 	s.mu.Lock()
@@ -128,6 +152,17 @@ func (s *Server) heard(service string, bytes int) {
 	}
 	st.LastHeard = now
 	st.BytesReceived += uint64(bytes)
+}
+
+func (s *Server) commitTook(service string, d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.stats[service]
+	if st == nil {
+		st = &Status{Service: service}
+		s.stats[service] = st
+	}
+	st.LastCommitTime = d
 }
 
 func (s *Server) connected(service string, delta int) {
@@ -260,7 +295,8 @@ func (cn *conn) run() error {
 	if h.LastCommitted != committed {
 		cn.s.log.Info("standby: primary's view of this standby differs", "service", cn.name, "primary_thinks", h.LastCommitted, "committed", committed)
 	}
-	reply := &frame.Hello{Version: frame.Version, Service: h.Service, Host: cn.s.cfg.Host, Role: frame.RoleStandby.String(), LastCommitted: committed}
+	reply := &frame.Hello{Version: frame.Version, Service: h.Service, Host: cn.s.cfg.Host, Role: frame.RoleStandby.String(), LastCommitted: committed,
+		Features: []string{frame.FeatureFileDelta}}
 	if err := cn.send(0, reply); err != nil {
 		return err
 	}
@@ -316,12 +352,16 @@ func (cn *conn) step(epoch uint64, p frame.Payload) error {
 		in := cn.in
 		cn.in = nil
 		alreadyAsked := in.fail != nil && in.fail.resync && cn.resync
+		start := time.Now()
+		cn.s.committing(cn.name, true)
 		e := in.commit(p.Manifest, func(err error) {
 			if err != nil {
 				cn.s.log.Warn("standby: pruning old epochs failed", "service", cn.name, "err", err)
 			}
 		})
+		cn.s.committing(cn.name, false)
 		if e == nil {
+			cn.s.commitTook(cn.name, time.Since(start))
 			return cn.send(epoch, &frame.Ack{Epoch: epoch})
 		}
 		cn.s.log.Warn("standby: epoch not committed", "service", cn.name, "epoch", epoch, "code", e.code.String(), "err", e.err)

@@ -11,10 +11,12 @@ import (
 	"syscall"
 
 	"github.com/ftrun/ftrun/checkpoint"
+	"github.com/ftrun/ftrun/checkpoint/delta"
 )
 
 // keep is how many committed epochs a service keeps: the newest (restored on failover,
-// base of the next delta) and one before it.
+// base of the next delta) and one before it, which the next delta epoch is written
+// over (see incoming.retireOlder).
 const keep = 2
 
 // epochsDir is the subdirectory of a service that holds its checkpoint.Store.
@@ -46,6 +48,10 @@ type Store struct {
 	// before it is durable, which breaks the Output Rule on power loss.
 	NoSync bool
 
+	// build, when set, replaces how a received epoch is turned into a committed set
+	// (see incoming.build); the benchmarks run the earlier way through it.
+	build func(*incoming, *checkpoint.Manifest, map[string]bool, []byte) *epochError
+
 	mu       sync.Mutex
 	services map[string]*service
 }
@@ -58,9 +64,23 @@ type service struct {
 
 	mu        sync.Mutex
 	committed uint64
-	// verified is the newest epoch whose files were checked against its manifest by
-	// this process; a set reloaded from disk is checked once before it is a base.
+	// verified is the newest epoch whose files were checked against its manifest and
+	// made durable by this process; a set reloaded from disk is checked (and fsynced)
+	// once before it is a base.
 	verified uint64
+	// chain is what the newest committed epoch changed of its base, if it was a
+	// delta committed by this process (see incoming.retireOlder).
+	chain *chain
+	build func(*incoming, *checkpoint.Manifest, map[string]bool, []byte) *epochError
+}
+
+// chain links a committed delta epoch to its base: epoch was built from base;
+// copies are the copy runs of its page deltas, per pagemap, and blocks the byte
+// ranges its file deltas wrote, per file.
+type chain struct {
+	epoch, base uint64
+	copies      map[string][]delta.CopyRun
+	blocks      map[string][]delta.Span
 }
 
 // OpenStore opens (creating it 0700) the root and reloads every service's committed
@@ -135,7 +155,7 @@ func (s *Store) service(name string) (*service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("standby: service %q: %w", name, err)
 	}
-	svc := &service{name: name, store: cs, committed: latest}
+	svc := &service{name: name, store: cs, committed: latest, build: s.build}
 	s.services[name] = svc
 	return svc, nil
 }
