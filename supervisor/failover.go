@@ -15,8 +15,10 @@ import (
 	"time"
 
 	"github.com/jonboulle/clockwork"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ftrun/ftrun/checkpoint"
+	"github.com/ftrun/ftrun/supervisor/netplace"
 	"github.com/ftrun/ftrun/transport/standby"
 	"github.com/ftrun/ftrun/watchdog"
 )
@@ -41,6 +43,11 @@ type StandbyConfig struct {
 	Ready chan<- string
 	// Arbiter, when set, must hand this standby a service's key before it goes live.
 	Arbiter Arbiter
+	// Bridge is this host's bridge on the clients' network, for programs that ran in a
+	// network namespace of their own (--net) on their primary.
+	Bridge string
+	// MetricsAddr serves Prometheus metrics per service at /metrics ("" for none).
+	MetricsAddr string
 }
 
 // TakeOver is the pure failover rule (arbiter "none": the standby decides alone; a
@@ -109,6 +116,7 @@ func RunStandby(ctx context.Context, cfg StandbyConfig) error {
 	var mu sync.Mutex // guards live and problems: the loop writes, the control socket reads
 	live := map[string]bool{}
 	problems := map[string][]string{} // what would make a failover fail, per service
+	failovers := map[string]int{}
 	checked := map[string]bool{}
 	errs := make(chan error, 16)
 	acquiring := map[string]context.CancelFunc{} // loop-owned
@@ -137,6 +145,21 @@ func RunStandby(ctx context.Context, cfg StandbyConfig) error {
 		wg.Wait()
 		return err
 	}
+	if cfg.MetricsAddr != "" {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(newStandbyCollector(status, func(svc string) int {
+			mu.Lock()
+			defer mu.Unlock()
+			return failovers[svc]
+		}))
+		addr, err := serveRegistry(inner, &wg, cfg.MetricsAddr, reg)
+		if err != nil {
+			cancel()
+			wg.Wait()
+			return err
+		}
+		cfg.Log.Info("serving metrics", "addr", "http://"+addr+"/metrics")
+	}
 	// Checked often: the take-over decision itself is cheap, and every tick of delay
 	// adds to the failover time a client sees.
 	tick := cfg.Clock.NewTicker(takeoverCheck)
@@ -152,6 +175,7 @@ func RunStandby(ctx context.Context, cfg StandbyConfig) error {
 		}
 		mu.Lock()
 		live[svc] = true
+		failovers[svc]++
 		mu.Unlock()
 		wg.Add(1)
 		go func() {
@@ -187,7 +211,7 @@ func RunStandby(ctx context.Context, cfg StandbyConfig) error {
 			for svc, st := range srv.Status() {
 				if st.LastCommitted > 0 && !checked[svc] {
 					checked[svc] = true
-					miss := checkRestorable(store, svc)
+					miss := checkRestorable(store, svc, cfg.Bridge)
 					mu.Lock()
 					problems[svc] = miss
 					mu.Unlock()
@@ -198,7 +222,13 @@ func RunStandby(ctx context.Context, cfg StandbyConfig) error {
 				mu.Lock()
 				isLive := live[svc]
 				mu.Unlock()
-				ok, why := TakeOver(cfg.Clock.Now(), st.LastHeard, cfg.Timeout, st.LastCommitted, isLive)
+				heard := st.LastHeard
+				if st.Committing {
+					// This standby is busy with the primary's epoch and reads none of its
+					// heartbeats meanwhile: that silence is not the primary's.
+					heard = cfg.Clock.Now()
+				}
+				ok, why := TakeOver(cfg.Clock.Now(), heard, cfg.Timeout, st.LastCommitted, isLive)
 				if !ok {
 					continue
 				}
@@ -284,7 +314,7 @@ func serveStandbyControl(ctx context.Context, wg *sync.WaitGroup, path string, s
 // checkRestorable lists what this host lacks to restore svc's newest epoch: files the
 // restore opens by path (binary, libraries) that are missing or differ, so that a
 // mismatch shows when the service arrives, not at failover.
-func checkRestorable(store *standby.Store, svc string) []string {
+func checkRestorable(store *standby.Store, svc, bridge string) []string {
 	sets, err := store.Sets(svc)
 	if err != nil || len(sets) == 0 {
 		return nil
@@ -297,7 +327,16 @@ func checkRestorable(store *standby.Store, svc string) []string {
 	if err != nil {
 		return []string{err.Error()}
 	}
-	return checkpoint.MissingFiles(req, m.SyncRoots)
+	miss := checkpoint.MissingFiles(req, m.SyncRoots)
+	if m.Net != nil {
+		if bridge == "" {
+			bridge = netplace.DefaultBridge
+		}
+		if _, err := net.InterfaceByName(bridge); err != nil {
+			miss = append(miss, fmt.Sprintf("the program serves %s from its own network namespace, but this host has no bridge %q: create it on the clients' network, or pass --bridge", m.Net.Addr, bridge))
+		}
+	}
+	return miss
 }
 
 type acquiredLease struct {
@@ -323,10 +362,14 @@ func goLive(cfg StandbyConfig, store *standby.Store, svc string, lease Lease) (*
 	if err := linkSet(set.Dir, target); err != nil {
 		return nil, err
 	}
+	spec, err := NetSpec(m.Service, m.Net, cfg.Bridge)
+	if err != nil {
+		return nil, err
+	}
 	return New(Config{
 		Name: m.Service, Command: m.Command, StateDir: liveDir, WorkDir: "/",
 		Interval: cfg.Interval, Criu: cfg.Criu, Clock: cfg.Clock, Log: cfg.Log.With("role", "live"),
-		Lease: lease, Node: cfg.Host, Sync: m.SyncRoots,
+		Lease: lease, Node: cfg.Host, Sync: m.SyncRoots, Net: spec, Failover: true,
 	})
 }
 

@@ -78,10 +78,22 @@ type linkEvent struct {
 
 func (l *link) run(ctx context.Context, report func(linkEvent)) {
 	defer l.shipper.Close()
-	hb := l.clock.NewTicker(HeartbeatInterval)
-	defer hb.Stop()
 	up := false
+	// Heartbeats have a goroutine of their own, so that a long ship (a whole epoch
+	// after a resync, a slow disk) never leaves the standby without them: a silent
+	// primary is one the standby takes over.
+	lost := make(chan string, 1)
+	var stopBeats func()
+	defer func() {
+		if stopBeats != nil {
+			stopBeats()
+		}
+	}()
 	down := func(why string) {
+		if stopBeats != nil {
+			stopBeats()
+			stopBeats = nil
+		}
 		l.shipper.Close()
 		up = false
 		report(linkEvent{why: why})
@@ -101,11 +113,24 @@ func (l *link) run(ctx context.Context, report func(linkEvent)) {
 				continue
 			}
 			up = true
+			select { // a loss of the previous connection is old news
+			case <-lost:
+			default:
+			}
+			hctx, cancel := context.WithCancel(ctx)
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				l.heartbeats(hctx, lost)
+			}()
+			stopBeats = func() { cancel(); <-done }
 			report(linkEvent{up: true, why: "connected to standby " + l.addr})
 		}
 		select {
 		case <-ctx.Done():
 			return
+		case why := <-lost:
+			down(why)
 		case <-l.wake:
 			set := l.take()
 			if set == nil {
@@ -115,19 +140,48 @@ func (l *link) run(ctx context.Context, report func(linkEvent)) {
 			if err != nil {
 				report(linkEvent{up: up, err: fmt.Errorf("ship epoch %d: %w", set.Epoch, err)})
 				if errors.Is(err, ship.ErrNotConnected) {
-					down(fmt.Sprintf("lost standby %s: %v", l.addr, err))
+					why := fmt.Sprintf("lost standby %s: %v", l.addr, err)
+					select {
+					case why = <-lost:
+					default:
+					}
+					down(why)
 				}
 				continue
 			}
 			report(linkEvent{up: true, shipped: set.Epoch, stats: l.shipper.LastStats()})
+		}
+	}
+}
+
+// heartbeats sends one every HeartbeatInterval until ctx ends, and reports on lost (and
+// closes the connection, which ends a ship in progress) once a heartbeat cannot be
+// sent or the standby has been silent for longer than the timeout.
+func (l *link) heartbeats(ctx context.Context, lost chan<- string) {
+	hb := l.clock.NewTicker(HeartbeatInterval)
+	defer hb.Stop()
+	fail := func(why string) {
+		l.shipper.Close()
+		select {
+		case lost <- why:
+		default:
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
 		case <-hb.Chan():
 			if err := l.shipper.Heartbeat(ctx); err != nil {
-				down(fmt.Sprintf("lost standby %s: %v", l.addr, err))
-				continue
+				if ctx.Err() == nil {
+					fail(fmt.Sprintf("lost standby %s: %v", l.addr, err))
+				}
+				return
 			}
 			d := watchdog.NewDetector(l.timeout, l.shipper.LastHeard())
 			if d.Expired(l.clock.Now()) {
-				down(fmt.Sprintf("standby %s silent for %s", l.addr, d.Silence(l.clock.Now()).Round(time.Millisecond)))
+				fail(fmt.Sprintf("standby %s silent for %s", l.addr, d.Silence(l.clock.Now()).Round(time.Millisecond)))
+				return
 			}
 		}
 	}

@@ -42,8 +42,9 @@ func (e ExitStatus) Clean() bool { return e.Exited && e.Code == 0 }
 // startProgram runs argv as PID 1 of a new PID namespace, in its own session, placed
 // into the cgroup at clone time, with stdin from /dev/null and stdout/stderr on the
 // given pipes. A new PID namespace means a restore never needs the original host PID
-// to be free; a session of its own means CRIU need not treat it as a shell job.
-func startProgram(argv []string, dir string, env []string, cg *os.File, stdout, stderr *os.File) (int, error) {
+// to be free; a session of its own means CRIU need not treat it as a shell job. enter,
+// when set, forks the program from a thread inside its own network namespace.
+func startProgram(argv []string, dir string, env []string, cg *os.File, stdout, stderr *os.File, enter func(func() error) error) (int, error) {
 	if len(argv) == 0 {
 		return 0, errors.New("no command to run")
 	}
@@ -64,12 +65,21 @@ func startProgram(argv []string, dir string, env []string, cg *os.File, stdout, 
 		attr.UseCgroupFD = true
 		attr.CgroupFD = int(cg.Fd())
 	}
-	proc, err := os.StartProcess(path, argv, &os.ProcAttr{
-		Dir:   dir,
-		Env:   env,
-		Files: []*os.File{devnull, stdout, stderr},
-		Sys:   attr,
-	})
+	var proc *os.Process
+	start := func() (err error) {
+		proc, err = os.StartProcess(path, argv, &os.ProcAttr{
+			Dir:   dir,
+			Env:   env,
+			Files: []*os.File{devnull, stdout, stderr},
+			Sys:   attr,
+		})
+		return err
+	}
+	if enter != nil {
+		err = enter(start)
+	} else {
+		err = start()
+	}
 	if err != nil {
 		return 0, fmt.Errorf("start %q: %w", argv[0], err)
 	}

@@ -3,6 +3,8 @@ package supervisor
 import (
 	"fmt"
 	"time"
+
+	"github.com/ftrun/ftrun/supervisor/gate"
 )
 
 // State is where the supervised program is in its life.
@@ -48,6 +50,12 @@ type Status struct {
 	HealthFailures     int           `json:"health_failures"`
 	Since              time.Time     `json:"since"`
 	StateDir           string        `json:"state_dir"`
+	// With --net: the service address, the program's network namespace (a path
+	// nsenter --net= takes), when output may leave, and what the gate holds.
+	Addr   string      `json:"addr,omitempty"`
+	NetNS  string      `json:"netns,omitempty"`
+	Commit string      `json:"commit,omitempty"`
+	Held   *gate.Stats `json:"held,omitempty"`
 }
 
 // Lag is how many epochs the standby is behind (0 without a standby).

@@ -16,6 +16,8 @@ import (
 	"github.com/jonboulle/clockwork"
 
 	"github.com/ftrun/ftrun/checkpoint"
+	"github.com/ftrun/ftrun/supervisor/gate"
+	"github.com/ftrun/ftrun/supervisor/netplace"
 	"github.com/ftrun/ftrun/transport/ship"
 	"github.com/ftrun/ftrun/watchdog"
 )
@@ -90,6 +92,13 @@ type Config struct {
 	Sync []string
 	// MetricsAddr serves Prometheus metrics at /metrics ("" for none).
 	MetricsAddr string
+	// Net places the program in its own network namespace with a service address
+	// (nil: the program shares ftrun's network). Commit says when its output may leave.
+	Net    *netplace.Spec
+	Commit CommitMode
+	// Failover marks a supervisor that takes over from a dead primary: its first
+	// restore keeps the program's TCP connections, since no peer saw the program die.
+	Failover bool
 }
 
 // event is anything the loop reacts to; every goroutine reports through one channel so
@@ -152,6 +161,11 @@ type Supervisor struct {
 	// when each epoch's checkpoint started, until the standby acks it
 	ckptStart  map[uint64]time.Time
 	commitLats []time.Duration // recent checkpoint-start -> standby-ack latencies
+	// the program's own network (--net) and the gate that holds its output
+	place    *netplace.Place
+	gate     gate.Gate
+	dumpLock *gate.DumpLock
+	linkUp   bool
 }
 
 // New checks the configuration and fills in defaults.
@@ -192,6 +206,16 @@ func New(cfg Config) (*Supervisor, error) {
 	if cfg.Env == nil {
 		cfg.Env = os.Environ()
 	}
+	if cfg.Net != nil {
+		if err := cfg.Net.Validate(); err != nil {
+			return nil, err
+		}
+	}
+	commit, err := resolveCommit(cfg.Commit, cfg.Net != nil, cfg.Standby != "")
+	if err != nil {
+		return nil, err
+	}
+	cfg.Commit = commit
 	abs, err := filepath.Abs(cfg.StateDir)
 	if err != nil {
 		return nil, err
@@ -223,7 +247,10 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 
 	s.startedAt = s.clock.Now()
 	s.st = Status{Service: s.cfg.Name, Role: "primary", State: StateStarting, Protection: "local checkpoints",
-		Command: s.cfg.Command, Since: s.startedAt, StateDir: s.cfg.StateDir}
+		Command: s.cfg.Command, Since: s.startedAt, StateDir: s.cfg.StateDir, Commit: string(s.cfg.Commit)}
+	if s.cfg.Net != nil {
+		s.st.Addr = s.cfg.Net.Addr.String()
+	}
 
 	if err := s.serveControl(); err != nil {
 		return err
@@ -295,6 +322,13 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 			if s.alive {
 				s.tryCheckpoint(false)
 			}
+		case <-s.pressured():
+			// Held output nears the gate's bound: commit an epoch now rather than let
+			// the kernel drop the program's packets.
+			if s.alive {
+				s.log.Debug("output gate nearly full: checkpointing early")
+				s.tryCheckpoint(false)
+			}
 		case <-wdog:
 			s.pingWatchdog()
 		case <-s.retryChan():
@@ -357,6 +391,11 @@ func (s *Supervisor) open() error {
 }
 
 func (s *Supervisor) close() {
+	if s.alive {
+		s.leaveNet()
+	} else {
+		s.dropNet()
+	}
 	s.outW.Close()
 	s.errW.Close()
 	// Children of the program may still hold the write ends; closing the read ends
@@ -413,6 +452,13 @@ func (s *Supervisor) boot() error {
 	}
 	switch d.Action {
 	case BootAdopt:
+		if err := s.placeNet(rec.Pid); err != nil {
+			s.log.Error("cannot take back the running program's network; restoring it instead", "err", err)
+			if err := s.killAll(); err != nil {
+				return err
+			}
+			return s.carryOut(s.ladder.Failed(s.candidates(), "the running program's network could not be adopted"))
+		}
 		s.adopt(rec)
 		return nil
 	case BootRestore:
@@ -510,6 +556,7 @@ func (s *Supervisor) handle(ev event) error {
 		s.synced(ev.set, ev.err)
 	case "link":
 		s.linkChanged(ev.link)
+		s.releaseOutput()
 	}
 	return nil
 }
@@ -517,6 +564,7 @@ func (s *Supervisor) handle(ev event) error {
 // linkChanged follows the standby link: whether the program is protected by a
 // standby, and how far the standby is behind.
 func (s *Supervisor) linkChanged(ev linkEvent) {
+	s.linkUp = ev.up
 	if ev.shipped > 0 {
 		s.metrics.shipped.Add(float64(ev.stats.Bytes))
 		s.metrics.standbyEp.Set(float64(ev.shipped))
@@ -602,12 +650,13 @@ func (s *Supervisor) synced(set checkpoint.Set, err error) {
 	} else {
 		s.durable = set.Epoch
 		s.st.DurableEpoch = set.Epoch
-		if dropped, err := s.store.Prune(s.cfg.Keep, s.durable); err != nil {
+		if dropped, err := s.store.Prune(s.cfg.Keep, s.durable, s.st.StandbyEpoch); err != nil {
 			s.log.Warn("prune old checkpoints", "err", err)
 		} else if len(dropped) > 0 {
 			s.log.Debug("pruned old checkpoints", "count", len(dropped))
 		}
 	}
+	s.releaseOutput()
 	if next := s.syncNext; next != nil {
 		s.syncNext = nil
 		s.syncLater(*next)
@@ -716,7 +765,11 @@ func (s *Supervisor) carryOut(a Attempt) error {
 		var err error
 		switch a.Rung {
 		case RungRestore:
-			err = s.restore(a.Epoch, true)
+			// Only a standby's first restore keeps TCP connections, and only when the
+			// program's address moved with it (--net): after a crash here its peers saw
+			// its sockets die, and without its own address a connection cannot be bound.
+			first := s.st.Restores == 0 && s.st.FreshStarts == 0
+			err = s.restore(a.Epoch, !(s.cfg.Failover && first && s.cfg.Net != nil))
 		case RungFresh:
 			err = s.fresh()
 		}
@@ -753,7 +806,13 @@ func (s *Supervisor) fresh() error {
 		return err
 	}
 	defer cg.Close()
-	pid, err := startProgram(s.cfg.Command, s.cfg.WorkDir, s.cfg.Env, cg, s.outW, s.errW)
+	if err := s.placeNet(0); err != nil {
+		return err
+	}
+	if err := s.connectNet(1); err != nil {
+		return err
+	}
+	pid, err := startProgram(s.cfg.Command, s.cfg.WorkDir, s.cfg.Env, cg, s.outW, s.errW, s.enter())
 	if err != nil {
 		return err
 	}
@@ -797,9 +856,23 @@ func (s *Supervisor) restore(epoch uint64, local bool) error {
 		return err
 	}
 	defer os.RemoveAll(work)
+	if err := s.placeNet(0); err != nil {
+		return err
+	}
 	start := s.clock.Now()
-	pid, err := s.cfg.Criu.Restore(checkpoint.Options{ImagesDir: dir, WorkDir: work, TCPEstablished: true, TCPClose: local, Inherit: inherit})
+	pid, err := s.cfg.Criu.Restore(checkpoint.Options{ImagesDir: dir, WorkDir: work, TCPEstablished: true, TCPClose: local, Inherit: inherit,
+		Enter: s.enter(), LockWithIptables: s.gate != nil})
 	if err != nil {
+		return err
+	}
+	// Only now, with the sockets back, may the LAN reach the namespace. When the
+	// address moved hosts, tell the switch and the clients' neighbour caches now,
+	// and again in case the first announcement is lost.
+	announce := 3
+	if local {
+		announce = 1
+	}
+	if err := s.connectNet(announce); err != nil {
 		return err
 	}
 	s.st.Restores++
@@ -870,14 +943,33 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 	start := s.clock.Now()
 	var synced []checkpoint.SyncedFile
 	var postDump func() error
-	if s.stateFiles != nil {
+	if s.stateFiles != nil || s.gate != nil {
 		postDump = func() (err error) {
-			synced, err = s.stateFiles.capture(pending.Dir, s.lastManifest, s.lastSetDir)
+			// The program is frozen: whatever it sent so far is explained by this
+			// epoch, whatever it sends later by a later one.
+			if s.gate != nil {
+				s.gate.Cut(epoch)
+			}
+			if s.stateFiles != nil {
+				synced, err = s.stateFiles.capture(pending.Dir, s.lastManifest, s.lastSetDir)
+			}
 			return err
 		}
 	}
-	stats, err := s.cfg.Criu.Dump(checkpoint.Options{ImagesDir: pending.Dir, Pid: s.pid, LeaveRunning: !final,
-		TCPEstablished: true, Timeout: s.cfg.CriuTimeout, PostDump: postDump})
+	opts := checkpoint.Options{ImagesDir: pending.Dir, Pid: s.pid, LeaveRunning: !final,
+		TCPEstablished: true, Timeout: s.cfg.CriuTimeout, PostDump: postDump, Enter: s.enter()}
+	if s.dumpLock != nil {
+		// ftrun holds the program's incoming TCP still itself, queued rather than
+		// dropped (see gate.DumpLock), from CRIU's start until it lets the program go.
+		opts.NetworkLockSkip = true
+		opts.PreDump = s.dumpLock.Lock
+	}
+	stats, err := s.cfg.Criu.Dump(opts)
+	if s.dumpLock != nil {
+		if uerr := s.dumpLock.Unlock(); uerr != nil {
+			s.log.Error("let in the program's incoming TCP after the dump", "err", uerr)
+		}
+	}
 	if err != nil {
 		if s.keepFailedLog(pending.Dir) {
 			err = fmt.Errorf("%w (CRIU log: %s)", err, s.state.path(failedDumpLog))
@@ -886,7 +978,7 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 		return 0, s.checkpointFailed(epoch, err)
 	}
 	m := &checkpoint.Manifest{Created: s.clock.Now(), Service: s.cfg.Name, Command: s.cfg.Command, Pid: s.pid, External: ext, Stats: stats,
-		Synced: synced}
+		Synced: synced, Net: placementOf(s.cfg.Net)}
 	if s.stateFiles != nil {
 		m.SyncRoots = s.stateFiles.roots
 	}
@@ -971,6 +1063,7 @@ func (s *Supervisor) keepFailedLog(dir string) bool {
 }
 
 func (s *Supervisor) status() Status {
+	s.gateStats()
 	st := s.st
 	if !st.LastCheckpoint.IsZero() {
 		st.LastCheckpointAge = s.clock.Since(st.LastCheckpoint)
@@ -1006,6 +1099,7 @@ func (s *Supervisor) fence() error {
 	if err := s.cg.Freeze(); err != nil {
 		s.log.Error("freeze", "err", err)
 	}
+	s.dropNet() // held output dies with the gate
 	if err := s.killAll(); err != nil {
 		s.log.Error("kill fenced program", "err", err)
 	}

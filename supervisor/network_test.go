@@ -1,0 +1,54 @@
+package supervisor
+
+import "testing"
+
+func TestResolveCommit(t *testing.T) {
+	for _, c := range []struct {
+		mode         CommitMode
+		net, standby bool
+		want         CommitMode
+		wantErr      bool
+	}{
+		{"", true, true, CommitStandby, false},
+		{"", true, false, CommitOff, false},
+		{"", false, true, CommitOff, false},
+		{CommitLocal, true, false, CommitLocal, false},
+		{CommitLocal, false, false, "", true},
+		{CommitStandby, true, false, "", true},
+		{CommitStandby, false, true, "", true},
+		{CommitOff, false, false, CommitOff, false},
+	} {
+		got, err := resolveCommit(c.mode, c.net, c.standby)
+		if got != c.want || (err != nil) != c.wantErr {
+			t.Errorf("resolveCommit(%q, net=%v, standby=%v) = %q, %v; want %q, error %v", c.mode, c.net, c.standby, got, err, c.want, c.wantErr)
+		}
+	}
+}
+
+func TestReleaseTarget(t *testing.T) {
+	for _, c := range []struct {
+		mode           CommitMode
+		up             bool
+		acked, durable uint64
+		want           uint64
+	}{
+		{CommitStandby, true, 4, 7, 4},  // only what the standby holds
+		{CommitStandby, false, 4, 7, 7}, // standby gone: unprotected, local durability
+		{CommitLocal, true, 4, 7, 7},
+		{CommitLocal, false, 0, 0, 0},
+		{CommitOff, true, 4, 7, 0},
+	} {
+		if got := releaseTarget(c.mode, c.up, c.acked, c.durable); got != c.want {
+			t.Errorf("releaseTarget(%q, up=%v, acked=%d, durable=%d) = %d, want %d", c.mode, c.up, c.acked, c.durable, got, c.want)
+		}
+	}
+}
+
+func TestParseCommitMode(t *testing.T) {
+	if _, err := ParseCommitMode("remote"); err == nil {
+		t.Fatal("ParseCommitMode accepted a mode that does not exist")
+	}
+	if m, err := ParseCommitMode("local"); err != nil || m != CommitLocal {
+		t.Fatalf("ParseCommitMode(local) = %q, %v", m, err)
+	}
+}
