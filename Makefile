@@ -41,10 +41,10 @@ SHELL := /bin/bash
 integration: build
 	$(GO) test -race -count=1 -timeout 30m -v ./integration/ 2>&1 | tee /tmp/ftrun-integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+[a-z_]+_test.go)' ; exit $${PIPESTATUS[0]}
 
-# Benchmarks print each figure next to its baseline measured in the same run.
+# Benchmarks: every figure next to its baseline measured in the same run, written to a
+# report folder (Markdown, SVG plots, results.json). BENCH_FLAGS=--quick for the short run.
 bench: setup build
-	$(GO) test -run '^$$' -bench . -benchtime 10x -timeout 30m ./integration/
-	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 10m ./checkpoint/delta/
+	./$(BIN) bench $(BENCH_FLAGS)
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzReader -fuzztime 30s ./transport/frame/

@@ -24,6 +24,7 @@ import (
 	"github.com/ftrun/ftrun/checkpoint"
 	"github.com/ftrun/ftrun/contrib/demo"
 	"github.com/ftrun/ftrun/supervisor"
+	"github.com/ftrun/ftrun/supervisor/netplace"
 	"github.com/ftrun/ftrun/transport/auth"
 	"github.com/ftrun/ftrun/watchdog"
 )
@@ -48,7 +49,7 @@ func main() {
 			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json", EnvVars: []string{"FTRUN_LOG_FORMAT"}},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"FTRUN_LOG_LEVEL"}},
 		},
-		Commands:       []*cli.Command{runCmd(), checkCmd(), statusCmd(), checkpointCmd(), restoreCmd(), keygenCmd(), standbyCmd(), demoCmd()},
+		Commands:       []*cli.Command{runCmd(), checkCmd(), statusCmd(), checkpointCmd(), restoreCmd(), keygenCmd(), standbyCmd(), demoCmd(), benchCmd()},
 		ExitErrHandler: func(c *cli.Context, err error) {},
 	}
 	if err := app.Run(os.Args); err != nil {
@@ -134,6 +135,12 @@ func runCmd() *cli.Command {
 			&cli.StringSliceFlag{Name: "sync", Usage: "a state file or directory of the program: captured with every checkpoint (and streamed to the standby), put back before every restore (repeatable)", EnvVars: env("SYNC")},
 			&cli.StringFlag{Name: "metrics", Usage: "ADDR (e.g. :9464) to serve Prometheus metrics on, at /metrics", EnvVars: env("METRICS")},
 			&cli.BoolFlag{Name: "no-sync", Hidden: true, Usage: "skip fsync of checkpoints (benchmarks only)", EnvVars: env("NO_SYNC")},
+			&cli.BoolFlag{Name: "net", Usage: "run the program in its own network namespace, on a veth attached to --bridge, serving --addr", EnvVars: env("NET")},
+			&cli.StringFlag{Name: "addr", Usage: "with --net: the service address, CIDR (e.g. 198.18.5.100/24)", EnvVars: env("ADDR")},
+			&cli.StringFlag{Name: "mac", Usage: "with --net: the service MAC (default: derived from --name, so a standby uses the same one)", EnvVars: env("MAC")},
+			bridgeFlag(),
+			&cli.StringFlag{Name: "gateway", Usage: "with --net: default route of the program's namespace", EnvVars: env("GATEWAY")},
+			&cli.StringFlag{Name: "commit", Usage: "when the program's output may leave: standby (once the standby holds the epoch that explains it; default with --net and --standby), local (once that epoch is on local disk) or off", EnvVars: env("COMMIT")},
 		},
 		Action: func(c *cli.Context) error {
 			log, err := newLogger(c)
@@ -189,9 +196,18 @@ func runCmd() *cli.Command {
 			if arb != nil {
 				defer arb.Close()
 			}
+			netSpec, err := netFromFlags(c, name)
+			if err != nil {
+				return err
+			}
+			commit, err := supervisor.ParseCommitMode(c.String("commit"))
+			if err != nil {
+				return usage("%v", err)
+			}
 			host, _ := os.Hostname()
 			wd, _ := os.Getwd()
 			sup, err := supervisor.New(supervisor.Config{
+				Net: netSpec, Commit: commit,
 				Standby: c.String("standby"), StandbyTLS: standbyTLS, Arbiter: arb, Node: host, Sync: c.StringSlice("sync"), MetricsAddr: c.String("metrics"),
 				Name: name, Command: argv, WorkDir: wd, StateDir: stateDir,
 				Interval: c.Duration("interval"), Keep: c.Int("keep"), Restart: restart,
@@ -215,6 +231,28 @@ func runCmd() *cli.Command {
 			return err
 		},
 	}
+}
+
+func bridgeFlag() cli.Flag {
+	return &cli.StringFlag{Name: "bridge", Value: "br0", Usage: "with --net: the host's bridge on the clients' network, which the program's veth joins", EnvVars: env("BRIDGE")}
+}
+
+// netFromFlags reads --net, --addr, --mac, --bridge and --gateway.
+func netFromFlags(c *cli.Context, name string) (*netplace.Spec, error) {
+	if !c.Bool("net") {
+		for _, f := range []string{"addr", "mac", "gateway"} {
+			if c.IsSet(f) {
+				return nil, usage("--%s needs --net", f)
+			}
+		}
+		return nil, nil
+	}
+	spec, err := netplace.ParseSpec(name, c.String("addr"), c.String("mac"), c.String("bridge"), c.String("gateway"))
+	if err != nil {
+		return nil, usage("%v", err)
+	}
+	spec.MAC = spec.HardwareAddr()
+	return &spec, nil
 }
 
 func healthFromFlags(c *cli.Context) (*supervisor.Health, error) {
@@ -273,6 +311,8 @@ func standbyCmd() *cli.Command {
 			&cli.DurationFlag{Name: "takeover-timeout", Value: supervisor.HeartbeatTimeout, Usage: "silence of a primary after which this standby restores its program here", EnvVars: env("TAKEOVER_TIMEOUT")},
 			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "checkpoint interval of a program after take-over", EnvVars: env("INTERVAL")},
 			arbiterFlag(),
+			bridgeFlag(),
+			&cli.StringFlag{Name: "metrics", Usage: "ADDR (e.g. :9465) to serve Prometheus metrics on, one series per service, at /metrics", EnvVars: env("METRICS")},
 		},
 		Action: func(c *cli.Context) error {
 			log, err := newLogger(c)
@@ -296,6 +336,7 @@ func standbyCmd() *cli.Command {
 			return supervisor.RunStandby(ctx, supervisor.StandbyConfig{
 				Listen: c.String("listen"), StateDir: c.String("state-dir"), TLS: keys.Server(), Host: host,
 				Timeout: c.Duration("takeover-timeout"), Interval: c.Duration("interval"), Log: log, Arbiter: arb,
+				Bridge: c.String("bridge"), MetricsAddr: c.String("metrics"),
 			})
 		},
 	}
@@ -451,6 +492,15 @@ func printStatus(st supervisor.Status) {
 		rows = append(rows, [2]string{"standby", st.Peer},
 			[2]string{"standby epoch", fmt.Sprintf("%d (lag %d)", st.StandbyEpoch, st.Lag())},
 			[2]string{"last shipped", fmt.Sprintf("%s (full: %v)", humanBytes(st.LastShippedBytes), st.LastShipFull)})
+	}
+	if st.Addr != "" {
+		rows = append(rows, [2]string{"address", st.Addr + " (own network namespace: nsenter --net=" + st.NetNS + ")"})
+	}
+	if st.Commit != "" {
+		rows = append(rows, [2]string{"output commit", st.Commit})
+	}
+	if h := st.Held; h != nil {
+		rows = append(rows, [2]string{"held output", fmt.Sprintf("%d packets, %s, oldest %s", h.HeldPackets, humanBytes(h.HeldBytes), h.OldestAge.Round(time.Millisecond))})
 	}
 	if st.LastError != "" {
 		rows = append(rows, [2]string{"last error", st.LastError})

@@ -1,0 +1,267 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+)
+
+// EpochLatency is the reply latency behind the gate at one epoch length.
+type EpochLatency struct {
+	Interval   string    `json:"interval"`
+	IntervalMs float64   `json:"interval_ms"`
+	FrozenMs   float64   `json:"frozen_ms"`
+	RTTMs      float64   `json:"standby_rtt_ms"`
+	LatMs      []float64 `json:"latency_ms"`
+}
+
+// Bound is the latency the Output Rule adds at best: a request waits on average half an
+// epoch for the next checkpoint, then the frozen time, then one round trip to the
+// standby.
+func (e EpochLatency) Bound() float64 { return e.IntervalMs/2 + e.FrozenMs + e.RTTMs }
+
+// Throughput is closed-loop requests per second with some clients at once.
+type Throughput struct {
+	Clients int     `json:"clients"`
+	Ftrun   float64 `json:"ftrun_per_second"`
+	Bare    float64 `json:"bare_per_second"`
+}
+
+// OutputResult is what the output-commit scenario measured.
+type OutputResult struct {
+	Rate       int            `json:"requests_per_second"`
+	BareLatMs  []float64      `json:"bare_latency_ms"`
+	Epochs     []EpochLatency `json:"epochs"`
+	Throughput []Throughput   `json:"throughput"`
+}
+
+// Output measures what the Output Rule costs a client: reply latency behind the gate
+// (`--commit standby`) at several epoch lengths, next to the bound epoch/2 + frozen time
+// + one standby round trip and to a bare redis; and closed-loop throughput with 1, 10
+// and 50 clients, with and without ftrun.
+func Output(ctx context.Context, env Env) (sec Section, err error) {
+	intervals := []time.Duration{20 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond}
+	window, tpWindow, rate := 8*time.Second, 5*time.Second, 50
+	if env.Quick {
+		intervals = []time.Duration{50 * time.Millisecond, 100 * time.Millisecond}
+		window, tpWindow = 3*time.Second, 2*time.Second
+	}
+	const tpInterval = 100 * time.Millisecond
+	res := OutputResult{Rate: rate}
+	sec = Section{About: fmt.Sprintf("redis-server (10 MB of data) under `ftrun run --net --standby --commit standby` on a primary host, "+
+		"`ftrun standby` on a second host, a client on a third. Latency: the client sends SETs on one connection at %d a second for %s "+
+		"(pipelined), once per `--interval`; the bound is interval/2 + the frozen time of a checkpoint + one TCP round trip to the standby "+
+		"(all measured in the same run); the baseline is a bare redis-server on the primary host. Throughput: 1, 10 and 50 clients, each on "+
+		"its own connection sending SETs one at a time for %s, against redis under ftrun (interval %s) and against the bare redis.",
+		rate, window, tpWindow, tpInterval)}
+	defer func() { outputReport(&sec, res) }()
+	keys, err := env.Keys()
+	if err != nil {
+		return sec, err
+	}
+
+	// Baseline: a bare redis on the primary host of its own network.
+	hosts, err := env.Hosts(2)
+	if err != nil {
+		return sec, err
+	}
+	data, err := env.Dir("redis-bare")
+	if err != nil {
+		return sec, err
+	}
+	bare, err := env.Start("redis-bare", hosts[0].NS(), RedisArgs("0.0.0.0", 6379, data)...)
+	if err != nil {
+		return sec, err
+	}
+	defer bare.Stop(10 * time.Second)
+	bareAddr := net.JoinHostPort(hosts[0].Addr, "6379")
+	if _, _, err := WaitRedis(ctx, hosts[1].NS(), bareAddr); err != nil {
+		return sec, err
+	}
+	if err := Populate(ctx, hosts[1].NS(), bareAddr, 10); err != nil {
+		return sec, err
+	}
+	_, lat, err := OpenLoop(hosts[1].NS(), bareAddr, rate, window)
+	if err != nil {
+		return sec, fmt.Errorf("bare redis: %w", err)
+	}
+	for _, l := range lat {
+		res.BareLatMs = append(res.BareLatMs, Ms(l))
+	}
+	bareTP := map[int]float64{}
+	for _, n := range []int{1, 10, 50} {
+		if bareTP[n], err = ClosedLoop(hosts[1].NS(), bareAddr, n, tpWindow); err != nil {
+			return sec, fmt.Errorf("bare redis, %d clients: %w", n, err)
+		}
+	}
+	env.Logf("bare redis: p50 %.1f ms, p99 %.1f ms; %.0f / %.0f / %.0f requests/s with 1 / 10 / 50 clients",
+		Percentile(res.BareLatMs, 50), Percentile(res.BareLatMs, 99), bareTP[1], bareTP[10], bareTP[50])
+
+	for _, iv := range intervals {
+		e, tp, err := outputRun(ctx, env, keys, iv, rate, window, tpWindow, iv == tpInterval)
+		if len(e.LatMs) > 0 {
+			res.Epochs = append(res.Epochs, e)
+		}
+		for _, t := range tp {
+			t.Bare = bareTP[t.Clients]
+			res.Throughput = append(res.Throughput, t)
+		}
+		if err != nil {
+			return sec, fmt.Errorf("--interval %s: %w", iv, err)
+		}
+		env.Logf("--interval %s: p50 %.1f ms, p99 %.1f ms (bound %.1f ms)", iv, Percentile(e.LatMs, 50), Percentile(e.LatMs, 99), e.Bound())
+	}
+	return sec, nil
+}
+
+func outputRun(ctx context.Context, env Env, keys string, iv time.Duration, rate int, window, tpWindow time.Duration, throughput bool) (EpochLatency, []Throughput, error) {
+	e := EpochLatency{Interval: iv.String(), IntervalMs: Ms(iv)}
+	g, err := startGatedRedis(ctx, env, keys, fmt.Sprintf("out%d", iv.Milliseconds()), "standby", iv.String())
+	if err != nil {
+		return e, nil, err
+	}
+	defer g.stop()
+	if e.RTTMs, err = connectRTT(g.net.Primary.NS(), net.JoinHostPort(g.net.Standby.Addr, "7946")); err != nil {
+		return e, nil, err
+	}
+	_, lat, err := OpenLoop(g.net.Client.NS(), g.addr, rate, window)
+	for _, l := range lat {
+		e.LatMs = append(e.LatMs, Ms(l))
+	}
+	if st, serr := g.svc.Status(); serr == nil {
+		e.FrozenMs = Ms(st.LastFrozen)
+	}
+	if err != nil {
+		return e, nil, errors.Join(err, g.check())
+	}
+	var tps []Throughput
+	if throughput {
+		for _, n := range []int{1, 10, 50} {
+			v, err := ClosedLoop(g.net.Client.NS(), g.addr, n, tpWindow)
+			if err != nil {
+				return e, tps, fmt.Errorf("%d clients: %w", n, err)
+			}
+			tps = append(tps, Throughput{Clients: n, Ftrun: v})
+		}
+	}
+	return e, tps, g.check()
+}
+
+// connectRTT is the median time of five TCP handshakes from ns to addr: one round trip.
+func connectRTT(ns, addr string) (float64, error) {
+	var rtts []float64
+	for i := 0; i < 5; i++ {
+		t := time.Now()
+		c, err := DialIn(ns, addr, 2*time.Second)
+		if err != nil {
+			return 0, fmt.Errorf("round trip to %s: %w", addr, err)
+		}
+		rtts = append(rtts, Ms(time.Since(t)))
+		c.Close()
+	}
+	return Median(rtts), nil
+}
+
+// ClosedLoop runs n clients, each on its own connection sending SETs one at a time,
+// for d, and returns the answers per second of all of them together. Its goroutines
+// are owned and awaited here.
+func ClosedLoop(ns, addr string, n int, d time.Duration) (float64, error) {
+	// Dial all at once: behind the gate each handshake waits for an epoch.
+	conns := make([]*RESP, n)
+	dialErrs := make([]error, n)
+	var dials sync.WaitGroup
+	for i := range conns {
+		dials.Add(1)
+		go func() {
+			defer dials.Done()
+			conns[i], dialErrs[i] = DialRedis(ns, addr, 5*time.Second)
+		}()
+	}
+	dials.Wait()
+	if err := errors.Join(dialErrs...); err != nil {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+		return 0, err
+	}
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		total int
+		errs  []error
+	)
+	start := time.Now()
+	deadline := start.Add(d)
+	for i, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer c.Close()
+			k := 0
+			for time.Now().Before(deadline) {
+				if _, err := c.Do(20*time.Second, "SET", KeyName(fmt.Sprintf("tp%d:", i), k), "x"); err != nil {
+					mu.Lock()
+					errs = append(errs, fmt.Errorf("client %d: %w", i, err))
+					mu.Unlock()
+					return
+				}
+				k++
+			}
+			mu.Lock()
+			total += k
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return float64(total) / time.Since(start).Seconds(), errors.Join(errs...)
+}
+
+// outputReport fills the section from what was measured (pure).
+func outputReport(sec *Section, res OutputResult) {
+	sec.Raw = res
+	if len(res.Epochs) > 0 {
+		t := Table{Title: "Reply latency behind the gate", Header: []string{"--interval", "p50", "p99", "bound (interval/2 + frozen + RTT)", "frozen", "standby RTT", "bare redis p50 / p99"}}
+		bound := Series{Name: "bound: interval/2 + frozen + RTT"}
+		p50 := Series{Name: "p50 behind the gate"}
+		p99 := Series{Name: "p99 behind the gate"}
+		bareP50, bareP99 := Percentile(res.BareLatMs, 50), Percentile(res.BareLatMs, 99)
+		bare := Series{Name: "bare redis p50"}
+		for _, e := range res.Epochs {
+			t.Rows = append(t.Rows, []string{e.Interval, FormatValue(Percentile(e.LatMs, 50), "ms"), FormatValue(Percentile(e.LatMs, 99), "ms"),
+				FormatValue(e.Bound(), "ms"), FormatValue(e.FrozenMs, "ms"), FormatValue(e.RTTMs, "ms"),
+				FormatValue(bareP50, "ms") + " / " + FormatValue(bareP99, "ms")})
+			p50.Points = append(p50.Points, Point{X: e.IntervalMs, Y: Percentile(e.LatMs, 50)})
+			p99.Points = append(p99.Points, Point{X: e.IntervalMs, Y: Percentile(e.LatMs, 99)})
+			bound.Points = append(bound.Points, Point{X: e.IntervalMs, Y: e.Bound()})
+			bare.Points = append(bare.Points, Point{X: e.IntervalMs, Y: bareP50})
+			sec.Figures = append(sec.Figures, Figure{Name: fmt.Sprintf("reply latency p50 behind the gate, --interval %s", e.Interval),
+				Value: Percentile(e.LatMs, 50), Baseline: e.Bound(), Unit: "ms", BaselineName: "bound interval/2 + frozen + RTT"})
+		}
+		sec.Tables = append(sec.Tables, t)
+		sec.Plots = append(sec.Plots, NamedPlot{File: "output-latency-vs-epoch.svg", Plot: Plot{
+			Title: "Reply latency behind the output gate vs epoch length", XLabel: "epoch length --interval (ms)", YLabel: "reply latency (ms)",
+			YLog: true, Series: []Series{p50, p99, bound, bare}}})
+	}
+	if len(res.Throughput) > 0 {
+		t := Table{Title: "Throughput, closed loop", Header: []string{"clients", "with ftrun (gate, --commit standby)", "bare redis", "ratio"}}
+		var with, without Series
+		with.Name, without.Name = "redis under ftrun, behind the gate", "bare redis"
+		for _, tp := range res.Throughput {
+			t.Rows = append(t.Rows, []string{fmt.Sprint(tp.Clients), fmt.Sprintf("%.0f req/s", tp.Ftrun), fmt.Sprintf("%.0f req/s", tp.Bare),
+				fmt.Sprintf("%.3f", Ratio(tp.Ftrun, tp.Bare))})
+			with.Points = append(with.Points, Point{X: float64(tp.Clients), Y: tp.Ftrun})
+			without.Points = append(without.Points, Point{X: float64(tp.Clients), Y: tp.Bare})
+			sec.Figures = append(sec.Figures, Figure{Name: fmt.Sprintf("throughput, %d client(s), behind the gate", tp.Clients),
+				Value: tp.Ftrun, Baseline: tp.Bare, Unit: "req/s", BaselineName: "bare redis"})
+		}
+		sec.Tables = append(sec.Tables, t)
+		sec.Plots = append(sec.Plots, NamedPlot{File: "output-throughput.svg", Plot: Plot{
+			Title: "Closed-loop throughput with and without ftrun", XLabel: "concurrent clients", YLabel: "requests per second",
+			XLog: true, YLog: true, Series: []Series{with, without}}})
+	}
+}
