@@ -2,6 +2,7 @@ package integration
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"strings"
 	"sync/atomic"
@@ -27,6 +28,9 @@ var netSeq atomic.Int32
 func hostNet(t *testing.T, n int) []host {
 	t.Helper()
 	requiresRoot(t, "ip", "nsenter")
+	// Test processes that run at the same time must not share names: start each one's
+	// numbering somewhere of its own.
+	netSeq.CompareAndSwap(0, int32(os.Getpid()%60)*4)
 	id := netSeq.Add(1)
 	br := fmt.Sprintf("ftbr%d", id)
 	run(t, "ip", "link", "add", br, "type", "bridge")
@@ -39,6 +43,9 @@ func hostNet(t *testing.T, n int) []host {
 		run(t, "ip", "netns", "add", h.name)
 		t.Cleanup(func() { exec.Command("ip", "netns", "del", h.name).Run() })
 		run(t, "ip", "link", "add", veth, "type", "veth", "peer", "name", peer)
+		// A namespace outlives its deletion while a closing socket in it still holds
+		// it; deleting this end removes the pair at once either way.
+		t.Cleanup(func() { exec.Command("ip", "link", "del", peer).Run() })
 		run(t, "ip", "link", "set", peer, "master", br, "up")
 		run(t, "ip", "link", "set", veth, "netns", h.name)
 		h.ip(t, "link", "set", "lo", "up")

@@ -2,7 +2,9 @@ package integration
 
 import (
 	"bufio"
+	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -16,7 +18,21 @@ import (
 // scrape reads one Prometheus text exposition into series -> value.
 func scrape(t *testing.T, url string) map[string]float64 {
 	t.Helper()
-	resp, err := http.Get(url)
+	return scrapeWith(t, http.DefaultClient, url)
+}
+
+// scrapeIn scrapes url from inside host h.
+func scrapeIn(t *testing.T, h host, url string) map[string]float64 {
+	t.Helper()
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) { return dialIn(h, addr, 2*time.Second) },
+	}}
+	return scrapeWith(t, c, url)
+}
+
+func scrapeWith(t *testing.T, c *http.Client, url string) map[string]float64 {
+	t.Helper()
+	resp, err := c.Get(url)
 	if err != nil {
 		t.Fatalf("scrape %s: %v", url, err)
 	}

@@ -208,7 +208,9 @@ func TestFailoverToStandby(t *testing.T) {
 	requiresRoot(t, "ruby")
 	name := "it-failover"
 	pr, _ := newPair(t, name, 0)
-	pr.startStandby(t)
+	pr.startStandby(t, "--metrics", pr.standby.addr+":9465")
+	metricsURL := "http://" + pr.standby.addr + ":9465/metrics"
+	series := func(m map[string]float64, metric string) float64 { return m[metric+`{service="`+name+`"}`] }
 	standbyState := pr.state
 	script, out := writeCounter(t)
 	p := pr.run(t, name, "--", "ruby", script, out)
@@ -220,6 +222,12 @@ func TestFailoverToStandby(t *testing.T) {
 		!strings.Contains(string(out), name) || !strings.Contains(string(out), "standby") || !strings.Contains(string(out), "connected") ||
 		strings.Contains(string(out), "cannot fail over") {
 		t.Errorf("standby status before failover: %v\n%s", err, out)
+	}
+	// The standby's metrics, per service: held and connected, not live.
+	m := scrapeIn(t, pr.standby, metricsURL)
+	if series(m, "ftrun_standby_committed_epoch") < 8 || series(m, "ftrun_standby_primary_connected") != 1 ||
+		series(m, "ftrun_standby_live") != 0 || series(m, "ftrun_standby_received_bytes_total") == 0 {
+		t.Errorf("standby metrics before failover: %v", m)
 	}
 	// The primary host dies: ftrun and the program together.
 	p.kill9()
@@ -255,6 +263,11 @@ func TestFailoverToStandby(t *testing.T) {
 	if out, err := exec.Command(ftrunBin, "status", "--state-dir", standbyState).CombinedOutput(); err != nil ||
 		!strings.Contains(string(out), "live") || !strings.Contains(string(out), "disconnected") {
 		t.Errorf("standby status after failover: %v\n%s", err, out)
+	}
+	// The failover shows in the standby's metrics.
+	m = scrapeIn(t, pr.standby, metricsURL)
+	if series(m, "ftrun_failovers_total") != 1 || series(m, "ftrun_standby_live") != 1 || series(m, "ftrun_standby_primary_connected") != 0 {
+		t.Errorf("standby metrics after failover: %v", m)
 	}
 	// The live program is checkpointed again on the standby.
 	liveSets := filepath.Join(standbyState, name, "live", supervisor.CheckpointsDir)
