@@ -58,7 +58,7 @@ func StartWriter(ns, addr, prefix string, rate int, stop <-chan struct{}) <-chan
 	go func() {
 		w := &Writes{}
 		defer func() { out <- w }()
-		c, err := DialRedis(ns, addr, time.Second)
+		c, err := DialRedis(ns, addr, 5*time.Second)
 		if err != nil {
 			w.Err = err
 			return

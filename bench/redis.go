@@ -100,14 +100,17 @@ func (r *RESP) read() (string, error) {
 }
 
 // WaitRedis polls with new connections until cmd gets an answer (any answer that is
-// not an error) and returns when, and what it was.
+// not an error) and returns when, and what it was. A refused connection is retried at
+// once; a connect that times out is retried with twice the timeout (200 ms, up to
+// 3 s), since behind the output gate a handshake takes an epoch commit.
 func WaitRedis(ctx context.Context, ns, addr string, cmd ...string) (time.Time, string, error) {
 	if len(cmd) == 0 {
 		cmd = []string{"PING"}
 	}
 	var last error
+	dial := 200 * time.Millisecond
 	for {
-		if c, err := DialRedis(ns, addr, 200*time.Millisecond); err == nil {
+		if c, err := DialRedis(ns, addr, dial); err == nil {
 			got, err := c.Do(time.Second, cmd...)
 			c.Close()
 			if err == nil {
@@ -116,6 +119,9 @@ func WaitRedis(ctx context.Context, ns, addr string, cmd ...string) (time.Time, 
 			last = err
 		} else {
 			last = err
+			if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+				dial = min(2*dial, 3*time.Second)
+			}
 		}
 		if err := Sleep(ctx, 2*time.Millisecond); err != nil {
 			return time.Time{}, "", fmt.Errorf("redis at %s did not answer %s (last: %v): %w", addr, cmd[0], last, err)
@@ -131,7 +137,7 @@ func Populate(ctx context.Context, ns, addr string, mb int) error {
 	if _, _, err := WaitRedis(wctx, ns, addr); err != nil {
 		return err
 	}
-	c, err := DialRedis(ns, addr, time.Second)
+	c, err := DialRedis(ns, addr, 10*time.Second)
 	if err != nil {
 		return err
 	}

@@ -304,7 +304,7 @@ func failoverVariant(ctx context.Context, env Env, o failoverSetup) (FailoverVar
 	}
 	v.Recovery = recoveryText(v.Restored, sb.Tail(200))
 	acked := AckedBefore(v.Samples, prefix, v.Dead)
-	c, err := DialRedis(o.client.NS(), o.targets[len(o.targets)-1], time.Second)
+	c, err := DialRedis(o.client.NS(), o.targets[len(o.targets)-1], 5*time.Second)
 	if err != nil {
 		return v, err
 	}
