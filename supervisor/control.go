@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/ftrun/ftrun/transport/progress"
 )
 
 // Request is one command on the control socket (one JSON object per connection).
@@ -38,6 +40,8 @@ type StandbyStatus struct {
 	Connected     bool          `json:"connected"`
 	BytesReceived uint64        `json:"bytes_received"`
 	LiveStateDir  string        `json:"live_state_dir,omitempty"`
+	// Receiving is the epoch on its way in, if one is.
+	Receiving *progress.Transfer `json:"receiving,omitempty"`
 	// Problems would make a failover of this service fail on this host.
 	Problems []string `json:"problems,omitempty"`
 }

@@ -127,7 +127,7 @@ func RunStandby(ctx context.Context, cfg StandbyConfig) error {
 		var out []StandbyStatus
 		for svc, st := range srv.Status() {
 			ss := StandbyStatus{Service: svc, Role: "standby", Epoch: st.LastCommitted, LastHeard: st.LastHeard,
-				Connected: st.Connections > 0, BytesReceived: st.BytesReceived}
+				Connected: st.Connections > 0, BytesReceived: st.BytesReceived, Receiving: st.Receiving}
 			if !st.LastHeard.IsZero() {
 				ss.Silence = cfg.Clock.Since(st.LastHeard)
 			}

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/ftrun/ftrun/supervisor/gate"
+	"github.com/ftrun/ftrun/transport/progress"
 )
 
 // State is where the supervised program is in its life.
@@ -56,6 +57,8 @@ type Status struct {
 	NetNS  string      `json:"netns,omitempty"`
 	Commit string      `json:"commit,omitempty"`
 	Held   *gate.Stats `json:"held,omitempty"`
+	// Shipping is the epoch on its way to the standby, if one is.
+	Shipping *progress.Transfer `json:"shipping,omitempty"`
 }
 
 // Lag is how many epochs the standby is behind (0 without a standby).

@@ -1065,6 +1065,12 @@ func (s *Supervisor) keepFailedLog(dir string) bool {
 func (s *Supervisor) status() Status {
 	s.gateStats()
 	st := s.st
+	st.Shipping = nil
+	if s.link != nil {
+		if tr, ok := s.link.shipper.Progress(); ok {
+			st.Shipping = &tr
+		}
+	}
 	if !st.LastCheckpoint.IsZero() {
 		st.LastCheckpointAge = s.clock.Since(st.LastCheckpoint)
 	}

@@ -465,6 +465,9 @@ func printStandby(services []supervisor.StandbyStatus) {
 	}
 	tw.Flush()
 	for _, s := range services {
+		if s.Receiving != nil {
+			fmt.Printf("%s: receiving %s\n", s.Service, s.Receiving)
+		}
 		for _, p := range s.Problems {
 			fmt.Printf("%s cannot fail over here: %s\n", s.Service, p)
 		}
@@ -492,6 +495,9 @@ func printStatus(st supervisor.Status) {
 		rows = append(rows, [2]string{"standby", st.Peer},
 			[2]string{"standby epoch", fmt.Sprintf("%d (lag %d)", st.StandbyEpoch, st.Lag())},
 			[2]string{"last shipped", fmt.Sprintf("%s (full: %v)", humanBytes(st.LastShippedBytes), st.LastShipFull)})
+		if st.Shipping != nil {
+			rows = append(rows, [2]string{"shipping", st.Shipping.String()})
+		}
 	}
 	if st.Addr != "" {
 		rows = append(rows, [2]string{"address", st.Addr + " (own network namespace: nsenter --net=" + st.NetNS + ")"})

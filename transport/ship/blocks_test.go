@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -219,4 +222,71 @@ func fakeStandby(c net.Conn, features []string, types chan<- []frame.Type) {
 			}
 		}
 	}
+}
+
+// A long epoch reports bytes done, of how many, and the rate while it is sent, and
+// once more when it is out; Progress shows it meanwhile and nothing afterwards.
+func TestShipReportsProgress(t *testing.T) {
+	st, err := checkpoint.OpenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.NoSync = true
+	pd, err := st.Begin(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 4<<20)
+	rand.Read(data)
+	os.WriteFile(filepath.Join(pd.Dir, "pages-1.img"), data, 0o600)
+	set, err := pd.Commit(&checkpoint.Manifest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuf
+	s := New(Config{Service: "svc", ChunkSize: 256 << 10, ProgressEvery: time.Nanosecond,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	defer s.Close()
+	a, b := net.Pipe()
+	types := make(chan []frame.Type, 1)
+	go fakeStandby(b, nil, types)
+	if err := s.hello(context.Background(), a); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.Progress(); ok {
+		t.Error("progress before any epoch")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.Ship(ctx, 1, set.Dir); err != nil {
+		t.Fatal(err)
+	}
+	<-types
+	if _, ok := s.Progress(); ok {
+		t.Error("progress after the epoch was acked")
+	}
+	out := logs.String()
+	if n := strings.Count(out, `msg="ship: sending"`); n < 2 || !strings.Contains(out, "of 4.0 MiB") || !strings.Contains(out, "MiB/s") {
+		t.Errorf("%d progress lines, want several with bytes of the total and a rate:\n%s", n, out)
+	}
+	if !strings.Contains(out, `msg="ship: epoch sent"`) || !strings.Contains(out, "(full)") {
+		t.Errorf("no closing line for the long epoch:\n%s", out)
+	}
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/ftrun/ftrun/checkpoint"
 	"github.com/ftrun/ftrun/transport/frame"
+	"github.com/ftrun/ftrun/transport/progress"
 )
 
 // Errors Ship wraps; check them with errors.Is.
@@ -56,6 +57,9 @@ type Config struct {
 	Limits frame.Limits
 	// HelloTimeout bounds the Hello exchange when ctx has no deadline.
 	HelloTimeout time.Duration
+	// ProgressEvery: an epoch that takes longer than this to send is reported in the
+	// log this often; default progress.Every.
+	ProgressEvery time.Duration
 }
 
 // Stats describes one shipped epoch.
@@ -78,6 +82,7 @@ type Shipper struct {
 	clk clockwork.Clock
 
 	shipMu sync.Mutex // one epoch in flight at a time
+	meter  *progress.Meter
 
 	mu sync.Mutex
 	// base is the newest epoch the standby acked, nil before the first.
@@ -127,8 +132,12 @@ func New(cfg Config) *Shipper {
 	if cfg.HelloTimeout <= 0 {
 		cfg.HelloTimeout = 10 * time.Second
 	}
-	return &Shipper{cfg: cfg, log: cfg.Logger, clk: cfg.Clock}
+	return &Shipper{cfg: cfg, log: cfg.Logger, clk: cfg.Clock, meter: progress.NewMeter(cfg.Clock, cfg.ProgressEvery)}
 }
+
+// Progress is the epoch being sent, if one is: bytes written so far of about how
+// many, and the rate.
+func (s *Shipper) Progress() (progress.Transfer, bool) { return s.meter.Current() }
 
 // Dial connects to the standby at addr (closing any earlier connection) and
 // exchanges Hellos. If the standby's newest committed epoch is not the one last
@@ -418,7 +427,11 @@ func (s *Shipper) Ship(ctx context.Context, epoch uint64, setDir string) error {
 	// connection's deadlines; the link is then dropped, never reused half-written.
 	stop := context.AfterFunc(ctx, func() { l.conn.SetDeadline(time.Now()) })
 	st := Stats{Epoch: epoch, Full: full}
+	s.meter.Start(epoch, full, deltaSize(setDir, delta))
 	err = s.send(ctx, l, epoch, full, base.Epoch, setDir, delta, raw, &st)
+	if tr, long := s.meter.Finish(); long && err == nil {
+		s.log.Info("ship: epoch sent", "service", s.cfg.Service, "progress", tr.String(), "took", tr.Elapsed.Round(time.Millisecond))
+	}
 	var res result
 	if err == nil {
 		res, err = s.await(ctx, l, epoch)
@@ -442,6 +455,10 @@ func (s *Shipper) send(ctx context.Context, l *link, epoch uint64, full bool, ba
 	put := func(p frame.Payload) error {
 		n, err := s.write(ctx, l, epoch, p)
 		st.Bytes += int64(n)
+		if tr, due := s.meter.Add(int64(n)); due {
+			s.log.Info("ship: sending", "service", s.cfg.Service, "progress", tr.String(),
+				"done_bytes", tr.Done, "total_bytes", tr.Total, "rate_bytes_per_s", int64(tr.Rate()))
+		}
 		return err
 	}
 	begin := &frame.EpochBegin{Full: full, Files: uint32(len(d.Files) + len(d.Blocks))}
@@ -475,6 +492,30 @@ func (s *Shipper) send(ctx context.Context, l *link, epoch uint64, full bool, ba
 		}
 	}
 	return put(&frame.EpochCommit{Manifest: manifest})
+}
+
+// deltaSize is about how many bytes sending d takes, framing left out: what
+// progress reports count towards.
+func deltaSize(dir string, d *Delta) int64 {
+	var n int64
+	for _, f := range d.Files {
+		if f.Data != nil {
+			n += int64(len(f.Data))
+		} else if fi, err := os.Stat(filepath.Join(dir, f.Name)); err == nil {
+			n += fi.Size()
+		}
+	}
+	for _, fb := range d.Blocks {
+		for _, r := range fb.Ranges {
+			n += r.Len
+		}
+	}
+	for _, pm := range d.Pagemaps {
+		for _, r := range pm.Pages {
+			n += int64(len(r.Data))
+		}
+	}
+	return n
 }
 
 // sendFile sends one file whole, in chunks; an empty file is one empty last chunk.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/ftrun/ftrun/checkpoint"
 	"github.com/ftrun/ftrun/transport/frame"
+	"github.com/ftrun/ftrun/transport/progress"
 )
 
 // These tests speak the protocol frame by frame over a pipe (no TLS, which would
@@ -50,18 +51,23 @@ type rawPeer struct {
 	done chan struct{} // closed when the standby's side of the conversation ended
 	srvd chan struct{} // closed when serveConn returned
 	log  *LogBuf
+	srv  *Server
 }
 
-func newRaw(t *testing.T, store *Store, lim frame.Limits) *rawPeer {
+func newRaw(t *testing.T, store *Store, lim frame.Limits, opts ...func(*Config)) *rawPeer {
 	t.Helper()
 	a, b := net.Pipe()
 	lb := &LogBuf{}
-	srv, err := NewServer(Config{Store: store, TLS: &tls.Config{}, Logger: slog.New(slog.NewTextHandler(lb, nil)), Limits: lim})
+	cfg := Config{Store: store, TLS: &tls.Config{}, Logger: slog.New(slog.NewTextHandler(lb, nil)), Limits: lim}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	srv, err := NewServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &rawPeer{t: t, c: a, w: frame.NewWriter(a), got: make(chan frame.Frame, 64), done: make(chan struct{}), srvd: make(chan struct{}), log: lb}
+	p := &rawPeer{t: t, c: a, w: frame.NewWriter(a), got: make(chan frame.Frame, 64), done: make(chan struct{}), srvd: make(chan struct{}), log: lb, srv: srv}
 	go func() {
 		defer close(p.srvd)
 		defer b.Close()
@@ -355,5 +361,37 @@ func TestBadServiceName(t *testing.T) {
 	ents, _ := os.ReadDir(store.Root())
 	if len(ents) != 0 {
 		t.Errorf("root holds %d entries", len(ents))
+	}
+}
+
+// An epoch on its way in shows in Status with the bytes so far, and one that takes
+// long is reported in the log while it arrives and once it is in.
+func TestReceivingProgress(t *testing.T) {
+	p := newRaw(t, openStore(t), frame.Limits{}, func(c *Config) { c.ProgressEvery = time.Nanosecond })
+	p.hello("svc")
+	fx := makeFixture(t, 1, map[string][]byte{"a.img": bytes.Repeat([]byte{1}, 1<<20), "b.img": bytes.Repeat([]byte{2}, 1<<20)})
+	p.send(1, &frame.EpochBegin{Full: true, Files: 2})
+	p.send(1, &frame.ImageData{Name: "a.img", Data: fx.files["a.img"], Last: true})
+	deadline := time.Now().Add(5 * time.Second)
+	var rx *progress.Transfer
+	for rx == nil || rx.Done < 1<<20 {
+		if time.Now().After(deadline) {
+			t.Fatalf("Status shows no epoch on its way in: %+v", rx)
+		}
+		time.Sleep(5 * time.Millisecond)
+		rx = p.srv.Status()["svc"].Receiving
+	}
+	if rx.Epoch != 1 || !rx.Full {
+		t.Errorf("receiving %+v, want the full epoch 1", rx)
+	}
+	p.send(1, &frame.ImageData{Name: "b.img", Data: fx.files["b.img"], Last: true})
+	p.send(1, &frame.EpochCommit{Manifest: fx.manifest})
+	p.expect(frame.TypeAck)
+	if rx := p.srv.Status()["svc"].Receiving; rx != nil {
+		t.Errorf("still receiving after the ack: %+v", rx)
+	}
+	log := p.log.String()
+	if !strings.Contains(log, `msg="standby: receiving"`) || !strings.Contains(log, `msg="standby: epoch received"`) || !strings.Contains(log, "epoch 1 (full): 2.0 MiB") {
+		t.Errorf("no progress in the log:\n%s", log)
 	}
 }

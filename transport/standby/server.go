@@ -15,6 +15,7 @@ import (
 
 	"github.com/ftrun/ftrun/transport/auth"
 	"github.com/ftrun/ftrun/transport/frame"
+	"github.com/ftrun/ftrun/transport/progress"
 )
 
 // Defaults for Config's zero fields.
@@ -44,6 +45,9 @@ type Config struct {
 	// HandshakeTimeout bounds TLS handshake plus Hello; WriteTimeout each reply.
 	HandshakeTimeout time.Duration
 	WriteTimeout     time.Duration
+	// ProgressEvery: an epoch that takes longer than this to arrive is reported in
+	// the log this often; default progress.Every.
+	ProgressEvery time.Duration
 }
 
 // Status is what the standby knows of one service.
@@ -61,6 +65,8 @@ type Status struct {
 	// Committing is set while the standby commits an epoch of the service: it reads no
 	// frame meanwhile, so the primary's silence then is the standby's own doing.
 	Committing bool
+	// Receiving is the epoch on its way in, if one is.
+	Receiving *progress.Transfer
 }
 
 // Server receives epochs from any number of primaries, one goroutine per connection.
@@ -71,6 +77,9 @@ type Server struct {
 
 	mu    sync.Mutex
 	stats map[string]*Status
+	// meters follow each service's epoch on its way in (one connection at a time
+	// sends a service's epochs; a newer connection takes the meter over).
+	meters map[string]*progress.Meter
 }
 
 // NewServer returns a Server for cfg.
@@ -93,7 +102,7 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.WriteTimeout == 0 {
 		cfg.WriteTimeout = DefaultWriteTimeout
 	}
-	return &Server{cfg: cfg, log: cfg.Logger, clk: cfg.Clock, stats: map[string]*Status{}}, nil
+	return &Server{cfg: cfg, log: cfg.Logger, clk: cfg.Clock, stats: map[string]*Status{}, meters: map[string]*progress.Meter{}}, nil
 }
 
 // Status reports every service known to the store or heard from since start.
@@ -105,6 +114,13 @@ func (s *Server) Status() map[string]Status {
 	s.mu.Lock()
 	for name, st := range s.stats {
 		out[name] = *st
+	}
+	for name, m := range s.meters {
+		if tr, ok := m.Current(); ok {
+			st := out[name]
+			st.Receiving = &tr
+			out[name] = st
+		}
 	}
 	s.mu.Unlock()
 	for name, st := range out {
@@ -152,6 +168,18 @@ func (s *Server) heard(service string, bytes int) {
 	}
 	st.LastHeard = now
 	st.BytesReceived += uint64(bytes)
+}
+
+// meter is service's progress meter.
+func (s *Server) meter(service string) *progress.Meter {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := s.meters[service]
+	if m == nil {
+		m = progress.NewMeter(s.clk, s.cfg.ProgressEvery)
+		s.meters[service] = m
+	}
+	return m
 }
 
 func (s *Server) commitTook(service string, d time.Duration) {
@@ -234,6 +262,7 @@ type conn struct {
 	in      *incoming
 	resync  bool // a full epoch was asked for; deltas until then are dropped
 	started bool
+	meter   *progress.Meter
 }
 
 // serveConn runs the protocol on an authenticated connection. Any frame that does
@@ -244,6 +273,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, peer string) {
 	defer func() {
 		if cn.in != nil {
 			cn.in.abort()
+			cn.meter.Finish()
 		}
 		if cn.started {
 			s.connected(cn.name, -1)
@@ -290,6 +320,7 @@ func (cn *conn) run() error {
 		return err
 	}
 	cn.started = true
+	cn.meter = cn.s.meter(cn.name)
 	cn.s.connected(cn.name, 1)
 	cn.s.heard(cn.name, frame.HeaderSize+len(f.Payload)+frame.TrailerSize)
 	if h.LastCommitted != committed {
@@ -309,7 +340,11 @@ func (cn *conn) run() error {
 		if err := cn.seq.Step(f); err != nil {
 			return err
 		}
-		cn.s.heard(cn.name, frame.HeaderSize+len(f.Payload)+frame.TrailerSize)
+		n := frame.HeaderSize + len(f.Payload) + frame.TrailerSize
+		cn.s.heard(cn.name, n)
+		if tr, due := cn.meter.Add(int64(n)); due {
+			cn.s.log.Info("standby: receiving", "service", cn.name, "progress", tr.String(), "done_bytes", tr.Done, "rate_bytes_per_s", int64(tr.Rate()))
+		}
 		p, err := frame.DecodePayload(f.Type, f.Payload)
 		if err != nil {
 			return err
@@ -330,6 +365,7 @@ func (cn *conn) step(epoch uint64, p frame.Payload) error {
 			cn.resync = false
 		}
 		cn.in = beginEpoch(cn.svc, epoch, *p, cn.s.cfg.Pages)
+		cn.meter.Start(epoch, p.Full, 0)
 		if cn.resync {
 			// Already asked for a full epoch: this delta was sent before the primary
 			// saw the request. Drop it quietly.
@@ -351,6 +387,9 @@ func (cn *conn) step(epoch uint64, p frame.Payload) error {
 	case *frame.EpochCommit:
 		in := cn.in
 		cn.in = nil
+		if tr, long := cn.meter.Finish(); long {
+			cn.s.log.Info("standby: epoch received", "service", cn.name, "progress", tr.String(), "took", tr.Elapsed.Round(time.Millisecond))
+		}
 		alreadyAsked := in.fail != nil && in.fail.resync && cn.resync
 		start := time.Now()
 		cn.s.committing(cn.name, true)
