@@ -36,6 +36,9 @@ func DialRedis(ns, addr string, timeout time.Duration) (*RESP, error) {
 	return &RESP{conn: c, rd: bufio.NewReader(c)}, nil
 }
 
+// NewRESP speaks RESP over conn, reading through rd (which must read conn).
+func NewRESP(conn net.Conn, rd *bufio.Reader) *RESP { return &RESP{conn: conn, rd: rd} }
+
 // Close closes the connection.
 func (r *RESP) Close() error { return r.conn.Close() }
 

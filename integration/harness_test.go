@@ -1,11 +1,9 @@
 package integration
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -17,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftrun/ftrun/bench"
 	"github.com/ftrun/ftrun/supervisor"
 )
 
@@ -250,76 +249,11 @@ func freePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// resp is a minimal RESP client: enough to speak to a real redis-server.
-type resp struct {
-	conn net.Conn
-	rd   *bufio.Reader
-}
+// resp is bench's minimal RESP client: enough to speak to a real redis-server.
+type resp = bench.RESP
 
 func dialRedis(addr string, timeout time.Duration) (*resp, error) {
-	c, err := net.DialTimeout("tcp", addr, timeout)
-	if err != nil {
-		return nil, err
-	}
-	return &resp{conn: c, rd: bufio.NewReader(c)}, nil
-}
-
-func (r *resp) Close() error { return r.conn.Close() }
-
-// Do sends a command and returns the reply as text (bulk strings unquoted, nil as "(nil)").
-func (r *resp) Do(timeout time.Duration, args ...string) (string, error) {
-	_ = r.conn.SetDeadline(time.Now().Add(timeout))
-	var b strings.Builder
-	fmt.Fprintf(&b, "*%d\r\n", len(args))
-	for _, a := range args {
-		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
-	}
-	if _, err := r.conn.Write([]byte(b.String())); err != nil {
-		return "", err
-	}
-	return r.read()
-}
-
-func (r *resp) read() (string, error) {
-	line, err := r.rd.ReadString('\n')
-	if err != nil {
-		return "", err
-	}
-	line = strings.TrimRight(line, "\r\n")
-	if line == "" {
-		return "", errors.New("empty reply")
-	}
-	switch line[0] {
-	case '+', ':':
-		return line[1:], nil
-	case '-':
-		return "", fmt.Errorf("redis: %s", line[1:])
-	case '$':
-		n, err := strconv.Atoi(line[1:])
-		if err != nil {
-			return "", err
-		}
-		if n < 0 {
-			return "(nil)", nil
-		}
-		buf := make([]byte, n+2)
-		if _, err := io.ReadFull(r.rd, buf); err != nil {
-			return "", err
-		}
-		return string(buf[:n]), nil
-	case '*':
-		n, _ := strconv.Atoi(line[1:])
-		var parts []string
-		for i := 0; i < n; i++ {
-			s, err := r.read()
-			if err != nil {
-				return "", err
-			}
-			parts = append(parts, s)
-		}
-		return strings.Join(parts, " "), nil
-	}
-	return "", fmt.Errorf("unexpected reply %q", line)
+	return bench.DialRedis("", addr, timeout)
 }
 
 // waitRedis polls until PING answers on a new connection.

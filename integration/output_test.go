@@ -145,7 +145,7 @@ type textConn struct {
 	timeout time.Duration
 }
 
-func (c *textConn) redis() *resp { return &resp{conn: c.conn, rd: c.rd} }
+func (c *textConn) redis() *resp { return bench.NewRESP(c.conn, c.rd) }
 
 func (c *textConn) readLine() (string, error) {
 	s, err := c.rd.ReadString('\n')

@@ -11,11 +11,11 @@ import (
 	"reflect"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/ftrun/ftrun/checkpoint"
+	"github.com/ftrun/ftrun/internal/syncbuf"
 	"github.com/ftrun/ftrun/transport/frame"
 )
 
@@ -243,7 +243,7 @@ func TestShipReportsProgress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuf
+	var logs syncbuf.Buffer
 	s := New(Config{Service: "svc", ChunkSize: 256 << 10, ProgressEvery: time.Nanosecond,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	defer s.Close()
@@ -272,21 +272,4 @@ func TestShipReportsProgress(t *testing.T) {
 	if !strings.Contains(out, `msg="ship: epoch sent"`) || !strings.Contains(out, "(full)") {
 		t.Errorf("no closing line for the long epoch:\n%s", out)
 	}
-}
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -10,11 +10,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/ftrun/ftrun/checkpoint"
+	"github.com/ftrun/ftrun/internal/syncbuf"
 	"github.com/ftrun/ftrun/transport/frame"
 	"github.com/ftrun/ftrun/transport/progress"
 )
@@ -25,22 +25,7 @@ import (
 
 // LogBuf is a concurrency-safe log sink the tests read back (exported for the
 // external test package too).
-type LogBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *LogBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *LogBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type LogBuf = syncbuf.Buffer
 
 // rawPeer is a hand-driven primary on one end of a pipe to serveConn.
 type rawPeer struct {

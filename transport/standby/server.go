@@ -145,12 +145,7 @@ func (s *Server) LastHeard(service string) time.Time {
 // the primary: its frames wait unread while the standby commits).
 func (s *Server) committing(service string, on bool) {
 	s.mu.Lock()
-	st := s.stats[service]
-	if st == nil {
-		st = &Status{Service: service}
-		s.stats[service] = st
-	}
-	st.Committing = on
+	s.statOf(service).Committing = on
 	s.mu.Unlock()
 	if !on {
 		s.heard(service, 0)
@@ -161,13 +156,19 @@ func (s *Server) heard(service string, bytes int) {
 	now := s.clk.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	st := s.statOf(service)
+	st.LastHeard = now
+	st.BytesReceived += uint64(bytes)
+}
+
+// statOf is service's entry in s.stats, made on first use; s.mu must be held.
+func (s *Server) statOf(service string) *Status {
 	st := s.stats[service]
 	if st == nil {
 		st = &Status{Service: service}
 		s.stats[service] = st
 	}
-	st.LastHeard = now
-	st.BytesReceived += uint64(bytes)
+	return st
 }
 
 // meter is service's progress meter.
@@ -185,23 +186,13 @@ func (s *Server) meter(service string) *progress.Meter {
 func (s *Server) commitTook(service string, d time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := s.stats[service]
-	if st == nil {
-		st = &Status{Service: service}
-		s.stats[service] = st
-	}
-	st.LastCommitTime = d
+	s.statOf(service).LastCommitTime = d
 }
 
 func (s *Server) connected(service string, delta int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := s.stats[service]
-	if st == nil {
-		st = &Status{Service: service}
-		s.stats[service] = st
-	}
-	st.Connections += delta
+	s.statOf(service).Connections += delta
 }
 
 // Serve accepts connections on ln until ctx ends, then closes ln and every
