@@ -181,10 +181,32 @@ func dialService(t *testing.T, e outputEnv, port int, timeout time.Duration) *te
 			return &textConn{conn: c, rd: bufio.NewReader(c), timeout: timeout}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("client cannot reach the service at %s: %v", e.svc, err)
+			t.Fatalf("client cannot reach the service at %s: %v\n%s", e.svc, err, e.netState())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// netState is what the hosts' network looks like, for a failure message: the
+// client's neighbour entry for the service address, the MACs the bridges know, and
+// the service namespaces' links and firewall state.
+func (e outputEnv) netState() string {
+	var b strings.Builder
+	show := func(name string, args ...string) {
+		out, err := exec.Command(name, args...).CombinedOutput()
+		fmt.Fprintf(&b, "$ %s %s\n%s", name, strings.Join(args, " "), out)
+		if err != nil {
+			fmt.Fprintf(&b, "(%v)\n", err)
+		}
+	}
+	show("ip", "-n", e.client.name, "neigh", "show")
+	for _, h := range []host{e.primary, e.standby} {
+		show("ip", "-n", h.name, "-br", "link")
+		show("bridge", "-n", h.name, "fdb", "show", "br", "br0", "dynamic")
+	}
+	out, _ := exec.Command("sh", "-c", "for p in $(pgrep -x redis-server); do echo pid $p; nsenter -t $p -n ip -br addr; nsenter -t $p -n ip neigh; nsenter -t $p -n iptables -S OUTPUT; nsenter -t $p -n nft list ruleset; nsenter -t $p -n ss -tan; cat /proc/$p/net/netfilter/nfnetlink_queue; done").CombinedOutput()
+	b.Write(out)
+	return b.String()
 }
 
 func startWriter(t *testing.T, e outputEnv, svc service, port int, replyTimeout time.Duration) *writer {

@@ -809,7 +809,9 @@ func (s *Supervisor) fresh() error {
 	if err := s.placeNet(0); err != nil {
 		return err
 	}
-	if err := s.connectNet(1); err != nil {
+	// Clients may remember another MAC for the address (an earlier --mac, another
+	// service that had it): three announcements, in case the first is lost.
+	if err := s.connectNet(3); err != nil {
 		return err
 	}
 	pid, err := startProgram(s.cfg.Command, s.cfg.WorkDir, s.cfg.Env, cg, s.outW, s.errW, s.enter())

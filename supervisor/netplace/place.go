@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -264,8 +265,37 @@ func (p *Place) Connect() error {
 	if err := hh.LinkSetUp(l); err != nil {
 		return fmt.Errorf("connecting service %q: bringing up %s: %w", p.spec.Service, p.spec.HostLink(), err)
 	}
-	return nil
+	// Nothing gets through until the kernel has seen the carrier of both ends come
+	// up and the bridge has enabled its port: a gratuitous ARP sent before that is
+	// dropped, and clients keep a stale neighbour entry for the address.
+	nh, err := routeHandle(p.ns)
+	if err != nil {
+		return fmt.Errorf("netlink in service namespace: %w", err)
+	}
+	defer nh.Close()
+	deadline := time.Now().Add(connectTimeout)
+	for {
+		eth, err := nh.LinkByName(IfName)
+		if err != nil {
+			return fmt.Errorf("connecting service %q: %s: %w", p.spec.Service, IfName, err)
+		}
+		hl, err := hh.LinkByName(p.spec.HostLink())
+		if err != nil {
+			return fmt.Errorf("connecting service %q: %s: %w", p.spec.Service, p.spec.HostLink(), err)
+		}
+		if eth.Attrs().OperState == netlink.OperUp && hl.Attrs().OperState == netlink.OperUp {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("connecting service %q: no carrier %s after %s came up (%s %s, %s %s)", p.spec.Service, connectTimeout,
+				p.spec.HostLink(), IfName, eth.Attrs().OperState, p.spec.HostLink(), hl.Attrs().OperState)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }
+
+// connectTimeout bounds the wait for eth0's carrier in Connect.
+const connectTimeout = 2 * time.Second
 
 // Spec is the placement p was made or adopted for.
 func (p *Place) Spec() Spec { return p.spec }

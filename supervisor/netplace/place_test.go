@@ -424,7 +424,7 @@ func (c *arpCapture) garps(mac net.HardwareAddr, ip netip.Addr, want int) []uint
 func TestAnnounce(t *testing.T) {
 	l := newLAN(t)
 	spec := testSpec("ftnp-announce")
-	p := l.create(t, spec)
+	p := l.createDisconnected(t, spec)
 	mac := spec.HardwareAddr()
 
 	// The client believes the service address is at another MAC, as after a
@@ -436,6 +436,11 @@ func TestAnnounce(t *testing.T) {
 		t.Fatalf("client's neighbour entry before Announce: %q, want lladdr %s", got, stale)
 	}
 
+	// Announced right after Connect, as the supervisor does: nothing may be lost
+	// to a carrier that is not up yet.
+	if err := p.Connect(); err != nil {
+		t.Fatal(err)
+	}
 	if err := p.Announce(2, 20*time.Millisecond); err != nil {
 		t.Fatalf("Announce: %v", err)
 	}
