@@ -93,7 +93,7 @@ func OpenLoop(ns, addr string, rate int, d time.Duration) (sent int, lat []time.
 func Gate(ctx context.Context, env Env) (sec Section, err error) {
 	window := 15 * time.Second
 	if env.Quick {
-		window = 4 * time.Second
+		window = 3 * time.Second
 	}
 	res := GateResult{Rate: 200}
 	interval := "100ms"

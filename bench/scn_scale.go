@@ -69,7 +69,7 @@ func Scale(ctx context.Context, env Env) (sec Section, err error) {
 	const many = 10
 	window := 30 * time.Second
 	if env.Quick {
-		window = 8 * time.Second
+		window = 5 * time.Second
 	}
 	res := ScaleResult{Interval: "1s"}
 	sec = Section{About: fmt.Sprintf("Two network-namespace hosts: %d copies of a small Ruby program (a counter with its state in memory, ticking "+
