@@ -151,13 +151,21 @@ func (c *Criu) lockMethod() rpc.CriuNetworkLockMethod {
 	return c.lock
 }
 
-// opts converts o for this CRIU.
+// opts converts o for this CRIU. A dump (o.Pid set) takes the lock that freezes the
+// program for less, given its connections (cheaperLock); a restore takes nftables
+// where CRIU has it.
 func (c *Criu) opts(o Options, imagesFd, workFd int, logFile string) *rpc.CriuOpts {
 	opts := o.rpcOpts(imagesFd, workFd, logFile)
 	switch {
 	case opts.NetworkLock != nil || !o.TCPEstablished:
 	case o.LockWithIptables:
 		opts.NetworkLock = ptr(rpc.CriuNetworkLockMethod_IPTABLES)
+	case o.Pid != 0:
+		lock := c.lockMethod()
+		if n, err := establishedTCP(o.Pid); err == nil {
+			lock = cheaperLock(n, lock == rpc.CriuNetworkLockMethod_NFTABLES)
+		}
+		opts.NetworkLock = ptr(lock)
 	default:
 		opts.NetworkLock = ptr(c.lockMethod())
 	}

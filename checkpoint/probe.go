@@ -164,7 +164,7 @@ func (p Prober) Probe() []Finding {
 		fs = append(fs, Finding{Name: "network lock", OK: true, Detail: "nftables, in-process"})
 	} else {
 		fs = append(fs, Finding{Name: "network lock", OK: false, Detail: "iptables (CRIU built without libnftables)",
-			Fix: "optional: scripts/setup rebuilds CRIU with libnftables; iptables-restore adds ~40 ms to every frozen time of a program with TCP connections"})
+			Fix: "optional: scripts/setup rebuilds CRIU with libnftables; iptables-restore adds ~45 ms per TCP connection to the frozen time of a program with several"})
 	}
 	return fs
 }

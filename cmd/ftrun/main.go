@@ -166,8 +166,8 @@ func runCmd() *cli.Command {
 			default:
 				return usage("--restart must be on-failure, always or never, not %q", restart)
 			}
-			if c.Duration("interval") < 50*time.Millisecond {
-				return usage("--interval %s is too short (minimum 50ms)", c.Duration("interval"))
+			if c.Duration("interval") < 10*time.Millisecond {
+				return usage("--interval %s is too short (minimum 10ms)", c.Duration("interval"))
 			}
 			name := c.String("name")
 			if name == "" {
