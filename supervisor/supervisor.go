@@ -979,6 +979,12 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 		_ = pending.Abort()
 		return 0, s.checkpointFailed(epoch, err)
 	}
+	// CRIU's log (100 KiB and more at its default level) is no part of the state:
+	// it moves out of the set, so it is neither checksummed, shipped nor kept per epoch.
+	if err := os.Rename(filepath.Join(pending.Dir, checkpoint.DumpLog), s.state.path(lastDumpLog)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		s.log.Debug("keep CRIU's dump log", "err", err)
+		_ = os.Remove(filepath.Join(pending.Dir, checkpoint.DumpLog))
+	}
 	m := &checkpoint.Manifest{Created: s.clock.Now(), Service: s.cfg.Name, Command: s.cfg.Command, Pid: s.pid, External: ext, Stats: stats,
 		Synced: synced, Net: placementOf(s.cfg.Net)}
 	if s.stateFiles != nil {
@@ -1052,7 +1058,11 @@ func (s *Supervisor) checkpointFailed(epoch uint64, err error) error {
 	return fmt.Errorf("checkpoint failed; earlier checkpoints are intact: %w", err)
 }
 
-const failedDumpLog = "last-failed-dump.log"
+// CRIU's log of the newest dump, and of the newest one that failed, in the state dir.
+const (
+	lastDumpLog   = "last-dump.log"
+	failedDumpLog = "last-failed-dump.log"
+)
 
 // keepFailedLog saves CRIU's log of a failed dump next to the checkpoints; the image
 // directory it was in is removed.
