@@ -76,7 +76,9 @@ type linkEvent struct {
 	err     error // a ship that failed
 }
 
-func (l *link) run(ctx context.Context, report func(linkEvent)) {
+// run keeps the link up until ctx ends. acked is called on this goroutine the moment
+// the standby acknowledges an epoch, before the event that reports it.
+func (l *link) run(ctx context.Context, acked func(epoch uint64), report func(linkEvent)) {
 	defer l.shipper.Close()
 	up := false
 	// Heartbeats have a goroutine of their own, so that a long ship (a whole epoch
@@ -148,6 +150,9 @@ func (l *link) run(ctx context.Context, report func(linkEvent)) {
 					down(why)
 				}
 				continue
+			}
+			if acked != nil {
+				acked(set.Epoch)
 			}
 			report(linkEvent{up: true, shipped: set.Epoch, stats: l.shipper.LastStats()})
 		}

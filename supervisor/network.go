@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -139,7 +140,26 @@ func (s *Supervisor) placeNet(adoptPid int) error {
 		return fmt.Errorf("output gate: %w", err)
 	}
 	s.gate = g
+	if s.cfg.Commit == CommitStandby {
+		s.ackGate.Store(&gateRef{g: g})
+	}
 	return nil
+}
+
+// releaseAcked is called by the link, on its goroutine, as soon as the standby has
+// acknowledged epoch: under --commit standby the output that epoch explains may leave
+// at once. The loop releases it too when it hears of the ack (releaseOutput); this
+// only saves the wait for the loop, which may be in a checkpoint. Epochs only grow
+// within one ftrun, so an ack that arrives late never releases a newer incarnation's
+// output that no acked epoch explains.
+func (s *Supervisor) releaseAcked(epoch uint64) {
+	r := s.ackGate.Load()
+	if r == nil {
+		return
+	}
+	if err := r.g.Release(epoch); err != nil && !errors.Is(err, gate.ErrClosed) {
+		s.log.Warn("release held output on the standby's ack", "epoch", epoch, "err", err)
+	}
 }
 
 // dropNet ends the current incarnation's network: held output is dropped with its
@@ -157,6 +177,7 @@ func (s *Supervisor) dropNet() {
 
 // closeGate drops held output with the gate, then the dump lock.
 func (s *Supervisor) closeGate() {
+	s.ackGate.Store(nil)
 	if s.gate != nil {
 		if err := s.gate.Close(); err != nil {
 			s.log.Warn("close output gate", "err", err)

@@ -1,6 +1,12 @@
 package supervisor
 
-import "testing"
+import (
+	"fmt"
+	"log/slog"
+	"testing"
+
+	"github.com/ftrun/ftrun/supervisor/gate"
+)
 
 func TestResolveCommit(t *testing.T) {
 	for _, c := range []struct {
@@ -50,5 +56,42 @@ func TestParseCommitMode(t *testing.T) {
 	}
 	if m, err := ParseCommitMode("local"); err != nil || m != CommitLocal {
 		t.Fatalf("ParseCommitMode(local) = %q, %v", m, err)
+	}
+}
+
+// recordingGate is a Gate that records releases.
+type recordingGate struct {
+	gate.Gate // unused methods panic
+	released  []uint64
+	closed    bool
+}
+
+func (g *recordingGate) Release(epoch uint64) error {
+	if g.closed {
+		return gate.ErrClosed
+	}
+	g.released = append(g.released, epoch)
+	return nil
+}
+
+func (g *recordingGate) Stats() gate.Stats { return gate.Stats{} }
+
+func (g *recordingGate) Close() error { g.closed = true; return nil }
+
+// Under --commit standby the link releases output the moment the standby acks, not
+// when the loop gets round to it; once the gate is closed, an ack releases nothing.
+func TestReleaseAcked(t *testing.T) {
+	g := &recordingGate{}
+	s := &Supervisor{log: slog.New(slog.DiscardHandler), gate: g, metrics: newMetrics("t")}
+	s.ackGate.Store(&gateRef{g: g})
+	s.releaseAcked(4)
+	s.releaseAcked(5)
+	if fmt.Sprint(g.released) != "[4 5]" {
+		t.Errorf("released %v, want [4 5]", g.released)
+	}
+	s.closeGate()
+	s.releaseAcked(6)
+	if fmt.Sprint(g.released) != "[4 5]" || !g.closed {
+		t.Errorf("after close: released %v, closed %v", g.released, g.closed)
 	}
 }

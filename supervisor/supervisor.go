@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jonboulle/clockwork"
@@ -166,7 +167,13 @@ type Supervisor struct {
 	gate     gate.Gate
 	dumpLock *gate.DumpLock
 	linkUp   bool
+	// ackGate is s.gate under --commit standby, for the link to release output the
+	// moment the standby acks an epoch, without waiting for the loop (see releaseAcked).
+	ackGate atomic.Pointer[gateRef]
 }
+
+// gateRef holds a gate for atomic.Pointer.
+type gateRef struct{ g gate.Gate }
 
 // New checks the configuration and fills in defaults.
 func New(cfg Config) (*Supervisor, error) {
@@ -222,11 +229,13 @@ func New(cfg Config) (*Supervisor, error) {
 	}
 	cfg.StateDir = abs
 	return &Supervisor{
-		cfg:     cfg,
-		log:     cfg.Log.With("service", cfg.Name),
-		clock:   cfg.Clock,
-		ladder:  NewLadder(cfg.Ladder),
-		events:  make(chan event),
+		cfg:    cfg,
+		log:    cfg.Log.With("service", cfg.Name),
+		clock:  cfg.Clock,
+		ladder: NewLadder(cfg.Ladder),
+		// Buffered: the link reports every ack and must not wait for the loop, which
+		// spends most of a short epoch inside a checkpoint.
+		events:  make(chan event, 64),
 		metrics: newMetrics(cfg.Name),
 	}, nil
 }
@@ -282,7 +291,7 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			s.link.run(s.ctx, func(ev linkEvent) { s.send(s.ctx, event{kind: "link", link: ev}) })
+			s.link.run(s.ctx, s.releaseAcked, func(ev linkEvent) { s.send(s.ctx, event{kind: "link", link: ev}) })
 		}()
 	}
 	var lost <-chan struct{}
@@ -319,6 +328,11 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 		case <-lost:
 			return s.fence()
 		case <-ticker.Chan():
+			// What happened meanwhile comes first: a checkpoint keeps the loop busy
+			// for most of a short epoch.
+			if err := s.drainEvents(); err != nil {
+				return err
+			}
 			if s.alive {
 				s.tryCheckpoint(false)
 			}
@@ -529,6 +543,20 @@ func (s *Supervisor) incarnation(pid int, how string) {
 		}()
 	}
 	s.notifyStatus()
+}
+
+// drainEvents handles the events already waiting, without blocking.
+func (s *Supervisor) drainEvents() error {
+	for {
+		select {
+		case ev := <-s.events:
+			if err := s.handle(ev); err != nil {
+				return err
+			}
+		default:
+			return nil
+		}
+	}
 }
 
 func (s *Supervisor) send(ctx context.Context, ev event) {
