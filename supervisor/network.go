@@ -140,27 +140,32 @@ func (s *Supervisor) placeNet(adoptPid int) error {
 		return fmt.Errorf("output gate: %w", err)
 	}
 	s.gate = g
-	if s.cfg.Commit == CommitStandby {
-		s.ackGate.Store(&gateRef{g: g})
-	}
+	s.ackGate.Store(&gateRef{g: g})
 	return nil
 }
 
-// releaseAcked is called by the link, on its goroutine, as soon as the standby has
-// acknowledged epoch: under --commit standby the output that epoch explains may leave
-// at once. The loop releases it too when it hears of the ack (releaseOutput); this
-// only saves the wait for the loop, which may be in a checkpoint. Epochs only grow
-// within one ftrun, so an ack that arrives late never releases a newer incarnation's
-// output that no acked epoch explains.
-func (s *Supervisor) releaseAcked(epoch uint64) {
+// releaseSafe lets out at once, from the goroutine that learnt it, the output that
+// epoch explains, when epoch has just become safe under the configured --commit
+// mode: acked by the standby (the link calls it with CommitStandby) or durable on
+// local disk (the background fsync, with CommitLocal). The loop releases it too when
+// it hears of it (releaseOutput); this only saves the wait for the loop, which may be
+// inside a checkpoint. Epochs only grow within one ftrun, so news that arrives late
+// never releases a newer incarnation's output that no safe epoch explains.
+func (s *Supervisor) releaseSafe(mode CommitMode, epoch uint64) {
+	if mode != s.cfg.Commit {
+		return
+	}
 	r := s.ackGate.Load()
 	if r == nil {
 		return
 	}
 	if err := r.g.Release(epoch); err != nil && !errors.Is(err, gate.ErrClosed) {
-		s.log.Warn("release held output on the standby's ack", "epoch", epoch, "err", err)
+		s.log.Warn("release held output", "epoch", epoch, "safe", string(mode), "err", err)
 	}
 }
+
+// releaseAcked is releaseSafe for the link: the standby acknowledged epoch.
+func (s *Supervisor) releaseAcked(epoch uint64) { s.releaseSafe(CommitStandby, epoch) }
 
 // dropNet ends the current incarnation's network: held output is dropped with its
 // gate (the state that sent it is gone) and the namespace is freed.

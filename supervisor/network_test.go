@@ -82,9 +82,10 @@ func (g *recordingGate) Close() error { g.closed = true; return nil }
 // when the loop gets round to it; once the gate is closed, an ack releases nothing.
 func TestReleaseAcked(t *testing.T) {
 	g := &recordingGate{}
-	s := &Supervisor{log: slog.New(slog.DiscardHandler), gate: g, metrics: newMetrics("t")}
+	s := &Supervisor{cfg: Config{Commit: CommitStandby}, log: slog.New(slog.DiscardHandler), gate: g, metrics: newMetrics("t")}
 	s.ackGate.Store(&gateRef{g: g})
 	s.releaseAcked(4)
+	s.releaseSafe(CommitLocal, 9) // durable is not enough under --commit standby
 	s.releaseAcked(5)
 	if fmt.Sprint(g.released) != "[4 5]" {
 		t.Errorf("released %v, want [4 5]", g.released)

@@ -167,8 +167,8 @@ type Supervisor struct {
 	gate     gate.Gate
 	dumpLock *gate.DumpLock
 	linkUp   bool
-	// ackGate is s.gate under --commit standby, for the link to release output the
-	// moment the standby acks an epoch, without waiting for the loop (see releaseAcked).
+	// ackGate is s.gate, for the goroutine that learns an epoch is safe to release its
+	// output without waiting for the loop (see releaseSafe).
 	ackGate atomic.Pointer[gateRef]
 }
 
@@ -667,6 +667,9 @@ func (s *Supervisor) syncLater(set checkpoint.Set) {
 	go func() {
 		defer s.wg.Done()
 		err := s.store.Sync(set)
+		if err == nil {
+			s.releaseSafe(CommitLocal, set.Epoch)
+		}
 		s.send(s.ctx, event{kind: "durable", set: set, err: err})
 	}()
 }
