@@ -283,6 +283,20 @@ func TestDecodePagemap(t *testing.T) {
 	}
 }
 
+// synthDelta writes baseSet to a and nextSet to b and returns the delta from a to b
+// (epochs 4 and 5).
+func synthDelta(t *testing.T) (a, b string, d *Delta) {
+	t.Helper()
+	a, b = t.TempDir(), t.TempDir()
+	baseSet(t, a)
+	nextSet(t, b)
+	idx, err := BuildIndex(a)
+	must(t, err)
+	d, _, err = Diff(idx, b, 4, 5)
+	must(t, err)
+	return a, b, d
+}
+
 // baseSet and nextSet are two epochs of a synthetic program: a process pagemap and a
 // shared memory pagemap, with pages changed, added, dropped and turned into holes.
 func baseSet(t testing.TB, dir string) {
@@ -390,13 +404,7 @@ func sameSet(t testing.TB, want, got string) {
 }
 
 func TestApplyBadBase(t *testing.T) {
-	a, b := t.TempDir(), t.TempDir()
-	baseSet(t, a)
-	nextSet(t, b)
-	idx, err := BuildIndex(a)
-	must(t, err)
-	d, _, err := Diff(idx, b, 4, 5)
-	must(t, err)
+	a, _, d := synthDelta(t)
 
 	// A base that lost the last page of its first mapping, which the delta copies.
 	short := t.TempDir()
@@ -496,13 +504,7 @@ func TestApplyMalformed(t *testing.T) {
 }
 
 func TestApplyRemovesWhatItWroteOnFailure(t *testing.T) {
-	a, b := t.TempDir(), t.TempDir()
-	baseSet(t, a)
-	nextSet(t, b)
-	idx, err := BuildIndex(a)
-	must(t, err)
-	d, _, err := Diff(idx, b, 4, 5)
-	must(t, err)
+	a, _, d := synthDelta(t)
 	out := t.TempDir()
 	// A file already there is never overwritten; Apply fails after writing others.
 	must(t, os.WriteFile(filepath.Join(out, "pages-4.img"), []byte("callers"), 0o600))

@@ -12,13 +12,7 @@ import (
 // WritePages rebuilds the pages files byte for byte, writes nothing else, and says
 // truly which ranges hold the base's bytes at the same offsets.
 func TestWritePages(t *testing.T) {
-	a, b := t.TempDir(), t.TempDir()
-	baseSet(t, a)
-	nextSet(t, b)
-	idx, err := BuildIndex(a)
-	must(t, err)
-	d, _, err := Diff(idx, b, 4, 5)
-	must(t, err)
+	a, b, d := synthDelta(t)
 	out := t.TempDir()
 	for _, f := range d.Files { // what the receiver already has from the stream
 		must(t, os.WriteFile(filepath.Join(out, f.Name), f.Data, 0o600))
@@ -60,13 +54,7 @@ func TestWritePages(t *testing.T) {
 }
 
 func TestWritePagesRefusesAndCleansUp(t *testing.T) {
-	a, b := t.TempDir(), t.TempDir()
-	baseSet(t, a)
-	nextSet(t, b)
-	idx, err := BuildIndex(a)
-	must(t, err)
-	d, _, err := Diff(idx, b, 4, 5)
-	must(t, err)
+	a, _, d := synthDelta(t)
 
 	truncated := t.TempDir()
 	baseSet(t, truncated)
@@ -155,13 +143,7 @@ func TestWritePagesReusing(t *testing.T) {
 
 // An older pages file linked from elsewhere (another set) is never written over.
 func TestWritePagesReusingLeavesLinkedFiles(t *testing.T) {
-	a, b := t.TempDir(), t.TempDir()
-	baseSet(t, a)
-	nextSet(t, b)
-	idx, err := BuildIndex(a)
-	must(t, err)
-	d, _, err := Diff(idx, b, 4, 5)
-	must(t, err)
+	a, b, d := synthDelta(t)
 	older := t.TempDir()
 	baseSet(t, older)
 	other := filepath.Join(t.TempDir(), "elsewhere")
