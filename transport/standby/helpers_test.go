@@ -188,6 +188,19 @@ func (p *primary) dial(t testing.TB, addr string, tc *tls.Config) {
 	}
 }
 
+// connectedPrimary is the usual start of a test: a standby over a fresh store, and a
+// primary of service "svc" connected to it; goroutine leaks fail the test.
+func connectedPrimary(t *testing.T) (c creds, root string, srv *server, p *primary) {
+	t.Helper()
+	noLeaks(t)
+	c = newCreds(t)
+	root = filepath.Join(t.TempDir(), "root")
+	srv = startServer(t, root, c)
+	p = newPrimary(t, "svc")
+	p.dial(t, srv.addr, c.primary.Client())
+	return c, root, srv, p
+}
+
 // commit writes files as epoch's image set, committed the way the supervisor does.
 func (p *primary) commit(t testing.TB, epoch uint64, files map[string][]byte) string {
 	t.Helper()

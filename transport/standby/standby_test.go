@@ -97,12 +97,7 @@ func TestShipThreeEpochs(t *testing.T) {
 // delta against a base it lacks, both when the loss shows at reconnect (Hello) and
 // when it shows only once a delta arrives (ResyncRequest).
 func TestRestartReloadsAndResyncs(t *testing.T) {
-	noLeaks(t)
-	c := newCreds(t)
-	root := filepath.Join(t.TempDir(), "root")
-	srv := startServer(t, root, c)
-	p := newPrimary(t, "svc")
-	p.dial(t, srv.addr, c.primary.Client())
+	c, root, srv, p := connectedPrimary(t)
 	files := map[string][]byte{"a.img": pattern(5000, 1), "b.img": pattern(7000, 2)}
 	ship1 := func(epoch uint64, wantFull bool) string {
 		t.Helper()
@@ -303,12 +298,7 @@ func assertNoPending(t *testing.T, root, service string) {
 // A manifest that does not match the files sent (the primary's image was truncated
 // after it was committed): Nack corrupt, resync, nothing committed.
 func TestManifestMismatch(t *testing.T) {
-	noLeaks(t)
-	c := newCreds(t)
-	root := filepath.Join(t.TempDir(), "root")
-	srv := startServer(t, root, c)
-	p := newPrimary(t, "svc")
-	p.dial(t, srv.addr, c.primary.Client())
+	_, root, srv, p := connectedPrimary(t)
 
 	dir1 := p.commit(t, 1, map[string][]byte{"a.img": pattern(4000, 1), "b.img": pattern(9000, 2)})
 	if err := p.shipSet(t, 1, dir1); err != nil {
@@ -499,12 +489,7 @@ func TestThreePrimaries(t *testing.T) {
 // A Ship whose context is cancelled drops its connection (a half-sent epoch is never
 // continued); the standby commits nothing, and after a new Dial shipping goes on.
 func TestShipCancelled(t *testing.T) {
-	noLeaks(t)
-	c := newCreds(t)
-	root := filepath.Join(t.TempDir(), "root")
-	srv := startServer(t, root, c)
-	p := newPrimary(t, "svc")
-	p.dial(t, srv.addr, c.primary.Client())
+	c, _, srv, p := connectedPrimary(t)
 	dir1 := p.commit(t, 1, map[string][]byte{"a.img": pattern(1<<20, 1)})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()

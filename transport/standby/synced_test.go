@@ -48,12 +48,7 @@ func randomBytes(n int) []byte {
 // nothing but its size when cut short; a new synced file goes whole. The standby's
 // copy is byte for byte the primary's every time.
 func TestSyncedFileShipsChangedBlocks(t *testing.T) {
-	noLeaks(t)
-	c := newCreds(t)
-	root := filepath.Join(t.TempDir(), "root")
-	srv := startServer(t, root, c)
-	p := newPrimary(t, "svc")
-	p.dial(t, srv.addr, c.primary.Client())
+	_, _, srv, p := connectedPrimary(t)
 
 	const mib = 1 << 20
 	state := randomBytes(10 * mib)
