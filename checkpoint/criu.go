@@ -160,10 +160,10 @@ func (c *Criu) opts(o Options, imagesFd, workFd int, logFile string) *rpc.CriuOp
 	case opts.NetworkLock != nil || !o.TCPEstablished:
 	case o.LockWithIptables:
 		opts.NetworkLock = ptr(rpc.CriuNetworkLockMethod_IPTABLES)
-	case o.Pid != 0:
+	case o.Pid != 0 && c.lockMethod() == rpc.CriuNetworkLockMethod_NFTABLES:
 		lock := c.lockMethod()
 		if n, err := establishedTCP(o.Pid); err == nil {
-			lock = cheaperLock(n, lock == rpc.CriuNetworkLockMethod_NFTABLES)
+			lock = cheaperLock(n, true)
 		}
 		opts.NetworkLock = ptr(lock)
 	default:
