@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/ftrun/ftrun/internal/criutest"
 )
 
 // BenchmarkDelta dumps a program with a ~100 MB heap that dirties N pages per epoch and
@@ -13,7 +15,7 @@ import (
 // target a delta must meet (the dirtied pages plus 10% plus 64 KiB of stack and libc).
 // An op is one epoch: dirty, dump, diff against the previous epoch, apply.
 func BenchmarkDelta(b *testing.B) {
-	requiresCRIU(b)
+	criutest.Require(b, "gcc")
 	for _, n := range []int{64, 1024, 4096} {
 		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
 			p := startDirtier(b, 100, n)

@@ -3,47 +3,29 @@ package delta
 import (
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"syscall"
 	"testing"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/pagemap"
 
 	"github.com/ftrun/ftrun/checkpoint"
+	"github.com/ftrun/ftrun/internal/criutest"
 	dirtierp "github.com/ftrun/ftrun/internal/dirtier"
 )
 
-// requiresCRIU skips tests that dump real processes when they cannot run here.
-func requiresCRIU(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: dumps real processes with CRIU")
-	}
-	for _, tool := range []string{"criu", "gcc"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed: run scripts/setup", tool)
-		}
-	}
-}
-
-// dirtier is one running dirtier program (internal/dirtier).
+// dirtier is one running dirtier program (internal/dirtier) for one test.
 type dirtier struct {
 	t   testing.TB
 	p   *dirtierp.Proc
 	pid int
 }
 
-// startDirtier compiles and starts the dirtier with a heap of mib MiB, dirtying n pages
-// per round; it is killed when the test ends.
+// startDirtier starts the dirtier with a heap of mib MiB, dirtying n pages per round;
+// it is killed when the test ends.
 func startDirtier(t testing.TB, mib, n int) *dirtier {
 	t.Helper()
-	bin, err := dirtierp.Build(t.TempDir())
-	must(t, err)
-	p, err := dirtierp.Start(bin, mib, n, filepath.Join(t.TempDir(), "state"))
-	must(t, err)
-	t.Cleanup(p.Kill)
+	p := criutest.Dirtier(t, mib, n)
 	return &dirtier{t: t, p: p, pid: p.Pid}
 }
 
@@ -82,7 +64,7 @@ func dirBytes(t testing.TB, dir string) int64 {
 // between them, rebuilds the second from the first and the delta, and restores the
 // program from the rebuilt set.
 func TestRealDumps(t *testing.T) {
-	requiresCRIU(t)
+	criutest.Require(t, "gcc")
 	const n = 256
 	p := startDirtier(t, 100, n)
 	root := t.TempDir()
@@ -145,16 +127,8 @@ func TestRealDumps(t *testing.T) {
 
 	// The rebuilt set restores: the program comes back and does its next round.
 	p.kill()
-	pid, err := (&checkpoint.Criu{}).Restore(checkpoint.Options{ImagesDir: c, WorkDir: t.TempDir()})
-	if err != nil {
-		t.Fatalf("restore from the rebuilt set: %v", err)
-	}
+	pid := criutest.Restore(t, c)
 	restored := &dirtier{t: t, pid: pid, p: p.p.Restored(pid)}
-	t.Cleanup(func() {
-		syscall.Kill(pid, syscall.SIGKILL)
-		var ws syscall.WaitStatus
-		syscall.Wait4(pid, &ws, 0, nil)
-	})
 	if pid != p.pid {
 		t.Errorf("restored pid %d, dumped %d", pid, p.pid)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ftrun/ftrun/checkpoint"
+	"github.com/ftrun/ftrun/internal/criutest"
 	"github.com/ftrun/ftrun/transport/standby"
 )
 
@@ -26,7 +27,7 @@ import (
 //
 //	go test -run '^$' -bench StandbyCommit -benchtime 20x ./transport/standby/
 func BenchmarkStandbyCommit(b *testing.B) {
-	requiresCRIU(b, "gcc")
+	criutest.Require(b, "gcc")
 	c := newCreds(b)
 	type side struct {
 		name   string

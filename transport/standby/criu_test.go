@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ftrun/ftrun/checkpoint"
+	"github.com/ftrun/ftrun/internal/criutest"
 	dirtierp "github.com/ftrun/ftrun/internal/dirtier"
 )
 
@@ -21,7 +22,7 @@ import (
 // shipped (the second as page deltas), the original is killed, and CRIU restores
 // it from the standby's committed copy.
 func TestCriuShipAndRestore(t *testing.T) {
-	requiresCRIU(t)
+	criutest.Require(t)
 	noLeaks(t)
 	c := newCreds(t)
 	root := filepath.Join(t.TempDir(), "root")
@@ -77,15 +78,7 @@ func TestCriuShipAndRestore(t *testing.T) {
 	waited = true
 
 	committed := setDir(t, srv.store, "sleep", 2)
-	pid, err := criu.Restore(checkpoint.Options{ImagesDir: committed, WorkDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		syscall.Kill(pid, syscall.SIGKILL)
-		var ws syscall.WaitStatus
-		syscall.Wait4(pid, &ws, 0, nil)
-	}()
+	pid := criutest.Restore(t, committed)
 	cmdline, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
 	if err != nil {
 		t.Fatalf("restored pid %d: %v", pid, err)
@@ -117,38 +110,16 @@ func dirBytes(t *testing.T, dir string) int64 {
 	return n
 }
 
-// requiresCRIU skips tests that dump real processes when they cannot run here.
-func requiresCRIU(t testing.TB, tools ...string) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for CRIU")
-	}
-	for _, tool := range append([]string{"criu"}, tools...) {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed: run scripts/setup", tool)
-		}
-	}
-}
-
-// dirtier is one running dirtier program (internal/dirtier).
+// dirtier is one running dirtier program (internal/dirtier) for one test.
 type dirtier struct {
 	b   testing.TB
 	p   *dirtierp.Proc
 	pid int
 }
 
-// startDirtier compiles and starts the dirtier; it is killed when the test ends.
 func startDirtier(b testing.TB, mib, pages int) *dirtier {
 	b.Helper()
-	bin, err := dirtierp.Build(b.TempDir())
-	if err != nil {
-		b.Fatal(err)
-	}
-	p, err := dirtierp.Start(bin, mib, pages, filepath.Join(b.TempDir(), "state"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(p.Kill)
+	p := criutest.Dirtier(b, mib, pages)
 	return &dirtier{b: b, p: p, pid: p.Pid}
 }
 
@@ -165,7 +136,7 @@ func (d *dirtier) dirty() {
 // store first) instead of copying the base. Every epoch is byte-identical to the
 // primary's, and CRIU restores the program from the last one.
 func TestCriuReusesOlderPages(t *testing.T) {
-	requiresCRIU(t, "gcc")
+	criutest.Require(t, "gcc")
 	noLeaks(t)
 	c := newCreds(t)
 	root := filepath.Join(t.TempDir(), "root")
@@ -225,15 +196,7 @@ func TestCriuReusesOlderPages(t *testing.T) {
 
 	prog.kill()
 	committed := setDir(t, srv.store, "dirtier", last)
-	pid, err := criu.Restore(checkpoint.Options{ImagesDir: committed, WorkDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		syscall.Kill(pid, syscall.SIGKILL)
-		var ws syscall.WaitStatus
-		syscall.Wait4(pid, &ws, 0, nil)
-	}()
+	pid := criutest.Restore(t, committed)
 	time.Sleep(100 * time.Millisecond)
 	if err := syscall.Kill(pid, 0); err != nil {
 		t.Fatalf("restored process gone: %v", err)
