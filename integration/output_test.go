@@ -189,7 +189,7 @@ func dialService(t *testing.T, e outputEnv, port int, timeout time.Duration) *te
 
 // netState is what the hosts' network looks like, for a failure message: the
 // client's neighbour entry for the service address, the MACs the bridges know, and
-// the service namespaces' links and firewall state.
+// the service namespaces' addresses, output rule, sockets and queues.
 func (e outputEnv) netState() string {
 	var b strings.Builder
 	show := func(name string, args ...string) {
@@ -204,7 +204,7 @@ func (e outputEnv) netState() string {
 		show("ip", "-n", h.name, "-br", "link")
 		show("bridge", "-n", h.name, "fdb", "show", "br", "br0", "dynamic")
 	}
-	out, _ := exec.Command("sh", "-c", "for p in $(pgrep -x redis-server); do echo pid $p; nsenter -t $p -n ip -br addr; nsenter -t $p -n ip neigh; nsenter -t $p -n iptables -S OUTPUT; nsenter -t $p -n nft list ruleset; nsenter -t $p -n ss -tan; cat /proc/$p/net/netfilter/nfnetlink_queue; done").CombinedOutput()
+	out, _ := exec.Command("sh", "-c", "for p in $(pgrep -x redis-server); do echo pid $p; nsenter -t $p -n ip -br addr; nsenter -t $p -n ip neigh; nsenter -t $p -n iptables -S OUTPUT; nsenter -t $p -n ss -tan; cat /proc/$p/net/netfilter/nfnetlink_queue; done").CombinedOutput()
 	b.Write(out)
 	return b.String()
 }
