@@ -375,6 +375,14 @@ func TestReceivingProgress(t *testing.T) {
 	if rx := p.srv.Status()["svc"].Receiving; rx != nil {
 		t.Errorf("still receiving after the ack: %+v", rx)
 	}
+	// A connection that ends mid-epoch leaves nothing on its way in.
+	p.send(2, &frame.EpochBegin{Full: true, Files: 2})
+	p.send(2, &frame.ImageData{Name: "a.img", Data: fx.files["a.img"], Last: true})
+	p.c.Close()
+	p.closed()
+	if rx := p.srv.Status()["svc"].Receiving; rx != nil {
+		t.Errorf("still receiving after the connection ended: %+v", rx)
+	}
 	log := p.log.String()
 	if !strings.Contains(log, `msg="standby: receiving"`) || !strings.Contains(log, `msg="standby: epoch received"`) || !strings.Contains(log, "epoch 1 (full): 2.0 MiB") {
 		t.Errorf("no progress in the log:\n%s", log)

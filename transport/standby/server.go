@@ -77,8 +77,7 @@ type Server struct {
 
 	mu    sync.Mutex
 	stats map[string]*Status
-	// meters follow each service's epoch on its way in (one connection at a time
-	// sends a service's epochs; a newer connection takes the meter over).
+	// meters follow each service's epoch on its way in, on its newest connection.
 	meters map[string]*progress.Meter
 }
 
@@ -171,16 +170,23 @@ func (s *Server) statOf(service string) *Status {
 	return st
 }
 
-// meter is service's progress meter.
-func (s *Server) meter(service string) *progress.Meter {
+// attachMeter gives a new connection of service its own progress meter, which Status
+// shows from now on (the newest connection is the one that sends).
+func (s *Server) attachMeter(service string) *progress.Meter {
+	m := progress.NewMeter(s.clk, s.cfg.ProgressEvery)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	m := s.meters[service]
-	if m == nil {
-		m = progress.NewMeter(s.clk, s.cfg.ProgressEvery)
-		s.meters[service] = m
-	}
+	s.meters[service] = m
 	return m
+}
+
+// detachMeter forgets m when its connection ends, unless a newer one took over.
+func (s *Server) detachMeter(service string, m *progress.Meter) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.meters[service] == m {
+		delete(s.meters, service)
+	}
 }
 
 func (s *Server) commitTook(service string, d time.Duration) {
@@ -264,9 +270,9 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, peer string) {
 	defer func() {
 		if cn.in != nil {
 			cn.in.abort()
-			cn.meter.Finish()
 		}
 		if cn.started {
+			s.detachMeter(cn.name, cn.meter)
 			s.connected(cn.name, -1)
 		}
 	}()
@@ -311,7 +317,7 @@ func (cn *conn) run() error {
 		return err
 	}
 	cn.started = true
-	cn.meter = cn.s.meter(cn.name)
+	cn.meter = cn.s.attachMeter(cn.name)
 	cn.s.connected(cn.name, 1)
 	cn.s.heard(cn.name, frame.HeaderSize+len(f.Payload)+frame.TrailerSize)
 	if h.LastCommitted != committed {
