@@ -162,7 +162,7 @@ func (c *Criu) opts(o Options, imagesFd, workFd int, logFile string) *rpc.CriuOp
 		opts.NetworkLock = ptr(rpc.CriuNetworkLockMethod_IPTABLES)
 	case o.Pid != 0 && c.lockMethod() == rpc.CriuNetworkLockMethod_NFTABLES:
 		lock := c.lockMethod()
-		if n, err := establishedTCP(o.Pid); err == nil {
+		if n, err := establishedTCP(o.Pid, nftablesFrom); err == nil {
 			lock = cheaperLock(n, true)
 		}
 		opts.NetworkLock = ptr(lock)

@@ -28,11 +28,29 @@ func cheaperLock(established int, nft bool) rpc.CriuNetworkLockMethod {
 }
 
 // establishedTCP counts the established TCP connections held by the process tree
-// rooted at pid, as seen from its network namespace.
-func establishedTCP(pid int) (int, error) {
-	inodes := map[string]bool{}
+// rooted at pid, as seen from its network namespace, up to limit: a dump asks only
+// whether there are at least nftablesFrom, so a server with thousands of clients
+// costs a few readlinks, not thousands, before every dump.
+func establishedTCP(pid, limit int) (int, error) {
+	est := map[string]bool{}
+	for _, table := range []string{"tcp", "tcp6"} {
+		f, err := os.Open(fmt.Sprintf("/proc/%d/net/%s", pid, table))
+		if err != nil {
+			if table == "tcp" {
+				return 0, err
+			}
+			continue // no IPv6
+		}
+		establishedInodes(f, est)
+		f.Close()
+	}
+	if len(est) == 0 {
+		return 0, nil
+	}
+	n := 0
 	for _, p := range processTree(pid) {
-		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p))
+		dir := fmt.Sprintf("/proc/%d/fd", p)
+		ents, err := os.ReadDir(dir)
 		if err != nil {
 			if p == pid {
 				return 0, err
@@ -40,39 +58,32 @@ func establishedTCP(pid int) (int, error) {
 			continue // a child that just exited
 		}
 		for _, e := range ents {
-			l, err := os.Readlink(filepath.Join(fmt.Sprintf("/proc/%d/fd", p), e.Name()))
-			if err == nil && strings.HasPrefix(l, "socket:[") {
-				inodes[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
+			l, err := os.Readlink(filepath.Join(dir, e.Name()))
+			if err != nil || !strings.HasPrefix(l, "socket:[") {
+				continue
+			}
+			ino := strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")
+			if est[ino] {
+				delete(est, ino) // a socket shared by several fds counts once
+				if n++; n >= limit {
+					return n, nil
+				}
 			}
 		}
-	}
-	if len(inodes) == 0 {
-		return 0, nil
-	}
-	n := 0
-	for _, table := range []string{"tcp", "tcp6"} {
-		f, err := os.Open(fmt.Sprintf("/proc/%d/net/%s", pid, table))
-		if err != nil {
-			continue // no IPv6
-		}
-		n += countEstablished(f, inodes)
-		f.Close()
 	}
 	return n, nil
 }
 
-// countEstablished counts the lines of a /proc/net/tcp table in state ESTABLISHED
-// (01) whose socket inode is one of inodes.
-func countEstablished(f *os.File, inodes map[string]bool) int {
-	n := 0
+// establishedInodes adds to est the socket inodes of the lines of a /proc/net/tcp
+// table in state ESTABLISHED (01).
+func establishedInodes(f *os.File, est map[string]bool) {
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fs := strings.Fields(sc.Text())
-		if len(fs) > 9 && fs[3] == "01" && inodes[fs[9]] {
-			n++
+		if len(fs) > 9 && fs[3] == "01" {
+			est[fs[9]] = true
 		}
 	}
-	return n
 }
 
 // processTree is pid and its descendants, by /proc/PID/task/TID/children.

@@ -30,7 +30,8 @@ func TestCheaperLock(t *testing.T) {
 // The count is of this process's own established connections, both ends of a
 // loopback pair included, and not of its listener.
 func TestEstablishedTCP(t *testing.T) {
-	before, err := establishedTCP(os.Getpid())
+	const all = 1 << 20
+	before, err := establishedTCP(os.Getpid(), all)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,14 +50,17 @@ func TestEstablishedTCP(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	after, err := establishedTCP(os.Getpid())
+	after, err := establishedTCP(os.Getpid(), all)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if after-before != 2 {
 		t.Errorf("established connections went from %d to %d, want two more", before, after)
 	}
-	if _, err := establishedTCP(1 << 30); err == nil {
+	if n, err := establishedTCP(os.Getpid(), 1); err != nil || n != 1 {
+		t.Errorf("counting up to 1 = %d, %v; want 1", n, err)
+	}
+	if _, err := establishedTCP(1<<30, all); err == nil {
 		t.Error("no error for a process that does not exist")
 	}
 }
