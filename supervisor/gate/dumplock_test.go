@@ -94,7 +94,7 @@ func TestDumpLockHoldsIncomingTCP(t *testing.T) {
 	// Output held by the gate survives a lock and an unlock.
 	u := listen(t, p.b, addrB+":7071")
 	s := dialFrom(t, p.a, addrB+":7071")
-	held := g.Stats().HeldPackets // A's ACKs of "two", if any
+	held := settledHeld(g) // A's ACKs of "two", if any
 	s.send(t, "kept")
 	waitHeld(t, g, held+1)
 	if err := l.Lock(); err != nil {
@@ -111,6 +111,18 @@ func TestDumpLockHoldsIncomingTCP(t *testing.T) {
 		t.Fatal(err)
 	}
 	u.expect(t, "kept")
+}
+
+// settledHeld is the gate's held count once it has not changed for longer than
+// Linux's longest delayed ACK (200 ms): stray ACKs of earlier traffic are in by then.
+func settledHeld(g *NFQueue) int {
+	n := g.Stats().HeldPackets
+	for stable := time.Now(); time.Since(stable) < 250*time.Millisecond; time.Sleep(10 * time.Millisecond) {
+		if m := g.Stats().HeldPackets; m != n {
+			n, stable = m, time.Now()
+		}
+	}
+	return n
 }
 
 func expectLine(t *testing.T, got <-chan string, want string) {
