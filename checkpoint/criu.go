@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	criu "github.com/checkpoint-restore/go-criu/v8"
@@ -199,7 +200,7 @@ func (c *Criu) Dump(o Options) (DumpStats, error) {
 		nfy = dumpNotify{pre: o.PreDump, post: o.PostDump}
 	}
 	if err := o.enter(func() error { return cl.Dump(c.opts(o, int(dir.Fd()), workFd(work), DumpLog), nfy) }); err != nil {
-		return DumpStats{}, criuError("dump", o.logDir(), DumpLog, err)
+		return DumpStats{}, criuError("dump", o, DumpLog, err)
 	}
 	st := DumpStats{Total: time.Since(start)}
 	if ds, err := stats.CriuGetDumpStats(dir); err == nil {
@@ -299,7 +300,7 @@ func (c *Criu) Restore(o Options) (int, error) {
 	// wait for them like for a program it started.
 	opts.RstSibling = ptr(true)
 	if err := o.enter(func() error { return cl.Restore(opts, n) }); err != nil {
-		return 0, criuError("restore", o.logDir(), RestoreLog, err)
+		return 0, criuError("restore", o, RestoreLog, err)
 	}
 	if n.pid == 0 {
 		return 0, fmt.Errorf("%w: restore reported no pid (see %s)", ErrCriuFailed, filepath.Join(o.logDir(), RestoreLog))
@@ -313,6 +314,7 @@ type CriuError struct {
 	Lines []string // the last Error lines of CRIU's log
 	Log   string   // the log file (it may live in a directory that is removed later)
 	Err   error    // what go-criu reported
+	Full  bool     // the images' filesystem was (nearly) full when the operation failed
 }
 
 func (e *CriuError) Error() string {
@@ -324,10 +326,14 @@ func (e *CriuError) Error() string {
 
 func (e *CriuError) Unwrap() []error {
 	errs := []error{ErrCriuFailed, e.Err}
+	if e.Full {
+		return append(errs, ErrNoSpace)
+	}
 	for _, l := range e.Lines {
-		if strings.Contains(l, "No space left on device") {
-			errs = append(errs, ErrNoSpace)
-			break
+		// "No space", not the whole message: on a full disk CRIU's own log line is
+		// often cut short ("No space lef") by the very lack of space it reports.
+		if strings.Contains(l, "No space") {
+			return append(errs, ErrNoSpace)
 		}
 	}
 	return errs
@@ -338,12 +344,25 @@ func oneLine(s string) string {
 }
 
 // criuError turns a failed RPC into one line that carries CRIU's own Error lines.
-func criuError(op, dir, logName string, err error) error {
+func criuError(op string, o Options, logName string, err error) error {
 	if errors.Is(err, os.ErrNotExist) || errors.Is(err, exec.ErrNotFound) {
 		return fmt.Errorf("%w: %s: criu binary not found: %v (run scripts/setup, or pass --criu PATH)", ErrCriuMissing, op, err)
 	}
-	log := filepath.Join(dir, logName)
-	return &CriuError{Op: op, Lines: ErrorLines(log, 3), Log: log, Err: err}
+	log := filepath.Join(o.logDir(), logName)
+	full := op == "dump" && (nearlyFull(o.ImagesDir) || nearlyFull(o.logDir()))
+	return &CriuError{Op: op, Lines: ErrorLines(log, 3), Log: log, Err: err, Full: full}
+}
+
+// fullBelow is the free space under which a failed CRIU run is put down to a full disk:
+// CRIU may die of ENOSPC before its log says so, when the log shares that disk.
+const fullBelow = 1 << 20
+
+func nearlyFull(dir string) bool {
+	var fs syscall.Statfs_t
+	if syscall.Statfs(dir, &fs) != nil {
+		return false
+	}
+	return fs.Bavail*uint64(fs.Bsize) < fullBelow
 }
 
 // benignErrors are Error lines CRIU prints on every run here and that explain nothing.

@@ -186,12 +186,32 @@ func TestErrorLinesOnlyBenign(t *testing.T) {
 	}
 }
 
+// On a full disk CRIU's log line is cut short by the lack of space it reports; it still
+// counts as a full disk.
+func TestCriuErrorTruncatedNoSpace(t *testing.T) {
+	dir := t.TempDir()
+	log := "(00.120000) Error (criu/page-xfer.c:263): page-xfer: Unable to spice data: No space lef"
+	if err := os.WriteFile(filepath.Join(dir, DumpLog), []byte(log), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := criuError("dump", Options{ImagesDir: dir}, DumpLog, errors.New("criu exited 1"))
+	if !errors.Is(err, ErrNoSpace) {
+		t.Errorf("truncated ENOSPC line not taken for a full disk: %v", err)
+	}
+	if errors.Is(&CriuError{Op: "dump", Lines: []string{"Error: some other failure"}}, ErrNoSpace) {
+		t.Error("an unrelated failure taken for a full disk")
+	}
+	if !errors.Is(&CriuError{Op: "dump", Full: true}, ErrNoSpace) {
+		t.Error("a failure on a full filesystem not taken for a full disk")
+	}
+}
+
 func TestCriuErrorQuotesLog(t *testing.T) {
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, DumpLog), []byte(sampleDumpLog), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	err := criuError("dump", dir, DumpLog, errors.New("criu exited 1"))
+	err := criuError("dump", Options{ImagesDir: dir}, DumpLog, errors.New("criu exited 1"))
 	if !errors.Is(err, ErrCriuFailed) {
 		t.Errorf("criuError is not ErrCriuFailed: %v", err)
 	}
