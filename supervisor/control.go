@@ -158,7 +158,7 @@ func (s *Supervisor) manualRestore(epoch uint64) error {
 		s.retry.Stop()
 		s.retry = nil
 	}
-	if err := s.restore(epoch, true); err != nil {
+	if err := s.restore(epoch, false); err != nil {
 		s.log.Error("restore by hand failed; falling back to the recovery ladder", "err", err)
 		if lerr := s.carryOut(s.ladder.Failed(s.candidates(), "restore by hand failed")); lerr != nil {
 			return errors.Join(err, lerr)

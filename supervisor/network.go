@@ -53,6 +53,20 @@ func resolveCommit(mode CommitMode, hasNet, hasStandby bool) (CommitMode, error)
 	return mode, nil
 }
 
+// keepConnections is the pure rule for whether a restore brings the program's
+// established TCP connections back open. The peers of a program that dies see its
+// sockets close (FIN or RST) unless those packets stay behind the output gate, which
+// never releases what no checkpoint explains; they are dropped with the namespace.
+// And a connection can only go on from a state at least as new as what its peer was
+// shown: the gate releases nothing beyond the newest committed epoch, so that one
+// qualifies, and an older one (the newest was unusable, or one was asked for by hand)
+// does not. So connections are kept when the program has an address of its own
+// (--net), the epoch is the newest, and either the program ran behind the gate or this
+// is a standby's take-over, whose primary host went silent as a whole.
+func keepConnections(hasNet bool, mode CommitMode, takeover, newest bool) bool {
+	return hasNet && newest && (mode == CommitStandby || mode == CommitLocal || takeover)
+}
+
 // releaseTarget is the pure rule for how far held output may go: up to the newest
 // epoch the standby acknowledged, or, while the standby is unreachable (the program is
 // unprotected and says so), up to the newest epoch durable on local disk, so that the

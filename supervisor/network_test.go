@@ -50,6 +50,26 @@ func TestReleaseTarget(t *testing.T) {
 	}
 }
 
+func TestKeepConnections(t *testing.T) {
+	for _, c := range []struct {
+		net                    bool
+		mode                   CommitMode
+		takeover, newest, want bool
+	}{
+		{true, CommitLocal, false, true, true},    // a crash here, behind the gate
+		{true, CommitStandby, false, true, true},  // the same with a standby
+		{true, CommitOff, false, true, false},     // no gate: the peers saw the sockets close
+		{true, CommitOff, true, true, true},       // a standby's take-over (its copy runs ungated)
+		{true, CommitLocal, false, false, false},  // an older epoch: behind what peers were shown
+		{true, CommitStandby, true, false, false}, // the same on a take-over
+		{false, CommitOff, true, true, false},     // no address of its own
+	} {
+		if got := keepConnections(c.net, c.mode, c.takeover, c.newest); got != c.want {
+			t.Errorf("keepConnections(net=%v, %q, takeover=%v, newest=%v) = %v, want %v", c.net, c.mode, c.takeover, c.newest, got, c.want)
+		}
+	}
+}
+
 func TestParseCommitMode(t *testing.T) {
 	if _, err := ParseCommitMode("remote"); err == nil {
 		t.Fatal("ParseCommitMode accepted a mode that does not exist")

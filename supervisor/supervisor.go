@@ -757,6 +757,14 @@ func (s *Supervisor) setPhase(p Phase) {
 }
 
 // candidates lists committed epochs, newest first.
+// newestEpoch is the newest committed checkpoint here, 0 if there is none.
+func (s *Supervisor) newestEpoch() uint64 {
+	if c := s.candidates(); len(c) > 0 {
+		return c[0]
+	}
+	return 0
+}
+
 func (s *Supervisor) candidates() []uint64 {
 	sets, err := s.store.List()
 	if err != nil {
@@ -796,11 +804,8 @@ func (s *Supervisor) carryOut(a Attempt) error {
 		var err error
 		switch a.Rung {
 		case RungRestore:
-			// Only a standby's first restore keeps TCP connections, and only when the
-			// program's address moved with it (--net): after a crash here its peers saw
-			// its sockets die, and without its own address a connection cannot be bound.
-			first := s.st.Restores == 0 && s.st.FreshStarts == 0
-			err = s.restore(a.Epoch, !(s.cfg.Failover && first && s.cfg.Net != nil))
+			takeover := s.cfg.Failover && s.st.Restores == 0 && s.st.FreshStarts == 0
+			err = s.restore(a.Epoch, takeover)
 		case RungFresh:
 			err = s.fresh()
 		}
@@ -854,9 +859,10 @@ func (s *Supervisor) fresh() error {
 	return nil
 }
 
-// restore brings back epoch. local means the program's TCP peers saw it die, so its
-// connections come back closed.
-func (s *Supervisor) restore(epoch uint64, local bool) error {
+// restore brings back epoch: here after a failure, or on a standby taking over (the
+// program's address moved hosts). Its TCP connections come back open or closed as
+// keepConnections says.
+func (s *Supervisor) restore(epoch uint64, takeover bool) error {
 	dir := filepath.Join(s.store.Dir(), fmt.Sprintf("%016d", epoch))
 	m, err := checkpoint.VerifyDir(dir)
 	if err != nil {
@@ -893,17 +899,21 @@ func (s *Supervisor) restore(epoch uint64, local bool) error {
 		return err
 	}
 	start := s.clock.Now()
-	pid, err := s.cfg.Criu.Restore(checkpoint.Options{ImagesDir: dir, WorkDir: work, TCPEstablished: true, TCPClose: local, Inherit: inherit,
-		Enter: s.enter(), LockWithIptables: s.gate != nil})
+	// A place of its own is cut off from the LAN until connectNet, so no packet can
+	// reach a connection CRIU has not restored yet: CRIU's network lock, which costs
+	// an iptables-restore per connection or a libnftables table, is not needed.
+	pid, err := s.cfg.Criu.Restore(checkpoint.Options{ImagesDir: dir, WorkDir: work, TCPEstablished: true, Inherit: inherit,
+		TCPClose: !keepConnections(s.cfg.Net != nil, s.cfg.Commit, takeover, s.newestEpoch() == epoch),
+		Enter:    s.enter(), LockWithIptables: s.gate != nil, NetworkLockSkip: s.place != nil})
 	if err != nil {
 		return err
 	}
 	// Only now, with the sockets back, may the LAN reach the namespace. When the
 	// address moved hosts, tell the switch and the clients' neighbour caches now,
 	// and again in case the first announcement is lost.
-	announce := 3
-	if local {
-		announce = 1
+	announce := 1
+	if takeover {
+		announce = 3
 	}
 	if err := s.connectNet(announce); err != nil {
 		return err
