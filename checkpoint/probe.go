@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // MinVersion is the oldest CRIU ftrun accepts: 3.x cannot dump on current kernels
@@ -166,7 +168,27 @@ func (p Prober) Probe() []Finding {
 		fs = append(fs, Finding{Name: "network lock", OK: false, Detail: "iptables (CRIU built without libnftables)",
 			Fix: "optional: scripts/setup rebuilds CRIU with libnftables; iptables-restore adds ~45 ms per TCP connection to the frozen time of a program with several"})
 	}
+	fs = append(fs, kdatFinding(runIsTmpfs()))
 	return fs
+}
+
+// kdatRunDir is where CRIU keeps the result of probing the kernel (criu.kdat), and
+// only on a tmpfs, so that a reboot into another kernel forgets it.
+const kdatRunDir = "/run"
+
+func runIsTmpfs() bool {
+	var st unix.Statfs_t
+	return unix.Statfs(kdatRunDir, &st) == nil && st.Type == unix.TMPFS_MAGIC
+}
+
+// kdatFinding says whether CRIU can cache its kernel probe between runs (pure).
+func kdatFinding(tmpfs bool) Finding {
+	if tmpfs {
+		return Finding{Name: "CRIU kernel probe cache", OK: true, Detail: kdatRunDir + " is a tmpfs: CRIU probes the kernel once per boot"}
+	}
+	return Finding{Name: "CRIU kernel probe cache", Detail: kdatRunDir + " is not a tmpfs, so CRIU cannot keep " + kdatRunDir +
+		"/criu.kdat: every checkpoint and restore probes the kernel anew (tens of milliseconds each)",
+		Fix: "optional: mount a tmpfs on " + kdatRunDir + " (systemd does); restores, and the time a checkpoint takes, shrink by that much"}
 }
 
 // NFTablesLock reports whether CRIU can lock TCP connections with nftables, in its

@@ -279,3 +279,13 @@ func TestMissingFiles(t *testing.T) {
 		t.Fatalf("MissingFiles:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+func TestKdatFinding(t *testing.T) {
+	if f := kdatFinding(true); !f.OK {
+		t.Errorf("tmpfs /run reported as a problem: %+v", f)
+	}
+	f := kdatFinding(false)
+	if f.OK || f.Required || !strings.Contains(f.Fix, "tmpfs") {
+		t.Errorf("non-tmpfs /run: %+v, want an optional finding whose fix names a tmpfs", f)
+	}
+}
