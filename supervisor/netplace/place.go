@@ -284,7 +284,7 @@ func (p *Place) Connect() error {
 			return fmt.Errorf("connecting service %q: %s: %w", p.spec.Service, p.spec.HostLink(), err)
 		}
 		if eth.Attrs().OperState == netlink.OperUp && hl.Attrs().OperState == netlink.OperUp {
-			return nil
+			return forgetNeighbours(nh, eth)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("connecting service %q: no carrier %s after %s came up (%s %s, %s %s)", p.spec.Service, connectTimeout,
@@ -292,6 +292,27 @@ func (p *Place) Connect() error {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+}
+
+// forgetNeighbours drops the namespace's unfinished neighbour entries on eth. A
+// restored socket sends (a window probe, a retransmission) before the link is up;
+// the ARP request that sets off is lost, and the entry would wait a whole retransmit
+// interval (a second) before asking again, holding every packet to that peer
+// meanwhile. Dropped, the next packet asks at once.
+func forgetNeighbours(nh *netlink.Handle, eth netlink.Link) error {
+	neighs, err := nh.NeighList(eth.Attrs().Index, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("listing neighbours on %s: %w", IfName, err)
+	}
+	for _, n := range neighs {
+		if n.State&(netlink.NUD_PERMANENT|netlink.NUD_NOARP) != 0 {
+			continue
+		}
+		if err := nh.NeighDel(&n); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("forgetting neighbour %s on %s: %w", n.IP, IfName, err)
+		}
+	}
+	return nil
 }
 
 // connectTimeout bounds the wait for eth0's carrier in Connect.
