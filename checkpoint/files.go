@@ -7,7 +7,6 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/checkpoint-restore/go-criu/v8/crit"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
 )
 
@@ -22,19 +21,14 @@ type RequiredFile struct {
 // files.img. A restore on another host fails when one is missing or has another size,
 // so a standby checks them when it first receives a service, not at failover.
 func RequiredFiles(dir string) ([]RequiredFile, error) {
-	f, err := os.Open(filepath.Join(dir, "files.img"))
+	entries, err := decodeImage(filepath.Join(dir, "files.img"), &fdinfo.FileEntry{})
 	if err != nil {
-		return nil, fmt.Errorf("read files.img: %w", err)
-	}
-	defer f.Close()
-	img, err := crit.New(f, nil, "", false, true).Decode(&fdinfo.FileEntry{})
-	if err != nil {
-		return nil, fmt.Errorf("decode files.img in %q: %w", dir, err)
+		return nil, err
 	}
 	seen := map[string]bool{}
 	var out []RequiredFile
-	for _, e := range img.Entries {
-		fe, ok := e.Message.(*fdinfo.FileEntry)
+	for _, e := range entries {
+		fe, ok := e.(*fdinfo.FileEntry)
 		if !ok || fe.GetType() != fdinfo.FdTypes_REG || fe.GetReg() == nil {
 			continue
 		}

@@ -237,6 +237,36 @@ func (s *Supervisor) connectNet(announce int) error {
 	return nil
 }
 
+// nudgePeers hurries the connections restored from the image set in dir along (see
+// netplace.Nudge): without it a client's next try waits for its own backed-off
+// retransmission timer, and a reply the program had sent but the client never got
+// waits for the restored socket's first retransmission: a second or more after the
+// program is back. Only a take-over sends the program's output again: the standby's
+// copy holds the epoch as committed and runs ungated, while a restore here could let
+// out what the standby does not hold yet. Best effort: a failure costs that wait.
+func (s *Supervisor) nudgePeers(dir string, takeover bool) {
+	if s.place == nil {
+		return
+	}
+	conns, err := checkpoint.TCPConns(dir)
+	if err != nil {
+		s.log.Warn("reading the restored TCP connections", "err", err)
+		return
+	}
+	peers := make([]netplace.Peer, len(conns))
+	for i, c := range conns {
+		peers[i] = netplace.Peer{Local: c.Local, Remote: c.Peer, Una: c.RcvNxt, Seq: c.SndUna, Unacked: c.Unacked,
+			MSS: c.MSS, Window: c.Window, WScale: c.WScale, Timestamps: c.Timestamps, TSval: c.TSval}
+	}
+	n, err := s.place.Nudge(peers, netplace.NudgeRounds, takeover)
+	if err != nil {
+		s.log.Warn("hurrying the restored connections", "err", err)
+	}
+	if n > 0 {
+		s.log.Info("asked the peers of restored connections to resend now", "connections", n, "resent_output", takeover)
+	}
+}
+
 // releaseOutput lets out what the newest safe epoch explains.
 func (s *Supervisor) releaseOutput() {
 	if s.gate == nil {

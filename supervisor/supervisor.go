@@ -902,8 +902,9 @@ func (s *Supervisor) restore(epoch uint64, takeover bool) error {
 	// A place of its own is cut off from the LAN until connectNet, so no packet can
 	// reach a connection CRIU has not restored yet: CRIU's network lock, which costs
 	// an iptables-restore per connection or a libnftables table, is not needed.
+	keepTCP := keepConnections(s.cfg.Net != nil, s.cfg.Commit, takeover, s.newestEpoch() == epoch)
 	pid, err := s.cfg.Criu.Restore(checkpoint.Options{ImagesDir: dir, WorkDir: work, TCPEstablished: true, Inherit: inherit,
-		TCPClose: !keepConnections(s.cfg.Net != nil, s.cfg.Commit, takeover, s.newestEpoch() == epoch),
+		TCPClose: !keepTCP,
 		Enter:    s.enter(), LockWithIptables: s.gate != nil, NetworkLockSkip: s.place != nil})
 	if err != nil {
 		return err
@@ -917,6 +918,9 @@ func (s *Supervisor) restore(epoch uint64, takeover bool) error {
 	}
 	if err := s.connectNet(announce); err != nil {
 		return err
+	}
+	if keepTCP {
+		s.nudgePeers(dir, takeover)
 	}
 	s.st.Restores++
 	s.incarnation(pid, fmt.Sprintf("restored from epoch %d in %s", epoch, s.clock.Since(start).Round(time.Millisecond)))
