@@ -165,3 +165,18 @@ func TestScenarioReports(t *testing.T) {
 		})
 	}
 }
+
+func TestTakeoverTimes(t *testing.T) {
+	kill := time.Date(2026, 11, 23, 19, 37, 35, 130e6, time.UTC)
+	log := `time=2026-11-23T19:37:31.211Z level=INFO msg="standby listening" addr=198.19.101.2:7946
+time=2026-11-23T19:37:36.102Z level=WARN msg="taking over: primary silent for 1.008s (timeout 1s)" service=x epoch=36
+time=2026-11-23T19:37:36.265Z level=INFO msg="program restored from epoch 36 in 157ms" role=live service=x pid=21895
+`
+	decide, restore := takeoverTimes(log, kill)
+	if decide != 972 || restore != 157 {
+		t.Errorf("takeoverTimes = %.1f, %.1f ms; want 972, 157", decide, restore)
+	}
+	if d, r := takeoverTimes("nothing", kill); d != 0 || r != 0 {
+		t.Errorf("takeoverTimes of a log without a take-over = %v, %v", d, r)
+	}
+}
