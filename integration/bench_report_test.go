@@ -51,7 +51,7 @@ func TestBenchQuickReport(t *testing.T) {
 		{"Frozen time vs program size", "| data | image | frozen: ftrun | frozen: criu CLI |"},
 		{"Bytes shipped vs pages dirtied", "| pages dirtied (N) | dirtied | shipped per epoch | target | full image |"},
 		{"Plain restart vs ftrun", "| supervisor | kill -9 -> first answer | first answer correct |"},
-		{"Failover as seen by a client", "| kill -> first answer | keys lost (of acknowledged before the kill) |"},
+		{"Failover as seen by a client", "| kill -> first answer | take-over timeout: kill -> decision, restore | keys lost (of acknowledged before the kill) |"},
 		{"One standby, ten primaries", "| service | epochs acked in window | commit p50 | commit p99 |"},
 		{"Latency with and without the output gate", "| --commit | answers | p50 | p90 | p99 |"},
 		{"What the Output Rule costs: latency vs epoch length, throughput", "| --interval | p50 | p99 | bound (interval/2 + frozen + RTT) |"},
