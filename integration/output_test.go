@@ -567,6 +567,11 @@ func TestCommitLocalKeepsAcknowledgedWrites(t *testing.T) {
 	}
 	t.Logf("%d writes acknowledged before the crash, %d in all on the same connection; client paused %s; gate held %d packets (%d bytes) at one look",
 		before, len(acked), pause.Round(time.Millisecond), held.HeldPackets, held.HeldBytes)
+	// A restore here takes a fraction of a second; left to the client's backed-off
+	// timer and to the restored socket's first retransmission, the pause was 1.3 s.
+	if pause > 1200*time.Millisecond {
+		t.Errorf("the client paused %s across a local restore", pause.Round(time.Millisecond))
+	}
 }
 
 // ftrun dies while its program runs behind the gate: what it held dies with it (the

@@ -241,10 +241,11 @@ func (s *Supervisor) connectNet(announce int) error {
 // netplace.Nudge): without it a client's next try waits for its own backed-off
 // retransmission timer, and a reply the program had sent but the client never got
 // waits for the restored socket's first retransmission: a second or more after the
-// program is back. Only a take-over sends the program's output again: the standby's
-// copy holds the epoch as committed and runs ungated, while a restore here could let
-// out what the standby does not hold yet. Best effort: a failure costs that wait.
-func (s *Supervisor) nudgePeers(dir string, takeover bool) {
+// program is back. resend says the program's output in that image set may leave (a
+// standby's take-over, whose copy runs ungated; or an epoch the gate may release);
+// otherwise it is left to the restored socket, behind the gate. Best effort: a
+// failure costs that wait, nothing else.
+func (s *Supervisor) nudgePeers(dir string, resend bool) {
 	if s.place == nil {
 		return
 	}
@@ -258,13 +259,18 @@ func (s *Supervisor) nudgePeers(dir string, takeover bool) {
 		peers[i] = netplace.Peer{Local: c.Local, Remote: c.Peer, Una: c.RcvNxt, Seq: c.SndUna, Unacked: c.Unacked,
 			MSS: c.MSS, Window: c.Window, WScale: c.WScale, Timestamps: c.Timestamps, TSval: c.TSval}
 	}
-	n, err := s.place.Nudge(peers, netplace.NudgeRounds, takeover)
+	n, err := s.place.Nudge(peers, netplace.NudgeRounds, resend)
 	if err != nil {
 		s.log.Warn("hurrying the restored connections", "err", err)
 	}
 	if n > 0 {
-		s.log.Info("asked the peers of restored connections to resend now", "connections", n, "resent_output", takeover)
+		s.log.Info("asked the peers of restored connections to resend now", "connections", n, "resent_output", resend)
 	}
+}
+
+// releasable is the newest epoch whose output may leave (see releaseTarget).
+func (s *Supervisor) releasable() uint64 {
+	return releaseTarget(s.cfg.Commit, s.link != nil && s.linkUp, s.st.StandbyEpoch, s.durable)
 }
 
 // releaseOutput lets out what the newest safe epoch explains.
@@ -272,8 +278,7 @@ func (s *Supervisor) releaseOutput() {
 	if s.gate == nil {
 		return
 	}
-	up := s.link != nil && s.linkUp
-	to := releaseTarget(s.cfg.Commit, up, s.st.StandbyEpoch, s.durable)
+	to := s.releasable()
 	if to == 0 {
 		return
 	}

@@ -920,7 +920,12 @@ func (s *Supervisor) restore(epoch uint64, takeover bool) error {
 		return err
 	}
 	if keepTCP {
-		s.nudgePeers(dir, takeover)
+		resend := takeover || epoch <= s.releasable()
+		if !resend && s.cfg.Commit == CommitLocal {
+			// The epoch may still be on its way to disk; once there, its output may go.
+			resend = s.store.Sync(checkpoint.Set{Epoch: epoch, Dir: dir}) == nil
+		}
+		s.nudgePeers(dir, resend)
 	}
 	s.st.Restores++
 	s.incarnation(pid, fmt.Sprintf("restored from epoch %d in %s", epoch, s.clock.Since(start).Round(time.Millisecond)))
