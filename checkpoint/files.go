@@ -21,18 +21,17 @@ type RequiredFile struct {
 // files.img. A restore on another host fails when one is missing or has another size,
 // so a standby checks them when it first receives a service, not at failover.
 func RequiredFiles(dir string) ([]RequiredFile, error) {
-	entries, err := decodeImage(filepath.Join(dir, "files.img"), &fdinfo.FileEntry{})
+	files, err := filesOfType(dir, fdinfo.FdTypes_REG)
 	if err != nil {
 		return nil, err
 	}
 	seen := map[string]bool{}
 	var out []RequiredFile
-	for _, e := range entries {
-		fe, ok := e.(*fdinfo.FileEntry)
-		if !ok || fe.GetType() != fdinfo.FdTypes_REG || fe.GetReg() == nil {
+	for _, fe := range files {
+		reg := fe.GetReg()
+		if reg == nil {
 			continue
 		}
-		reg := fe.GetReg()
 		name := reg.GetName()
 		// Pseudo file systems come with the kernel, not with the host's disk; unlinked
 		// files travel inside the images (CRIU's ghost files).
@@ -74,4 +73,19 @@ func UnderAny(p string, roots []string) bool {
 		}
 	}
 	return false
+}
+
+// filesOfType lists the entries of the image set's files.img of type t.
+func filesOfType(dir string, t fdinfo.FdTypes) ([]*fdinfo.FileEntry, error) {
+	entries, err := decodeImage(filepath.Join(dir, "files.img"), &fdinfo.FileEntry{})
+	if err != nil {
+		return nil, err
+	}
+	var out []*fdinfo.FileEntry
+	for _, e := range entries {
+		if fe, ok := e.(*fdinfo.FileEntry); ok && fe.GetType() == t {
+			out = append(out, fe)
+		}
+	}
+	return out, nil
 }

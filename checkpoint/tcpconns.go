@@ -49,18 +49,14 @@ const (
 // TCPConns lists the established IPv4 TCP connections in the image set in dir, from
 // files.img and CRIU's tcp-stream images.
 func TCPConns(dir string) ([]TCPConn, error) {
-	entries, err := decodeImage(filepath.Join(dir, "files.img"), &fdinfo.FileEntry{})
+	socks, err := filesOfType(dir, fdinfo.FdTypes_INETSK)
 	if err != nil {
 		return nil, err
 	}
 	var out []TCPConn
-	for _, e := range entries {
-		fe, ok := e.(*fdinfo.FileEntry)
-		if !ok || fe.GetType() != fdinfo.FdTypes_INETSK || fe.GetIsk() == nil {
-			continue
-		}
+	for _, fe := range socks {
 		sk := fe.GetIsk()
-		if sk.GetFamily() != afInet || sk.GetProto() != ipprotoTCP || sk.GetState() != tcpEstablished ||
+		if sk == nil || sk.GetFamily() != afInet || sk.GetProto() != ipprotoTCP || sk.GetState() != tcpEstablished ||
 			len(sk.GetSrcAddr()) != 1 || len(sk.GetDstAddr()) != 1 {
 			continue
 		}
