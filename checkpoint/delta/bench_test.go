@@ -29,7 +29,7 @@ func BenchmarkDelta(b *testing.B) {
 			var diffTime, applyTime time.Duration
 			b.ResetTimer()
 			for i := 1; i <= b.N; i++ {
-				p.dirty()
+				p.MustDirty()
 				dir := filepath.Join(root, fmt.Sprint(i))
 				p.dump(dir)
 				start := time.Now()

@@ -11,30 +11,19 @@ import (
 
 	"github.com/ftrun/ftrun/checkpoint"
 	"github.com/ftrun/ftrun/internal/criutest"
-	dirtierp "github.com/ftrun/ftrun/internal/dirtier"
 )
 
 // dirtier is one running dirtier program (internal/dirtier) for one test.
 type dirtier struct {
-	t   testing.TB
-	p   *dirtierp.Proc
-	pid int
+	*criutest.Prog
+	t testing.TB
 }
 
 // startDirtier starts the dirtier with a heap of mib MiB, dirtying n pages per round;
 // it is killed when the test ends.
 func startDirtier(t testing.TB, mib, n int) *dirtier {
 	t.Helper()
-	p := criutest.Dirtier(t, mib, n)
-	return &dirtier{t: t, p: p, pid: p.Pid}
-}
-
-func (d *dirtier) kill() { d.p.Kill() }
-
-// dirty makes the program dirty its pages once more and waits until it has.
-func (d *dirtier) dirty() {
-	d.t.Helper()
-	must(d.t, d.p.Dirty())
+	return &dirtier{Prog: criutest.Dirtier(t, mib, n), t: t}
 }
 
 // dump checkpoints the program into a new directory, leaving it running. CRIU's log
@@ -43,7 +32,7 @@ func (d *dirtier) dump(dir string) {
 	d.t.Helper()
 	must(d.t, os.MkdirAll(dir, 0o700))
 	work := d.t.TempDir()
-	if _, err := (&checkpoint.Criu{}).Dump(checkpoint.Options{ImagesDir: dir, WorkDir: work, Pid: d.pid, LeaveRunning: true}); err != nil {
+	if _, err := (&checkpoint.Criu{}).Dump(checkpoint.Options{ImagesDir: dir, WorkDir: work, Pid: d.Pid, LeaveRunning: true}); err != nil {
 		d.t.Fatalf("dump: %v", err)
 	}
 }
@@ -70,7 +59,7 @@ func TestRealDumps(t *testing.T) {
 	root := t.TempDir()
 	a, b, c := filepath.Join(root, "a"), filepath.Join(root, "b"), filepath.Join(root, "c")
 	p.dump(a)
-	p.dirty()
+	p.MustDirty()
 	p.dump(b)
 
 	checkDecoderAgreesWithCrit(t, b)
@@ -126,13 +115,13 @@ func TestRealDumps(t *testing.T) {
 	})
 
 	// The rebuilt set restores: the program comes back and does its next round.
-	p.kill()
+	p.Kill()
 	pid := criutest.Restore(t, c)
-	restored := &dirtier{t: t, pid: pid, p: p.p.Restored(pid)}
-	if pid != p.pid {
-		t.Errorf("restored pid %d, dumped %d", pid, p.pid)
+	restored := &dirtier{Prog: p.Restored(pid), t: t}
+	if pid != p.Pid {
+		t.Errorf("restored pid %d, dumped %d", pid, p.Pid)
 	}
-	restored.dirty()
+	restored.MustDirty()
 }
 
 // checkDecoderAgreesWithCrit compares the present pages decodePagemap finds with what

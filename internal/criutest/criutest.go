@@ -28,9 +28,26 @@ func Require(t testing.TB, tools ...string) {
 	}
 }
 
+// Prog is a running dirtier whose failures fail the test.
+type Prog struct {
+	*dirtier.Proc
+	t testing.TB
+}
+
+// MustDirty makes the program dirty its pages once more and waits until it has.
+func (p *Prog) MustDirty() {
+	p.t.Helper()
+	if err := p.Dirty(); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// Restored is the program restored from a dump of p, as pid.
+func (p *Prog) Restored(pid int) *Prog { return &Prog{Proc: p.Proc.Restored(pid), t: p.t} }
+
 // Dirtier builds and starts the dirtier with a heap of mib MiB dirtying pages pages
 // a round; it is killed when t ends.
-func Dirtier(t testing.TB, mib, pages int) *dirtier.Proc {
+func Dirtier(t testing.TB, mib, pages int) *Prog {
 	t.Helper()
 	bin, err := dirtier.Build(t.TempDir())
 	if err != nil {
@@ -41,7 +58,7 @@ func Dirtier(t testing.TB, mib, pages int) *dirtier.Proc {
 		t.Fatal(err)
 	}
 	t.Cleanup(p.Kill)
-	return p
+	return &Prog{Proc: p, t: t}
 }
 
 // Restore restores the image set in dir with CRIU and returns the restored root's

@@ -46,7 +46,7 @@ func BenchmarkStandbyCommit(b *testing.B) {
 		s.p = newPrimary(b, "bench")
 		s.p.dial(b, s.srv.addr, c.primary.Client())
 	}
-	prog := startDirtier(b, 100, 150)
+	prog := criutest.Dirtier(b, 100, 150)
 	primaryStore, err := checkpoint.OpenStore(filepath.Join(b.TempDir(), "checkpoints"))
 	if err != nil {
 		b.Fatal(err)
@@ -59,18 +59,18 @@ func BenchmarkStandbyCommit(b *testing.B) {
 	one := func(measure bool) {
 		epoch++
 		if epoch > 1 {
-			prog.dirty()
+			prog.MustDirty()
 		}
 		pd, err := primaryStore.Begin(epoch)
 		if err != nil {
 			b.Fatal(err)
 		}
-		st, err := criu.Dump(checkpoint.Options{ImagesDir: pd.Dir, Pid: prog.pid, LeaveRunning: true})
+		st, err := criu.Dump(checkpoint.Options{ImagesDir: pd.Dir, Pid: prog.Pid, LeaveRunning: true})
 		if err != nil {
 			pd.Abort()
 			b.Fatal(err)
 		}
-		set, err := pd.Commit(&checkpoint.Manifest{Service: "bench", Stats: st, Pid: prog.pid})
+		set, err := pd.Commit(&checkpoint.Manifest{Service: "bench", Stats: st, Pid: prog.Pid})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -15,7 +15,6 @@ import (
 
 	"github.com/ftrun/ftrun/checkpoint"
 	"github.com/ftrun/ftrun/internal/criutest"
-	dirtierp "github.com/ftrun/ftrun/internal/dirtier"
 )
 
 // A real program end to end: CRIU dumps a running `sleep` twice, both epochs are
@@ -110,27 +109,6 @@ func dirBytes(t *testing.T, dir string) int64 {
 	return n
 }
 
-// dirtier is one running dirtier program (internal/dirtier) for one test.
-type dirtier struct {
-	b   testing.TB
-	p   *dirtierp.Proc
-	pid int
-}
-
-func startDirtier(b testing.TB, mib, pages int) *dirtier {
-	b.Helper()
-	p := criutest.Dirtier(b, mib, pages)
-	return &dirtier{b: b, p: p, pid: p.Pid}
-}
-
-func (d *dirtier) kill() { d.p.Kill() }
-
-func (d *dirtier) dirty() {
-	if err := d.p.Dirty(); err != nil {
-		d.b.Fatal(err)
-	}
-}
-
 // A program whose pages change between epochs: from the third epoch on, the standby
 // writes each epoch's pages file over the one of two epochs before (taken out of the
 // store first) instead of copying the base. Every epoch is byte-identical to the
@@ -143,7 +121,7 @@ func TestCriuReusesOlderPages(t *testing.T) {
 	srv := startServer(t, root, c)
 	p := newPrimary(t, "dirtier")
 	p.dial(t, srv.addr, c.primary.Client())
-	prog := startDirtier(t, 32, 64)
+	prog := criutest.Dirtier(t, 32, 64)
 	criu := &checkpoint.Criu{}
 	pagesOf := func(dir string) os.FileInfo {
 		t.Helper()
@@ -161,18 +139,18 @@ func TestCriuReusesOlderPages(t *testing.T) {
 	const last = 5
 	for epoch := uint64(1); epoch <= last; epoch++ {
 		if epoch > 1 {
-			prog.dirty()
+			prog.MustDirty()
 		}
 		pd, err := p.store.Begin(epoch)
 		if err != nil {
 			t.Fatal(err)
 		}
-		st, err := criu.Dump(checkpoint.Options{ImagesDir: pd.Dir, Pid: prog.pid, LeaveRunning: true})
+		st, err := criu.Dump(checkpoint.Options{ImagesDir: pd.Dir, Pid: prog.Pid, LeaveRunning: true})
 		if err != nil {
 			pd.Abort()
 			t.Fatal(err)
 		}
-		set, err := pd.Commit(&checkpoint.Manifest{Service: "dirtier", Stats: st, Pid: prog.pid})
+		set, err := pd.Commit(&checkpoint.Manifest{Service: "dirtier", Stats: st, Pid: prog.Pid})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -194,7 +172,7 @@ func TestCriuReusesOlderPages(t *testing.T) {
 	}
 	sameSet(t, filepath.Join(p.store.Dir(), fmt.Sprintf("%016d", last-1)), setDir(t, srv.store, "dirtier", last-1))
 
-	prog.kill()
+	prog.Kill()
 	committed := setDir(t, srv.store, "dirtier", last)
 	pid := criutest.Restore(t, committed)
 	time.Sleep(100 * time.Millisecond)
