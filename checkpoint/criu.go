@@ -45,11 +45,6 @@ type Options struct {
 	TCPClose bool
 	// NetworkLockSkip leaves the network alone during dump/restore.
 	NetworkLockSkip bool
-	// LockWithIptables makes CRIU lock TCP connections with iptables even when it has
-	// nftables. A program behind the NFQUEUE output gate needs it: CRIU's nftables lock
-	// adds and removes a table with hooks of its own, and the kernel drops every packet
-	// queued in a namespace whose hooks change, so each dump would drop held output.
-	LockWithIptables bool
 	// Inherit hands CRIU replacements for resources outside the tree, keyed the way
 	// CRIU names them in the images ("pipe:[123]").
 	Inherit map[string]*os.File
@@ -159,8 +154,6 @@ func (c *Criu) opts(o Options, imagesFd, workFd int, logFile string) *rpc.CriuOp
 	opts := o.rpcOpts(imagesFd, workFd, logFile)
 	switch {
 	case opts.NetworkLock != nil || !o.TCPEstablished:
-	case o.LockWithIptables:
-		opts.NetworkLock = ptr(rpc.CriuNetworkLockMethod_IPTABLES)
 	case o.Pid != 0 && c.lockMethod() == rpc.CriuNetworkLockMethod_NFTABLES:
 		lock := c.lockMethod()
 		if n, err := establishedTCP(o.Pid, nftablesFrom); err == nil {

@@ -756,7 +756,6 @@ func (s *Supervisor) setPhase(p Phase) {
 	}
 }
 
-// candidates lists committed epochs, newest first.
 // newestEpoch is the newest committed checkpoint here, 0 if there is none.
 func (s *Supervisor) newestEpoch() uint64 {
 	if c := s.candidates(); len(c) > 0 {
@@ -765,6 +764,7 @@ func (s *Supervisor) newestEpoch() uint64 {
 	return 0
 }
 
+// candidates lists committed epochs, newest first.
 func (s *Supervisor) candidates() []uint64 {
 	sets, err := s.store.List()
 	if err != nil {
@@ -899,13 +899,12 @@ func (s *Supervisor) restore(epoch uint64, takeover bool) error {
 		return err
 	}
 	start := s.clock.Now()
+	keepTCP := keepConnections(s.cfg.Net != nil, s.cfg.Commit, takeover, s.newestEpoch() == epoch)
 	// A place of its own is cut off from the LAN until connectNet, so no packet can
 	// reach a connection CRIU has not restored yet: CRIU's network lock, which costs
 	// an iptables-restore per connection or a libnftables table, is not needed.
-	keepTCP := keepConnections(s.cfg.Net != nil, s.cfg.Commit, takeover, s.newestEpoch() == epoch)
 	pid, err := s.cfg.Criu.Restore(checkpoint.Options{ImagesDir: dir, WorkDir: work, TCPEstablished: true, Inherit: inherit,
-		TCPClose: !keepTCP,
-		Enter:    s.enter(), LockWithIptables: s.gate != nil, NetworkLockSkip: s.place != nil})
+		TCPClose: !keepTCP, Enter: s.enter(), NetworkLockSkip: s.place != nil})
 	if err != nil {
 		return err
 	}
@@ -919,6 +918,8 @@ func (s *Supervisor) restore(epoch uint64, takeover bool) error {
 	if err := s.connectNet(announce); err != nil {
 		return err
 	}
+	s.st.Restores++
+	s.incarnation(pid, fmt.Sprintf("restored from epoch %d in %s", epoch, s.clock.Since(start).Round(time.Millisecond)))
 	if keepTCP {
 		resend := takeover || epoch <= s.releasable()
 		if !resend && s.cfg.Commit == CommitLocal {
@@ -927,8 +928,6 @@ func (s *Supervisor) restore(epoch uint64, takeover bool) error {
 		}
 		s.nudgePeers(dir, resend)
 	}
-	s.st.Restores++
-	s.incarnation(pid, fmt.Sprintf("restored from epoch %d in %s", epoch, s.clock.Since(start).Round(time.Millisecond)))
 	return nil
 }
 
