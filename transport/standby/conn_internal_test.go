@@ -17,6 +17,7 @@ import (
 	"github.com/ftrun/ftrun/internal/syncbuf"
 	"github.com/ftrun/ftrun/transport/frame"
 	"github.com/ftrun/ftrun/transport/progress"
+	"github.com/ftrun/ftrun/transport/svcname"
 )
 
 // These tests speak the protocol frame by frame over a pipe (no TLS, which would
@@ -328,12 +329,12 @@ func TestBadFramesCloseConnection(t *testing.T) {
 // A service name that could leave the root is refused before anything is created.
 func TestBadServiceName(t *testing.T) {
 	for _, name := range []string{"", ".", "..", "a/b", "../x", "a b", strings.Repeat("x", 200)} {
-		if ValidService(name) == nil {
+		if svcname.Check(name) == nil {
 			t.Errorf("%q accepted", name)
 		}
 	}
 	for _, name := range []string{"redis", "counter.rb", "a_b-C.9"} {
-		if err := ValidService(name); err != nil {
+		if err := svcname.Check(name); err != nil {
 			t.Errorf("%q refused: %v", name, err)
 		}
 	}
