@@ -15,6 +15,7 @@ import (
 
 	"github.com/ftrun/ftrun/checkpoint"
 	"github.com/ftrun/ftrun/internal/syncbuf"
+	"github.com/ftrun/ftrun/transport/auth"
 	"github.com/ftrun/ftrun/transport/frame"
 	"github.com/ftrun/ftrun/transport/progress"
 	"github.com/ftrun/ftrun/transport/svcname"
@@ -57,7 +58,7 @@ func newRaw(t *testing.T, store *Store, lim frame.Limits, opts ...func(*Config))
 	go func() {
 		defer close(p.srvd)
 		defer b.Close()
-		srv.serveConn(ctx, b, "raw")
+		srv.serveConn(ctx, b, rawIdentity, func() {})
 	}()
 	go func() {
 		defer close(p.done)
@@ -143,7 +144,7 @@ func makeFixture(t *testing.T, epoch uint64, files map[string][]byte) fixture {
 			t.Fatal(err)
 		}
 	}
-	set, err := p.Commit(&checkpoint.Manifest{})
+	set, err := p.Commit(&checkpoint.Manifest{Service: "svc"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -389,3 +390,6 @@ func TestReceivingProgress(t *testing.T) {
 		t.Errorf("no progress in the log:\n%s", log)
 	}
 }
+
+// rawIdentity is what a raw peer's certificate would say: a primary of any service.
+var rawIdentity = auth.Identity{Name: "raw", Roles: []string{auth.RolePrimary}, Services: []string{auth.AnyService}}

@@ -168,8 +168,9 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 // primary is a primary's local image sets plus its shipper.
 type primary struct {
-	store *checkpoint.Store
-	ship  *ship.Shipper
+	service string
+	store   *checkpoint.Store
+	ship    *ship.Shipper
 }
 
 func newPrimary(t testing.TB, service string) *primary {
@@ -179,7 +180,7 @@ func newPrimary(t testing.TB, service string) *primary {
 		t.Fatal(err)
 	}
 	st.NoSync = true
-	p := &primary{store: st, ship: ship.New(ship.Config{Service: service, Host: "primary-host", ChunkSize: 64 << 10,
+	p := &primary{service: service, store: st, ship: ship.New(ship.Config{Service: service, Host: "primary-host", ChunkSize: 64 << 10,
 		Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil))})}
 	t.Cleanup(func() { p.ship.Close() })
 	return p
@@ -219,7 +220,7 @@ func (p *primary) commit(t testing.TB, epoch uint64, files map[string][]byte) st
 			t.Fatal(err)
 		}
 	}
-	set, err := pd.Commit(&checkpoint.Manifest{Service: "test", Created: time.Now()})
+	set, err := pd.Commit(&checkpoint.Manifest{Service: p.service, Created: time.Now()})
 	if err != nil {
 		t.Fatal(err)
 	}
