@@ -404,10 +404,10 @@ func (s *Server) handleTLS(ctx context.Context, c net.Conn, host string) {
 
 // conn is one primary's connection. Its goroutine alone reads and writes it.
 type conn struct {
-	s       *Server
-	c       net.Conn
-	peer    string
-	id      auth.Identity
+	s    *Server
+	c    net.Conn
+	peer string
+	id   auth.Identity
 	// authed gives up the connection's unauthenticated slot once its Hello is in.
 	authed  func()
 	r       *frame.Reader
