@@ -49,6 +49,7 @@ bench: setup build
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzReader -fuzztime 30s ./transport/frame/
 	$(GO) test -run '^$$' -fuzz FuzzPayloads -fuzztime 30s ./transport/frame/
+	$(GO) test -run '^$$' -fuzz FuzzApply -fuzztime 30s ./checkpoint/delta/
 
 clean:
 	rm -rf bin

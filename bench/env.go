@@ -280,7 +280,7 @@ func KillCgroup(name string) {
 // its primaries.
 func (e Env) Keys() (string, error) {
 	dir := filepath.Join(e.Scratch, "keys")
-	if err := auth.Keygen(dir, auth.KeygenOptions{}); err != nil {
+	if err := auth.Keygen(dir, auth.KeygenOptions{Roles: []string{auth.RolePrimary, auth.RoleStandby}, Services: []string{auth.AnyService}}); err != nil {
 		return "", fmt.Errorf("keygen: %w", err)
 	}
 	return dir, nil

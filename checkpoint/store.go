@@ -107,6 +107,11 @@ func (p *Pending) commit(m *Manifest) (Set, error) {
 	}
 	m.Files = make([]FileSum, len(names))
 	for i, name := range names {
+		// CRIU writes its images 0644 (umask permitting); they hold the program's
+		// memory, so they are owner-only whatever the directory's mode.
+		if err := os.Chmod(filepath.Join(p.Dir, name), 0o600); err != nil {
+			return Set{}, fmt.Errorf("image %q: %w", name, err)
+		}
 		if m.Files[i], err = sumFile(filepath.Join(p.Dir, name)); err != nil {
 			return Set{}, err
 		}

@@ -585,3 +585,37 @@ func TestWrapNoSpace(t *testing.T) {
 		})
 	}
 }
+
+// CRIU writes images 0644; a committed set holds the program's memory, owner-only.
+func TestCommitMakesImagesPrivate(t *testing.T) {
+	s := openStore(t)
+	p, err := s.Begin(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"pages-1.img", "core-1.img"} {
+		if err := os.WriteFile(filepath.Join(p.Dir, name), []byte("secret"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(filepath.Join(p.Dir, name), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set, err := p.Commit(&Manifest{Service: "svc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ents, err := os.ReadDir(set.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		fi, err := e.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s is %o, want 600", e.Name(), fi.Mode().Perm())
+		}
+	}
+}

@@ -50,7 +50,7 @@ func newOutputEnv(t *testing.T) outputEnv {
 	bridgeHost(t, e.primary)
 	bridgeHost(t, e.standby)
 	e.svc = e.primary.addr[:strings.LastIndex(e.primary.addr, ".")] + ".100"
-	if err := auth.Keygen(e.keys, auth.KeygenOptions{}); err != nil {
+	if err := auth.Keygen(e.keys, auth.KeygenOptions{Roles: []string{auth.RolePrimary, auth.RoleStandby}, Services: []string{auth.AnyService}}); err != nil {
 		t.Fatal(err)
 	}
 	return e

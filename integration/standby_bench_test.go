@@ -18,7 +18,7 @@ import (
 // standbyOnLoopback runs `ftrun standby` on 127.0.0.1:port.
 func standbyOnLoopback(b *testing.B, port int) (keys, state string, stop func()) {
 	keys = b.TempDir()
-	if err := auth.Keygen(keys, auth.KeygenOptions{}); err != nil {
+	if err := auth.Keygen(keys, auth.KeygenOptions{Roles: []string{auth.RolePrimary, auth.RoleStandby}, Services: []string{auth.AnyService}}); err != nil {
 		b.Fatal(err)
 	}
 	state = b.TempDir()

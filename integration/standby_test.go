@@ -32,7 +32,7 @@ func newPair(t *testing.T, name string, extra int) (pair, []host) {
 	t.Helper()
 	hosts := hostNet(t, 2+extra)
 	pr := pair{primary: hosts[0], standby: hosts[1], keys: t.TempDir()}
-	if err := auth.Keygen(pr.keys, auth.KeygenOptions{}); err != nil {
+	if err := auth.Keygen(pr.keys, auth.KeygenOptions{Roles: []string{auth.RolePrimary, auth.RoleStandby}, Services: []string{auth.AnyService}}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { killService(t, name) })
@@ -292,7 +292,7 @@ func TestRedisFailoverKeepsKeys(t *testing.T) {
 	hosts := hostNet(t, 3)
 	primary, stby, client := hosts[0], hosts[1], hosts[2]
 	keys := t.TempDir()
-	if err := auth.Keygen(keys, auth.KeygenOptions{}); err != nil {
+	if err := auth.Keygen(keys, auth.KeygenOptions{Roles: []string{auth.RolePrimary, auth.RoleStandby}, Services: []string{auth.AnyService}}); err != nil {
 		t.Fatal(err)
 	}
 	name := "it-redis-failover"
@@ -350,7 +350,7 @@ func TestStandbyReportsMissingBinary(t *testing.T) {
 	hosts := hostNet(t, 2)
 	primary, stby := hosts[0], hosts[1]
 	keys := t.TempDir()
-	if err := auth.Keygen(keys, auth.KeygenOptions{}); err != nil {
+	if err := auth.Keygen(keys, auth.KeygenOptions{Roles: []string{auth.RolePrimary, auth.RoleStandby}, Services: []string{auth.AnyService}}); err != nil {
 		t.Fatal(err)
 	}
 	bin := filepath.Join(t.TempDir(), "mysleep")
@@ -420,7 +420,7 @@ func TestOneStandbyThreePrimaries(t *testing.T) {
 	hosts := hostNet(t, 4)
 	stby := hosts[3]
 	keys := t.TempDir()
-	if err := auth.Keygen(keys, auth.KeygenOptions{}); err != nil {
+	if err := auth.Keygen(keys, auth.KeygenOptions{Roles: []string{auth.RolePrimary, auth.RoleStandby}, Services: []string{auth.AnyService}}); err != nil {
 		t.Fatal(err)
 	}
 	standbyState := t.TempDir()

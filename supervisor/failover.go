@@ -48,6 +48,9 @@ type StandbyConfig struct {
 	Bridge string
 	// MetricsAddr serves Prometheus metrics per service at /metrics ("" for none).
 	MetricsAddr string
+	// Server holds the standby server's limits and quotas; its Store, TLS, Host,
+	// Clock and Logger are the ones above.
+	Server standby.Config
 }
 
 // TakeOver is the pure failover rule (arbiter "none": the standby decides alone; a
@@ -88,7 +91,9 @@ func RunStandby(ctx context.Context, cfg StandbyConfig) error {
 	if err != nil {
 		return err
 	}
-	srv, err := standby.NewServer(standby.Config{Store: store, TLS: cfg.TLS, Host: cfg.Host, Clock: cfg.Clock, Logger: cfg.Log})
+	sc := cfg.Server
+	sc.Store, sc.TLS, sc.Host, sc.Clock, sc.Logger = store, cfg.TLS, cfg.Host, cfg.Clock, cfg.Log
+	srv, err := standby.NewServer(sc)
 	if err != nil {
 		return err
 	}
@@ -362,12 +367,12 @@ func goLive(cfg StandbyConfig, store *standby.Store, svc string, lease Lease) (*
 	if err := linkSet(set.Dir, target); err != nil {
 		return nil, err
 	}
-	spec, err := NetSpec(m.Service, m.Net, cfg.Bridge)
+	spec, err := NetSpec(svc, m.Net, cfg.Bridge)
 	if err != nil {
 		return nil, err
 	}
 	return New(Config{
-		Name: m.Service, Command: m.Command, StateDir: liveDir, WorkDir: "/",
+		Name: svc, Command: m.Command, StateDir: liveDir, WorkDir: "/",
 		Interval: cfg.Interval, Criu: cfg.Criu, Clock: cfg.Clock, Log: cfg.Log.With("role", "live"),
 		Lease: lease, Node: cfg.Host, Sync: m.SyncRoots, Net: spec, Failover: true,
 	})

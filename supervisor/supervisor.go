@@ -876,7 +876,11 @@ func (s *Supervisor) restore(epoch uint64, takeover bool) error {
 	}
 	// The program's state files go back to epoch's before the program that has them
 	// open does: CRIU checks the size of every open file.
-	if err := restoreSynced(dir, m.Synced); err != nil {
+	var roots []string
+	if s.stateFiles != nil {
+		roots = s.stateFiles.roots
+	}
+	if err := restoreSynced(dir, m.Synced, roots); err != nil {
 		return fmt.Errorf("checkpoint epoch %d: %w", epoch, err)
 	}
 	if s.stateFiles != nil {

@@ -180,23 +180,10 @@ func (f *syncedFiles) markAll() {
 
 // restoreSynced puts the state files of a set back where the program expects them,
 // each replaced atomically, before CRIU restores the program that has them open.
-func restoreSynced(setDir string, files []checkpoint.SyncedFile) error {
-	for _, s := range files {
-		if err := os.MkdirAll(filepath.Dir(s.Path), 0o755); err != nil {
-			return err
-		}
-		tmp := s.Path + ".ftrun-restore"
-		if err := copyFile(filepath.Join(setDir, s.Name), tmp, fs.FileMode(s.Mode)); err != nil {
-			return fmt.Errorf("restore %q: %w", s.Path, err)
-		}
-		if err := os.Chtimes(tmp, s.ModTime, s.ModTime); err != nil {
-			return err
-		}
-		if err := os.Rename(tmp, s.Path); err != nil {
-			return fmt.Errorf("restore %q: %w", s.Path, err)
-		}
-	}
-	return nil
+// Every path must lie beneath one of roots (the --sync roots declared at start) and
+// none is reached through a symlink (see putBack).
+func restoreSynced(setDir string, files []checkpoint.SyncedFile, roots []string) error {
+	return putBack(setDir, files, roots)
 }
 
 func copyFile(from, to string, mode fs.FileMode) error {

@@ -115,43 +115,24 @@ func plan(baseDir string, d *Delta) ([]pagesPlan, error) {
 		if !isPagemapName(f.Name) {
 			continue
 		}
-		pm, err := decodePagemap(f.Data)
+		pd, ok := deltas[f.Name]
+		if !ok {
+			if _, err := decodePagemap(f.Data, 0); errors.Is(err, errNotPagemap) {
+				continue
+			}
+			return nil, fmt.Errorf("%w: no pages for pagemap %q", ErrMalformed, f.Name)
+		}
+		p, err := planPages(baseDir, f, pd)
 		if errors.Is(err, errNotPagemap) {
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("%w: %q: %v", ErrMalformed, f.Name, err)
+			return nil, err
 		}
-		pd, ok := deltas[f.Name]
-		if !ok {
-			return nil, fmt.Errorf("%w: no pages for pagemap %q", ErrMalformed, f.Name)
-		}
-		p := pagesPlan{name: f.Name, out: pm.pagesName(), present: pm.present}
 		if _, clash := files[p.out]; clash || outs[p.out] {
 			return nil, fmt.Errorf("%w: %q written twice", ErrMalformed, p.out)
 		}
 		outs[p.out] = true
-		if p.src, err = sources(pd); err != nil {
-			return nil, err
-		}
-		copies := 0
-		for _, vaddr := range pm.present {
-			s, ok := p.src[vaddr]
-			if !ok {
-				return nil, fmt.Errorf("%w: %q: page 0x%x is in no run", ErrMalformed, f.Name, vaddr)
-			}
-			if s.data == nil {
-				copies++
-			}
-		}
-		if len(p.src) != len(pm.present) {
-			return nil, fmt.Errorf("%w: %q: runs hold %d pages, the pagemap %d", ErrMalformed, f.Name, len(p.src), len(pm.present))
-		}
-		if copies > 0 {
-			if err := p.locateBase(baseDir); err != nil {
-				return nil, err
-			}
-		}
 		plans = append(plans, p)
 	}
 	if len(plans) != len(deltas) {
@@ -160,16 +141,53 @@ func plan(baseDir string, d *Delta) ([]pagesPlan, error) {
 	return plans, nil
 }
 
-// locateBase finds, in the base set, every page p copies.
-func (p *pagesPlan) locateBase(baseDir string) error {
+// planPages plans one pages file. Every count a peer declares is checked against
+// what bounds it before it sizes anything: the pages copied against the base's
+// pages file (which this host holds), the new pagemap's pages against the pages
+// shipped plus those copied, and the runs against the new pagemap.
+func planPages(baseDir string, f File, pd PagemapDelta) (pagesPlan, error) {
+	shipped, copied := counts(pd)
+	p := pagesPlan{name: f.Name}
+	if copied > 0 {
+		if err := p.loadBase(baseDir); err != nil {
+			return p, err
+		}
+		if have := uint64(len(p.baseOff)); copied > have {
+			return p, fmt.Errorf("%w: %w: %q copies %d pages, the base's pagemap has %d", ErrMalformed, ErrTooBig, f.Name, copied, have)
+		}
+	}
+	pm, err := decodePagemap(f.Data, shipped+copied)
+	if errors.Is(err, errNotPagemap) {
+		return p, err
+	}
+	if err != nil {
+		return p, fmt.Errorf("%w: %q: %w", ErrMalformed, f.Name, err)
+	}
+	p.out, p.present = pm.pagesName(), pm.present
+	if p.src, err = sources(pd, len(pm.present)); err != nil {
+		return p, err
+	}
+	for _, vaddr := range pm.present {
+		s, ok := p.src[vaddr]
+		if !ok {
+			return p, fmt.Errorf("%w: %q: page 0x%x is in no run", ErrMalformed, f.Name, vaddr)
+		}
+		if s.data == nil {
+			if _, ok := p.baseOff[vaddr]; !ok {
+				return p, fmt.Errorf("%w: %q: page 0x%x is to be copied, but %q has no such page", ErrBadBase, p.name, vaddr, baseDir)
+			}
+		}
+	}
+	return p, nil
+}
+
+// loadBase finds the base set's pages file of p's pagemap and where each of its
+// pages sits in it.
+func (p *pagesPlan) loadBase(baseDir string) error {
 	if baseDir == "" {
 		return fmt.Errorf("%w: %q copies pages, but there is no base", ErrBadBase, p.name)
 	}
-	data, err := os.ReadFile(filepath.Join(baseDir, p.name))
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrBadBase, err)
-	}
-	base, err := decodePagemap(data)
+	base, _, err := decodePagemapIn(baseDir, p.name)
 	if err != nil {
 		return fmt.Errorf("%w: %q in %q: %v", ErrBadBase, p.name, baseDir, err)
 	}
@@ -184,14 +202,6 @@ func (p *pagesPlan) locateBase(baseDir string) error {
 	p.baseOff = make(map[uint64]int64, len(base.present))
 	for i, vaddr := range base.present {
 		p.baseOff[vaddr] = int64(i) * PageSize
-	}
-	for vaddr, s := range p.src {
-		if s.data != nil {
-			continue
-		}
-		if _, ok := p.baseOff[vaddr]; !ok {
-			return fmt.Errorf("%w: %q: page 0x%x is to be copied, but %q has no such page", ErrBadBase, p.name, vaddr, baseDir)
-		}
 	}
 	return nil
 }

@@ -149,9 +149,7 @@ func checkDecoderAgreesWithCrit(t *testing.T, dir string) {
 				want = append(want, pe.GetVaddr()+i*PageSize)
 			}
 		}
-		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
-		must(t, err)
-		got, err := decodePagemap(data)
+		got, _, err := decodePagemapIn(dir, e.Name())
 		must(t, err)
 		if got.pagesID != img.Entries[0].Message.(*pagemap.PagemapHead).GetPagesId() || !equalU64(got.present, want) {
 			t.Errorf("%s: decoded %d present pages, crit %d", e.Name(), len(got.present), len(want))

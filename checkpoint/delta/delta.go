@@ -23,6 +23,7 @@ package delta
 import (
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 )
 
@@ -32,6 +33,10 @@ const PageSize = 4096
 // ErrBadBase marks a delta that does not fit the base set it is applied to: the base
 // lacks a page (or a pagemap) the delta says is unchanged, or it is another epoch.
 var ErrBadBase = errors.New("delta does not fit its base image set")
+
+// ErrTooBig marks a delta or pagemap that claims more pages than the images it is
+// checked against hold: refused before anything of that size is allocated.
+var ErrTooBig = errors.New("more pages than the image holds")
 
 // ErrMalformed marks a delta or an image set that contradicts itself (runs that overlap
 // or miss pages of the pagemap, a pages file of the wrong size, a file name with a path).
@@ -164,17 +169,27 @@ type pageSource struct {
 	data []byte
 }
 
-// sources expands the runs of one pagemap into a page -> source map, refusing runs that
-// are misaligned or overlap.
-func sources(pm PagemapDelta) (map[uint64]pageSource, error) {
-	n := 0
+// counts is how many pages the runs of pm carry and copy, summed without overflow
+// (each copy run is at most 2^32-1 pages, and there are fewer runs than bytes sent).
+func counts(pm PagemapDelta) (shipped, copied uint64) {
 	for _, r := range pm.Pages {
-		n += len(r.Data) / PageSize
+		shipped += uint64(len(r.Data) / PageSize)
 	}
 	for _, c := range pm.Copies {
-		n += int(c.NrPages)
+		copied += uint64(c.NrPages)
 	}
-	src := make(map[uint64]pageSource, n)
+	return shipped, copied
+}
+
+// sources expands the runs of one pagemap into a page -> source map, refusing runs that
+// are misaligned or overlap. want is the pagemap's page count: runs that add up to
+// anything else are refused before the map is made, so its size is the pagemap's.
+func sources(pm PagemapDelta, want int) (map[uint64]pageSource, error) {
+	shipped, copied := counts(pm)
+	if n := shipped + copied; n != uint64(want) {
+		return nil, fmt.Errorf("%w: %q: runs hold %d pages, the pagemap %d", ErrMalformed, pm.Pagemap, n, want)
+	}
+	src := make(map[uint64]pageSource, want)
 	add := func(vaddr uint64, s pageSource) error {
 		if _, dup := src[vaddr]; dup {
 			return fmt.Errorf("%w: %q: page 0x%x is in two runs", ErrMalformed, pm.Pagemap, vaddr)
@@ -195,6 +210,9 @@ func sources(pm PagemapDelta) (map[uint64]pageSource, error) {
 	for _, c := range pm.Copies {
 		if c.Vaddr%PageSize != 0 || c.NrPages == 0 {
 			return nil, fmt.Errorf("%w: %q: copy run at 0x%x of %d pages", ErrMalformed, pm.Pagemap, c.Vaddr, c.NrPages)
+		}
+		if c.Vaddr > math.MaxUint64-uint64(c.NrPages)*PageSize {
+			return nil, fmt.Errorf("%w: %q: copy run at 0x%x of %d pages overflows the address space", ErrMalformed, pm.Pagemap, c.Vaddr, c.NrPages)
 		}
 		for i := uint64(0); i < uint64(c.NrPages); i++ {
 			if err := add(c.Vaddr+i*PageSize, pageSource{}); err != nil {

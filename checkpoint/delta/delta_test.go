@@ -145,10 +145,20 @@ func TestSources(t *testing.T) {
 		{"partial page", PagemapDelta{Pages: []PageRun{{0x2000, make([]byte, 100)}}}, 0, ErrMalformed},
 		{"misaligned", PagemapDelta{Copies: []CopyRun{{0x2001, 1}}}, 0, ErrMalformed},
 		{"empty copy run", PagemapDelta{Copies: []CopyRun{{0x2000, 0}}}, 0, ErrMalformed},
+		// 2^32-1 pages in 12 bytes: refused by its count, before any map is made.
+		{"copy run larger than the pagemap", PagemapDelta{Copies: []CopyRun{{0x1000, ^uint32(0)}}}, 0, ErrMalformed},
+		{"copy run past the address space", PagemapDelta{Copies: []CopyRun{{1<<64 - PageSize, 2}}}, 0, ErrMalformed},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			src, err := sources(tc.pd)
+			want := tc.pages
+			if tc.err != nil {
+				want = 1
+			}
+			if tc.name == "copy run past the address space" {
+				want = 2
+			}
+			src, err := sources(tc.pd, want)
 			if !errors.Is(err, tc.err) || (tc.err == nil && len(src) != tc.pages) {
 				t.Errorf("sources = %d pages, %v; want %d, %v", len(src), err, tc.pages, tc.err)
 			}
@@ -256,10 +266,14 @@ func TestDecodePagemap(t *testing.T) {
 		{name: "holes carry no data", entries: []entry{{vaddr: 0x1000, n: 1, flags: present}, {vaddr: 0x2000, n: 8, flags: u32(0)}, {vaddr: 0x10000, n: 4, flags: u32(peLazy)}, {vaddr: 0x20000, n: 1, flags: u32(pePresent | peLazy)}}, want: []uint64{0x1000, 0x20000}},
 		{name: "parent pages refused", entries: []entry{{vaddr: 0x1000, n: 1, inParen: true}}, wantErr: true},
 		{name: "misaligned refused", entries: []entry{{vaddr: 0x1001, n: 1, flags: present}}, wantErr: true},
+		// One entry of a few bytes claiming 2^40 pages: refused by the bound, not allocated.
+		{name: "2^40 pages refused", entries: []entry{{vaddr: 0x1000, n: 1 << 40, flags: present}}, wantErr: true},
+		{name: "entries past the bound refused", entries: []entry{{vaddr: 0x1000, n: 1 << 19, flags: present}, {vaddr: 0x90000000, n: 1<<19 + 1, flags: present}}, wantErr: true},
+		{name: "entry past the address space refused", entries: []entry{{vaddr: 1<<64 - PageSize, n: 2, flags: present}}, wantErr: true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			pm, err := decodePagemap(encodePagemap(t, 7, tc.entries))
+			pm, err := decodePagemap(encodePagemap(t, 7, tc.entries), 1<<20)
 			if tc.wantErr {
 				if err == nil {
 					t.Fatalf("decodePagemap = %v, want an error", pm.present)
@@ -275,10 +289,10 @@ func TestDecodePagemap(t *testing.T) {
 		})
 	}
 	good := encodePagemap(t, 1, []entry{{vaddr: 0x1000, n: 1, flags: present}})
-	if _, err := decodePagemap(good[:len(good)-2]); err == nil || errors.Is(err, errNotPagemap) {
+	if _, err := decodePagemap(good[:len(good)-2], 1<<20); err == nil || errors.Is(err, errNotPagemap) {
 		t.Errorf("truncated pagemap: %v, want a decode error", err)
 	}
-	if _, err := decodePagemap([]byte("not an image")); !errors.Is(err, errNotPagemap) {
+	if _, err := decodePagemap([]byte("not an image"), 1<<20); !errors.Is(err, errNotPagemap) {
 		t.Errorf("other magic: %v, want errNotPagemap", err)
 	}
 }
@@ -488,6 +502,14 @@ func TestApplyMalformed(t *testing.T) {
 		{"a file twice", func(d *Delta) { d.Files = append(d.Files, d.Files[0]) }},
 		{"a file where pages go", func(d *Delta) { d.Files = append(d.Files, File{Name: "pages-3.img"}) }},
 		{"a broken pagemap", func(d *Delta) { d.Files[2].Data = d.Files[2].Data[:len(d.Files[2].Data)-1] }},
+		// The 37-byte frames that used to OOM a standby: a copy run of 2^32-1 pages,
+		// and a pagemap of 2^40 pages.
+		{"a copy run of 2^32-1 pages", func(d *Delta) {
+			d.Pagemaps[0].Copies = append(d.Pagemaps[0].Copies, CopyRun{0x7000000000, ^uint32(0)})
+		}},
+		{"a pagemap of 2^40 pages", func(d *Delta) {
+			d.Files[2].Data = encodePagemap(t, 3, []entry{{vaddr: 0x10000, n: 1 << 40, flags: present}})
+		}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -90,12 +90,11 @@ func readLayout(dir string, leave func(string) bool) (*setLayout, error) {
 		if !isPagemapName(name) {
 			continue
 		}
-		data, err := os.ReadFile(filepath.Join(dir, name))
-		if err != nil {
+		pm, data, err := decodePagemapIn(dir, name)
+		if data == nil && err != nil {
 			return nil, err
 		}
 		small[name] = data
-		pm, err := decodePagemap(data)
 		if errors.Is(err, errNotPagemap) {
 			continue
 		}

@@ -2,7 +2,12 @@ package delta
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io/fs"
+	"math"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/pagemap"
@@ -44,7 +49,37 @@ var (
 // PagemapHead, then PagemapEntry messages, each behind a 32-bit length) over a byte
 // slice, so the receiver can check a delta before it writes anything. The messages are
 // go-criu v8's, which read CRIU 4.x's 64-bit nr_pages (field 5) correctly.
-func decodePagemap(data []byte) (*pagemapFile, error) {
+//
+// A pagemap may come from a peer, and each of its entries is a count of pages that
+// becomes a slice of vaddrs: maxPages bounds the total before anything is allocated
+// for it, so a 40-byte entry claiming 2^40 pages is an error, not an allocation.
+func decodePagemap(data []byte, maxPages uint64) (*pagemapFile, error) {
+	return decodePagemapFunc(data, func(uint32) (uint64, error) { return maxPages, nil })
+}
+
+// decodePagemapIn reads the pagemap name in dir, bounding its pages by the size of
+// the pages file it names in dir (a pagemap cannot list more pages than that file
+// holds). A missing pages file bounds it to nothing.
+func decodePagemapIn(dir, name string) (*pagemapFile, []byte, error) {
+	data, err := os.ReadFile(filepath.Join(dir, name))
+	if err != nil {
+		return nil, nil, err
+	}
+	pm, err := decodePagemapFunc(data, func(pagesID uint32) (uint64, error) {
+		fi, err := os.Stat(filepath.Join(dir, fmt.Sprintf("pages-%d.img", pagesID)))
+		if errors.Is(err, fs.ErrNotExist) {
+			return 0, nil
+		}
+		if err != nil {
+			return 0, err
+		}
+		return uint64(fi.Size()) / PageSize, nil
+	})
+	return pm, data, err
+}
+
+// decodePagemapFunc is decodePagemap with the bound taken from the head's pages id.
+func decodePagemapFunc(data []byte, maxPages func(pagesID uint32) (uint64, error)) (*pagemapFile, error) {
 	if len(data) < 4 {
 		return nil, errNotPagemap
 	}
@@ -82,6 +117,11 @@ func decodePagemap(data []byte) (*pagemapFile, error) {
 		return nil, fmt.Errorf("pagemap head: %v", orEmpty(err))
 	}
 	pm := &pagemapFile{pagesID: head.GetPagesId()}
+	limit, err := maxPages(pm.pagesID)
+	if err != nil {
+		return nil, err
+	}
+	var total uint64
 	for {
 		var e pagemap.PagemapEntry
 		ok, err := next(&e)
@@ -113,9 +153,13 @@ func decodePagemap(data []byte) (*pagemapFile, error) {
 		if e.GetVaddr()%PageSize != 0 {
 			return nil, fmt.Errorf("entry at 0x%x is not page aligned", e.GetVaddr())
 		}
-		if n > 1<<40 {
-			return nil, fmt.Errorf("entry at 0x%x claims %d pages", e.GetVaddr(), n)
+		if n > limit-total {
+			return nil, fmt.Errorf("entry at 0x%x claims %d pages, more than the %d the pages file can hold (%w)", e.GetVaddr(), n, limit, ErrTooBig)
 		}
+		if e.GetVaddr() > math.MaxUint64-n*PageSize {
+			return nil, fmt.Errorf("entry at 0x%x of %d pages overflows the address space", e.GetVaddr(), n)
+		}
+		total += n
 		for i := uint64(0); i < n; i++ {
 			pm.present = append(pm.present, e.GetVaddr()+i*PageSize)
 		}

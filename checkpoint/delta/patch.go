@@ -127,11 +127,7 @@ func (r *Reuse) take(p pagesPlan, path string) (*older, *os.File, error) {
 	if !ok {
 		return nil, nil, nil
 	}
-	data, err := os.ReadFile(filepath.Join(r.Dir, p.name))
-	if err != nil {
-		return nil, nil, nil
-	}
-	pm, err := decodePagemap(data)
+	pm, _, err := decodePagemapIn(r.Dir, p.name)
 	if err != nil {
 		return nil, nil, nil
 	}

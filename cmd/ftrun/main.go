@@ -11,9 +11,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -26,6 +28,7 @@ import (
 	"github.com/ftrun/ftrun/supervisor"
 	"github.com/ftrun/ftrun/supervisor/netplace"
 	"github.com/ftrun/ftrun/transport/auth"
+	"github.com/ftrun/ftrun/transport/standby"
 	"github.com/ftrun/ftrun/watchdog"
 )
 
@@ -187,6 +190,12 @@ func runCmd() *cli.Command {
 				if err != nil {
 					return usage("--standby needs keys: %v", err)
 				}
+				if err := keys.Require(auth.RolePrimary); err != nil {
+					return usage("--standby: %v", err)
+				}
+				if !keys.Identity().MayServe(name) {
+					return usage("--standby: this host's certificate %s may not ship service %q (issue one with `ftrun keygen issue --role primary --service %s`)", keys.Identity(), name, name)
+				}
 				standbyTLS = keys.Client()
 			}
 			arb, err := supervisor.OpenArbiter(c.String("arbiter"), 0)
@@ -313,6 +322,13 @@ func standbyCmd() *cli.Command {
 			arbiterFlag(),
 			bridgeFlag(),
 			&cli.StringFlag{Name: "metrics", Usage: "ADDR (e.g. :9465) to serve Prometheus metrics on, one series per service, at /metrics", EnvVars: env("METRICS")},
+			&cli.IntFlag{Name: "max-unauthenticated", Value: standby.DefaultMaxUnauthenticated, Usage: "connections not yet past TLS and Hello, in all (more are closed at once; reaching it stops take-overs while it lasts)", EnvVars: env("MAX_UNAUTHENTICATED")},
+			&cli.IntFlag{Name: "max-unauthenticated-per-host", Value: standby.DefaultMaxUnauthenticatedPerHost, Usage: "connections not yet past TLS and Hello, per remote address", EnvVars: env("MAX_UNAUTHENTICATED_PER_HOST")},
+			&cli.DurationFlag{Name: "handshake-timeout", Value: standby.DefaultHandshakeTimeout, Usage: "time a connection has for TLS and its Hello", EnvVars: env("HANDSHAKE_TIMEOUT")},
+			&cli.DurationFlag{Name: "idle-timeout", Value: standby.DefaultIdleTimeout, Usage: "a primary's connection silent this long is closed", EnvVars: env("IDLE_TIMEOUT")},
+			&cli.IntFlag{Name: "quota-services", Value: 16, Usage: "services one certificate may hold here (0: no limit)", EnvVars: env("QUOTA_SERVICES")},
+			&cli.StringFlag{Name: "quota-bytes", Value: "0", Usage: "disk one certificate's services may take here, committed and in flight, e.g. 20GiB (0: no limit; set it so that the quotas of all certificates fit the disk)", EnvVars: env("QUOTA_BYTES")},
+			&cli.IntFlag{Name: "quota-conns", Value: 64, Usage: "connections one certificate may hold open here (0: no limit)", EnvVars: env("QUOTA_CONNS")},
 		},
 		Action: func(c *cli.Context) error {
 			log, err := newLogger(c)
@@ -330,6 +346,13 @@ func standbyCmd() *cli.Command {
 			if err != nil {
 				return usage("%v", err)
 			}
+			if err := keys.Require(auth.RoleStandby); err != nil {
+				return usage("%v", err)
+			}
+			quotaBytes, err := parseBytes(c.String("quota-bytes"))
+			if err != nil {
+				return usage("--quota-bytes: %v", err)
+			}
 			host, _ := os.Hostname()
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
@@ -337,6 +360,11 @@ func standbyCmd() *cli.Command {
 				Listen: c.String("listen"), StateDir: c.String("state-dir"), TLS: keys.Server(), Host: host,
 				Timeout: c.Duration("takeover-timeout"), Interval: c.Duration("interval"), Log: log, Arbiter: arb,
 				Bridge: c.String("bridge"), MetricsAddr: c.String("metrics"),
+				Server: standby.Config{
+					MaxUnauthenticated: c.Int("max-unauthenticated"), MaxUnauthenticatedPerHost: c.Int("max-unauthenticated-per-host"),
+					HandshakeTimeout: c.Duration("handshake-timeout"), IdleTimeout: c.Duration("idle-timeout"),
+					Quota: standby.Quota{Services: c.Int("quota-services"), Bytes: quotaBytes, Conns: c.Int("quota-conns")},
+				},
 			})
 		},
 	}
@@ -595,28 +623,90 @@ func restoreCmd() *cli.Command {
 
 func keygenCmd() *cli.Command {
 	return &cli.Command{
-		Name:      "keygen",
-		Usage:     "make the CA and node certificate that authenticate and encrypt the primary<->standby channel (TLS 1.3, both ends verified)",
-		ArgsUsage: "DIR",
-		Description: "Creates DIR (0700) with ca.crt, ca.key, node.crt, node.key. Run it once, copy DIR to the\n" +
-			"other host and run `ftrun keygen --name HOST DIR` there to issue that host its own\n" +
-			"certificate from the same CA (ca.key is only needed where certificates are issued).",
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "name", Usage: "this node's name in its certificate (default " + auth.DefaultNodeName + ")"},
-			&cli.BoolFlag{Name: "force", Usage: "replace an existing node certificate"},
-		},
-		Action: func(c *cli.Context) error {
-			if c.NArg() != 1 {
-				return usage("usage: ftrun keygen [--name NAME] [--force] DIR")
-			}
-			dir := c.Args().First()
-			if err := auth.Keygen(dir, auth.KeygenOptions{Name: c.String("name"), Force: c.Bool("force")}); err != nil {
-				return err
-			}
-			fmt.Printf("keys written to %s\n", dir)
-			return nil
+		Name:  "keygen",
+		Usage: "make the CA and per-host certificates of the primary<->standby channel (TLS 1.3, both ends verified; roles and services in each certificate)",
+		Description: "The CA key stays on one host. On it, once:\n" +
+			"    ftrun keygen ca /etc/ftrun/ca\n" +
+			"On every host (the key never leaves it):\n" +
+			"    ftrun keygen request --name HOST /etc/ftrun/keys\n" +
+			"Carry /etc/ftrun/keys/node.csr to the CA host and issue what the host may do:\n" +
+			"    ftrun keygen issue --ca /etc/ftrun/ca --role standby --out standby.crt node.csr\n" +
+			"    ftrun keygen issue --ca /etc/ftrun/ca --role primary --service redis --out host-a.crt node.csr\n" +
+			"Copy the certificate back as /etc/ftrun/keys/node.crt, with /etc/ftrun/ca/ca.crt as /etc/ftrun/keys/ca.crt.",
+		Subcommands: []*cli.Command{
+			{
+				Name: "ca", Usage: "make the deployment's CA (ca.crt, ca.key) in DIR", ArgsUsage: "DIR",
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return usage("usage: ftrun keygen ca DIR")
+					}
+					if err := auth.InitCA(c.Args().First()); err != nil {
+						return err
+					}
+					fmt.Printf("CA written to %s; keep %s there, copy %s to every host\n", c.Args().First(), auth.CAKeyFile, auth.CACertFile)
+					return nil
+				},
+			},
+			{
+				Name: "request", Usage: "make this host's key and a certificate request (node.key, node.csr) in DIR", ArgsUsage: "DIR",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "name", Usage: "this host's name in its certificate (default " + auth.DefaultNodeName + ")"},
+					&cli.BoolFlag{Name: "force", Usage: "replace an existing key (to rotate it)"},
+				},
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return usage("usage: ftrun keygen request [--name HOST] [--force] DIR")
+					}
+					csr, err := auth.Request(c.Args().First(), c.String("name"), c.Bool("force"))
+					if err != nil {
+						return err
+					}
+					fmt.Printf("request written to %s; issue it on the CA host with `ftrun keygen issue`\n", csr)
+					return nil
+				},
+			},
+			{
+				Name: "issue", Usage: "sign a host's request with the CA, saying what it may do", ArgsUsage: "CSR",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "ca", Required: true, Usage: "directory made by `ftrun keygen ca`"},
+					&cli.StringSliceFlag{Name: "role", Required: true, Usage: "primary or standby (repeat for both)"},
+					&cli.StringSliceFlag{Name: "service", Usage: "a service a primary may ship (repeat; '*' for any, for one-tenant deployments)"},
+					&cli.StringFlag{Name: "out", Value: auth.NodeCertFile, Usage: "where to write the certificate"},
+					&cli.BoolFlag{Name: "force", Usage: "overwrite --out"},
+				},
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return usage("usage: ftrun keygen issue --ca DIR --role ROLE [--service NAME]... [--out FILE] CSR")
+					}
+					id, err := auth.Issue(c.String("ca"), c.Args().First(), c.String("out"),
+						auth.IssueOptions{Roles: c.StringSlice("role"), Services: c.StringSlice("service"), Force: c.Bool("force")})
+					if err != nil {
+						return usage("%v", err)
+					}
+					fmt.Printf("certificate %s written to %s\n", id, c.String("out"))
+					return nil
+				},
+			},
 		},
 	}
+}
+
+// parseBytes reads a size such as 512MiB, 20GiB or 1000000.
+func parseBytes(s string) (int64, error) {
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}, {"", 1}}
+	for _, u := range units {
+		if num, ok := strings.CutSuffix(s, u.suffix); ok {
+			n, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
+			if err != nil || n < 0 || n > math.MaxInt64/u.mult {
+				return 0, fmt.Errorf("%q is not a size (e.g. 512MiB, 20GiB)", s)
+			}
+			return n * u.mult, nil
+		}
+	}
+	return 0, fmt.Errorf("%q is not a size", s)
 }
 
 func demoCmd() *cli.Command {

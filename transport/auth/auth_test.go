@@ -72,7 +72,7 @@ func copyCA(t *testing.T, src, dst string) {
 
 func TestKeygen(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "a", "creds")
-	keygen(t, dir, KeygenOptions{})
+	keygen(t, dir, KeygenOptions{Roles: both, Services: anySvc})
 
 	if m := mode(t, dir); m != 0o700 {
 		t.Errorf("dir mode %o, want 700", m)
@@ -121,16 +121,16 @@ func TestKeygen(t *testing.T) {
 func TestKeygenReusesCA(t *testing.T) {
 	root := t.TempDir()
 	a, b := filepath.Join(root, "a"), filepath.Join(root, "b")
-	keygen(t, a, KeygenOptions{Name: "node-a"})
+	keygen(t, a, KeygenOptions{Roles: both, Services: anySvc, Name: "node-a"})
 	caBefore, _ := os.ReadFile(filepath.Join(a, CACertFile))
 
 	// Same directory: the node certificate is protected, the CA kept.
-	err := Keygen(a, KeygenOptions{Name: "node-a"})
+	err := Keygen(a, KeygenOptions{Roles: both, Services: anySvc, Name: "node-a"})
 	if !errors.Is(err, ErrExists) || !strings.Contains(err.Error(), NodeCertFile) || !strings.Contains(err.Error(), "force") {
 		t.Fatalf("second Keygen: %v, want ErrExists naming the file and force", err)
 	}
 	nodeBefore, _ := os.ReadFile(filepath.Join(a, NodeCertFile))
-	keygen(t, a, KeygenOptions{Name: "node-a2", Force: true})
+	keygen(t, a, KeygenOptions{Roles: both, Services: anySvc, Name: "node-a2", Force: true})
 	caAfter, _ := os.ReadFile(filepath.Join(a, CACertFile))
 	nodeAfter, _ := os.ReadFile(filepath.Join(a, NodeCertFile))
 	if !bytes.Equal(caBefore, caAfter) {
@@ -142,7 +142,7 @@ func TestKeygenReusesCA(t *testing.T) {
 
 	// Another host: copy the CA, issue there, verify against the first directory's CA.
 	copyCA(t, a, b)
-	keygen(t, b, KeygenOptions{Name: "node-b"})
+	keygen(t, b, KeygenOptions{Roles: both, Services: anySvc, Name: "node-b"})
 	nodeB := mustCert(t, filepath.Join(b, NodeCertFile))
 	pool := x509.NewCertPool()
 	pool.AddCert(mustCert(t, filepath.Join(a, CACertFile)))
@@ -158,7 +158,7 @@ func TestKeygenReusesCA(t *testing.T) {
 func TestKeygenRefuses(t *testing.T) {
 	root := t.TempDir()
 	src := filepath.Join(root, "src")
-	keygen(t, src, KeygenOptions{})
+	keygen(t, src, KeygenOptions{Roles: both, Services: anySvc})
 
 	onlyCrt := filepath.Join(root, "only-crt")
 	copyCA(t, src, onlyCrt)
@@ -173,7 +173,7 @@ func TestKeygenRefuses(t *testing.T) {
 	}
 	otherKey := filepath.Join(root, "other-key")
 	copyCA(t, src, otherKey)
-	keygen(t, filepath.Join(root, "other"), KeygenOptions{})
+	keygen(t, filepath.Join(root, "other"), KeygenOptions{Roles: both, Services: anySvc})
 	k, _ := os.ReadFile(filepath.Join(root, "other", CAKeyFile))
 	if err := os.WriteFile(filepath.Join(otherKey, CAKeyFile), k, 0o600); err != nil {
 		t.Fatal(err)
@@ -185,13 +185,13 @@ func TestKeygenRefuses(t *testing.T) {
 		opts KeygenOptions
 		want string
 	}{
-		{"CA cert without key", onlyCrt, KeygenOptions{}, CAKeyFile},
-		{"CA key without cert", onlyKey, KeygenOptions{}, CACertFile},
-		{"garbage CA key", badKey, KeygenOptions{}, CAKeyFile},
-		{"CA key of another CA", otherKey, KeygenOptions{}, "is not the key of"},
-		{"bad name", filepath.Join(root, "n"), KeygenOptions{Name: "has space"}, "has character"},
-		{"bad name label", filepath.Join(root, "n"), KeygenOptions{Name: "a..b"}, "label"},
-		{"bad name hyphen", filepath.Join(root, "n"), KeygenOptions{Name: "-a"}, "'-'"},
+		{"CA cert without key", onlyCrt, KeygenOptions{Roles: both, Services: anySvc}, CAKeyFile},
+		{"CA key without cert", onlyKey, KeygenOptions{Roles: both, Services: anySvc}, CACertFile},
+		{"garbage CA key", badKey, KeygenOptions{Roles: both, Services: anySvc}, CAKeyFile},
+		{"CA key of another CA", otherKey, KeygenOptions{Roles: both, Services: anySvc}, "is not the key of"},
+		{"bad name", filepath.Join(root, "n"), KeygenOptions{Roles: both, Services: anySvc, Name: "has space"}, "has character"},
+		{"bad name label", filepath.Join(root, "n"), KeygenOptions{Roles: both, Services: anySvc, Name: "a..b"}, "label"},
+		{"bad name hyphen", filepath.Join(root, "n"), KeygenOptions{Roles: both, Services: anySvc, Name: "-a"}, "'-'"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -282,10 +282,10 @@ func remoteAlert(err error, want string) bool {
 func TestHandshake(t *testing.T) {
 	root := t.TempDir()
 	a, b, other := filepath.Join(root, "a"), filepath.Join(root, "b"), filepath.Join(root, "other")
-	keygen(t, a, KeygenOptions{Name: "standby-1"})
+	keygen(t, a, KeygenOptions{Roles: both, Services: anySvc, Name: "standby-1"})
 	copyCA(t, a, b)
-	keygen(t, b, KeygenOptions{Name: "primary-1"})
-	keygen(t, other, KeygenOptions{Name: "intruder"}) // its own CA
+	keygen(t, b, KeygenOptions{Roles: both, Services: anySvc, Name: "primary-1"})
+	keygen(t, other, KeygenOptions{Roles: both, Services: anySvc, Name: "intruder"}) // its own CA
 	ca, cb, co := load(t, a), load(t, b), load(t, other)
 
 	t.Run("same CA", func(t *testing.T) {
@@ -396,9 +396,9 @@ func TestPeerNameUnverified(t *testing.T) {
 func TestLoadConfigErrors(t *testing.T) {
 	root := t.TempDir()
 	good := filepath.Join(root, "good")
-	keygen(t, good, KeygenOptions{})
+	keygen(t, good, KeygenOptions{Roles: both, Services: anySvc})
 	other := filepath.Join(root, "other")
-	keygen(t, other, KeygenOptions{})
+	keygen(t, other, KeygenOptions{Roles: both, Services: anySvc})
 
 	// variant copies the good directory and changes one file.
 	variant := func(name string, change func(dir string)) string {
@@ -472,3 +472,9 @@ func TestLoadConfigErrors(t *testing.T) {
 		})
 	}
 }
+
+// both roles and any service: a credentials directory shared by both ends of a test.
+var (
+	both   = []string{RolePrimary, RoleStandby}
+	anySvc = []string{AnyService}
+)

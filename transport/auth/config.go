@@ -14,9 +14,10 @@ import (
 // Config holds one node's credentials: the deployment CA and the node's own
 // certificate and key.
 type Config struct {
-	pool *x509.CertPool
-	cert tls.Certificate
-	name string
+	pool    *x509.CertPool
+	cert    tls.Certificate
+	id      Identity
+	revoked *revocations
 }
 
 // LoadConfig reads ca.crt, node.crt and node.key from dir and checks that they
@@ -54,35 +55,65 @@ func LoadConfig(dir string) (*Config, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("auth: %w: %q is not valid under %q: %w (reissue it with `ftrun keygen --force %s` using this CA)", ErrInvalid, crtPath, caPath, err, dir)
 	}
+	id := IdentityOf(leaf)
+	if len(id.Roles) == 0 {
+		return nil, fmt.Errorf("auth: %w: %q carries no role (made by an older ftrun keygen?): issue it anew with `ftrun keygen issue --role primary|standby`", ErrInvalid, crtPath)
+	}
+	rev := &revocations{path: filepath.Join(dir, RevokedFile)}
+	if bad, err := rev.revoked(id.Serial); err != nil {
+		return nil, fmt.Errorf("auth: %w", err)
+	} else if bad {
+		return nil, fmt.Errorf("auth: %w: %q (serial %s) is listed in %q: issue this host a new certificate", ErrInvalid, crtPath, id.Serial, rev.path)
+	}
 	return &Config{
-		pool: pool,
-		cert: tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf},
-		name: leaf.Subject.CommonName,
+		pool:    pool,
+		cert:    tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf},
+		id:      id,
+		revoked: rev,
 	}, nil
 }
 
 // Name is the common name of this node's certificate.
-func (c *Config) Name() string { return c.name }
+func (c *Config) Name() string { return c.id.Name }
 
-// Server returns the settings for the listening end. Each call returns a new
-// tls.Config, so a caller may adjust its copy without affecting others.
+// Identity is what this node's own certificate allows it.
+func (c *Config) Identity() Identity { return c.id }
+
+// Require fails unless this node's certificate carries role, naming the fix: a
+// standby started with a primary's certificate fails at start, not at the first
+// handshake.
+func (c *Config) Require(role string) error {
+	if !c.id.Has(role) {
+		return fmt.Errorf("auth: %w: this node's certificate %s lacks the %q role (issue it with `ftrun keygen issue --role %s`)", ErrForbidden, c.id, role, role)
+	}
+	return nil
+}
+
+// Server returns the settings for the listening end, a standby: it accepts only a
+// peer whose certificate carries RolePrimary and is not revoked (which services it
+// may ship, the standby checks against PeerIdentity per Hello). Each call returns a
+// new tls.Config, so a caller may adjust its copy without affecting others.
 func (c *Config) Server() *tls.Config {
 	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{c.cert},
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-		ClientCAs:    c.pool,
+		MinVersion:       tls.VersionTLS13,
+		Certificates:     []tls.Certificate{c.cert},
+		ClientAuth:       tls.RequireAndVerifyClientCert,
+		ClientCAs:        c.pool,
+		VerifyConnection: c.verifyPeer(RolePrimary),
 	}
 }
 
-// Client returns the settings for the dialling end. It verifies the server against
-// the deployment CA under ServerName, whatever address was dialled.
+// Client returns the settings for the dialling end, a primary. It verifies the
+// server against the deployment CA under ServerName, whatever address was dialled,
+// and accepts only a certificate with RoleStandby that is not revoked: the program's
+// memory goes to nobody else.
 func (c *Config) Client() *tls.Config {
 	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{c.cert},
-		RootCAs:      c.pool,
-		ServerName:   ServerName,
+		MinVersion:       tls.VersionTLS13,
+		Certificates:     []tls.Certificate{c.cert},
+		RootCAs:          c.pool,
+		ServerName:       ServerName,
+		VerifyConnection: c.verifyPeer(RoleStandby),
 	}
 }
 

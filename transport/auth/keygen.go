@@ -14,12 +14,13 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
 
 // Files of a credentials directory. The CA key is only needed to issue node
-// certificates; a host that never runs keygen does not need a copy of it.
+// certificates and stays on the one host that does (`ftrun keygen ca`, `issue`).
 const (
 	CACertFile   = "ca.crt"
 	CAKeyFile    = "ca.key"
@@ -36,12 +37,16 @@ const ServerName = "ftrun"
 const DefaultNodeName = "ftrun-node"
 
 // validity of the CA and of node certificates. Long, because an expired certificate
-// on a standby is an outage that arrives years after anyone remembers this setup;
-// revocation in a private CA is done by replacing the CA.
+// on a standby is an outage that arrives years after anyone remembers this setup; a
+// certificate that must stop working early is listed in RevokedFile.
 const validity = 10 * 365 * 24 * time.Hour
 
-// ErrExists means Keygen would overwrite a node certificate without being told to.
-var ErrExists = errors.New("node certificate already exists")
+// Files of a host's certificate request (`ftrun keygen request`), issued on the CA's host.
+const NodeCSRFile = "node.csr"
+
+// ErrExists means a keygen step would overwrite a key or certificate without being
+// told to.
+var ErrExists = errors.New("already exists")
 
 // ErrInvalid means a credentials file is present but unusable.
 var ErrInvalid = errors.New("invalid credentials file")
@@ -51,14 +56,121 @@ type KeygenOptions struct {
 	// Name is the node certificate's common name and an extra DNS name in it, so
 	// logs (PeerName) tell nodes apart. Default DefaultNodeName.
 	Name string
+	// Roles and Services go into the certificate (see IssueOptions).
+	Roles, Services []string
 	// Force reissues node.crt and node.key when they exist already.
 	Force bool
 }
 
-// Keygen fills dir with the credentials of one node. If dir already holds a CA
-// (ca.crt and ca.key) it is reused, so that the credentials of several hosts come
-// from one CA: run Keygen once, copy ca.crt and ca.key to the next host's directory,
-// run Keygen there. Private keys are written 0600 into a directory created 0700.
+// IssueOptions says what a certificate allows its holder.
+type IssueOptions struct {
+	// Roles: RolePrimary, RoleStandby or both.
+	Roles []string
+	// Services a primary may ship (AnyService for all); required with RolePrimary.
+	Services []string
+	// Force overwrites the output certificate.
+	Force bool
+}
+
+// InitCA makes the deployment's CA in dir: ca.crt (public, copied to every host) and
+// ca.key, which never leaves dir: certificates are issued there (Issue) from the
+// requests hosts make (Request).
+func InitCA(dir string) error {
+	if err := makeDir(dir); err != nil {
+		return fmt.Errorf("auth: keygen ca: %w", err)
+	}
+	for _, f := range []string{CACertFile, CAKeyFile} {
+		if ok, err := exists(filepath.Join(dir, f)); err != nil || ok {
+			if err == nil {
+				err = fmt.Errorf("%w: %q; a CA is made once (its key signs every host's certificate)", ErrExists, filepath.Join(dir, f))
+			}
+			return fmt.Errorf("auth: keygen ca: %w", err)
+		}
+	}
+	if _, _, err := loadOrCreateCA(dir); err != nil {
+		return fmt.Errorf("auth: keygen ca: %w", err)
+	}
+	return nil
+}
+
+// Request makes this host's key (node.key, 0600, never leaving dir) and a
+// certificate request for it (node.csr) under name, to be carried to the CA's host
+// and signed there with Issue. It refuses to replace a key without force.
+func Request(dir, name string, force bool) (string, error) {
+	if name == "" {
+		name = DefaultNodeName
+	}
+	if err := checkDNSName(name); err != nil {
+		return "", fmt.Errorf("auth: keygen request: node name %q: %w", name, err)
+	}
+	if err := makeDir(dir); err != nil {
+		return "", fmt.Errorf("auth: keygen request: %w", err)
+	}
+	keyPath := filepath.Join(dir, NodeKeyFile)
+	if ok, err := exists(keyPath); err != nil {
+		return "", fmt.Errorf("auth: keygen request: %w", err)
+	} else if ok && !force {
+		return "", fmt.Errorf("auth: keygen request: %w: %q; refusing to replace this host's key without --force", ErrExists, keyPath)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return "", fmt.Errorf("auth: keygen request: %w", err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}}, key)
+	if err != nil {
+		return "", fmt.Errorf("auth: keygen request: %w", err)
+	}
+	if err := writeKey(keyPath, key); err != nil {
+		return "", fmt.Errorf("auth: keygen request: %w", err)
+	}
+	csrPath := filepath.Join(dir, NodeCSRFile)
+	if err := writeFileAtomic(csrPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), 0o644); err != nil {
+		return "", fmt.Errorf("auth: keygen request: %w", err)
+	}
+	return csrPath, nil
+}
+
+// Issue signs the request at csrPath with the CA in caDir and writes the certificate
+// to outPath. What the certificate allows comes from opts, decided on the CA's host,
+// never from the request: a host cannot ask itself into a role.
+func Issue(caDir, csrPath, outPath string, opts IssueOptions) (Identity, error) {
+	fail := func(err error) (Identity, error) { return Identity{}, fmt.Errorf("auth: keygen issue: %w", err) }
+	der, err := readPEM(csrPath, "CERTIFICATE REQUEST")
+	if err != nil {
+		return fail(err)
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return fail(fmt.Errorf("%w: %q: %w", ErrInvalid, csrPath, err))
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return fail(fmt.Errorf("%w: %q is not signed by its own key: %w", ErrInvalid, csrPath, err))
+	}
+	if err := checkDNSName(csr.Subject.CommonName); err != nil {
+		return fail(fmt.Errorf("%q names %q: %w", csrPath, csr.Subject.CommonName, err))
+	}
+	if ok, err := exists(outPath); err != nil {
+		return fail(err)
+	} else if ok && !opts.Force {
+		return fail(fmt.Errorf("%w: %q; refusing to overwrite it without --force", ErrExists, outPath))
+	}
+	ca, caKey, err := loadCA(filepath.Join(caDir, CACertFile), filepath.Join(caDir, CAKeyFile))
+	if err != nil {
+		return fail(err)
+	}
+	cert, err := signNode(ca, caKey, csr.Subject.CommonName, csr.PublicKey, opts.Roles, opts.Services)
+	if err != nil {
+		return fail(err)
+	}
+	if err := writeCert(outPath, cert.Raw); err != nil {
+		return fail(err)
+	}
+	return IdentityOf(cert), nil
+}
+
+// Keygen fills dir with the credentials of one node, CA key included: the one-host
+// shortcut of InitCA, Request and Issue, for tests and trials. If dir already holds a
+// CA it is reused. Private keys are written 0600 into a directory created 0700.
 // Files are written atomically, keys before certificates, so an interrupted Keygen
 // never leaves a certificate without its key.
 func Keygen(dir string, opts KeygenOptions) error {
@@ -68,6 +180,9 @@ func Keygen(dir string, opts KeygenOptions) error {
 	}
 	if err := checkDNSName(name); err != nil {
 		return fmt.Errorf("auth: keygen: node name %q: %w", name, err)
+	}
+	if _, err := identityURIs(opts.Roles, opts.Services); err != nil {
+		return fmt.Errorf("auth: keygen: %w", err)
 	}
 	if err := makeDir(dir); err != nil {
 		return fmt.Errorf("auth: keygen: %w", err)
@@ -88,6 +203,34 @@ func Keygen(dir string, opts KeygenOptions) error {
 	if err != nil {
 		return fmt.Errorf("auth: keygen: node key: %w", err)
 	}
+	cert, err := signNode(ca, caKey, name, key.Public(), opts.Roles, opts.Services)
+	if err != nil {
+		return fmt.Errorf("auth: keygen: node certificate: %w", err)
+	}
+	if err := writeKey(filepath.Join(dir, NodeKeyFile), key); err != nil {
+		return fmt.Errorf("auth: keygen: %w", err)
+	}
+	if err := writeCert(nodeCrt, cert.Raw); err != nil {
+		return fmt.Errorf("auth: keygen: %w", err)
+	}
+	return nil
+}
+
+// signNode issues a node certificate for pub under name with roles and services.
+// A standby's certificate may serve TLS, a primary's may dial: a primary's
+// certificate cannot even complete a handshake as a server.
+func signNode(ca *x509.Certificate, caKey crypto.Signer, name string, pub crypto.PublicKey, roles, services []string) (*x509.Certificate, error) {
+	uris, err := identityURIs(roles, services)
+	if err != nil {
+		return nil, err
+	}
+	var usages []x509.ExtKeyUsage
+	if slices.Contains(roles, RoleStandby) {
+		usages = append(usages, x509.ExtKeyUsageServerAuth)
+	}
+	if slices.Contains(roles, RolePrimary) {
+		usages = append(usages, x509.ExtKeyUsageClientAuth)
+	}
 	now := time.Now()
 	notAfter := now.Add(validity)
 	// A certificate cannot usefully outlive the CA that vouches for it.
@@ -101,23 +244,18 @@ func Keygen(dir string, opts KeygenOptions) error {
 	tmpl := &x509.Certificate{
 		Subject:               pkix.Name{CommonName: name},
 		DNSNames:              dnsNames,
+		URIs:                  uris,
 		NotBefore:             now.Add(-time.Hour), // tolerate clocks a little behind
 		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		ExtKeyUsage:           usages,
 		BasicConstraintsValid: true,
 	}
-	der, err := issue(tmpl, ca, key.Public(), caKey)
+	der, err := issue(tmpl, ca, pub, caKey)
 	if err != nil {
-		return fmt.Errorf("auth: keygen: node certificate: %w", err)
+		return nil, err
 	}
-	if err := writeKey(filepath.Join(dir, NodeKeyFile), key); err != nil {
-		return fmt.Errorf("auth: keygen: %w", err)
-	}
-	if err := writeCert(nodeCrt, der); err != nil {
-		return fmt.Errorf("auth: keygen: %w", err)
-	}
-	return nil
+	return x509.ParseCertificate(der)
 }
 
 // makeDir creates dir 0700. An existing directory is left as the operator made it.

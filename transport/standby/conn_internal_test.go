@@ -15,8 +15,10 @@ import (
 
 	"github.com/ftrun/ftrun/checkpoint"
 	"github.com/ftrun/ftrun/internal/syncbuf"
+	"github.com/ftrun/ftrun/transport/auth"
 	"github.com/ftrun/ftrun/transport/frame"
 	"github.com/ftrun/ftrun/transport/progress"
+	"github.com/ftrun/ftrun/transport/svcname"
 )
 
 // These tests speak the protocol frame by frame over a pipe (no TLS, which would
@@ -56,7 +58,7 @@ func newRaw(t *testing.T, store *Store, lim frame.Limits, opts ...func(*Config))
 	go func() {
 		defer close(p.srvd)
 		defer b.Close()
-		srv.serveConn(ctx, b, "raw")
+		srv.serveConn(ctx, b, rawIdentity, func() {})
 	}()
 	go func() {
 		defer close(p.done)
@@ -142,7 +144,7 @@ func makeFixture(t *testing.T, epoch uint64, files map[string][]byte) fixture {
 			t.Fatal(err)
 		}
 	}
-	set, err := p.Commit(&checkpoint.Manifest{})
+	set, err := p.Commit(&checkpoint.Manifest{Service: "svc"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -328,12 +330,12 @@ func TestBadFramesCloseConnection(t *testing.T) {
 // A service name that could leave the root is refused before anything is created.
 func TestBadServiceName(t *testing.T) {
 	for _, name := range []string{"", ".", "..", "a/b", "../x", "a b", strings.Repeat("x", 200)} {
-		if ValidService(name) == nil {
+		if svcname.Check(name) == nil {
 			t.Errorf("%q accepted", name)
 		}
 	}
 	for _, name := range []string{"redis", "counter.rb", "a_b-C.9"} {
-		if err := ValidService(name); err != nil {
+		if err := svcname.Check(name); err != nil {
 			t.Errorf("%q refused: %v", name, err)
 		}
 	}
@@ -388,3 +390,6 @@ func TestReceivingProgress(t *testing.T) {
 		t.Errorf("no progress in the log:\n%s", log)
 	}
 }
+
+// rawIdentity is what a raw peer's certificate would say: a primary of any service.
+var rawIdentity = auth.Identity{Name: "raw", Roles: []string{auth.RolePrimary}, Services: []string{auth.AnyService}}

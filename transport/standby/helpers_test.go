@@ -44,9 +44,15 @@ type creds struct {
 	standby, primary *auth.Config
 }
 
+// keygen issues a certificate with both roles, for any service.
 func keygen(t testing.TB, dir, name string) *auth.Config {
 	t.Helper()
-	if err := auth.Keygen(dir, auth.KeygenOptions{Name: name}); err != nil {
+	return keygenWith(t, dir, auth.KeygenOptions{Name: name, Roles: []string{auth.RolePrimary, auth.RoleStandby}, Services: []string{auth.AnyService}})
+}
+
+func keygenWith(t testing.TB, dir string, opts auth.KeygenOptions) *auth.Config {
+	t.Helper()
+	if err := auth.Keygen(dir, opts); err != nil {
 		t.Fatal(err)
 	}
 	c, err := auth.LoadConfig(dir)
@@ -60,7 +66,7 @@ func newCreds(t testing.TB) creds {
 	t.Helper()
 	base := t.TempDir()
 	sb := filepath.Join(base, "standby")
-	c := creds{standby: keygen(t, sb, "standby")}
+	c := creds{standby: keygenWith(t, sb, auth.KeygenOptions{Name: "standby", Roles: []string{auth.RoleStandby}})}
 	pr := filepath.Join(base, "primary")
 	if err := os.MkdirAll(pr, 0o700); err != nil {
 		t.Fatal(err)
@@ -74,7 +80,7 @@ func newCreds(t testing.TB) creds {
 			t.Fatal(err)
 		}
 	}
-	c.primary = keygen(t, pr, "primary")
+	c.primary = keygenWith(t, pr, auth.KeygenOptions{Name: "primary", Roles: []string{auth.RolePrimary}, Services: []string{auth.AnyService}})
 	return c
 }
 
@@ -162,8 +168,9 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 // primary is a primary's local image sets plus its shipper.
 type primary struct {
-	store *checkpoint.Store
-	ship  *ship.Shipper
+	service string
+	store   *checkpoint.Store
+	ship    *ship.Shipper
 }
 
 func newPrimary(t testing.TB, service string) *primary {
@@ -173,7 +180,7 @@ func newPrimary(t testing.TB, service string) *primary {
 		t.Fatal(err)
 	}
 	st.NoSync = true
-	p := &primary{store: st, ship: ship.New(ship.Config{Service: service, Host: "primary-host", ChunkSize: 64 << 10,
+	p := &primary{service: service, store: st, ship: ship.New(ship.Config{Service: service, Host: "primary-host", ChunkSize: 64 << 10,
 		Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil))})}
 	t.Cleanup(func() { p.ship.Close() })
 	return p
@@ -213,7 +220,7 @@ func (p *primary) commit(t testing.TB, epoch uint64, files map[string][]byte) st
 			t.Fatal(err)
 		}
 	}
-	set, err := pd.Commit(&checkpoint.Manifest{Service: "test", Created: time.Now()})
+	set, err := pd.Commit(&checkpoint.Manifest{Service: p.service, Created: time.Now()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,10 +7,21 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/ftrun/ftrun/checkpoint"
 	"github.com/ftrun/ftrun/checkpoint/delta"
+	"github.com/ftrun/ftrun/transport/auth"
 	"github.com/ftrun/ftrun/transport/frame"
+)
+
+// Bounds on one epoch's metadata, which stays in memory while its data goes to
+// disk: far above what a real program's epoch holds (files: a few per process;
+// runs: one per changed or unchanged stretch of memory), far below what would
+// strain a standby (a run costs a few tens of bytes).
+const (
+	maxEpochFiles = 1 << 16
+	maxEpochRuns  = 1 << 22
 )
 
 // PageApplier rebuilds the page images of a delta epoch from the base set and the
@@ -78,6 +89,18 @@ type incoming struct {
 	pages    []frame.PageDelta
 	// blocks are the files rebuilt from FileDeltas, by name.
 	blocks map[string]*blockFile
+	// spill holds the page data of pages (whose runs' Data stay nil) until the
+	// commit: an epoch in flight takes disk, not memory, whatever a peer sends.
+	spill *spill
+	// basePages is how many pages the base's pages files hold, copied how many of
+	// them the page deltas so far copy, runs how many runs and blocks arrived: all
+	// bounded, so that metadata cannot grow without the data to back it.
+	basePages, copied uint64
+	runs              int
+	// charge counts bytes this epoch will take on disk against the quota of the
+	// service's certificate; onEnd closes the account. Both may be nil.
+	charge func(int64) error
+	onEnd  func()
 	// retired is the older set taken out of the store so that its files are written
 	// over (see retireOlder); it goes when the epoch ends, committed or not. older is
 	// its manifest and chain what its successor, the base, changed of it.
@@ -95,6 +118,10 @@ func beginEpoch(svc *service, epoch uint64, b frame.EpochBegin, applier PageAppl
 	in := &incoming{svc: svc, epoch: epoch, begin: b, applier: applier, received: map[string]bool{}, blocks: map[string]*blockFile{}}
 	svc.mu.Lock()
 	defer svc.mu.Unlock()
+	if b.Files > maxEpochFiles {
+		in.fail = corrupt("EpochBegin announces %d files, more than the %d an epoch may hold", b.Files, maxEpochFiles)
+		return in
+	}
 	if epoch <= svc.committed {
 		in.fail = &epochError{code: frame.NackInternal, err: fmt.Errorf("epoch %d is not after committed epoch %d", epoch, svc.committed)}
 		return in
@@ -142,6 +169,11 @@ func beginEpoch(svc *service, epoch uint64, b frame.EpochBegin, applier PageAppl
 			}
 			in.base = m
 		}
+		for _, f := range in.base.Files {
+			if strings.HasPrefix(f.Name, "pages-") {
+				in.basePages += uint64(f.Size) / delta.PageSize
+			}
+		}
 	}
 	p, err := svc.store.Begin(epoch)
 	if err != nil {
@@ -167,6 +199,14 @@ func (in *incoming) abort() {
 		in.cur.Close()
 		in.cur = nil
 	}
+	if in.spill != nil {
+		in.spill.close()
+		in.spill = nil
+	}
+	if in.onEnd != nil {
+		in.onEnd()
+		in.onEnd = nil
+	}
 	if in.pending != nil {
 		_ = in.pending.Abort()
 		in.pending = nil
@@ -183,9 +223,17 @@ func (in *incoming) image(d *frame.ImageData) {
 	if in.fail != nil {
 		return
 	}
+	if e := in.take(int64(len(d.Data))); e != nil {
+		in.failWith(e)
+		return
+	}
 	if in.cur == nil {
 		if in.received[d.Name] {
 			in.failWith(corrupt("%q sent twice", d.Name))
+			return
+		}
+		if len(in.received)+len(in.blocks) >= int(in.begin.Files) {
+			in.failWith(corrupt("%q is one file more than the %d EpochBegin announced", d.Name, in.begin.Files))
 			return
 		}
 		if d.Offset != 0 {
@@ -206,6 +254,7 @@ func (in *incoming) image(d *frame.ImageData) {
 		in.failWith(classify("write "+d.Name, err))
 		return
 	}
+	writtenBack(in.cur, int64(in.curOff), int64(len(d.Data)))
 	in.curOff += uint64(len(d.Data))
 	if d.Last {
 		err := in.cur.Close()
@@ -222,15 +271,74 @@ func (in *incoming) image(d *frame.ImageData) {
 	}
 }
 
+// take counts n bytes of this epoch against the quota.
+func (in *incoming) take(n int64) *epochError {
+	if in.charge == nil {
+		return nil
+	}
+	if err := in.charge(n); err != nil {
+		return &epochError{code: frame.NackDiskFull, err: err}
+	}
+	return nil
+}
+
+// pageDelta checks one frame of page runs against what bounds it (the base's
+// pages, the quota) and spills its page data to disk: only the runs' addresses and
+// offsets stay in memory.
 func (in *incoming) pageDelta(p *frame.PageDelta) {
 	if in.fail != nil {
 		return
 	}
-	if in.begin.Full {
+	switch {
+	case in.begin.Full:
 		in.failWith(corrupt("page delta for %q in a full epoch", p.Pagemap))
 		return
+	case len(p.Pages)+len(p.CopyRuns) == 0:
+		in.failWith(corrupt("page delta for %q carries no run", p.Pagemap))
+		return
+	case !plainName(p.Pagemap):
+		in.failWith(corrupt("page delta for %q, which is not a file name of a set", p.Pagemap))
+		return
 	}
-	in.pages = append(in.pages, *p)
+	if in.runs += len(p.Pages) + len(p.CopyRuns); in.runs > maxEpochRuns {
+		in.failWith(corrupt("more than %d page runs in one epoch", maxEpochRuns))
+		return
+	}
+	var copied, shipped uint64
+	for _, c := range p.CopyRuns {
+		copied += uint64(c.NrPages)
+	}
+	if in.copied += copied; in.copied > in.basePages {
+		in.failWith(corrupt("page deltas copy %d pages from a base that holds %d (%v)", in.copied, in.basePages, delta.ErrTooBig))
+		return
+	}
+	for _, r := range p.Pages {
+		shipped += uint64(len(r.Data))
+	}
+	// The rebuilt pages files take the copied pages too.
+	if e := in.take(int64(shipped + copied*delta.PageSize)); e != nil {
+		in.failWith(e)
+		return
+	}
+	kept := frame.PageDelta{Pagemap: p.Pagemap, CopyRuns: p.CopyRuns, Pages: make([]frame.PageRun, len(p.Pages))}
+	for i, r := range p.Pages {
+		if in.spill == nil {
+			sp, err := newSpill(in.pending.Dir)
+			if err != nil {
+				in.failWith(classify("spill page deltas", err))
+				return
+			}
+			in.spill = sp
+		}
+		off, err := in.spill.write(r.Data)
+		if err != nil {
+			in.failWith(classify("spill page deltas", err))
+			return
+		}
+		kept.Pages[i] = frame.PageRun{Vaddr: r.Vaddr}
+		in.spill.runs = append(in.spill.runs, spillRun{frame: len(in.pages), run: i, off: off, n: int64(len(r.Data))})
+	}
+	in.pages = append(in.pages, kept)
 }
 
 // fileDelta rebuilds a file of the set (a synced state file) from its base copy and
@@ -262,6 +370,14 @@ func (in *incoming) fileDelta(p *frame.FileDelta) {
 			in.failWith(corrupt("%q sent twice", name))
 			return
 		}
+		if len(in.received)+len(in.blocks) >= int(in.begin.Files) {
+			in.failWith(corrupt("%q is one file more than the %d EpochBegin announced", name, in.begin.Files))
+			return
+		}
+		if e := in.take(int64(p.Size)); e != nil {
+			in.failWith(e)
+			return
+		}
 		in.svc.mu.Lock()
 		in.retireOlder()
 		in.svc.mu.Unlock()
@@ -274,6 +390,10 @@ func (in *incoming) fileDelta(p *frame.FileDelta) {
 		in.received[name] = true
 	} else if bf.size != int64(p.Size) {
 		in.failWith(corrupt("file delta for %q of %d bytes, earlier ones said %d", name, p.Size, bf.size))
+		return
+	}
+	if in.runs += len(p.Blocks); in.runs > maxEpochRuns {
+		in.failWith(corrupt("more than %d runs and blocks in one epoch", maxEpochRuns))
 		return
 	}
 	if e := bf.write(in.pending.Dir, name, p.Blocks); e != nil {
@@ -300,6 +420,10 @@ func (in *incoming) commit(manifest []byte, prune func(error)) *epochError {
 	}
 	if m.Epoch != in.epoch {
 		return corrupt("manifest is for epoch %d, not %d", m.Epoch, in.epoch)
+	}
+	if m.Service != in.svc.name {
+		// What a take-over runs comes from the manifest: it must be this service's.
+		return &epochError{code: frame.NackCorrupt, err: fmt.Errorf("%w: the manifest is of service %q, this connection's is %q", auth.ErrForbidden, m.Service, in.svc.name)}
 	}
 	listed := make(map[string]bool, len(m.Files))
 	for _, f := range m.Files {
@@ -435,12 +559,24 @@ func (in *incoming) fromBase(listed map[string]bool, origins map[string]origin) 
 // applyPages rebuilds the pages files; with a PagePatcher, over the retired older
 // set's where there is one (see retireOlder).
 func (in *incoming) applyPages(origins map[string]origin) *epochError {
+	pages, release, err := in.spill.load(in.pages)
+	if err != nil {
+		return classify("read spilled page deltas", err)
+	}
+	defer release()
+	in.spill.close()
+	in.spill = nil
+	return in.applyLoaded(pages, origins)
+}
+
+// applyLoaded is applyPages with the page data in memory (mapped from the spill).
+func (in *incoming) applyLoaded(pages []frame.PageDelta, origins map[string]origin) *epochError {
 	pp, ok := in.applier.(PagePatcher)
 	if !ok {
 		if in.applier == nil {
 			return corrupt("page deltas received, this standby has no page applier")
 		}
-		if err := in.applier.ApplyPages(in.baseDir, in.pages, in.pending.Dir); err != nil {
+		if err := in.applier.ApplyPages(in.baseDir, pages, in.pending.Dir); err != nil {
 			return classify("apply page deltas", err)
 		}
 		return nil
@@ -450,7 +586,7 @@ func (in *incoming) applyPages(origins map[string]origin) *epochError {
 	if in.older != nil {
 		reuse = &delta.Reuse{Dir: in.retired, Unchanged: in.chain.copies}
 	}
-	files, err := pp.PatchPages(in.baseDir, in.pages, in.pending.Dir, reuse)
+	files, err := pp.PatchPages(in.baseDir, pages, in.pending.Dir, reuse)
 	if err != nil {
 		return classify("apply page deltas", err)
 	}

@@ -16,12 +16,30 @@ import (
 	"github.com/ftrun/ftrun/transport/auth"
 	"github.com/ftrun/ftrun/transport/frame"
 	"github.com/ftrun/ftrun/transport/progress"
+	"github.com/ftrun/ftrun/transport/svcname"
 )
 
 // Defaults for Config's zero fields.
 const (
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultWriteTimeout     = 10 * time.Second
+	// DefaultIdleTimeout: a primary sends a heartbeat every 100 ms, so a connection
+	// silent this long is held open by nobody who means well.
+	DefaultIdleTimeout = 30 * time.Second
+	// DefaultMaxUnauthenticated and DefaultMaxUnauthenticatedPerHost bound the
+	// connections between accept and an accepted Hello: what a peer without a
+	// certificate can hold. Per host it is low (a primary needs one connection per
+	// service, and it is authenticated within a round trip or two), in all high
+	// enough that one flooding host cannot take every slot.
+	DefaultMaxUnauthenticated        = 64
+	DefaultMaxUnauthenticatedPerHost = 8
+)
+
+// Accept retry backoff: a failing Accept (out of file descriptors, say) is retried,
+// never given up, from this delay doubling up to acceptBackoffMax.
+const (
+	acceptBackoffMin = 5 * time.Millisecond
+	acceptBackoffMax = time.Second
 )
 
 // Config is what a Server needs.
@@ -42,9 +60,17 @@ type Config struct {
 	// also a PagePatcher may write over the older set's pages files, and only what it
 	// wrote anew is checksummed again; any other is checked whole.
 	Pages PageApplier
-	// HandshakeTimeout bounds TLS handshake plus Hello; WriteTimeout each reply.
+	// HandshakeTimeout bounds TLS handshake plus Hello; WriteTimeout each reply;
+	// IdleTimeout the wait for each frame after the Hello.
 	HandshakeTimeout time.Duration
 	WriteTimeout     time.Duration
+	IdleTimeout      time.Duration
+	// MaxUnauthenticated and MaxUnauthenticatedPerHost cap connections not yet past
+	// their Hello, in all and per remote address; zero takes the defaults.
+	MaxUnauthenticated        int
+	MaxUnauthenticatedPerHost int
+	// Quota bounds what one certificate may hold here; zero fields are unlimited.
+	Quota Quota
 	// ProgressEvery: an epoch that takes longer than this to arrive is reported in
 	// the log this often; default progress.Every.
 	ProgressEvery time.Duration
@@ -79,6 +105,16 @@ type Server struct {
 	stats map[string]*Status
 	// meters follow each service's epoch on its way in, on its newest connection.
 	meters map[string]*progress.Meter
+	// unauth counts connections not yet past their Hello, in all and per host.
+	unauth     int
+	unauthHost map[string]int
+	// impairedAt is when this standby last could not have heard a primary because
+	// of itself: Accept failing, or every unauthenticated slot taken. Silence up
+	// to then is not evidence that a primary died (see LastHeard).
+	impairedAt time.Time
+	// refusals rate-limits the log lines of turned-away connections.
+	refusals rateLog
+	quotas   *quotas
 }
 
 // NewServer returns a Server for cfg.
@@ -101,7 +137,17 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.WriteTimeout == 0 {
 		cfg.WriteTimeout = DefaultWriteTimeout
 	}
-	return &Server{cfg: cfg, log: cfg.Logger, clk: cfg.Clock, stats: map[string]*Status{}, meters: map[string]*progress.Meter{}}, nil
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.MaxUnauthenticated == 0 {
+		cfg.MaxUnauthenticated = DefaultMaxUnauthenticated
+	}
+	if cfg.MaxUnauthenticatedPerHost == 0 {
+		cfg.MaxUnauthenticatedPerHost = DefaultMaxUnauthenticatedPerHost
+	}
+	return &Server{cfg: cfg, log: cfg.Logger, clk: cfg.Clock, stats: map[string]*Status{}, meters: map[string]*progress.Meter{},
+		unauthHost: map[string]int{}, quotas: newQuotas(cfg.Store, cfg.Quota)}, nil
 }
 
 // Status reports every service known to the store or heard from since start.
@@ -113,6 +159,11 @@ func (s *Server) Status() map[string]Status {
 	s.mu.Lock()
 	for name, st := range s.stats {
 		out[name] = *st
+		if !st.LastHeard.IsZero() && s.impairedAt.After(st.LastHeard) {
+			o := out[name]
+			o.LastHeard = s.impairedAt
+			out[name] = o
+		}
 	}
 	for name, m := range s.meters {
 		if tr, ok := m.Current(); ok {
@@ -130,14 +181,79 @@ func (s *Server) Status() map[string]Status {
 }
 
 // LastHeard is when the primary of service was last heard from (zero: not since
-// this Server started). Failure detection compares it with the injected clock.
+// this Server started) or, if later, when this standby last could not have heard it
+// because of itself (its Accept failing, every unauthenticated slot taken by a
+// flood): failure detection compares it with the injected clock, and must never take
+// a primary for dead that only this standby failed to hear. Status reports the same.
 func (s *Server) LastHeard(service string) time.Time {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if st := s.stats[service]; st != nil {
+		if !st.LastHeard.IsZero() && s.impairedAt.After(st.LastHeard) {
+			return s.impairedAt
+		}
 		return st.LastHeard
 	}
 	return time.Time{}
+}
+
+// impaired records that this standby cannot hear every primary now, and says so.
+func (s *Server) impaired(why string, err error) {
+	s.mu.Lock()
+	s.impairedAt = s.clk.Now()
+	s.mu.Unlock()
+	if n, ok := s.refusals.allow(s.clk.Now()); ok {
+		s.log.Error("standby: "+why+": primaries may not reach this standby, so it takes over nothing until it can hear them again",
+			"err", err, "similar_suppressed", n)
+	}
+}
+
+// admit takes an unauthenticated slot for a connection from host, or says why not.
+// The slot is held until release (after the Hello, or when the connection ends).
+func (s *Server) admit(host string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.unauthHost[host] >= s.cfg.MaxUnauthenticatedPerHost {
+		return fmt.Errorf("%d connections from %s not yet authenticated (cap %d per host)", s.unauthHost[host], host, s.cfg.MaxUnauthenticatedPerHost)
+	}
+	if s.unauth >= s.cfg.MaxUnauthenticated {
+		return errFull{fmt.Errorf("%d connections not yet authenticated (cap %d)", s.unauth, s.cfg.MaxUnauthenticated)}
+	}
+	s.unauth++
+	s.unauthHost[host]++
+	return nil
+}
+
+func (s *Server) release(host string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.unauth--
+	if s.unauthHost[host]--; s.unauthHost[host] <= 0 {
+		delete(s.unauthHost, host)
+	}
+}
+
+// errFull is an admission refusal for want of a slot in all: unlike one host over
+// its own cap, that can keep a genuine primary out.
+type errFull struct{ error }
+
+// rateLog lets through one line a second and counts the rest.
+type rateLog struct {
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+func (r *rateLog) allow(now time.Time) (int, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.last.IsZero() && now.Sub(r.last) < time.Second {
+		r.suppressed++
+		return 0, false
+	}
+	n := r.suppressed
+	r.last, r.suppressed = now, 0
+	return n, true
 }
 
 // committing marks a commit of service in progress, or over (which counts as hearing
@@ -202,8 +318,10 @@ func (s *Server) connected(service string, delta int) {
 }
 
 // Serve accepts connections on ln until ctx ends, then closes ln and every
-// connection and returns once all their goroutines have ended. It returns nil when
-// stopped by ctx, otherwise the listener's error.
+// connection and returns nil once all their goroutines have ended. Accept errors
+// never end it: each is logged and retried with backoff, and while they last the
+// standby counts itself impaired (see LastHeard), so it takes nothing over that it
+// merely cannot hear.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -211,25 +329,61 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	backoff := time.Duration(0)
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			cancel()
-			return fmt.Errorf("standby: accept: %w", err)
+			backoff = min(max(2*backoff, acceptBackoffMin), acceptBackoffMax)
+			s.impaired(fmt.Sprintf("cannot accept connections (retrying in %s)", backoff), err)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-s.clk.After(backoff):
+			}
+			continue
+		}
+		backoff = 0
+		host := remoteHost(c)
+		if err := s.admit(host); err != nil {
+			c.Close()
+			if full := (errFull{}); errors.As(err, &full) {
+				s.impaired("turning connections away", err)
+			} else if n, ok := s.refusals.allow(s.clk.Now()); ok {
+				s.log.Warn("standby: refused connection", "remote", c.RemoteAddr().String(), "err", err, "similar_suppressed", n)
+			}
+			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.handleTLS(ctx, c)
+			s.handleTLS(ctx, c, host)
 		}()
 	}
 }
 
+func remoteHost(c net.Conn) string {
+	host, _, err := net.SplitHostPort(c.RemoteAddr().String())
+	if err != nil {
+		return c.RemoteAddr().String()
+	}
+	return host
+}
+
 // handleTLS authenticates the peer, then runs the epoch protocol on the connection.
-func (s *Server) handleTLS(ctx context.Context, c net.Conn) {
+// The connection holds one of host's unauthenticated slots until its Hello is
+// accepted.
+func (s *Server) handleTLS(ctx context.Context, c net.Conn, host string) {
+	slot := true
+	unslot := func() {
+		if slot {
+			slot = false
+			s.release(host)
+		}
+	}
+	defer unslot()
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
@@ -239,18 +393,23 @@ func (s *Server) handleTLS(ctx context.Context, c net.Conn) {
 	cancel()
 	if err != nil {
 		if ctx.Err() == nil {
-			s.log.Warn("standby: refused connection: TLS handshake failed", "peer", c.RemoteAddr().String(), "err", err)
+			if n, ok := s.refusals.allow(s.clk.Now()); ok {
+				s.log.Warn("standby: refused connection: TLS handshake failed", "remote", c.RemoteAddr().String(), "err", err, "similar_suppressed", n)
+			}
 		}
 		return
 	}
-	s.serveConn(ctx, tc, auth.PeerName(tc.ConnectionState()))
+	s.serveConn(ctx, tc, auth.PeerIdentity(tc.ConnectionState()), unslot)
 }
 
 // conn is one primary's connection. Its goroutine alone reads and writes it.
 type conn struct {
-	s       *Server
-	c       net.Conn
-	peer    string
+	s    *Server
+	c    net.Conn
+	peer string
+	id   auth.Identity
+	// authed gives up the connection's unauthenticated slot once its Hello is in.
+	authed  func()
 	r       *frame.Reader
 	w       *frame.Writer
 	seq     *frame.Sequencer
@@ -265,8 +424,9 @@ type conn struct {
 // serveConn runs the protocol on an authenticated connection. Any frame that does
 // not check out ends the connection with one log line; committed state is only
 // ever changed by a complete, verified epoch.
-func (s *Server) serveConn(ctx context.Context, c net.Conn, peer string) {
-	cn := &conn{s: s, c: c, peer: peer, r: frame.NewReader(c, s.cfg.Limits), w: frame.NewWriterLimits(c, s.cfg.Limits)}
+func (s *Server) serveConn(ctx context.Context, c net.Conn, id auth.Identity, authed func()) {
+	peer := id.Name
+	cn := &conn{s: s, c: c, peer: peer, id: id, authed: authed, r: frame.NewReader(c, s.cfg.Limits), w: frame.NewWriterLimits(c, s.cfg.Limits)}
 	defer func() {
 		if cn.in != nil {
 			cn.in.abort()
@@ -306,6 +466,17 @@ func (cn *conn) run() error {
 	if err := h.UnmarshalBinary(f.Payload); err != nil {
 		return err
 	}
+	if err := svcname.Check(h.Service); err != nil {
+		return err
+	}
+	if !cn.id.MayServe(h.Service) {
+		return fmt.Errorf("%w: certificate %s may not serve service %q (issue one that names it: `ftrun keygen issue --role primary --service %s`)", auth.ErrForbidden, cn.id, h.Service, h.Service)
+	}
+	release, err := cn.s.quotas.claim(cn.id, h.Service)
+	if err != nil {
+		return err
+	}
+	defer release()
 	svc, err := cn.s.cfg.Store.service(h.Service)
 	if err != nil {
 		return err
@@ -328,8 +499,11 @@ func (cn *conn) run() error {
 	if err := cn.send(0, reply); err != nil {
 		return err
 	}
-	cn.c.SetReadDeadline(time.Time{})
+	cn.authed()
 	for {
+		// Set before every read, not once: the time this goroutine spends committing
+		// an epoch is not the primary's silence.
+		cn.c.SetReadDeadline(time.Now().Add(cn.s.cfg.IdleTimeout))
 		f, err := cn.r.Next()
 		if err != nil {
 			return err
@@ -361,7 +535,11 @@ func (cn *conn) step(epoch uint64, p frame.Payload) error {
 		if p.Full {
 			cn.resync = false
 		}
+		cn.s.quotas.begin(cn.name)
 		cn.in = beginEpoch(cn.svc, epoch, *p, cn.s.cfg.Pages)
+		name := cn.name
+		cn.in.charge = func(n int64) error { return cn.s.quotas.charge(name, n) }
+		cn.in.onEnd = func() { cn.s.quotas.end(name) }
 		cn.meter.Start(epoch, p.Full, 0)
 		if cn.resync {
 			// Already asked for a full epoch: this delta was sent before the primary
@@ -407,7 +585,13 @@ func (cn *conn) step(epoch uint64, p frame.Payload) error {
 				return err
 			}
 		}
-		return cn.send(epoch, &frame.Nack{Epoch: epoch, Code: e.code, Reason: e.err.Error()})
+		if err := cn.send(epoch, &frame.Nack{Epoch: epoch, Code: e.code, Reason: e.err.Error()}); err != nil {
+			return err
+		}
+		if errors.Is(e.err, auth.ErrForbidden) {
+			return e.err
+		}
+		return nil
 	default:
 		return fmt.Errorf("frame: %w: unexpected %s from a primary", frame.ErrProtocol, p.Type())
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ftrun/ftrun/checkpoint"
 	"github.com/ftrun/ftrun/checkpoint/delta"
+	"github.com/ftrun/ftrun/transport/svcname"
 )
 
 // keep is how many committed epochs a service keeps: the newest (restored on failover,
@@ -21,24 +22,6 @@ const keep = 2
 
 // epochsDir is the subdirectory of a service that holds its checkpoint.Store.
 const epochsDir = "epochs"
-
-// ErrBadService means a service name cannot name a directory safely.
-var ErrBadService = errors.New("invalid service name")
-
-// ValidService checks that name can be a directory under the store root: the name
-// comes from the network, so anything that could climb out of the root is refused.
-func ValidService(name string) error {
-	if name == "" || name == "." || name == ".." || len(name) > 128 {
-		return fmt.Errorf("%w: %q", ErrBadService, name)
-	}
-	for _, c := range name {
-		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-'
-		if !ok {
-			return fmt.Errorf("%w: %q (allowed: A-Z a-z 0-9 . _ -)", ErrBadService, name)
-		}
-	}
-	return nil
-}
 
 // Store holds the committed epochs of every service this standby protects, one
 // directory per service under a root.
@@ -95,7 +78,7 @@ func OpenStore(root string) (*Store, error) {
 		return nil, fmt.Errorf("standby: read store root: %w", err)
 	}
 	for _, e := range ents {
-		if !e.IsDir() || ValidService(e.Name()) != nil {
+		if !e.IsDir() || svcname.Check(e.Name()) != nil {
 			continue
 		}
 		if _, err := s.service(e.Name()); err != nil {
@@ -134,7 +117,7 @@ func noSpace(err error) error {
 
 // service returns the state of name, opening its directory on first use.
 func (s *Store) service(name string) (*service, error) {
-	if err := ValidService(name); err != nil {
+	if err := svcname.Check(name); err != nil {
 		return nil, err
 	}
 	s.mu.Lock()

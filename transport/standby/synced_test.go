@@ -21,7 +21,7 @@ func (p *primary) commitSynced(t testing.TB, epoch uint64, files map[string][]by
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := &checkpoint.Manifest{Service: "test", Created: time.Now(), SyncRoots: []string{"/state"}}
+	m := &checkpoint.Manifest{Service: p.service, Created: time.Now(), SyncRoots: []string{"/state"}}
 	for name, data := range files {
 		if err := os.WriteFile(filepath.Join(pd.Dir, name), data, 0o600); err != nil {
 			t.Fatal(err)
