@@ -67,7 +67,7 @@ func exitCode(err error) int {
 	if errors.As(err, &ce) {
 		return ce.ExitCode()
 	}
-	if strings.Contains(err.Error(), "flag provided but not defined") || strings.Contains(err.Error(), "Required flag") {
+	if strings.Contains(err.Error(), "flag provided but not defined") || strings.Contains(err.Error(), "Required flag") || strings.Contains(err.Error(), "invalid value") {
 		return supervisor.ExitUsage
 	}
 	return supervisor.ExitError
