@@ -150,7 +150,7 @@ type Supervisor struct {
 	pending      *Attempt // a recovery waiting out its backoff
 	nextEpoch    uint64
 	ready        bool
-	lastCkptErr  string    // why the newest checkpoint failed or was skipped; "" when it committed
+	lastCkptErr  string // why the newest checkpoint failed or was skipped; "" when it committed
 	startedAt    time.Time
 	incSince     time.Time // when the current incarnation began
 	st           Status
