@@ -391,6 +391,11 @@ func (s *Supervisor) open() error {
 		return &ExitErr{Code: ExitSetup, Err: err}
 	}
 	s.cg = cg
+	if pl := cg.Placement; pl.Note != "" {
+		s.log.Warn(pl.Note)
+	} else if pl.Unit != "" {
+		s.log.Info("placing the program in the systemd unit's delegated cgroup", "cgroup", cg.Group, "unit", pl.Unit)
+	}
 	if s.outR, s.outW, err = os.Pipe(); err != nil {
 		st.close()
 		return err
