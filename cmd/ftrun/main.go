@@ -46,7 +46,7 @@ func main() {
 			"interval with CRIU, and when it crashes or hangs restores the newest good checkpoint\n" +
 			"(then older ones, then a fresh start). Every flag can also be set by environment.",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json", EnvVars: []string{"FTRUN_LOG_FORMAT"}},
+			&cli.StringFlag{Name: "log-format", Value: "auto", Usage: "log format: text, json, journal (systemd's native protocol, with SERVICE=, EPOCH=, STEP=... fields) or auto (journal when systemd connected stderr to it, else text)", EnvVars: []string{"FTRUN_LOG_FORMAT"}},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"FTRUN_LOG_LEVEL"}},
 		},
 		Commands:       []*cli.Command{runCmd(), checkCmd(), statusCmd(), checkpointCmd(), restoreCmd(), keygenCmd(), standbyCmd(), demoCmd(), benchCmd()},
@@ -78,14 +78,15 @@ func newLogger(c *cli.Context) (*slog.Logger, error) {
 	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
 		return nil, usage("--log-level: %v", err)
 	}
-	opts := &slog.HandlerOptions{Level: level}
-	switch c.String("log-format") {
-	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	format := logFormat(c.String("log-format"), stderrIsJournal(), journalUp())
+	h, err := newHandler(format, &slog.HandlerOptions{Level: level})
+	if err != nil {
+		return nil, &supervisor.ExitErr{Code: supervisor.ExitSetup, Err: fmt.Errorf("--log-format journal: %w", err)}
 	}
-	return nil, usage("--log-format must be text or json, not %q", c.String("log-format"))
+	if h == nil {
+		return nil, usage("--log-format must be auto, text, json or journal, not %q", c.String("log-format"))
+	}
+	return slog.New(h), nil
 }
 
 func usage(format string, a ...any) error {
