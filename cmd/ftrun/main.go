@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -122,8 +123,8 @@ func runCmd() *cli.Command {
 			&cli.DurationFlag{Name: "backoff-max", Value: supervisor.DefaultLadderPolicy.BackoffMax, Usage: "cap for --backoff", EnvVars: env("BACKOFF_MAX")},
 			&cli.StringFlag{Name: "health-cmd", Usage: "shell command that exits 0 while the program answers", EnvVars: env("HEALTH_CMD")},
 			&cli.StringFlag{Name: "health-tcp", Usage: "HOST:PORT that must accept (and answer, see --health-send/--health-expect)", EnvVars: env("HEALTH_TCP")},
-			&cli.StringFlag{Name: "health-send", Usage: "bytes to send on --health-tcp (Go escapes like \\r\\n allowed)", EnvVars: env("HEALTH_SEND")},
-			&cli.StringFlag{Name: "health-expect", Usage: "reply --health-tcp must contain", EnvVars: env("HEALTH_EXPECT")},
+			&cli.StringFlag{Name: "health-send", Usage: "bytes to send on --health-tcp; C-style escapes (\\r \\n \\t \\xHH ...) are decoded (in a systemd EnvironmentFile, single-quote the value: 'PING\\r\\n')", EnvVars: env("HEALTH_SEND")},
+			&cli.StringFlag{Name: "health-expect", Usage: "reply --health-tcp must contain (escapes as in --health-send)", EnvVars: env("HEALTH_EXPECT")},
 			&cli.DurationFlag{Name: "health-interval", Value: time.Second, Usage: "time between health probes", EnvVars: env("HEALTH_INTERVAL")},
 			&cli.DurationFlag{Name: "health-timeout", Value: 2 * time.Second, Usage: "time a probe may take", EnvVars: env("HEALTH_TIMEOUT")},
 			&cli.IntFlag{Name: "health-threshold", Value: 3, Usage: "consecutive failed probes that mean the program hangs", EnvVars: env("HEALTH_THRESHOLD")},
@@ -278,16 +279,31 @@ func healthFromFlags(c *cli.Context) (*supervisor.Health, error) {
 	return nil, nil
 }
 
-// unescape reads Go escape sequences (\r\n) so protocols like redis's can be spoken.
+// unescape decodes C-style escapes (\r \n \t \\ \" \xHH \NNN \uXXXX) so that a
+// protocol like redis's (PING\r\n) can be written on a command line or in an
+// environment file. A backslash before anything else is an error rather than a
+// silent literal: "PINGrn", what systemd makes of an unquoted PING\r\n, cannot be
+// caught, but a half-understood escape can.
 func unescape(s string) (string, error) {
-	if s == "" {
-		return "", nil
+	var b strings.Builder
+	for rest := s; rest != ""; {
+		if strings.HasPrefix(rest, `\"`) || strings.HasPrefix(rest, `\'`) {
+			b.WriteByte(rest[1])
+			rest = rest[2:]
+			continue
+		}
+		r, multibyte, tail, err := strconv.UnquoteChar(rest, 0)
+		if err != nil {
+			return "", fmt.Errorf("bad escape at %q in %q (C-style escapes: \\r \\n \\t \\\\ \\xHH \\NNN \\uXXXX)", rest[:min(len(rest), 4)], s)
+		}
+		if multibyte {
+			b.WriteRune(r)
+		} else {
+			b.WriteByte(byte(r))
+		}
+		rest = tail
 	}
-	var out string
-	if err := json.Unmarshal([]byte(`"`+strings.ReplaceAll(s, `"`, `\"`)+`"`), &out); err != nil {
-		return "", fmt.Errorf("bad escape in %q", s)
-	}
-	return out, nil
+	return b.String(), nil
 }
 
 const defaultKeys = "/etc/ftrun/keys"
