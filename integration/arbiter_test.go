@@ -105,7 +105,7 @@ func TestArbiterPartitionOneLiveCopy(t *testing.T) {
 }
 
 // A primary cut off from the arbiter loses its lease: it freezes and kills its program
-// and exits 7, so the standby (which still reaches the arbiter) can take over.
+// and exits 155 (ExitFenced), so the standby (which still reaches the arbiter) can take over.
 func TestArbiterFencesPrimaryThatLosesLease(t *testing.T) {
 	requiresRoot(t, "ruby", "etcd", "etcdctl")
 	hosts := hostNet(t, 2)

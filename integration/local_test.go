@@ -236,7 +236,7 @@ func TestCorruptNewestFallsBackToOlder(t *testing.T) {
 	}
 }
 
-// CRIU missing or too old: a one-line error naming cause and fix, exit code 3.
+// CRIU missing or too old: a one-line error naming cause and fix, exit code 151 (ExitSetup).
 func TestCriuMissingIsAClearError(t *testing.T) {
 	requiresRoot(t)
 	dir := t.TempDir()

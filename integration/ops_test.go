@@ -243,7 +243,7 @@ func TestStatusCommand(t *testing.T) {
 }
 
 // A program that dies again right after every recovery climbs the whole ladder:
-// restore, then (after a backoff) a fresh start, then ftrun gives up with exit 4.
+// restore, then (after a backoff) a fresh start, then ftrun gives up with exit 152 (ExitGaveUp).
 func TestLadderEscalatesAndGivesUp(t *testing.T) {
 	requiresRoot(t)
 	name := "it-ladder"

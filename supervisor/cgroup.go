@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/containerd/cgroups/v3"
 	"github.com/containerd/cgroups/v3/cgroup2"
+	"golang.org/x/sys/unix"
 )
 
 // CgroupRoot is the parent of every service's cgroup, relative to the cgroup2 mount.
@@ -60,21 +62,134 @@ func cgroup2Mount() (string, error) {
 type Cgroup struct {
 	Mount string // the cgroup2 mountpoint
 	Group string // path below Mount, e.g. /ftrun/redis
-	m     *cgroup2.Manager
+	// Placement is how Group was chosen (under a systemd unit, or at CgroupRoot).
+	Placement Placement
+	m         *cgroup2.Manager
 }
 
-// OpenCgroup creates (or reuses) the group for service name.
+// SystemdView is what ftrun can see of a systemd service it may be running as.
+type SystemdView struct {
+	// InvocationID is $INVOCATION_ID, which systemd sets for every service process.
+	InvocationID string
+	// Own is ftrun's cgroup2 path (the "0::" line of /proc/self/cgroup).
+	Own string
+	// Delegated: the unit's group carries the trusted.delegate xattr that systemd
+	// (since 251) sets on the group of a unit with Delegate=yes.
+	Delegated bool
+}
+
+// Placement is where the program's cgroup goes, and where ftrun itself goes first.
+type Placement struct {
+	Group string // the program's group below the cgroup2 mount
+	Self  string // a leaf group ftrun moves itself into first ("": it stays)
+	Unit  string // the systemd unit's own group ("": not a delegated service)
+	Note  string // why a systemd unit was not used, worth a warning ("": nothing to say)
+}
+
+// Groups below a delegated unit's own group (UNIT/supervisor, UNIT/program).
+const (
+	unitSupervisorGroup = "supervisor"
+	unitProgramGroup    = "program"
+)
+
+// ChoosePlacement decides where a service's program lives. Under systemd, a unit
+// with Delegate=yes hands ftrun its own cgroup subtree: the program goes to
+// UNIT/program, so the unit's MemoryMax=, CPUQuota= and accounting cover it and
+// `systemctl status` lists it. ftrun moves itself to the sibling UNIT/supervisor
+// first: cgroup2 lets only leaves hold processes once a group hands controllers to
+// its children, and systemd's own DelegateSubgroup= (254) uses the same shape.
+// Without systemd, or without delegation, the program goes to CgroupRoot/NAME,
+// outside any unit, as a group nobody else manages.
+func ChoosePlacement(name string, sd SystemdView) Placement {
+	outside := Placement{Group: filepath.Join(CgroupRoot, name)}
+	if sd.InvocationID == "" {
+		return outside
+	}
+	unit, self := sd.Own, sd.Own
+	if filepath.Base(unit) == unitSupervisorGroup {
+		// A restarted ftrun is put back into the unit's group by systemd; this is
+		// for one that systemd itself placed in the subgroup (DelegateSubgroup=).
+		unit = filepath.Dir(unit)
+	}
+	if !strings.HasSuffix(unit, ".service") {
+		outside.Note = fmt.Sprintf("INVOCATION_ID is set but ftrun's cgroup %q is no service's: the program goes to %q", sd.Own, outside.Group)
+		return outside
+	}
+	if !sd.Delegated {
+		outside.Note = fmt.Sprintf("the systemd unit's cgroup %q is not delegated to ftrun: the program goes to %q, outside the unit, "+
+			"so the unit's MemoryMax=, CPUQuota= and accounting do not cover it (fix: Delegate=yes in the unit)", unit, outside.Group)
+		return outside
+	}
+	p := Placement{Unit: unit, Group: filepath.Join(unit, unitProgramGroup)}
+	if self == unit {
+		p.Self = filepath.Join(unit, unitSupervisorGroup)
+	}
+	return p
+}
+
+// DetectSystemd reads what ChoosePlacement needs from the environment, /proc and the
+// cgroup filesystem mounted at mnt.
+func DetectSystemd(mnt string) SystemdView {
+	sd := SystemdView{InvocationID: os.Getenv("INVOCATION_ID")}
+	if sd.InvocationID == "" {
+		return sd
+	}
+	data, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return sd
+	}
+	sd.Own = ownCgroup2(string(data))
+	unit := sd.Own
+	if filepath.Base(unit) == unitSupervisorGroup {
+		unit = filepath.Dir(unit)
+	}
+	buf := make([]byte, 8)
+	if n, err := unix.Getxattr(filepath.Join(mnt, unit), "trusted.delegate", buf); err == nil {
+		sd.Delegated = string(buf[:n]) == "1"
+	}
+	return sd
+}
+
+// ownCgroup2 picks the cgroup2 path out of /proc/self/cgroup ("0::/path").
+func ownCgroup2(procCgroup string) string {
+	for _, line := range strings.Split(procCgroup, "\n") {
+		if p, ok := strings.CutPrefix(line, "0::"); ok {
+			return p
+		}
+	}
+	return ""
+}
+
+// OpenCgroup creates (or reuses) the group for service name, placed by
+// ChoosePlacement; under a delegated unit it first moves ftrun into UNIT/supervisor.
 func OpenCgroup(name string) (*Cgroup, error) {
 	mnt, err := cgroup2Mount()
 	if err != nil {
 		return nil, err
 	}
-	group := filepath.Join(CgroupRoot, name)
-	m, err := cgroup2.NewManager(mnt, group, &cgroup2.Resources{})
-	if err != nil {
-		return nil, fmt.Errorf("create cgroup %q under %q: %w", group, mnt, err)
+	pl := ChoosePlacement(name, DetectSystemd(mnt))
+	if pl.Self != "" {
+		if err := moveSelf(mnt, pl.Self); err != nil {
+			return nil, err
+		}
 	}
-	return &Cgroup{Mount: mnt, Group: group, m: m}, nil
+	m, err := cgroup2.NewManager(mnt, pl.Group, &cgroup2.Resources{})
+	if err != nil {
+		return nil, fmt.Errorf("create cgroup %q under %q: %w", pl.Group, mnt, err)
+	}
+	return &Cgroup{Mount: mnt, Group: pl.Group, Placement: pl, m: m}, nil
+}
+
+// moveSelf puts the whole ftrun process (every thread) into group, creating it.
+func moveSelf(mnt, group string) error {
+	dir := filepath.Join(mnt, group)
+	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("create cgroup %q for ftrun itself: %w", group, err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0); err != nil {
+		return fmt.Errorf("move ftrun into cgroup %q: %w", group, err)
+	}
+	return nil
 }
 
 // Path is the group's directory.

@@ -23,16 +23,21 @@ import (
 	"github.com/ftrun/ftrun/watchdog"
 )
 
-// Exit codes of `ftrun run`, so scripts and systemd can tell outcomes apart.
+// Exit codes of `ftrun run`, so scripts and systemd can tell outcomes apart. They lie in
+// 150..199, the range the LSB init script specification reserves for applications, so
+// that none of them can be mistaken for what the Go runtime (2 on a panic, on SIGABRT as
+// systemd's watchdog sends it, or on SIGQUIT), a shell (126, 127, 128+N) or systemd
+// itself (200..243) reports: a unit's RestartPreventExitStatus= can list them and still
+// restart ftrun after a crash.
 const (
-	ExitOK      = 0 // the program finished cleanly, or ftrun was asked to stop
-	ExitError   = 1 // ftrun itself failed
-	ExitUsage   = 2 // bad flags
-	ExitSetup   = 3 // the machine cannot run ftrun (CRIU, cgroups): `ftrun check` says why
-	ExitGaveUp  = 4 // the recovery ladder gave up
-	ExitLocked  = 5 // another ftrun supervises this state directory
-	ExitProgram = 6 // --restart=never: the program failed (its own code is logged)
-	ExitFenced  = 7 // the arbiter lease was lost: the program was frozen and killed
+	ExitOK      = 0   // the program finished cleanly, or ftrun was asked to stop
+	ExitError   = 1   // ftrun itself failed
+	ExitUsage   = 150 // bad flags or configuration
+	ExitSetup   = 151 // the machine cannot run ftrun (CRIU, cgroups): `ftrun check` says why
+	ExitGaveUp  = 152 // the recovery ladder gave up
+	ExitLocked  = 153 // another ftrun supervises this state directory
+	ExitProgram = 154 // --restart=never: the program failed (its own code is logged)
+	ExitFenced  = 155 // the arbiter lease was lost: the program was frozen and killed
 )
 
 // ExitErr carries the exit code ftrun should end with.
@@ -145,8 +150,9 @@ type Supervisor struct {
 	pending      *Attempt // a recovery waiting out its backoff
 	nextEpoch    uint64
 	ready        bool
-	lastCkptErr  bool
+	lastCkptErr  string // why the newest checkpoint failed or was skipped; "" when it committed
 	startedAt    time.Time
+	incSince     time.Time // when the current incarnation began
 	st           Status
 	shuttingDown bool
 	// durability runs behind the epoch loop: one fsync at a time, newest set next
@@ -385,6 +391,11 @@ func (s *Supervisor) open() error {
 		return &ExitErr{Code: ExitSetup, Err: err}
 	}
 	s.cg = cg
+	if pl := cg.Placement; pl.Note != "" {
+		s.log.Warn(pl.Note)
+	} else if pl.Unit != "" {
+		s.log.Info("placing the program in the systemd unit's delegated cgroup", "cgroup", cg.Group, "unit", pl.Unit)
+	}
 	if s.outR, s.outW, err = os.Pipe(); err != nil {
 		st.close()
 		return err
@@ -502,6 +513,7 @@ func (s *Supervisor) incarnation(pid int, how string) {
 	}
 	s.inc++
 	s.pid, s.alive, s.killReason, s.healthFail = pid, true, "", 0
+	s.incSince = s.clock.Now()
 	s.st.Pid, s.st.State = pid, StateRunning
 	s.metrics.up.Set(1)
 	ctx, cancel := context.WithCancel(s.ctx)
@@ -978,7 +990,7 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 	if ok, why := mayCheckpoint(s.alive, stopped, s.healthFail); !ok {
 		// A skipped checkpoint is a checkpoint that did not succeed: systemd's watchdog
 		// must not be told all is well.
-		s.lastCkptErr = true
+		s.lastCkptErr = "checkpoint skipped: " + why
 		s.metrics.checkpoints.WithLabelValues("skipped").Inc()
 		s.log.Warn("checkpoint skipped: " + why)
 		return 0, errors.New(why)
@@ -1053,7 +1065,7 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 	s.lastManifest, s.lastSetDir = m, set.Dir
 	total := s.clock.Since(start)
 	s.nextEpoch = epoch + 1
-	s.lastCkptErr = false
+	s.lastCkptErr = ""
 	s.ladder.Committed()
 	s.st.Epoch, s.st.LastCheckpoint, s.st.LastFrozen, s.st.LastCheckpointTime = epoch, m.Created, stats.Frozen, total
 	s.st.ImageBytes = m.Bytes()
@@ -1099,7 +1111,7 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 }
 
 func (s *Supervisor) checkpointFailed(epoch uint64, err error) error {
-	s.lastCkptErr = true
+	s.lastCkptErr = err.Error()
 	s.metrics.checkpoints.WithLabelValues("failed").Inc()
 	s.st.CheckpointFailures++
 	s.st.LastError = err.Error()
@@ -1142,19 +1154,45 @@ func (s *Supervisor) status() Status {
 	return st
 }
 
+// notifyStatus tells systemd the status line; while the watchdog is withheld it
+// says why, so `systemctl status` shows the cause before the restart comes.
 func (s *Supervisor) notifyStatus() {
-	if err := s.cfg.Notifier.Status(s.status().Summary()); err != nil {
+	line := s.status().Summary()
+	if ok, why := s.watchdogDecision(); !ok && s.cfg.Notifier.WatchdogInterval() > 0 {
+		line += "; watchdog withheld: " + why
+	}
+	if err := s.cfg.Notifier.Status(line); err != nil {
 		s.log.Debug("sd_notify STATUS", "err", err)
 	}
 }
 
-func (s *Supervisor) pingWatchdog() {
-	ok, why := watchdog.ShouldPing(watchdog.WatchdogInput{
-		Alive: s.alive, LastCheckpointOK: s.st.LastCheckpoint, LastCheckpointErr: s.lastCkptErr,
-		Started: s.startedAt, MaxCheckpointAge: 3*s.cfg.Interval + 2*time.Second, Now: s.clock.Now(),
+// watchdogDecision gathers watchdog.ShouldPing's input from the loop's state.
+func (s *Supervisor) watchdogDecision() (bool, string) {
+	prog := watchdog.ProgramDown
+	switch {
+	case s.alive:
+		prog = watchdog.ProgramRunning
+	case s.st.State == StateRecovering:
+		prog = watchdog.ProgramRecovering
+	}
+	since := s.startedAt
+	if s.incSince.After(since) {
+		since = s.incSince
+	}
+	return watchdog.ShouldPing(watchdog.WatchdogInput{
+		Program: prog, LastCheckpointOK: s.st.LastCheckpoint, LastError: s.lastCkptErr,
+		Since: since, Tolerance: watchdog.Tolerance(s.cfg.Interval, s.st.LastCheckpointTime),
+		Now: s.clock.Now(),
 	})
+}
+
+// pingWatchdog runs on the loop's own ticker, so a loop that is stuck (or a
+// stopped ftrun) stops the pings as surely as a decision to withhold them.
+func (s *Supervisor) pingWatchdog() {
+	ok, why := s.watchdogDecision()
 	if !ok {
 		s.log.Warn("withholding systemd watchdog ping: " + why)
+		s.notifyStatus()
 		return
 	}
 	if err := s.cfg.Notifier.Watchdog(); err != nil {

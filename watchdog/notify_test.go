@@ -153,9 +153,9 @@ func TestNotifierWatchdogInterval(t *testing.T) {
 		want            time.Duration
 	}{
 		{"watchdog off", "", "", 0},
-		{"half of WATCHDOG_USEC", "6000000", "", 3 * time.Second},
-		{"sub-second", "500000", "", 250 * time.Millisecond},
-		{"meant for this process", "2000000", self, time.Second},
+		{"a quarter of WATCHDOG_USEC", "6000000", "", 1500 * time.Millisecond},
+		{"sub-second", "500000", "", 125 * time.Millisecond},
+		{"meant for this process", "2000000", self, 500 * time.Millisecond},
 		{"meant for another process", "2000000", strconv.Itoa(os.Getpid() + 1), 0},
 		{"malformed usec", "soon", "", 0},
 		{"negative usec", "-5", "", 0},

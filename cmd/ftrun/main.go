@@ -49,7 +49,7 @@ func main() {
 			"interval with CRIU, and when it crashes or hangs restores the newest good checkpoint\n" +
 			"(then older ones, then a fresh start). Every flag can also be set by environment.",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json", EnvVars: []string{"FTRUN_LOG_FORMAT"}},
+			&cli.StringFlag{Name: "log-format", Value: "auto", Usage: "log format: text, json, journal (systemd's native protocol, with SERVICE=, EPOCH=, STEP=... fields) or auto (journal when systemd connected stderr to it, else text)", EnvVars: []string{"FTRUN_LOG_FORMAT"}},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"FTRUN_LOG_LEVEL"}},
 		},
 		Commands:       []*cli.Command{runCmd(), checkCmd(), statusCmd(), checkpointCmd(), restoreCmd(), keygenCmd(), standbyCmd(), demoCmd(), benchCmd()},
@@ -70,7 +70,7 @@ func exitCode(err error) int {
 	if errors.As(err, &ce) {
 		return ce.ExitCode()
 	}
-	if strings.Contains(err.Error(), "flag provided but not defined") || strings.Contains(err.Error(), "Required flag") {
+	if strings.Contains(err.Error(), "flag provided but not defined") || strings.Contains(err.Error(), "Required flag") || strings.Contains(err.Error(), "invalid value") {
 		return supervisor.ExitUsage
 	}
 	return supervisor.ExitError
@@ -81,14 +81,15 @@ func newLogger(c *cli.Context) (*slog.Logger, error) {
 	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
 		return nil, usage("--log-level: %v", err)
 	}
-	opts := &slog.HandlerOptions{Level: level}
-	switch c.String("log-format") {
-	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	format := logFormat(c.String("log-format"), stderrIsJournal(), journalUp())
+	h, err := newHandler(format, &slog.HandlerOptions{Level: level})
+	if err != nil {
+		return nil, &supervisor.ExitErr{Code: supervisor.ExitSetup, Err: fmt.Errorf("--log-format journal: %w", err)}
 	}
-	return nil, usage("--log-format must be text or json, not %q", c.String("log-format"))
+	if h == nil {
+		return nil, usage("--log-format must be auto, text, json or journal, not %q", c.String("log-format"))
+	}
+	return slog.New(h), nil
 }
 
 func usage(format string, a ...any) error {
@@ -124,8 +125,8 @@ func runCmd() *cli.Command {
 			&cli.DurationFlag{Name: "backoff-max", Value: supervisor.DefaultLadderPolicy.BackoffMax, Usage: "cap for --backoff", EnvVars: env("BACKOFF_MAX")},
 			&cli.StringFlag{Name: "health-cmd", Usage: "shell command that exits 0 while the program answers", EnvVars: env("HEALTH_CMD")},
 			&cli.StringFlag{Name: "health-tcp", Usage: "HOST:PORT that must accept (and answer, see --health-send/--health-expect)", EnvVars: env("HEALTH_TCP")},
-			&cli.StringFlag{Name: "health-send", Usage: "bytes to send on --health-tcp (Go escapes like \\r\\n allowed)", EnvVars: env("HEALTH_SEND")},
-			&cli.StringFlag{Name: "health-expect", Usage: "reply --health-tcp must contain", EnvVars: env("HEALTH_EXPECT")},
+			&cli.StringFlag{Name: "health-send", Usage: "bytes to send on --health-tcp; C-style escapes (\\r \\n \\t \\xHH ...) are decoded (in a systemd EnvironmentFile, single-quote the value: 'PING\\r\\n')", EnvVars: env("HEALTH_SEND")},
+			&cli.StringFlag{Name: "health-expect", Usage: "reply --health-tcp must contain (escapes as in --health-send)", EnvVars: env("HEALTH_EXPECT")},
 			&cli.DurationFlag{Name: "health-interval", Value: time.Second, Usage: "time between health probes", EnvVars: env("HEALTH_INTERVAL")},
 			&cli.DurationFlag{Name: "health-timeout", Value: 2 * time.Second, Usage: "time a probe may take", EnvVars: env("HEALTH_TIMEOUT")},
 			&cli.IntFlag{Name: "health-threshold", Value: 3, Usage: "consecutive failed probes that mean the program hangs", EnvVars: env("HEALTH_THRESHOLD")},
@@ -286,16 +287,31 @@ func healthFromFlags(c *cli.Context) (*supervisor.Health, error) {
 	return nil, nil
 }
 
-// unescape reads Go escape sequences (\r\n) so protocols like redis's can be spoken.
+// unescape decodes C-style escapes (\r \n \t \\ \" \xHH \NNN \uXXXX) so that a
+// protocol like redis's (PING\r\n) can be written on a command line or in an
+// environment file. A backslash before anything else is an error rather than a
+// silent literal: "PINGrn", what systemd makes of an unquoted PING\r\n, cannot be
+// caught, but a half-understood escape can.
 func unescape(s string) (string, error) {
-	if s == "" {
-		return "", nil
+	var b strings.Builder
+	for rest := s; rest != ""; {
+		if strings.HasPrefix(rest, `\"`) || strings.HasPrefix(rest, `\'`) {
+			b.WriteByte(rest[1])
+			rest = rest[2:]
+			continue
+		}
+		r, multibyte, tail, err := strconv.UnquoteChar(rest, 0)
+		if err != nil {
+			return "", fmt.Errorf("bad escape at %q in %q (C-style escapes: \\r \\n \\t \\\\ \\xHH \\NNN \\uXXXX)", rest[:min(len(rest), 4)], s)
+		}
+		if multibyte {
+			b.WriteRune(r)
+		} else {
+			b.WriteByte(byte(r))
+		}
+		rest = tail
 	}
-	var out string
-	if err := json.Unmarshal([]byte(`"`+strings.ReplaceAll(s, `"`, `\"`)+`"`), &out); err != nil {
-		return "", fmt.Errorf("bad escape in %q", s)
-	}
-	return out, nil
+	return b.String(), nil
 }
 
 const defaultKeys = "/etc/ftrun/keys"
