@@ -326,7 +326,9 @@ func TestRecoveryFailingAlarm(t *testing.T) {
 		t.Errorf("metrics: failing since %v (want %d), protected %v (want 0)", since, failing.FailingSince.Unix(), protected)
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for !slices.ContainsFunc(notify.all(), func(m string) bool { return strings.Contains(m, "STATUS=") && strings.Contains(m, "checkpoints failing since") }) {
+	for !slices.ContainsFunc(notify.all(), func(m string) bool {
+		return strings.Contains(m, "STATUS=") && strings.Contains(m, "checkpoints failing since")
+	}) {
 		if time.Now().After(deadline) {
 			t.Fatalf("no STATUS= line with the alarm among %q", notify.all())
 		}
