@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -28,6 +29,10 @@ const (
 
 // ErrDeadline marks a CRIU run that overran its deadline and was killed.
 var ErrDeadline = errors.New("criu overran its deadline")
+
+// ErrCriuDied marks a CRIU run that a signal from elsewhere ended: the images it
+// worked on are not to blame, and the same operation may well succeed again.
+var ErrCriuDied = errors.New("criu was killed by a signal")
 
 // DeadlineError is a CRIU run killed at its deadline, with what it was waiting on.
 type DeadlineError struct {
@@ -222,13 +227,18 @@ func (c *Criu) withDeadline(op, logPath string, cl *criu.Criu, extra func() []in
 	mu.Lock()
 	done = true
 	mu.Unlock()
-	_ = cl.Cleanup() // closes the RPC socket and reaps CRIU
+	cerr := cl.Cleanup() // closes the RPC socket and reaps CRIU
 	if err != nil {
 		// A CRIU that died or was killed cleans up nothing it mounted.
 		_ = UnmountUnder(filepath.Dir(logPath))
 	}
 	if over != nil {
 		return over
+	}
+	if err != nil {
+		if sig, ok := killedBy(cerr); ok {
+			return fmt.Errorf("%w (%s): %w", ErrCriuDied, sig, err)
+		}
 	}
 	return err
 }
@@ -278,4 +288,17 @@ func unescapeMount(s string) string {
 		b.WriteByte(s[i])
 	}
 	return b.String()
+}
+
+// killedBy tells whether CRIU's end, as Cleanup reported it, was a signal.
+func killedBy(err error) (string, bool) {
+	ee, ok := errors.AsType[*exec.ExitError](err)
+	if !ok {
+		return "", false
+	}
+	ws, ok := ee.Sys().(syscall.WaitStatus)
+	if !ok || !ws.Signaled() {
+		return "", false
+	}
+	return ws.Signal().String(), true
 }

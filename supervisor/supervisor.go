@@ -835,7 +835,11 @@ func (s *Supervisor) carryOut(a Attempt) error {
 			return nil
 		}
 		s.log.Error("recovery step failed", "step", a.Rung.String(), "epoch", a.Epoch, "err", err)
-		a = s.ladder.Failed(s.candidates(), fmt.Sprintf("%s failed", a.Rung))
+		if a.Rung == RungRestore {
+			a = s.ladder.RestoreFailed(s.candidates(), a.Epoch, "restore failed", errors.Is(err, checkpoint.ErrCriuDied))
+		} else {
+			a = s.ladder.Failed(s.candidates(), fmt.Sprintf("%s failed", a.Rung))
+		}
 	}
 }
 
