@@ -72,26 +72,58 @@ func (c *Criu) timeout(op string) time.Duration {
 	return DefaultRestoreTimeout
 }
 
-// swrkMu serializes starting CRIU helpers, so the one child that appears across a
-// start is the one just started.
+// swrkMu serializes starting CRIU helpers, so the one child and the one socket that
+// appear across a start are the ones just made.
 var swrkMu sync.Mutex
 
-// startSwrk starts cl's `criu swrk` and returns its PID. go-criu keeps the process to
-// itself; its PID is what a deadline needs to kill it.
-func startSwrk(cl *criu.Criu) (int, error) {
+// swrk is a started `criu swrk`: its PID and ftrun's end of its RPC socket. go-criu
+// keeps both to itself; a deadline needs them to kill CRIU and to stop waiting for an
+// answer that a half-restored task, holding CRIU's end, may never send.
+type swrk struct {
+	pid  int
+	sock int // -1 if not found
+}
+
+func startSwrk(cl *criu.Criu) (swrk, error) {
 	swrkMu.Lock()
 	defer swrkMu.Unlock()
-	before := swrkChildren()
+	before, socks := swrkChildren(), seqpacketFds()
 	if err := cl.Prepare(); err != nil {
-		return 0, err
+		return swrk{}, err
 	}
+	w := swrk{sock: -1}
 	for pid := range swrkChildren() {
 		if !before[pid] {
-			return pid, nil
+			w.pid = pid
 		}
 	}
-	_ = cl.Cleanup()
-	return 0, fmt.Errorf("%w: cannot find the criu swrk process just started", ErrCriuFailed)
+	for fd := range seqpacketFds() {
+		if !socks[fd] {
+			w.sock = fd
+		}
+	}
+	if w.pid == 0 {
+		_ = cl.Cleanup()
+		return swrk{}, fmt.Errorf("%w: cannot find the criu swrk process just started", ErrCriuFailed)
+	}
+	return w, nil
+}
+
+// seqpacketFds are this process's AF_UNIX SOCK_SEQPACKET descriptors: go-criu's
+// sockets to CRIU are the only ones ftrun makes.
+func seqpacketFds() map[int]bool {
+	out := map[int]bool{}
+	ents, _ := os.ReadDir("/proc/self/fd")
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if t, err := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_TYPE); err == nil && t == syscall.SOCK_SEQPACKET {
+			out[fd] = true
+		}
+	}
+	return out
 }
 
 // swrkChildren are this process's children that run `criu swrk`.
@@ -193,47 +225,32 @@ func lastLogLine(path string) string {
 
 // withDeadline runs one CRIU operation (fn, over cl) under op's deadline. It starts
 // CRIU itself so that it knows whom to kill: on overrun it notes what CRIU and the
-// caller's extra tasks wait on, SIGKILLs them all (fn then fails on the closed RPC
-// socket) and returns a *DeadlineError. CRIU's own children go too: a half-restored
-// task holds the RPC socket, and fn would wait for it as long as for CRIU.
+// caller's extra tasks wait on, SIGKILLs them all with every task CRIU forked, and
+// stops waiting for CRIU's answer (fn then fails) and returns a *DeadlineError. A
+// CRIU killed from elsewhere is given up on the same way after a short grace: a
+// half-restored task it leaves behind holds the RPC socket, and fn would wait for it
+// forever.
 func (c *Criu) withDeadline(op, logPath string, cl *criu.Criu, extra func() []int, fn func() error) error {
-	pid, err := startSwrk(cl)
+	w, err := startSwrk(cl)
 	if err != nil {
 		return err
 	}
 	timeout := c.timeout(op)
-	var (
-		mu   sync.Mutex
-		done bool
-		over *DeadlineError
-	)
-	timer := time.AfterFunc(timeout, func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if done {
-			return // CRIU finished and may be reaped: its PID is no longer its own
-		}
-		pids := tree(pid)
-		if extra != nil {
-			pids = append(pids, extra()...)
-		}
-		over = &DeadlineError{Op: op, After: timeout, Waits: Waiting(pids), LastLog: lastLogLine(logPath), Log: logPath}
-		for _, p := range pids {
-			_ = syscall.Kill(p, syscall.SIGKILL)
-		}
+	g := &guard{w: w, extra: extra, done: make(chan struct{})}
+	g.wg.Add(1)
+	go g.watch(timeout, func() *DeadlineError {
+		return &DeadlineError{Op: op, After: timeout, Waits: Waiting(append(g.seenPids(), g.extraPids()...)), LastLog: lastLogLine(logPath), Log: logPath}
 	})
 	err = fn()
-	timer.Stop()
-	mu.Lock()
-	done = true
-	mu.Unlock()
+	close(g.done)
+	g.wg.Wait()
 	cerr := cl.Cleanup() // closes the RPC socket and reaps CRIU
 	if err != nil {
 		// A CRIU that died or was killed cleans up nothing it mounted.
 		_ = UnmountUnder(filepath.Dir(logPath))
 	}
-	if over != nil {
-		return over
+	if g.over != nil {
+		return g.over
 	}
 	if err != nil {
 		if sig, ok := killedBy(cerr); ok {
@@ -241,6 +258,111 @@ func (c *Criu) withDeadline(op, logPath string, cl *criu.Criu, extra func() []in
 		}
 	}
 	return err
+}
+
+// criuGrace is how long a dead CRIU's operation may still answer before it is given up.
+const criuGrace = time.Second
+
+// guard watches one CRIU run: its deadline, CRIU's death, and the tasks it forks.
+type guard struct {
+	w     swrk
+	extra func() []int
+	done  chan struct{}
+	wg    sync.WaitGroup
+	seen  map[int]uint64 // every task of CRIU's tree seen, by start time
+	over  *DeadlineError // set before done is read by the caller
+}
+
+func (g *guard) watch(timeout time.Duration, overrun func() *DeadlineError) {
+	defer g.wg.Done()
+	g.seen = map[int]uint64{}
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	var diedAt time.Time
+	for {
+		g.note()
+		select {
+		case <-g.done:
+			return
+		case <-deadline.C:
+			g.over = overrun()
+			g.abandon()
+			return
+		case now := <-tick.C:
+			if diedAt.IsZero() && !alive(g.w.pid) {
+				diedAt = now
+			}
+			if !diedAt.IsZero() && now.Sub(diedAt) > criuGrace {
+				g.abandon()
+				return
+			}
+		}
+	}
+}
+
+// note remembers CRIU's tree as it is now.
+func (g *guard) note() {
+	for _, p := range tree(g.w.pid) {
+		if _, ok := g.seen[p]; !ok {
+			if st, err := startTime(p); err == nil {
+				g.seen[p] = st
+			}
+		}
+	}
+}
+
+func (g *guard) seenPids() []int {
+	var out []int
+	for p, st := range g.seen {
+		if now, err := startTime(p); err == nil && now == st {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func (g *guard) extraPids() []int {
+	if g.extra == nil {
+		return nil
+	}
+	return g.extra()
+}
+
+// abandon kills CRIU, what it forked and the caller's extra tasks, and shuts down
+// ftrun's end of the RPC socket so the operation returns.
+func (g *guard) abandon() {
+	for _, p := range append(g.seenPids(), g.extraPids()...) {
+		_ = syscall.Kill(p, syscall.SIGKILL)
+	}
+	if g.w.sock >= 0 {
+		_ = syscall.Shutdown(g.w.sock, syscall.SHUT_RDWR)
+	}
+}
+
+// alive reports whether pid runs (a zombie, CRIU not yet reaped, does not).
+func alive(pid int) bool {
+	st, err := procStateLetter(pid)
+	return err == nil && st != 'Z' && st != 'X'
+}
+
+// startTime is field 22 of /proc/PID/stat: with the PID it names one process.
+func startTime(pid int) (uint64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("malformed stat of %d", pid)
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 20 {
+		return 0, fmt.Errorf("malformed stat of %d", pid)
+	}
+	return strconv.ParseUint(f[19], 10, 64)
 }
 
 // UnmountUnder detaches every mount below dir, deepest first. A CRIU killed in the
