@@ -4,7 +4,7 @@ BIN     := bin/ftrun
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 PKGS_UNIT := $(shell $(GO) list ./... | grep -v /integration)
 
-.PHONY: all build setup demo test unit root-test integration lint bench fuzz clean
+.PHONY: all build setup demo test unit root-test integration lint bench fuzz soak clean
 
 all: build
 
@@ -40,6 +40,14 @@ SHELL := /bin/bash
 
 integration: build
 	$(GO) test -race -count=1 -timeout 30m -v ./integration/ 2>&1 | tee /tmp/ftrun-integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+[a-z_]+_test.go)' ; exit $${PIPESTATUS[0]}
+
+# The fault soak, long: SOAK_FAULTS random faults (kill -9 of ftrun, the program, CRIU
+# mid-dump and mid-restore, the standby mid-commit; disk full, read-only state dir, link
+# cut, host death, partition and heal), each followed by the acknowledged-writes check.
+# `make integration` runs every kind once.
+SOAK_FAULTS ?= 60
+soak: setup build
+	FTRUN_SOAK_FAULTS=$(SOAK_FAULTS) $(GO) test -count=1 -timeout 3h -v -run '^TestFaultSoak$$' ./integration/ 2>&1 | tee /tmp/ftrun-soak.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\|)|soak_test.go' ; exit $${PIPESTATUS[0]}
 
 # Benchmarks: every figure next to its baseline measured in the same run, written to a
 # report folder (Markdown, SVG plots, results.json). BENCH_FLAGS=--quick for the short run.

@@ -57,6 +57,9 @@ type Options struct {
 	PostDump func() error
 	// PreDump runs when CRIU starts a dump, before it stops the program.
 	PreDump func() error
+	// Restored lists the tasks a restore has made so far (the program's cgroup): at
+	// the restore's deadline they are described and killed with CRIU.
+	Restored func() []int
 	// Enter, when set, runs CRIU from inside the program's network namespace (it calls
 	// its argument on a thread set into that namespace): CRIU must share the program's
 	// network namespace, or it would try to dump the namespace itself.
@@ -129,6 +132,9 @@ type DumpStats struct {
 type Criu struct {
 	// Path is the criu binary; empty means "criu" from PATH.
 	Path string
+	// DumpTimeout and RestoreTimeout bound one dump and one restore; an overrun kills
+	// CRIU (0: DefaultDumpTimeout, DefaultRestoreTimeout).
+	DumpTimeout, RestoreTimeout time.Duration
 
 	lockOnce sync.Once
 	lock     rpc.CriuNetworkLockMethod
@@ -192,7 +198,9 @@ func (c *Criu) Dump(o Options) (DumpStats, error) {
 	if o.PostDump != nil || o.PreDump != nil {
 		nfy = dumpNotify{pre: o.PreDump, post: o.PostDump}
 	}
-	if err := o.enter(func() error { return cl.Dump(c.opts(o, int(dir.Fd()), workFd(work), DumpLog), nfy) }); err != nil {
+	dump := func() error { return cl.Dump(c.opts(o, int(dir.Fd()), workFd(work), DumpLog), nfy) }
+	logPath := filepath.Join(o.logDir(), DumpLog)
+	if err := o.enter(func() error { return c.withDeadline("dump", logPath, cl, nil, dump) }); err != nil {
 		return DumpStats{}, criuError("dump", o, DumpLog, err)
 	}
 	st := DumpStats{Total: time.Since(start)}
@@ -292,7 +300,9 @@ func (c *Criu) Restore(o Options) (int, error) {
 	// Restored tasks become children of ftrun (siblings of the swrk helper), so ftrun can
 	// wait for them like for a program it started.
 	opts.RstSibling = ptr(true)
-	if err := o.enter(func() error { return cl.Restore(opts, n) }); err != nil {
+	restore := func() error { return cl.Restore(opts, n) }
+	logPath := filepath.Join(o.logDir(), RestoreLog)
+	if err := o.enter(func() error { return c.withDeadline("restore", logPath, cl, o.Restored, restore) }); err != nil {
 		return 0, criuError("restore", o, RestoreLog, err)
 	}
 	if n.pid == 0 {
@@ -338,6 +348,9 @@ func oneLine(s string) string {
 
 // criuError turns a failed RPC into one line that carries CRIU's own Error lines.
 func criuError(op string, o Options, logName string, err error) error {
+	if _, ok := errors.AsType[*DeadlineError](err); ok {
+		return err
+	}
 	if errors.Is(err, os.ErrNotExist) || errors.Is(err, exec.ErrNotFound) {
 		return fmt.Errorf("%w: %s: criu binary not found: %v (run scripts/setup, or pass --criu PATH)", ErrCriuMissing, op, err)
 	}

@@ -84,6 +84,14 @@ func startFtrunIn(t testing.TB, netns, stateDir string, env []string, args ...st
 	if netns != "" {
 		cmd = exec.Command("nsenter", append([]string{"--net=" + netns, "--", ftrunBin}, full...)...)
 	}
+	return launchFtrun(t, cmd, logf, env, stateDir)
+}
+
+// launchFtrun starts cmd, which becomes `ftrun run` on stateDir (it may exec ftrun
+// after setting something up), logging to logf.
+func launchFtrun(t testing.TB, cmd *exec.Cmd, logf *os.File, env []string, stateDir string) *ftrunProc {
+	t.Helper()
+	logPath := logf.Name()
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -262,3 +262,9 @@ func (c *Cgroup) Delete() error {
 	}
 	return nil
 }
+
+// Frozen reports whether the group is frozen (cgroup.freeze is 1).
+func (c *Cgroup) Frozen() bool {
+	data, err := os.ReadFile(filepath.Join(c.Path(), "cgroup.freeze"))
+	return err == nil && len(data) > 0 && data[0] == '1'
+}

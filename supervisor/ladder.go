@@ -69,6 +69,7 @@ type Ladder struct {
 	// episode state
 	inEpisode bool
 	tried     map[uint64]bool
+	retried   map[uint64]bool
 	freshDone bool
 	crashesIn int // crashes within this episode
 }
@@ -81,7 +82,7 @@ func NewLadder(p LadderPolicy) *Ladder {
 	if p.Window <= 0 {
 		p.Window = DefaultLadderPolicy.Window
 	}
-	return &Ladder{policy: p, tried: map[uint64]bool{}}
+	return &Ladder{policy: p, tried: map[uint64]bool{}, retried: map[uint64]bool{}}
 }
 
 // Crashed is called when the program died (or was killed as hung). candidates are the
@@ -122,11 +123,28 @@ func (l *Ladder) Failed(candidates []uint64, why string) Attempt {
 	return l.next(candidates, why)
 }
 
+// RestoreFailed is called when the restore of epoch failed. When CRIU itself died
+// (killed from outside: the checkpoint is not to blame), the same epoch is tried once
+// more before an older one: behind the output gate, clients may have seen output that
+// only the newest epoch explains, so leaving it for an older one loses what they saw.
+func (l *Ladder) RestoreFailed(candidates []uint64, epoch uint64, why string, criuDied bool) Attempt {
+	if criuDied && !l.retried[epoch] {
+		l.retried[epoch] = true
+		if !l.inEpisode {
+			l.inEpisode = true
+			l.tried = map[uint64]bool{epoch: true}
+		}
+		return Attempt{Rung: RungRestore, Epoch: epoch, Reason: why + fmt.Sprintf("; CRIU died, not the checkpoint: restoring epoch %d again", epoch)}
+	}
+	return l.Failed(candidates, why)
+}
+
 // Committed ends the episode: a checkpoint was taken after the recovery, so the
 // program runs again and its newest state is no longer suspect.
 func (l *Ladder) Committed() {
 	l.inEpisode = false
 	l.tried = map[uint64]bool{}
+	l.retried = map[uint64]bool{}
 	l.freshDone = false
 	l.crashesIn = 0
 }

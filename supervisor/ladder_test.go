@@ -116,3 +116,31 @@ func TestLadderScenarios(t *testing.T) {
 		})
 	}
 }
+
+// A restore whose CRIU was killed from outside is tried once more on the same epoch
+// before the ladder climbs to an older one; any other failure climbs at once.
+func TestLadderRetriesWhenCriuDied(t *testing.T) {
+	l := NewLadder(DefaultLadderPolicy)
+	cands := []uint64{9, 8}
+	a := l.Crashed(time.Unix(0, 0), cands)
+	if a.Rung != RungRestore || a.Epoch != 9 {
+		t.Fatalf("first attempt %+v", a)
+	}
+	a = l.RestoreFailed(cands, 9, "restore failed", true)
+	if a.Rung != RungRestore || a.Epoch != 9 {
+		t.Fatalf("after CRIU died: %+v, want epoch 9 again", a)
+	}
+	a = l.RestoreFailed(cands, 9, "restore failed", true)
+	if a.Rung != RungRestore || a.Epoch != 8 {
+		t.Fatalf("after CRIU died twice: %+v, want epoch 8", a)
+	}
+	a = l.RestoreFailed(cands, 8, "restore failed", false)
+	if a.Rung != RungFresh {
+		t.Fatalf("after a failure of the checkpoint: %+v, want a fresh start", a)
+	}
+	l.Committed()
+	a = l.Crashed(time.Unix(1, 0), cands)
+	if b := l.RestoreFailed(cands, a.Epoch, "restore failed", true); b.Epoch != a.Epoch {
+		t.Fatalf("a new episode does not retry: %+v", b)
+	}
+}

@@ -29,6 +29,7 @@ type metrics struct {
 	standbyEp   prometheus.Gauge
 	lag         prometheus.Gauge
 	protected   prometheus.Gauge
+	failing     prometheus.Gauge
 	up          prometheus.Gauge
 	recoveries  *prometheus.CounterVec
 	heldPkts    prometheus.Gauge
@@ -63,6 +64,8 @@ func newMetrics(service string) *metrics {
 			Help: "Epochs committed locally but not yet acknowledged by the standby."}),
 		protected: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ftrun_protected", ConstLabels: c,
 			Help: "1 while the program is protected (by a standby, or by a local checkpoint without one)."}),
+		failing: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ftrun_checkpoint_failing_since_seconds", ConstLabels: c,
+			Help: "Unix time of the first of the checkpoints failing in a row now (0 while the newest succeeded): the program is unprotected since then."}),
 		up: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ftrun_program_up", ConstLabels: c,
 			Help: "1 while the protected program runs."}),
 		recoveries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ftrun_recoveries_total", ConstLabels: c,
@@ -75,7 +78,7 @@ func newMetrics(service string) *metrics {
 	m.heldAge = prometheus.NewGauge(prometheus.GaugeOpts{Name: "ftrun_held_output_oldest_seconds", ConstLabels: c,
 		Help: "Age of the oldest held packet."})
 	m.reg.MustRegister(m.checkpoints, m.frozen, m.ckptTime, m.commitLat, m.dumped, m.shipped, m.imageBytes,
-		m.epoch, m.standbyEp, m.lag, m.protected, m.up, m.recoveries, m.heldPkts, m.heldBytes, m.heldAge)
+		m.epoch, m.standbyEp, m.lag, m.protected, m.failing, m.up, m.recoveries, m.heldPkts, m.heldBytes, m.heldAge)
 	for _, r := range []string{"ok", "failed", "skipped"} {
 		m.checkpoints.WithLabelValues(r)
 	}

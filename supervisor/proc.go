@@ -41,10 +41,10 @@ func (e ExitStatus) Clean() bool { return e.Exited && e.Code == 0 }
 
 // startProgram runs argv as PID 1 of a new PID namespace, in its own session, placed
 // into the cgroup at clone time, with stdin from /dev/null and stdout/stderr on the
-// given pipes. A new PID namespace means a restore never needs the original host PID
+// given pipes; extra become descriptors 3 and up (--preserve-fds). A new PID namespace means a restore never needs the original host PID
 // to be free; a session of its own means CRIU need not treat it as a shell job. enter,
 // when set, forks the program from a thread inside its own network namespace.
-func startProgram(argv []string, dir string, env []string, cg *os.File, stdout, stderr *os.File, enter func(func() error) error) (int, error) {
+func startProgram(argv []string, dir string, env []string, cg *os.File, stdout, stderr *os.File, extra []*os.File, enter func(func() error) error) (int, error) {
 	if len(argv) == 0 {
 		return 0, errors.New("no command to run")
 	}
@@ -70,7 +70,7 @@ func startProgram(argv []string, dir string, env []string, cg *os.File, stdout, 
 		proc, err = os.StartProcess(path, argv, &os.ProcAttr{
 			Dir:   dir,
 			Env:   env,
-			Files: []*os.File{devnull, stdout, stderr},
+			Files: append([]*os.File{devnull, stdout, stderr}, extra...),
 			Sys:   attr,
 		})
 		return err

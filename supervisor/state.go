@@ -58,7 +58,11 @@ func lockStateDir(dir string) (*stateDir, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state dir %q: %w", dir, err)
 	}
-	f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
+	// The lock is held on a read-only descriptor: a descriptor open for writing would
+	// keep the state dir's filesystem from being remounted read-only, and a flock
+	// needs no write access.
+	path := filepath.Join(dir, lockFile)
+	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open lock in %q: %w", dir, err)
 	}
@@ -70,8 +74,10 @@ func lockStateDir(dir string) (*stateDir, error) {
 		}
 		return nil, fmt.Errorf("lock %q: %w", dir, err)
 	}
-	_ = f.Truncate(0)
-	_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	if w, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0); err == nil {
+		_, _ = w.WriteString(strconv.Itoa(os.Getpid()) + "\n")
+		w.Close()
+	}
 	return &stateDir{dir: dir, lock: f}, nil
 }
 

@@ -45,12 +45,16 @@ type Status struct {
 	Checkpoints        int           `json:"checkpoints"`
 	CheckpointFailures int           `json:"checkpoint_failures"`
 	LastError          string        `json:"last_error,omitempty"`
-	Restores           int           `json:"restores"`
-	FreshStarts        int           `json:"fresh_starts"`
-	Adoptions          int           `json:"adoptions"`
-	HealthFailures     int           `json:"health_failures"`
-	Since              time.Time     `json:"since"`
-	StateDir           string        `json:"state_dir"`
+	// FailingSince is the first of the checkpoints failing (or skipped) in a row now,
+	// FailingCause why the newest failed: the program is unprotected since then.
+	FailingSince   time.Time `json:"checkpoints_failing_since,omitzero"`
+	FailingCause   string    `json:"checkpoints_failing_cause,omitempty"`
+	Restores       int       `json:"restores"`
+	FreshStarts    int       `json:"fresh_starts"`
+	Adoptions      int       `json:"adoptions"`
+	HealthFailures int       `json:"health_failures"`
+	Since          time.Time `json:"since"`
+	StateDir       string    `json:"state_dir"`
 	// With --net: the service address, the program's network namespace (a path
 	// nsenter --net= takes), when output may leave, and what the gate holds.
 	Addr   string      `json:"addr,omitempty"`
@@ -67,6 +71,12 @@ func (s Status) Lag() uint64 {
 		return 0
 	}
 	return s.Epoch - s.StandbyEpoch
+}
+
+// FailingProtection is what Protection says while checkpoints fail: whatever else
+// holds, nothing newer than the last good checkpoint is kept.
+func (s Status) FailingProtection() string {
+	return fmt.Sprintf("unprotected: checkpoints failing since %s: %s", s.FailingSince.UTC().Format(time.RFC3339), s.FailingCause)
 }
 
 // Summary is the one-line form used for systemd's STATUS= and logs.

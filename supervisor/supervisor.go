@@ -102,6 +102,17 @@ type Config struct {
 	// (nil: the program shares ftrun's network). Commit says when its output may leave.
 	Net    *netplace.Spec
 	Commit CommitMode
+	// ExtraFiles become the program's descriptors 3 and up at every fresh start
+	// (--preserve-fds); ListenFds says they came from systemd's socket activation,
+	// whose LISTEN_PID and LISTEN_FDS are then rewritten for the program.
+	ExtraFiles []*os.File
+	ListenFds  bool
+	// StopTimeout is how long a stop without a final checkpoint waits between SIGTERM
+	// and SIGKILL (0: DefaultStopTimeout).
+	StopTimeout time.Duration
+	// RuntimeDir takes CRIU's scratch and logs when the state directory is not
+	// writable ("": /run/ftrun/NAME).
+	RuntimeDir string
 	// Failover marks a supervisor that takes over from a dead primary: its first
 	// restore keeps the program's TCP connections, since no peer saw the program die.
 	Failover bool
@@ -161,7 +172,10 @@ type Supervisor struct {
 	durable    uint64
 	link       *link
 	stateFiles *syncedFiles
-	metrics    *metrics
+	// aside are the state files kept as the program left them at its crash, until a
+	// checkpoint after the recovery holds newer ones (see setAsideSynced)
+	aside   map[string]bool
+	metrics *metrics
 	// the newest committed set, whose unchanged state files the next one links
 	lastManifest *checkpoint.Manifest
 	lastSetDir   string
@@ -198,6 +212,9 @@ func New(cfg Config) (*Supervisor, error) {
 	if cfg.Keep <= 0 {
 		cfg.Keep = 3
 	}
+	if cfg.StopTimeout <= 0 {
+		cfg.StopTimeout = DefaultStopTimeout
+	}
 	if cfg.Restart == "" {
 		cfg.Restart = RestartOnFailure
 	}
@@ -218,6 +235,9 @@ func New(cfg Config) (*Supervisor, error) {
 	}
 	if cfg.Env == nil {
 		cfg.Env = os.Environ()
+	}
+	if cfg.ListenFds {
+		cfg.Env = listenEnv(cfg.Env, len(cfg.ExtraFiles))
 	}
 	if cfg.Net != nil {
 		if err := cfg.Net.Validate(); err != nil {
@@ -243,6 +263,7 @@ func New(cfg Config) (*Supervisor, error) {
 		// spends most of a short epoch inside a checkpoint.
 		events:  make(chan event, 64),
 		metrics: newMetrics(cfg.Name),
+		aside:   map[string]bool{},
 	}, nil
 }
 
@@ -378,6 +399,7 @@ func (s *Supervisor) open() error {
 		return err
 	}
 	s.state = st
+	s.removeStaleScratch()
 	store, err := checkpoint.OpenStore(st.path(CheckpointsDir))
 	if err != nil {
 		st.close()
@@ -649,7 +671,7 @@ func (s *Supervisor) linkChanged(ev linkEvent) {
 		s.st.Protection = protection
 		s.notifyStatus()
 	}
-	if strings.HasPrefix(s.st.Protection, "protected") {
+	if strings.HasPrefix(s.st.Protection, "protected") && s.st.FailingSince.IsZero() {
 		s.metrics.protected.Set(1)
 	} else {
 		s.metrics.protected.Set(0)
@@ -825,7 +847,11 @@ func (s *Supervisor) carryOut(a Attempt) error {
 			return nil
 		}
 		s.log.Error("recovery step failed", "step", a.Rung.String(), "epoch", a.Epoch, "err", err)
-		a = s.ladder.Failed(s.candidates(), fmt.Sprintf("%s failed", a.Rung))
+		if a.Rung == RungRestore {
+			a = s.ladder.RestoreFailed(s.candidates(), a.Epoch, "restore failed", errors.Is(err, checkpoint.ErrCriuDied))
+		} else {
+			a = s.ladder.Failed(s.candidates(), fmt.Sprintf("%s failed", a.Rung))
+		}
 	}
 }
 
@@ -862,7 +888,8 @@ func (s *Supervisor) fresh() error {
 	if err := s.connectNet(3); err != nil {
 		return err
 	}
-	pid, err := startProgram(s.cfg.Command, s.cfg.WorkDir, s.cfg.Env, cg, s.outW, s.errW, s.enter())
+	s.putBackSynced()
+	pid, err := startProgram(s.cfg.Command, s.cfg.WorkDir, s.cfg.Env, cg, s.outW, s.errW, s.cfg.ExtraFiles, s.enter())
 	if err != nil {
 		return err
 	}
@@ -892,6 +919,7 @@ func (s *Supervisor) restore(epoch uint64, takeover bool) error {
 	if s.stateFiles != nil {
 		roots = s.stateFiles.roots
 	}
+	s.setAsideSynced(m.Synced)
 	if err := restoreSynced(dir, m.Synced, roots); err != nil {
 		return fmt.Errorf("checkpoint epoch %d: %w", epoch, err)
 	}
@@ -899,28 +927,12 @@ func (s *Supervisor) restore(epoch uint64, takeover bool) error {
 		s.stateFiles.markAll()
 		s.lastManifest = nil
 	}
-	inherit := map[string]*os.File{}
-	if k := m.External["stdout"]; k != "" {
-		inherit[k] = s.outW
-	}
-	if k := m.External["stderr"]; k != "" && inherit[k] == nil {
-		inherit[k] = s.errW
-	}
-	work, err := os.MkdirTemp(s.cfg.StateDir, "restore-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(work)
 	if err := s.placeNet(0); err != nil {
 		return err
 	}
 	start := s.clock.Now()
 	keepTCP := keepConnections(s.cfg.Net != nil, s.cfg.Commit, takeover, s.newestEpoch() == epoch)
-	// A place of its own is cut off from the LAN until connectNet, so no packet can
-	// reach a connection CRIU has not restored yet: CRIU's network lock, which costs
-	// an iptables-restore per connection or a libnftables table, is not needed.
-	pid, err := s.cfg.Criu.Restore(checkpoint.Options{ImagesDir: dir, WorkDir: work, TCPEstablished: true, Inherit: inherit,
-		TCPClose: !keepTCP, Enter: s.enter(), NetworkLockSkip: s.place != nil})
+	pid, err := s.criuRestore(dir, m, keepTCP)
 	if err != nil {
 		return err
 	}
@@ -945,6 +957,31 @@ func (s *Supervisor) restore(epoch uint64, takeover bool) error {
 		s.nudgePeers(dir, resend)
 	}
 	return nil
+}
+
+// criuRestore has CRIU restore the set in dir, its connections kept open or closed.
+func (s *Supervisor) criuRestore(dir string, m *checkpoint.Manifest, keepTCP bool) (int, error) {
+	inherit := map[string]*os.File{}
+	if k := m.External["stdout"]; k != "" {
+		inherit[k] = s.outW
+	}
+	if k := m.External["stderr"]; k != "" && inherit[k] == nil {
+		inherit[k] = s.errW
+	}
+	work, err := s.scratchDir(restorePrefix)
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(work)
+	// A place of its own is cut off from the LAN until connectNet, so no packet can
+	// reach a connection CRIU has not restored yet: CRIU's network lock, which costs
+	// an iptables-restore per connection or a libnftables table, is not needed.
+	pid, err := s.cfg.Criu.Restore(checkpoint.Options{ImagesDir: dir, WorkDir: work, TCPEstablished: true, Inherit: inherit,
+		TCPClose: !keepTCP, Enter: s.enter(), NetworkLockSkip: s.place != nil, Restored: s.cgroupProcs})
+	if err != nil {
+		return 0, s.restoreFailed(err, work)
+	}
+	return pid, nil
 }
 
 // killAll kills everything in the program's cgroup and waits until it is empty.
@@ -991,10 +1028,12 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 		// A skipped checkpoint is a checkpoint that did not succeed: systemd's watchdog
 		// must not be told all is well.
 		s.lastCkptErr = "checkpoint skipped: " + why
+		s.checkpointsFailing("checkpoint skipped: " + why)
 		s.metrics.checkpoints.WithLabelValues("skipped").Inc()
 		s.log.Warn("checkpoint skipped: " + why)
 		return 0, errors.New(why)
 	}
+	s.clearCrtools(procs)
 	epoch := s.nextEpoch
 	pending, err := s.store.Begin(epoch)
 	if err != nil {
@@ -1038,6 +1077,7 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 		}
 	}
 	if err != nil {
+		s.dumpFailed()
 		if s.keepFailedLog(pending.Dir) {
 			err = fmt.Errorf("%w (CRIU log: %s)", err, s.state.path(failedDumpLog))
 		}
@@ -1066,6 +1106,8 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 	total := s.clock.Since(start)
 	s.nextEpoch = epoch + 1
 	s.lastCkptErr = ""
+	s.checkpointsOK()
+	s.dropAside()
 	s.ladder.Committed()
 	s.st.Epoch, s.st.LastCheckpoint, s.st.LastFrozen, s.st.LastCheckpointTime = epoch, m.Created, stats.Frozen, total
 	s.st.ImageBytes = m.Bytes()
@@ -1076,9 +1118,10 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 	s.metrics.dumped.Add(float64(m.Bytes()))
 	s.metrics.imageBytes.Set(float64(m.Bytes()))
 	s.metrics.epoch.Set(float64(epoch))
-	if s.link == nil {
+	if s.link == nil || strings.HasPrefix(s.st.Protection, "protected") {
 		s.metrics.protected.Set(1)
-	} else {
+	}
+	if s.link != nil {
 		s.metrics.lag.Set(float64(s.st.Lag()))
 	}
 	s.st.LastError = ""
@@ -1115,6 +1158,7 @@ func (s *Supervisor) checkpointFailed(epoch uint64, err error) error {
 	s.metrics.checkpoints.WithLabelValues("failed").Inc()
 	s.st.CheckpointFailures++
 	s.st.LastError = err.Error()
+	s.checkpointsFailing(err.Error())
 	if errors.Is(err, checkpoint.ErrNoSpace) {
 		err = fmt.Errorf("no space left on device in %q: free some space (earlier checkpoints are intact): %w", s.store.Dir(), err)
 	}
@@ -1150,6 +1194,9 @@ func (s *Supervisor) status() Status {
 	}
 	if !st.LastCheckpoint.IsZero() {
 		st.LastCheckpointAge = s.clock.Since(st.LastCheckpoint)
+	}
+	if !st.FailingSince.IsZero() {
+		st.Protection = st.FailingProtection()
 	}
 	return st
 }
@@ -1236,11 +1283,12 @@ func (s *Supervisor) shutdown() error {
 				final = true
 			}
 		}
-		if !final {
-			s.log.Info("stopping program", "pid", s.pid)
-		}
-		if err := s.killAll(); err != nil {
-			s.log.Error("stop program", "err", err)
+		if final {
+			if err := s.killAll(); err != nil {
+				s.log.Error("stop program", "err", err)
+			}
+		} else {
+			s.stopProgram()
 		}
 		s.incCancel()
 		s.alive = false

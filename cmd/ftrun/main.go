@@ -41,6 +41,11 @@ const (
 )
 
 func main() {
+	// Before anything else: nothing ftrun inherited may reach the program or CRIU.
+	if err := supervisor.SealInheritedFds(); err != nil {
+		fmt.Fprintf(os.Stderr, "ftrun: %v\n", err)
+		os.Exit(supervisor.ExitError)
+	}
 	app := &cli.App{
 		Name:    "ftrun",
 		Usage:   "checkpoint/restart supervisor: protects an unmodified program with CRIU",
@@ -133,6 +138,9 @@ func runCmd() *cli.Command {
 			&cli.DurationFlag{Name: "health-start-period", Value: 0, Usage: "grace after each (re)start before failures count", EnvVars: env("HEALTH_START_PERIOD")},
 			&cli.StringFlag{Name: "criu", Usage: "criu binary (default: from PATH)", EnvVars: env("CRIU")},
 			&cli.DurationFlag{Name: "criu-timeout", Value: 10 * time.Second, Usage: "how long CRIU may take to freeze the program", EnvVars: env("CRIU_TIMEOUT")},
+			dumpTimeoutFlag(), restoreTimeoutFlag(),
+			&cli.DurationFlag{Name: "stop-timeout", Value: supervisor.DefaultStopTimeout, Usage: "on stop without a final checkpoint: time between SIGTERM to the program and SIGKILL", EnvVars: env("STOP_TIMEOUT")},
+			&cli.IntFlag{Name: "preserve-fds", Value: -1, DefaultText: "LISTEN_FDS under systemd socket activation, else 0", Usage: "pass N descriptors from 3 on to the program (every other inherited descriptor is closed for it)", EnvVars: env("PRESERVE_FDS")},
 			&cli.StringFlag{Name: "standby", Usage: "HOST:PORT of an `ftrun standby` to stream every checkpoint to", EnvVars: env("STANDBY")},
 			arbiterFlag(),
 			keysFlag(),
@@ -158,7 +166,7 @@ func runCmd() *cli.Command {
 			if err := supervisor.RequireRoot(); err != nil {
 				return &supervisor.ExitErr{Code: supervisor.ExitSetup, Err: err}
 			}
-			criu := &checkpoint.Criu{Path: c.String("criu")}
+			criu := criuFromFlags(c)
 			if v, err := (checkpoint.Prober{Path: c.String("criu")}).Usable(); err != nil {
 				return &supervisor.ExitErr{Code: supervisor.ExitSetup, Err: err}
 			} else {
@@ -214,6 +222,10 @@ func runCmd() *cli.Command {
 			if err != nil {
 				return usage("%v", err)
 			}
+			extra, listen, err := preservedFromFlags(c)
+			if err != nil {
+				return err
+			}
 			host, _ := os.Hostname()
 			wd, _ := os.Getwd()
 			sup, err := supervisor.New(supervisor.Config{
@@ -225,6 +237,7 @@ func runCmd() *cli.Command {
 					BackoffBase: c.Duration("backoff"), BackoffMax: c.Duration("backoff-max"), NoFresh: c.Bool("no-fresh")},
 				NoFinalCheckpoint: c.Bool("no-final-checkpoint"), Discard: c.Bool("discard"),
 				Health: health, Criu: criu, CriuTimeout: c.Duration("criu-timeout"), NoSync: c.Bool("no-sync"),
+				StopTimeout: c.Duration("stop-timeout"), ExtraFiles: extra, ListenFds: listen,
 				Log: log,
 			})
 			if err != nil {
@@ -337,6 +350,8 @@ func standbyCmd() *cli.Command {
 			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "checkpoint interval of a program after take-over", EnvVars: env("INTERVAL")},
 			arbiterFlag(),
 			bridgeFlag(),
+			&cli.StringFlag{Name: "criu", Usage: "criu binary (default: from PATH)", EnvVars: env("CRIU")},
+			dumpTimeoutFlag(), restoreTimeoutFlag(),
 			&cli.StringFlag{Name: "metrics", Usage: "ADDR (e.g. :9465) to serve Prometheus metrics on, one series per service, at /metrics", EnvVars: env("METRICS")},
 			&cli.IntFlag{Name: "max-unauthenticated", Value: standby.DefaultMaxUnauthenticated, Usage: "connections not yet past TLS and Hello, in all (more are closed at once; reaching it stops take-overs while it lasts)", EnvVars: env("MAX_UNAUTHENTICATED")},
 			&cli.IntFlag{Name: "max-unauthenticated-per-host", Value: standby.DefaultMaxUnauthenticatedPerHost, Usage: "connections not yet past TLS and Hello, per remote address", EnvVars: env("MAX_UNAUTHENTICATED_PER_HOST")},
@@ -375,7 +390,7 @@ func standbyCmd() *cli.Command {
 			return supervisor.RunStandby(ctx, supervisor.StandbyConfig{
 				Listen: c.String("listen"), StateDir: c.String("state-dir"), TLS: keys.Server(), Host: host,
 				Timeout: c.Duration("takeover-timeout"), Interval: c.Duration("interval"), Log: log, Arbiter: arb,
-				Bridge: c.String("bridge"), MetricsAddr: c.String("metrics"),
+				Bridge: c.String("bridge"), MetricsAddr: c.String("metrics"), Criu: criuFromFlags(c),
 				Server: standby.Config{
 					MaxUnauthenticated: c.Int("max-unauthenticated"), MaxUnauthenticatedPerHost: c.Int("max-unauthenticated-per-host"),
 					HandshakeTimeout: c.Duration("handshake-timeout"), IdleTimeout: c.Duration("idle-timeout"),
@@ -743,4 +758,33 @@ func demoCmd() *cli.Command {
 			return demo.Run(ctx, demo.Options{Ftrun: self, WorkDir: c.String("work-dir"), Interval: c.Duration("interval"), Out: os.Stdout})
 		},
 	}
+}
+
+func dumpTimeoutFlag() cli.Flag {
+	return &cli.DurationFlag{Name: "dump-timeout", Value: checkpoint.DefaultDumpTimeout, Usage: "deadline of one CRIU dump: an overrun kills CRIU, thaws the program and fails the checkpoint", EnvVars: env("DUMP_TIMEOUT")}
+}
+
+func restoreTimeoutFlag() cli.Flag {
+	return &cli.DurationFlag{Name: "restore-timeout", Value: checkpoint.DefaultRestoreTimeout, Usage: "deadline of one CRIU restore: an overrun kills CRIU and the half-restored program, and recovery goes on to the next step", EnvVars: env("RESTORE_TIMEOUT")}
+}
+
+// criuFromFlags is the CRIU of --criu with the deadlines of --dump-timeout and
+// --restore-timeout.
+func criuFromFlags(c *cli.Context) *checkpoint.Criu {
+	return &checkpoint.Criu{Path: c.String("criu"), DumpTimeout: c.Duration("dump-timeout"), RestoreTimeout: c.Duration("restore-timeout")}
+}
+
+// preservedFromFlags is what --preserve-fds (or systemd's socket activation) hands the
+// program, and whether it came from socket activation.
+func preservedFromFlags(c *cli.Context) ([]*os.File, bool, error) {
+	n, listen := c.Int("preserve-fds"), false
+	if n < 0 {
+		n = supervisor.ListenFds()
+		listen = n > 0
+	}
+	files, err := supervisor.PreservedFds(n)
+	if err != nil {
+		return nil, false, usage("%v", err)
+	}
+	return files, listen, nil
 }
