@@ -112,12 +112,21 @@ func (s *Supervisor) restoreFailed(err error, work string) error {
 // before the first restore of a recovery overwrites them with an epoch's copies: if
 // every restore fails, the fresh start gets them back instead of an older epoch's.
 // A link left by an earlier restore of this recovery stays: it is the crash-time file.
-func (s *Supervisor) setAsideSynced(files []checkpoint.SyncedFile) {
+// So does one a killed ftrun set aside after the checkpoint being restored was taken
+// (created is when it was); an older one is a leftover, and the file now is newer.
+func (s *Supervisor) setAsideSynced(files []checkpoint.SyncedFile, created time.Time) {
 	for _, f := range files {
 		aside := f.Path + crashSuffix
-		if _, err := os.Lstat(aside); err == nil {
-			s.aside[f.Path] = true
+		if s.aside[f.Path] {
 			continue
+		}
+		var st unix.Stat_t
+		if unix.Lstat(aside, &st) == nil {
+			if time.Unix(st.Ctim.Unix()).After(created) {
+				s.aside[f.Path] = true
+				continue
+			}
+			_ = os.Remove(aside)
 		}
 		if err := os.Link(f.Path, aside); err == nil {
 			s.aside[f.Path] = true

@@ -903,7 +903,7 @@ func (s *Supervisor) restore(epoch uint64, takeover bool) error {
 	}
 	// The program's state files go back to epoch's before the program that has them
 	// open does: CRIU checks the size of every open file.
-	s.setAsideSynced(m.Synced)
+	s.setAsideSynced(m.Synced, m.Created)
 	if err := restoreSynced(dir, m.Synced); err != nil {
 		return fmt.Errorf("checkpoint epoch %d: %w", epoch, err)
 	}
