@@ -98,7 +98,7 @@ func keepRestoreLog(work string) string {
 
 // restoreFailed kills what a failed restore made and names CRIU's log in its error.
 func (s *Supervisor) restoreFailed(err error, work string) error {
-	// Whatever CRIU restored so far must not run on half made.
+	// Whatever CRIU restored so far must not run half made.
 	if kerr := s.killAll(); kerr != nil {
 		s.log.Error("kill the half-restored program", "err", kerr)
 	}
