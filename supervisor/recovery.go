@@ -39,8 +39,12 @@ func (s *Supervisor) runtimeDir() string {
 	if s.cfg.RuntimeDir != "" {
 		return s.cfg.RuntimeDir
 	}
-	return filepath.Join("/run/ftrun", s.cfg.Name)
+	return filepath.Join(defaultRuntimeRoot, s.cfg.Name)
 }
+
+// defaultRuntimeRoot holds each service's runtime dir.
+const defaultRuntimeRoot = "/run/ftrun"
+
 
 // scratchDir makes a temporary directory for CRIU's log and statistics: in the state
 // directory, or in the runtime directory when the state directory is read-only or

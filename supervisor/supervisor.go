@@ -181,6 +181,7 @@ type Supervisor struct {
 	gate     gate.Gate
 	dumpLock *gate.DumpLock
 	linkUp   bool
+	ctlPath  string // the control socket
 	// ackGate is s.gate, for the goroutine that learns an epoch is safe to release its
 	// output without waiting for the loop (see releaseSafe).
 	ackGate atomic.Pointer[gateRef]
@@ -442,7 +443,7 @@ func (s *Supervisor) close() {
 		f.Close()
 	}
 	s.relays.wait()
-	os.Remove(s.state.path(ControlSocket))
+	os.Remove(s.ctlPath)
 	s.state.close()
 }
 
