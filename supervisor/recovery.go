@@ -45,7 +45,6 @@ func (s *Supervisor) runtimeDir() string {
 // defaultRuntimeRoot holds each service's runtime dir.
 const defaultRuntimeRoot = "/run/ftrun"
 
-
 // scratchDir makes a temporary directory for CRIU's log and statistics: in the state
 // directory, or in the runtime directory when the state directory is read-only or
 // full, so a restore never depends on writing next to the checkpoints it reads.
