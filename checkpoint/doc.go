@@ -14,4 +14,11 @@
 // (VerifyDirKnown); CommitDurable then fsyncs only what was written for it. The one
 // exception is a set taken out of the store first (Retire): it is no longer
 // committed, and its files are free to be written over.
+//
+// Every CRIU run has a deadline (Criu.DumpTimeout, Criu.RestoreTimeout). go-criu keeps
+// the swrk process and its socket to itself, so this package starts swrk itself and
+// finds both by what appeared across the start (one start at a time): on overrun, or
+// when CRIU is killed from elsewhere, CRIU and every task it forked are killed and
+// ftrun's end of the socket is shut down, since a half-restored task holding CRIU's
+// end would otherwise keep the call waiting forever.
 package checkpoint

@@ -44,7 +44,9 @@ func OpenStore(dir string) (*Store, error) {
 	}
 	for _, e := range ents {
 		if strings.HasPrefix(e.Name(), tmpPrefix) {
-			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			// On a read-only filesystem it stays: it is never restored from, and the
+			// next start on a writable one removes it.
+			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, syscall.EROFS) {
 				return nil, fmt.Errorf("remove unfinished image set %q: %w", e.Name(), err)
 			}
 		}

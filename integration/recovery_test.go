@@ -497,3 +497,83 @@ func TestRecoveryGracefulStop(t *testing.T) {
 		})
 	}
 }
+
+// ftrun killed with kill -9 in the middle of a restore: the next ftrun on the state
+// dir cleans up what the dead one's CRIU left (its mounts, its scratch directory, the
+// half-restored program) and restores the program once.
+func TestRecoveryFtrunKilledMidRestore(t *testing.T) {
+	requiresRoot(t)
+	name := "rec-midrestore"
+	t.Cleanup(func() { killService(t, name) })
+	state := t.TempDir()
+	args := []string{"--name", name, "--interval", "300ms", "--", "sleep", "1000000"}
+	p := startFtrun(t, state, nil, args...)
+	st := p.waitFor("checkpoints", 30*time.Second, func(s supervisor.Status) bool { return s.Epoch >= 2 })
+	if err := syscall.Kill(st.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(p.log(), "step=restore"); {
+		if time.Now().After(deadline) {
+			t.Fatal("no restore began")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	criu := criuChild(p.cmd.Process.Pid, 5*time.Second)
+	if criu == 0 {
+		t.Fatal("no CRIU restore seen")
+	}
+	// Let CRIU get going (it mounts its cgroup yard early), then ftrun dies.
+	time.Sleep(time.Duration(rand.IntN(30)) * time.Millisecond)
+	p.kill9()
+	p2 := startFtrun(t, state, nil, args...)
+	after := p2.waitFor("restored by the next ftrun", 30*time.Second, func(s supervisor.Status) bool {
+		return s.State == supervisor.StateRunning && s.Pid > 0 && (s.Restores == 1 || s.Adoptions == 1)
+	})
+	p2.waitFor("checkpoints", 20*time.Second, func(s supervisor.Status) bool { return s.Epoch > after.Epoch+1 })
+	if n := mountsUnder(state); n > 0 {
+		t.Errorf("%d mounts of the dead ftrun's CRIU left under the state dir", n)
+	}
+	if left, _ := filepath.Glob(filepath.Join(state, "restore-*")); len(left) > 0 {
+		t.Errorf("scratch directories left: %v", left)
+	}
+	if procs := cgroupProcs(t, name); len(procs) != 1 {
+		t.Errorf("%d processes in the program's cgroup, want 1: %v", len(procs), procs)
+	}
+}
+
+// ftrun started on a state dir that is read-only (after a stop with a final
+// checkpoint): it restores the program, `ftrun status` reaches it, and it says that
+// checkpoints fail and why.
+func TestRecoveryStartOnReadOnlyStateDir(t *testing.T) {
+	requiresRoot(t, "mount")
+	name := "rec-ro-start"
+	t.Cleanup(func() { killService(t, name) })
+	real, state := t.TempDir(), t.TempDir()
+	if out, err := exec.Command("mount", "--bind", real, state).CombinedOutput(); err != nil {
+		t.Fatalf("bind mount: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(state, syscall.MNT_DETACH) })
+	t.Cleanup(func() { os.RemoveAll(filepath.Join("/run/ftrun", name)) })
+	args := []string{"--name", name, "--interval", "300ms", "--", "sleep", "1000000"}
+	p := startFtrun(t, state, nil, args...)
+	p.waitFor("checkpoints", 30*time.Second, func(s supervisor.Status) bool { return s.Epoch >= 2 })
+	if code := p.stop(); code != 0 {
+		t.Fatalf("stop: exit %d", code)
+	}
+	if out, err := exec.Command("mount", "-o", "remount,bind,ro", state).CombinedOutput(); err != nil {
+		t.Fatalf("remount read-only: %v: %s", err, out)
+	}
+	p2 := startFtrun(t, state, nil, args...)
+	st := p2.waitFor("restored", 30*time.Second, func(s supervisor.Status) bool { return s.Restores == 1 && s.State == supervisor.StateRunning })
+	if st.FreshStarts != 0 {
+		t.Errorf("fresh starts = %d: the final checkpoint did not restore", st.FreshStarts)
+	}
+	failing := p2.waitFor("the alarm", 20*time.Second, func(s supervisor.Status) bool { return !s.FailingSince.IsZero() })
+	if !strings.Contains(failing.Protection, "read-only file system") {
+		t.Errorf("protection = %q", failing.Protection)
+	}
+	out, err := exec.Command(ftrunBin, "status", "--state-dir", state).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "checkpoints failing since") {
+		t.Errorf("ftrun status on the read-only state dir: %v\n%s", err, out)
+	}
+}

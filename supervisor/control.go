@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/ftrun/ftrun/transport/progress"
@@ -57,9 +58,23 @@ func (s *Supervisor) serveControl() error {
 	path := s.state.path(ControlSocket)
 	_ = os.Remove(path)
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if errors.Is(err, syscall.EROFS) {
+		// A read-only state dir: the socket lives in the runtime dir, where Query
+		// looks next (by the service name in the run record).
+		path = filepath.Join(s.runtimeDir(), ControlSocket)
+		if err := os.MkdirAll(s.runtimeDir(), 0o700); err != nil {
+			return fmt.Errorf("control socket %q: %w", path, err)
+		}
+		_ = os.Remove(path)
+		ln, err = net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+		if err == nil {
+			s.log.Warn("state directory read-only: control socket in the runtime directory", "path", path)
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("control socket %q: %w", path, err)
 	}
+	s.ctlPath = path
 	if err := os.Chmod(path, 0o600); err != nil {
 		ln.Close()
 		return err
@@ -172,6 +187,14 @@ func (s *Supervisor) manualRestore(epoch uint64) error {
 func Query(stateDir string, req Request, timeout time.Duration) (Response, error) {
 	path := filepath.Join(stateDir, ControlSocket)
 	conn, err := net.DialTimeout("unix", path, timeout)
+	if err != nil {
+		// An ftrun on a read-only state dir serves it from its runtime dir.
+		if rec, rerr := readRunRecord(stateDir); rerr == nil && rec != nil && rec.Service != "" {
+			if c, err2 := net.DialTimeout("unix", filepath.Join(defaultRuntimeRoot, rec.Service, ControlSocket), timeout); err2 == nil {
+				conn, err = c, nil
+			}
+		}
+	}
 	if err != nil {
 		return Response{}, fmt.Errorf("no ftrun supervises %q (control socket: %v)", stateDir, err)
 	}

@@ -71,6 +71,11 @@ func RestoreDetached(stateDir string, epoch uint64, criu *checkpoint.Criu, log *
 			return 0, 0, err
 		}
 		pid, err := criu.Restore(checkpoint.Options{ImagesDir: set.Dir, WorkDir: work, TCPEstablished: true, TCPClose: true, Inherit: inherit})
+		if err != nil {
+			if l := keepRestoreLog(work); l != "" {
+				err = fmt.Errorf("%w (CRIU log: %s)", err, l)
+			}
+		}
 		os.RemoveAll(work)
 		if err != nil {
 			log.Warn("restore failed, trying an older checkpoint", "epoch", set.Epoch, "err", err)

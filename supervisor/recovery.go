@@ -39,8 +39,11 @@ func (s *Supervisor) runtimeDir() string {
 	if s.cfg.RuntimeDir != "" {
 		return s.cfg.RuntimeDir
 	}
-	return filepath.Join("/run/ftrun", s.cfg.Name)
+	return filepath.Join(defaultRuntimeRoot, s.cfg.Name)
 }
+
+// defaultRuntimeRoot holds each service's runtime dir.
+const defaultRuntimeRoot = "/run/ftrun"
 
 // scratchDir makes a temporary directory for CRIU's log and statistics: in the state
 // directory, or in the runtime directory when the state directory is read-only or
@@ -98,7 +101,7 @@ func keepRestoreLog(work string) string {
 
 // restoreFailed kills what a failed restore made and names CRIU's log in its error.
 func (s *Supervisor) restoreFailed(err error, work string) error {
-	// Whatever CRIU restored so far must not run on half made.
+	// Whatever CRIU restored so far must not run half made.
 	if kerr := s.killAll(); kerr != nil {
 		s.log.Error("kill the half-restored program", "err", kerr)
 	}
@@ -112,12 +115,21 @@ func (s *Supervisor) restoreFailed(err error, work string) error {
 // before the first restore of a recovery overwrites them with an epoch's copies: if
 // every restore fails, the fresh start gets them back instead of an older epoch's.
 // A link left by an earlier restore of this recovery stays: it is the crash-time file.
-func (s *Supervisor) setAsideSynced(files []checkpoint.SyncedFile) {
+// So does one a killed ftrun set aside after the checkpoint being restored was taken
+// (created is when it was); an older one is a leftover, and the file now is newer.
+func (s *Supervisor) setAsideSynced(files []checkpoint.SyncedFile, created time.Time) {
 	for _, f := range files {
 		aside := f.Path + crashSuffix
-		if _, err := os.Lstat(aside); err == nil {
-			s.aside[f.Path] = true
+		if s.aside[f.Path] {
 			continue
+		}
+		var st unix.Stat_t
+		if unix.Lstat(aside, &st) == nil {
+			if time.Unix(st.Ctim.Unix()).After(created) {
+				s.aside[f.Path] = true
+				continue
+			}
+			_ = os.Remove(aside)
 		}
 		if err := os.Link(f.Path, aside); err == nil {
 			s.aside[f.Path] = true

@@ -1,10 +1,15 @@
 package supervisor
 
 import (
+	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftrun/ftrun/checkpoint"
 )
 
 func TestParseTermDisposition(t *testing.T) {
@@ -40,5 +45,52 @@ func TestFailingProtection(t *testing.T) {
 	want := "unprotected: checkpoints failing since 2026-12-01T22:00:00Z: checkpoint skipped: process 7 is stopped"
 	if got := st.FailingProtection(); got != want {
 		t.Errorf("FailingProtection = %q, want %q", got, want)
+	}
+}
+
+func TestSetAsideSyncedAndPutBack(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "rows")
+	write := func(p, data string) {
+		t.Helper()
+		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func() string {
+		t.Helper()
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(data)
+	}
+	s := &Supervisor{log: slog.New(slog.DiscardHandler), aside: map[string]bool{}}
+	files := []checkpoint.SyncedFile{{Path: path}}
+
+	// A link older than the checkpoint being restored is a leftover: replaced.
+	write(path+crashSuffix, "stale")
+	write(path, "at the crash")
+	s.setAsideSynced(files, time.Now().Add(time.Hour))
+	// The restore puts an epoch's copy in place (by rename, as restoreSynced does).
+	write(path+".new", "epoch 7")
+	if err := os.Rename(path+".new", path); err != nil {
+		t.Fatal(err)
+	}
+	// A second restore of the same recovery keeps the crash-time file aside.
+	s.setAsideSynced(files, time.Now().Add(time.Hour))
+	s.putBackSynced()
+	if got := read(); got != "at the crash" {
+		t.Errorf("after the fresh start the file says %q, want the crash-time content", got)
+	}
+	if _, err := os.Lstat(path + crashSuffix); err == nil {
+		t.Errorf("the crash-time link is still there")
+	}
+
+	// A committed checkpoint after the recovery makes the link worthless.
+	s.setAsideSynced(files, time.Now().Add(-time.Hour))
+	s.dropAside()
+	if _, err := os.Lstat(path + crashSuffix); err == nil || read() != "at the crash" {
+		t.Errorf("dropAside: link left or file changed")
 	}
 }

@@ -187,6 +187,7 @@ type Supervisor struct {
 	gate     gate.Gate
 	dumpLock *gate.DumpLock
 	linkUp   bool
+	ctlPath  string // the control socket
 	// ackGate is s.gate, for the goroutine that learns an epoch is safe to release its
 	// output without waiting for the loop (see releaseSafe).
 	ackGate atomic.Pointer[gateRef]
@@ -453,7 +454,7 @@ func (s *Supervisor) close() {
 		f.Close()
 	}
 	s.relays.wait()
-	os.Remove(s.state.path(ControlSocket))
+	os.Remove(s.ctlPath)
 	s.state.close()
 }
 
@@ -919,7 +920,7 @@ func (s *Supervisor) restore(epoch uint64, takeover bool) error {
 	if s.stateFiles != nil {
 		roots = s.stateFiles.roots
 	}
-	s.setAsideSynced(m.Synced)
+	s.setAsideSynced(m.Synced, m.Created)
 	if err := restoreSynced(dir, m.Synced, roots); err != nil {
 		return fmt.Errorf("checkpoint epoch %d: %w", epoch, err)
 	}
@@ -1025,13 +1026,7 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 	procs, _ := s.cg.Procs()
 	stopped, _ := anyStopped(procs)
 	if ok, why := mayCheckpoint(s.alive, stopped, s.healthFail); !ok {
-		// A skipped checkpoint is a checkpoint that did not succeed: systemd's watchdog
-		// must not be told all is well.
-		s.lastCkptErr = "checkpoint skipped: " + why
-		s.checkpointsFailing("checkpoint skipped: " + why)
-		s.metrics.checkpoints.WithLabelValues("skipped").Inc()
-		s.log.Warn("checkpoint skipped: " + why)
-		return 0, errors.New(why)
+		return 0, s.checkpointSkipped(why)
 	}
 	s.clearCrtools(procs)
 	epoch := s.nextEpoch
@@ -1039,13 +1034,7 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 	if err != nil {
 		return 0, s.checkpointFailed(epoch, err)
 	}
-	ext := map[string]string{}
-	if k := externalKey(s.pid, 1); k != "" {
-		ext["stdout"] = k
-	}
-	if k := externalKey(s.pid, 2); k != "" {
-		ext["stderr"] = k
-	}
+	ext := s.outputKeys()
 	start := s.clock.Now()
 	var synced []checkpoint.SyncedFile
 	var postDump func() error
@@ -1102,6 +1091,13 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 		}
 		return 0, s.checkpointFailed(epoch, err)
 	}
+	return s.committed(set, m, stats, start, final)
+}
+
+// committed records a checkpoint just committed: status, metrics, the ladder, the
+// background fsync (or, for the final one, an fsync now), the standby, systemd.
+func (s *Supervisor) committed(set checkpoint.Set, m *checkpoint.Manifest, stats checkpoint.DumpStats, start time.Time, final bool) (uint64, error) {
+	epoch := set.Epoch
 	s.lastManifest, s.lastSetDir = m, set.Dir
 	total := s.clock.Since(start)
 	s.nextEpoch = epoch + 1
@@ -1151,6 +1147,29 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 		s.notifyStatus()
 	}
 	return epoch, nil
+}
+
+// checkpointSkipped records a checkpoint not taken: it did not succeed either, so
+// systemd's watchdog must not be told all is well.
+func (s *Supervisor) checkpointSkipped(why string) error {
+	s.lastCkptErr = "checkpoint skipped: " + why
+	s.checkpointsFailing("checkpoint skipped: " + why)
+	s.metrics.checkpoints.WithLabelValues("skipped").Inc()
+	s.log.Warn("checkpoint skipped: " + why)
+	return errors.New(why)
+}
+
+// outputKeys names the program's stdout and stderr pipes the way CRIU does, so a
+// restore can hand it ftrun's pipes in their place.
+func (s *Supervisor) outputKeys() map[string]string {
+	ext := map[string]string{}
+	if k := externalKey(s.pid, 1); k != "" {
+		ext["stdout"] = k
+	}
+	if k := externalKey(s.pid, 2); k != "" {
+		ext["stderr"] = k
+	}
+	return ext
 }
 
 func (s *Supervisor) checkpointFailed(epoch uint64, err error) error {
