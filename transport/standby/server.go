@@ -112,9 +112,10 @@ type Server struct {
 	// of itself: Accept failing, or every unauthenticated slot taken. Silence up
 	// to then is not evidence that a primary died (see LastHeard).
 	impairedAt time.Time
-	// refusals rate-limits the log lines of turned-away connections.
-	refusals rateLog
-	quotas   *quotas
+	// refusals and impairments rate-limit the log lines of turned-away connections
+	// and of the standby's own trouble, each on its own.
+	refusals, impairments rateLog
+	quotas                *quotas
 }
 
 // NewServer returns a Server for cfg.
@@ -202,7 +203,7 @@ func (s *Server) impaired(why string, err error) {
 	s.mu.Lock()
 	s.impairedAt = s.clk.Now()
 	s.mu.Unlock()
-	if n, ok := s.refusals.allow(s.clk.Now()); ok {
+	if n, ok := s.impairments.allow(s.clk.Now()); ok {
 		s.log.Error("standby: "+why+": primaries may not reach this standby, so it takes over nothing until it can hear them again",
 			"err", err, "similar_suppressed", n)
 	}
