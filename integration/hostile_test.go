@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -546,4 +547,64 @@ func waitListening(t *testing.T, h host, addr string) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// A program plants links in its synced directory (its own to write in) pointing at
+// a root-owned file elsewhere. A link where the restore writes its temporary copy
+// is removed, not followed (this is where the restore used to chmod and overwrite
+// the target); a link in place of the journal fails the restore with one line naming
+// it. Either way the target keeps its content and mode.
+func TestSyncedRestoreRefusesPlantedLink(t *testing.T) {
+	requiresRoot(t, "ruby")
+	name := "hx-sync-link"
+	t.Cleanup(func() { killService(t, name) })
+	script, dir, journal := writeJournal(t)
+	victimDir := t.TempDir()
+	victim := filepath.Join(victimDir, "shadow")
+	must(t, os.WriteFile(victim, []byte("root's secret\n"), 0o600))
+	untouched := func(when string) {
+		t.Helper()
+		b, _ := os.ReadFile(victim)
+		fi, _ := os.Stat(victim)
+		if string(b) != "root's secret\n" || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: the link's target changed: %q, mode %v", when, b, fi.Mode())
+		}
+		if ents, _ := os.ReadDir(victimDir); len(ents) != 1 {
+			t.Fatalf("%s: the link's directory holds %d entries, want 1", when, len(ents))
+		}
+	}
+	p := startFtrun(t, t.TempDir(), nil, "--name", name, "--interval", "300ms", "--discard", "--no-fresh", "--sync", dir, "--", "ruby", script, journal)
+	st := p.waitFor("checkpoints", 20*time.Second, func(s supervisor.Status) bool { return s.Epoch >= 3 && s.Pid > 0 })
+
+	must(t, os.Symlink(victim, journal+".ftrun-restore"))
+	must(t, syscall.Kill(st.Pid, syscall.SIGKILL))
+	back := p.waitFor("restored", 20*time.Second, func(s supervisor.Status) bool {
+		return s.Pid > 0 && s.Pid != st.Pid && s.State == supervisor.StateRunning
+	})
+	untouched("a link as the temporary")
+	if _, err := journalConsistent(journal); err != nil {
+		t.Fatal(err)
+	}
+
+	// Stopped, the program is not checkpointed again: the newest epoch holds the
+	// journal as a file, the directory now a link.
+	p.waitFor("checkpoints", 20*time.Second, func(s supervisor.Status) bool { return s.Epoch >= back.Epoch+2 })
+	must(t, syscall.Kill(back.Pid, syscall.SIGSTOP))
+	time.Sleep(700 * time.Millisecond)
+	must(t, os.Remove(journal))
+	must(t, os.Symlink(victim, journal))
+	must(t, syscall.Kill(back.Pid, syscall.SIGKILL))
+	code, err := p.wait(60 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code != supervisor.ExitGaveUp {
+		t.Errorf("exit code %d, want %d (the ladder gives up)", code, supervisor.ExitGaveUp)
+	}
+	log := p.log()
+	want := fmt.Sprintf("restore synced file %q: %q is a symbolic link", journal, journal)
+	if !strings.Contains(log, want) && !strings.Contains(log, strings.ReplaceAll(want, `"`, `\"`)) {
+		t.Errorf("log lacks %q:\n%s", want, tail(log, 20))
+	}
+	untouched("a link as the journal")
 }
