@@ -11,15 +11,18 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/pagemap"
 	"github.com/checkpoint-restore/go-criu/v8/magic"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ftrun/ftrun/checkpoint"
@@ -607,4 +610,83 @@ func TestSyncedRestoreRefusesPlantedLink(t *testing.T) {
 		t.Errorf("log lacks %q:\n%s", want, tail(log, 20))
 	}
 	untouched("a link as the journal")
+}
+
+// listenIn listens on addr inside host h; the socket keeps h's network namespace.
+func listenIn(t *testing.T, h host, addr string) net.Listener {
+	t.Helper()
+	type result struct {
+		ln  net.Listener
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends in the namespace
+		f, err := os.Open(h.nsPath())
+		if err != nil {
+			ch <- result{nil, err}
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			ch <- result{nil, err}
+			return
+		}
+		ln, err := net.Listen("tcp", addr)
+		ch <- result{ln, err}
+	}()
+	r := <-ch
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	t.Cleanup(func() { r.ln.Close() })
+	return r.ln
+}
+
+// A host with a primary's certificate from the same CA poses as the standby: the
+// real primary refuses it during the handshake, says why, and sends it nothing.
+func TestPrimaryRefusesPeerWithoutStandbyRole(t *testing.T) {
+	requiresRoot(t, "ruby")
+	hosts := hostNet(t, 2)
+	primary, fake := hosts[0], hosts[1]
+	name := "hx-refuse"
+	t.Cleanup(func() { killService(t, name) })
+	keys := issueKeys(t, name, "hx-other")
+	evilKeys, err := auth.LoadConfig(keys.evil)
+	must(t, err)
+	ln := listenIn(t, fake, fake.addr+":7946")
+	var got atomic.Int64
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			tc := tls.Server(c, evilKeys.Server())
+			tc.SetDeadline(time.Now().Add(5 * time.Second))
+			n, _ := io.Copy(io.Discard, tc)
+			got.Add(n)
+			tc.Close()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	script, out := writeCounter(t)
+	p := startFtrunIn(t, primary.nsPath(), t.TempDir(), nil, "--name", name, "--interval", "300ms", "--discard",
+		"--standby", fake.addr+":7946", "--keys", keys.good, "--", "ruby", script, out)
+	st := p.waitFor("unprotected", 20*time.Second, func(s supervisor.Status) bool {
+		return strings.HasPrefix(s.Protection, "unprotected") && s.Epoch >= 2
+	})
+	log := p.log()
+	if !strings.Contains(log, "incompatible key usage") && !strings.Contains(log, `lacks the \"standby\" role`) {
+		t.Errorf("the primary's log does not say why it refused the peer:\n%s", tail(log, 20))
+	}
+	if n := got.Load(); n != 0 {
+		t.Errorf("the fake standby received %d bytes", n)
+	}
+	if st.State != supervisor.StateRunning {
+		t.Errorf("program state %s", st.State)
+	}
 }
