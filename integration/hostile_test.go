@@ -433,6 +433,25 @@ func TestHostilePeers(t *testing.T) {
 			logHas(t, tc.name, tc.log)
 		})
 	}
+	t.Run("a revoked certificate", func(t *testing.T) {
+		rev := filepath.Join(keys.standby, auth.RevokedFile)
+		must(t, os.WriteFile(rev, []byte("# evil-host, key stolen\n"+evilKeys.Identity().Serial+"\n"), 0o644))
+		defer os.Remove(rev)
+		raw, err := dialIn(attacker, addr, 5*time.Second)
+		must(t, err)
+		c := tls.Client(raw, evilKeys.Client())
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		// TLS 1.3: the client's side of the handshake ends before the server has
+		// checked its certificate; the refusal arrives as an alert on the first read.
+		if c.Handshake() == nil {
+			frame.NewWriter(c).WritePayload(0, &frame.Hello{Version: frame.Version, Service: "hx-evil", Role: "primary", LastCommitted: 1})
+			if _, err := frame.NewReader(c, frame.Limits{}).Next(); err == nil {
+				t.Fatal("a revoked certificate got an answer")
+			}
+		}
+		logHas(t, "revoked", "is revoked")
+	})
 	if _, err := os.Stat(filepath.Join(filepath.Dir(state), "x")); err == nil {
 		t.Fatal(`"../x" made a directory outside the standby's state`)
 	}
