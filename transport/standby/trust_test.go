@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ftrun/ftrun/transport/auth"
+	"github.com/ftrun/ftrun/transport/ship"
 	"github.com/ftrun/ftrun/transport/standby"
 )
 
@@ -188,4 +189,36 @@ func TestCertificateServesOnlyItsServices(t *testing.T) {
 		t.Fatal("a third service was accepted with a quota of two")
 	}
 	lb.waitFor(t, "--quota-services")
+}
+
+// One certificate's epochs past its disk quota are refused for it alone: another
+// certificate's service on the same standby goes on being acked.
+func TestDiskQuotaPerCertificate(t *testing.T) {
+	noLeaks(t)
+	c := newCreds(t)
+	other := filepath.Join(t.TempDir(), "b")
+	copyCAFiles(t, c, other)
+	hostB := keygenWith(t, other, auth.KeygenOptions{Name: "host-b", Roles: []string{auth.RolePrimary}, Services: []string{"b"}})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, lb := serveWith(t, c, ln, standby.Config{Quota: standby.Quota{Bytes: 256 << 10}})
+	big := newPrimary(t, "a")
+	big.dial(t, ln.Addr().String(), c.primary.Client())
+	if err := big.shipSet(t, 1, big.commit(t, 1, map[string][]byte{"core-1.img": make([]byte, 64<<10)})); err != nil {
+		t.Fatal(err)
+	}
+	err = big.shipSet(t, 2, big.commit(t, 2, map[string][]byte{"core-1.img": make([]byte, 512<<10)}))
+	if !errors.Is(err, ship.ErrStandbyFull) || !strings.Contains(err.Error(), "--quota-bytes") {
+		t.Fatalf("an epoch past the quota: %v, want ErrStandbyFull naming the quota", err)
+	}
+	lb.waitFor(t, `certificate \"primary\" would hold`)
+	small := newPrimary(t, "b")
+	small.dial(t, ln.Addr().String(), hostB.Client())
+	for e := uint64(1); e <= 3; e++ {
+		if err := small.shipSet(t, e, small.commit(t, e, map[string][]byte{"core-1.img": make([]byte, 128<<10)})); err != nil {
+			t.Fatalf("another certificate's epoch %d: %v", e, err)
+		}
+	}
 }
