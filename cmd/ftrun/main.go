@@ -306,7 +306,7 @@ func arbiterFlag() cli.Flag {
 }
 
 func keysFlag() cli.Flag {
-	return &cli.StringFlag{Name: "keys", Value: defaultKeys, Usage: "directory made by `ftrun keygen` (TLS 1.3, both ends authenticated)", EnvVars: env("KEYS")}
+	return &cli.StringFlag{Name: "keys", Value: defaultKeys, Usage: "directory holding ca.crt, this host's node.key and node.crt, and optionally revoked (see `ftrun keygen`; TLS 1.3, both ends authenticated)", EnvVars: env("KEYS")}
 }
 
 func standbyCmd() *cli.Command {
