@@ -709,3 +709,68 @@ func TestPrimaryRefusesPeerWithoutStandbyRole(t *testing.T) {
 		t.Errorf("program state %s", st.State)
 	}
 }
+
+// Hosts without certificates take every unauthenticated slot of the standby. A
+// primary that dies meanwhile is not taken over: a live one reconnecting now would
+// be turned away too, so the standby cannot tell, says so, and waits. Once the flood
+// ends, silence means death again and the program is taken over.
+func TestFloodedStandbyTakesNothingOver(t *testing.T) {
+	requiresRoot(t, "ruby")
+	hosts := hostNet(t, 5)
+	primary, stby, attackers := hosts[0], hosts[1], hosts[2:]
+	name := "hx-flooded"
+	t.Cleanup(func() { killService(t, name) })
+	keys := issueKeys(t, name, "hx-unused")
+	sb := startStandbyArgs(t, stby, t.TempDir(), keys.standby,
+		"--max-unauthenticated", "8", "--max-unauthenticated-per-host", "4", "--handshake-timeout", "60s")
+	addr := stby.addr + ":7946"
+	waitListening(t, primary, addr)
+	script, out := writeCounter(t)
+	p := startFtrunIn(t, primary.nsPath(), t.TempDir(), nil, "--name", name, "--interval", "300ms", "--discard",
+		"--standby", addr, "--keys", keys.good, "--", "ruby", script, out)
+	p.waitFor("protected", 30*time.Second, func(s supervisor.Status) bool {
+		return strings.HasPrefix(s.Protection, "protected") && s.StandbyEpoch >= 2
+	})
+	var flood []net.Conn
+	stopFlood := func() {
+		for _, c := range flood {
+			c.Close()
+		}
+		flood = nil
+	}
+	defer stopFlood()
+	for _, a := range attackers {
+		for range 4 {
+			if c, err := dialIn(a, addr, 2*time.Second); err == nil {
+				flood = append(flood, c)
+			}
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(sb.logs.String(), "turning connections away") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the standby does not say it turns connections away:\n%s", tail(sb.logs.String(), 20))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	p.kill9()
+	killService(t, name)
+	time.Sleep(4 * time.Second) // four take-over timeouts
+	if strings.Contains(sb.logs.String(), "taking over") {
+		t.Fatalf("the standby took a service over while flooded:\n%s", tail(sb.logs.String(), 20))
+	}
+	t0 := time.Now()
+	stopFlood()
+	deadline = time.Now().Add(20 * time.Second)
+	for {
+		if fi, err := os.Stat(out); err == nil && fi.ModTime().After(t0) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not taken over within 20s of the flood's end:\n%s", tail(sb.logs.String(), 20))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("taken over %s after the flood ended", time.Since(t0).Round(time.Millisecond))
+	sb.stop()
+}

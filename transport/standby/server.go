@@ -160,9 +160,9 @@ func (s *Server) Status() map[string]Status {
 	s.mu.Lock()
 	for name, st := range s.stats {
 		out[name] = *st
-		if !st.LastHeard.IsZero() && s.impairedAt.After(st.LastHeard) {
+		if imp := s.impairedNow(); !st.LastHeard.IsZero() && imp.After(st.LastHeard) {
 			o := out[name]
-			o.LastHeard = s.impairedAt
+			o.LastHeard = imp
 			out[name] = o
 		}
 	}
@@ -190,12 +190,22 @@ func (s *Server) LastHeard(service string) time.Time {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if st := s.stats[service]; st != nil {
-		if !st.LastHeard.IsZero() && s.impairedAt.After(st.LastHeard) {
-			return s.impairedAt
+		if imp := s.impairedNow(); !st.LastHeard.IsZero() && imp.After(st.LastHeard) {
+			return imp
 		}
 		return st.LastHeard
 	}
 	return time.Time{}
+}
+
+// impairedNow is when this standby was last impaired: now while every
+// unauthenticated slot is taken (a primary reconnecting now would be turned away),
+// else the last time it was. s.mu must be held.
+func (s *Server) impairedNow() time.Time {
+	if s.unauth >= s.cfg.MaxUnauthenticated {
+		return s.clk.Now()
+	}
+	return s.impairedAt
 }
 
 // impaired records that this standby cannot hear every primary now, and says so.
@@ -228,6 +238,10 @@ func (s *Server) admit(host string) error {
 func (s *Server) release(host string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.unauth >= s.cfg.MaxUnauthenticated {
+		// Impaired until this moment: silence is counted from here on.
+		s.impairedAt = s.clk.Now()
+	}
 	s.unauth--
 	if s.unauthHost[host]--; s.unauthHost[host] <= 0 {
 		delete(s.unauthHost, host)
