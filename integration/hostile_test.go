@@ -474,11 +474,12 @@ func TestHostilePeers(t *testing.T) {
 		must(t, h.hello("hx-evil", 1))
 		h.until(frame.TypeHello)
 		sent := 320 * min(hostileMemScale, 2)
+		before := peakRSS(t, sb.cmd.Process.Pid)
 		big(h, 2, int(sent))
 		h.send(0, &frame.Heartbeat{SentUnixNano: time.Now().UnixNano(), Committed: 1})
 		h.until(frame.TypeHeartbeat) // everything sent was read
 		rss := peakRSS(t, sb.cmd.Process.Pid)
-		t.Logf("standby peak RSS %d MiB after %d MiB of uncommitted page deltas (memory limit %d MiB)", rss>>20, sent, memLimit>>20)
+		t.Logf("standby peak RSS %d MiB after %d MiB of uncommitted page deltas, %d MiB before them (memory limit %d MiB)", rss>>20, sent, before>>20, memLimit>>20)
 		if n := cg.ooms(t); n != 0 {
 			t.Fatalf("%d OOM kills in the standby's cgroup", n)
 		}
