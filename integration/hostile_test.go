@@ -76,39 +76,53 @@ func runFtrun(args ...string) (string, error) {
 	return string(out), err
 }
 
-// memCgroup is a cgroup v1 memory group limited to limit bytes (this host is
-// hybrid: the memory controller is v1's), removed when the test ends.
-type memCgroup string
+// memCgroup is a memory-limited cgroup, removed when the test ends: v1's memory
+// controller where it is mounted (hybrid hosts such as this one), else cgroup2's.
+type memCgroup struct {
+	dir string
+	v2  bool
+}
 
 func newMemCgroup(t *testing.T, name string, limit int64) memCgroup {
 	t.Helper()
-	dir := filepath.Join("/sys/fs/cgroup/memory", fmt.Sprintf("%s-%d", name, os.Getpid()))
-	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
-		t.Skipf("no cgroup v1 memory controller here: %v", err)
+	g := memCgroup{dir: filepath.Join("/sys/fs/cgroup/memory", fmt.Sprintf("%s-%d", name, os.Getpid()))}
+	limitFile := "memory.limit_in_bytes"
+	if _, err := os.Stat("/sys/fs/cgroup/memory"); err != nil {
+		ctrl, _ := os.ReadFile("/sys/fs/cgroup/cgroup.controllers")
+		if !strings.Contains(string(ctrl), "memory") {
+			t.Fatalf("no memory controller: neither /sys/fs/cgroup/memory (v1) nor memory in /sys/fs/cgroup/cgroup.controllers")
+		}
+		g = memCgroup{dir: filepath.Join("/sys/fs/cgroup", fmt.Sprintf("%s-%d", name, os.Getpid())), v2: true}
+		limitFile = "memory.max"
+	}
+	if err := os.Mkdir(g.dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		for i := 0; i < 50 && os.Remove(dir) != nil; i++ {
+		for i := 0; i < 50 && os.Remove(g.dir) != nil; i++ {
 			time.Sleep(100 * time.Millisecond)
 		}
 	})
-	for _, f := range []struct{ name, v string }{{"memory.limit_in_bytes", strconv.FormatInt(limit, 10)}} {
-		if err := os.WriteFile(filepath.Join(dir, f.name), []byte(f.v), 0o644); err != nil {
-			t.Fatal(err)
-		}
+	if err := os.WriteFile(filepath.Join(g.dir, limitFile), []byte(strconv.FormatInt(limit, 10)), 0o644); err != nil {
+		t.Fatal(err)
 	}
-	return memCgroup(dir)
+	return g
 }
 
 func (g memCgroup) add(t *testing.T, pid int) {
 	t.Helper()
-	if err := os.WriteFile(filepath.Join(string(g), "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(g.dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
 
 // ooms is how many processes the kernel killed in the group for want of memory.
 func (g memCgroup) ooms(t *testing.T) int {
-	b, err := os.ReadFile(filepath.Join(string(g), "memory.oom_control"))
+	file := "memory.oom_control"
+	if g.v2 {
+		file = "memory.events"
+	}
+	b, err := os.ReadFile(filepath.Join(g.dir, file))
 	if err != nil {
 		t.Fatal(err)
 	}
