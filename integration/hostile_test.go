@@ -11,14 +11,18 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/pagemap"
 	"github.com/checkpoint-restore/go-criu/v8/magic"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ftrun/ftrun/checkpoint"
@@ -72,39 +76,53 @@ func runFtrun(args ...string) (string, error) {
 	return string(out), err
 }
 
-// memCgroup is a cgroup v1 memory group limited to limit bytes (this host is
-// hybrid: the memory controller is v1's), removed when the test ends.
-type memCgroup string
+// memCgroup is a memory-limited cgroup, removed when the test ends: v1's memory
+// controller where it is mounted (hybrid hosts such as this one), else cgroup2's.
+type memCgroup struct {
+	dir string
+	v2  bool
+}
 
 func newMemCgroup(t *testing.T, name string, limit int64) memCgroup {
 	t.Helper()
-	dir := filepath.Join("/sys/fs/cgroup/memory", fmt.Sprintf("%s-%d", name, os.Getpid()))
-	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
-		t.Skipf("no cgroup v1 memory controller here: %v", err)
+	g := memCgroup{dir: filepath.Join("/sys/fs/cgroup/memory", fmt.Sprintf("%s-%d", name, os.Getpid()))}
+	limitFile := "memory.limit_in_bytes"
+	if _, err := os.Stat("/sys/fs/cgroup/memory"); err != nil {
+		ctrl, _ := os.ReadFile("/sys/fs/cgroup/cgroup.controllers")
+		if !strings.Contains(string(ctrl), "memory") {
+			t.Fatalf("no memory controller: neither /sys/fs/cgroup/memory (v1) nor memory in /sys/fs/cgroup/cgroup.controllers")
+		}
+		g = memCgroup{dir: filepath.Join("/sys/fs/cgroup", fmt.Sprintf("%s-%d", name, os.Getpid())), v2: true}
+		limitFile = "memory.max"
+	}
+	if err := os.Mkdir(g.dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		for i := 0; i < 50 && os.Remove(dir) != nil; i++ {
+		for i := 0; i < 50 && os.Remove(g.dir) != nil; i++ {
 			time.Sleep(100 * time.Millisecond)
 		}
 	})
-	for _, f := range []struct{ name, v string }{{"memory.limit_in_bytes", strconv.FormatInt(limit, 10)}} {
-		if err := os.WriteFile(filepath.Join(dir, f.name), []byte(f.v), 0o644); err != nil {
-			t.Fatal(err)
-		}
+	if err := os.WriteFile(filepath.Join(g.dir, limitFile), []byte(strconv.FormatInt(limit, 10)), 0o644); err != nil {
+		t.Fatal(err)
 	}
-	return memCgroup(dir)
+	return g
 }
 
 func (g memCgroup) add(t *testing.T, pid int) {
 	t.Helper()
-	if err := os.WriteFile(filepath.Join(string(g), "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(g.dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
 
 // ooms is how many processes the kernel killed in the group for want of memory.
 func (g memCgroup) ooms(t *testing.T) int {
-	b, err := os.ReadFile(filepath.Join(string(g), "memory.oom_control"))
+	file := "memory.oom_control"
+	if g.v2 {
+		file = "memory.events"
+	}
+	b, err := os.ReadFile(filepath.Join(g.dir, file))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -429,6 +447,25 @@ func TestHostilePeers(t *testing.T) {
 			logHas(t, tc.name, tc.log)
 		})
 	}
+	t.Run("a revoked certificate", func(t *testing.T) {
+		rev := filepath.Join(keys.standby, auth.RevokedFile)
+		must(t, os.WriteFile(rev, []byte("# evil-host, key stolen\n"+evilKeys.Identity().Serial+"\n"), 0o644))
+		defer os.Remove(rev)
+		raw, err := dialIn(attacker, addr, 5*time.Second)
+		must(t, err)
+		c := tls.Client(raw, evilKeys.Client())
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		// TLS 1.3: the client's side of the handshake ends before the server has
+		// checked its certificate; the refusal arrives as an alert on the first read.
+		if c.Handshake() == nil {
+			frame.NewWriter(c).WritePayload(0, &frame.Hello{Version: frame.Version, Service: "hx-evil", Role: "primary", LastCommitted: 1})
+			if _, err := frame.NewReader(c, frame.Limits{}).Next(); err == nil {
+				t.Fatal("a revoked certificate got an answer")
+			}
+		}
+		logHas(t, "revoked", "is revoked")
+	})
 	if _, err := os.Stat(filepath.Join(filepath.Dir(state), "x")); err == nil {
 		t.Fatal(`"../x" made a directory outside the standby's state`)
 	}
@@ -451,11 +488,12 @@ func TestHostilePeers(t *testing.T) {
 		must(t, h.hello("hx-evil", 1))
 		h.until(frame.TypeHello)
 		sent := 320 * min(hostileMemScale, 2)
+		before := peakRSS(t, sb.cmd.Process.Pid)
 		big(h, 2, int(sent))
 		h.send(0, &frame.Heartbeat{SentUnixNano: time.Now().UnixNano(), Committed: 1})
 		h.until(frame.TypeHeartbeat) // everything sent was read
 		rss := peakRSS(t, sb.cmd.Process.Pid)
-		t.Logf("standby peak RSS %d MiB after %d MiB of uncommitted page deltas (memory limit %d MiB)", rss>>20, sent, memLimit>>20)
+		t.Logf("standby peak RSS %d MiB after %d MiB of uncommitted page deltas, %d MiB before them (memory limit %d MiB)", rss>>20, sent, before>>20, memLimit>>20)
 		if n := cg.ooms(t); n != 0 {
 			t.Fatalf("%d OOM kills in the standby's cgroup", n)
 		}
@@ -546,4 +584,208 @@ func waitListening(t *testing.T, h host, addr string) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// A program plants links in its synced directory (its own to write in) pointing at
+// a root-owned file elsewhere. A link where the restore writes its temporary copy
+// is removed, not followed (this is where the restore used to chmod and overwrite
+// the target); a link in place of the journal fails the restore with one line naming
+// it. Either way the target keeps its content and mode.
+func TestSyncedRestoreRefusesPlantedLink(t *testing.T) {
+	requiresRoot(t, "ruby")
+	name := "hx-sync-link"
+	t.Cleanup(func() { killService(t, name) })
+	script, dir, journal := writeJournal(t)
+	victimDir := t.TempDir()
+	victim := filepath.Join(victimDir, "shadow")
+	must(t, os.WriteFile(victim, []byte("root's secret\n"), 0o600))
+	untouched := func(when string) {
+		t.Helper()
+		b, _ := os.ReadFile(victim)
+		fi, _ := os.Stat(victim)
+		if string(b) != "root's secret\n" || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: the link's target changed: %q, mode %v", when, b, fi.Mode())
+		}
+		if ents, _ := os.ReadDir(victimDir); len(ents) != 1 {
+			t.Fatalf("%s: the link's directory holds %d entries, want 1", when, len(ents))
+		}
+	}
+	p := startFtrun(t, t.TempDir(), nil, "--name", name, "--interval", "300ms", "--discard", "--no-fresh", "--sync", dir, "--", "ruby", script, journal)
+	st := p.waitFor("checkpoints", 20*time.Second, func(s supervisor.Status) bool { return s.Epoch >= 3 && s.Pid > 0 })
+
+	must(t, os.Symlink(victim, journal+".ftrun-restore"))
+	must(t, syscall.Kill(st.Pid, syscall.SIGKILL))
+	back := p.waitFor("restored", 20*time.Second, func(s supervisor.Status) bool {
+		return s.Pid > 0 && s.Pid != st.Pid && s.State == supervisor.StateRunning
+	})
+	untouched("a link as the temporary")
+	if _, err := journalConsistent(journal); err != nil {
+		t.Fatal(err)
+	}
+
+	// Stopped, the program is not checkpointed again: the newest epoch holds the
+	// journal as a file, the directory now a link.
+	p.waitFor("checkpoints", 20*time.Second, func(s supervisor.Status) bool { return s.Epoch >= back.Epoch+2 })
+	must(t, syscall.Kill(back.Pid, syscall.SIGSTOP))
+	time.Sleep(700 * time.Millisecond)
+	must(t, os.Remove(journal))
+	must(t, os.Symlink(victim, journal))
+	must(t, syscall.Kill(back.Pid, syscall.SIGKILL))
+	code, err := p.wait(60 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code != supervisor.ExitGaveUp {
+		t.Errorf("exit code %d, want %d (the ladder gives up)", code, supervisor.ExitGaveUp)
+	}
+	log := p.log()
+	want := fmt.Sprintf("restore synced file %q: %q is a symbolic link", journal, journal)
+	if !strings.Contains(log, want) && !strings.Contains(log, strings.ReplaceAll(want, `"`, `\"`)) {
+		t.Errorf("log lacks %q:\n%s", want, tail(log, 20))
+	}
+	untouched("a link as the journal")
+}
+
+// listenIn listens on addr inside host h; the socket keeps h's network namespace.
+func listenIn(t *testing.T, h host, addr string) net.Listener {
+	t.Helper()
+	type result struct {
+		ln  net.Listener
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends in the namespace
+		f, err := os.Open(h.nsPath())
+		if err != nil {
+			ch <- result{nil, err}
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			ch <- result{nil, err}
+			return
+		}
+		ln, err := net.Listen("tcp", addr)
+		ch <- result{ln, err}
+	}()
+	r := <-ch
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	t.Cleanup(func() { r.ln.Close() })
+	return r.ln
+}
+
+// A host with a primary's certificate from the same CA poses as the standby: the
+// real primary refuses it during the handshake, says why, and sends it nothing.
+func TestPrimaryRefusesPeerWithoutStandbyRole(t *testing.T) {
+	requiresRoot(t, "ruby")
+	hosts := hostNet(t, 2)
+	primary, fake := hosts[0], hosts[1]
+	name := "hx-refuse"
+	t.Cleanup(func() { killService(t, name) })
+	keys := issueKeys(t, name, "hx-other")
+	evilKeys, err := auth.LoadConfig(keys.evil)
+	must(t, err)
+	ln := listenIn(t, fake, fake.addr+":7946")
+	var got atomic.Int64
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			tc := tls.Server(c, evilKeys.Server())
+			tc.SetDeadline(time.Now().Add(5 * time.Second))
+			n, _ := io.Copy(io.Discard, tc)
+			got.Add(n)
+			tc.Close()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	script, out := writeCounter(t)
+	p := startFtrunIn(t, primary.nsPath(), t.TempDir(), nil, "--name", name, "--interval", "300ms", "--discard",
+		"--standby", fake.addr+":7946", "--keys", keys.good, "--", "ruby", script, out)
+	st := p.waitFor("unprotected", 20*time.Second, func(s supervisor.Status) bool {
+		return strings.HasPrefix(s.Protection, "unprotected") && s.Epoch >= 2
+	})
+	log := p.log()
+	if !strings.Contains(log, "incompatible key usage") && !strings.Contains(log, `lacks the \"standby\" role`) {
+		t.Errorf("the primary's log does not say why it refused the peer:\n%s", tail(log, 20))
+	}
+	if n := got.Load(); n != 0 {
+		t.Errorf("the fake standby received %d bytes", n)
+	}
+	if st.State != supervisor.StateRunning {
+		t.Errorf("program state %s", st.State)
+	}
+}
+
+// Hosts without certificates take every unauthenticated slot of the standby. A
+// primary that dies meanwhile is not taken over: a live one reconnecting now would
+// be turned away too, so the standby cannot tell, says so, and waits. Once the flood
+// ends, silence means death again and the program is taken over.
+func TestFloodedStandbyTakesNothingOver(t *testing.T) {
+	requiresRoot(t, "ruby")
+	hosts := hostNet(t, 5)
+	primary, stby, attackers := hosts[0], hosts[1], hosts[2:]
+	name := "hx-flooded"
+	t.Cleanup(func() { killService(t, name) })
+	keys := issueKeys(t, name, "hx-unused")
+	sb := startStandbyArgs(t, stby, t.TempDir(), keys.standby,
+		"--max-unauthenticated", "8", "--max-unauthenticated-per-host", "4", "--handshake-timeout", "60s")
+	addr := stby.addr + ":7946"
+	waitListening(t, primary, addr)
+	script, out := writeCounter(t)
+	p := startFtrunIn(t, primary.nsPath(), t.TempDir(), nil, "--name", name, "--interval", "300ms", "--discard",
+		"--standby", addr, "--keys", keys.good, "--", "ruby", script, out)
+	p.waitFor("protected", 30*time.Second, func(s supervisor.Status) bool {
+		return strings.HasPrefix(s.Protection, "protected") && s.StandbyEpoch >= 2
+	})
+	var flood []net.Conn
+	stopFlood := func() {
+		for _, c := range flood {
+			c.Close()
+		}
+		flood = nil
+	}
+	defer stopFlood()
+	for _, a := range attackers {
+		for range 4 {
+			if c, err := dialIn(a, addr, 2*time.Second); err == nil {
+				flood = append(flood, c)
+			}
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(sb.logs.String(), "turning connections away") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the standby does not say it turns connections away:\n%s", tail(sb.logs.String(), 20))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	p.kill9()
+	killService(t, name)
+	time.Sleep(4 * time.Second) // four take-over timeouts
+	if strings.Contains(sb.logs.String(), "taking over") {
+		t.Fatalf("the standby took a service over while flooded:\n%s", tail(sb.logs.String(), 20))
+	}
+	t0 := time.Now()
+	stopFlood()
+	deadline = time.Now().Add(20 * time.Second)
+	for {
+		if fi, err := os.Stat(out); err == nil && fi.ModTime().After(t0) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not taken over within 20s of the flood's end:\n%s", tail(sb.logs.String(), 20))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("taken over %s after the flood ended", time.Since(t0).Round(time.Millisecond))
+	sb.stop()
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/ftrun/ftrun/supervisor/gate"
 	"github.com/ftrun/ftrun/supervisor/netplace"
 	"github.com/ftrun/ftrun/transport/ship"
+	"github.com/ftrun/ftrun/transport/svcname"
 	"github.com/ftrun/ftrun/watchdog"
 )
 
@@ -203,6 +204,10 @@ func New(cfg Config) (*Supervisor, error) {
 	}
 	if cfg.Name == "" {
 		cfg.Name = filepath.Base(cfg.Command[0])
+	}
+	// The name becomes a cgroup, a state directory and the standby's directory.
+	if err := svcname.Check(cfg.Name); err != nil {
+		return nil, fmt.Errorf("service name: %w (choose one with --name)", err)
 	}
 	if cfg.StateDir == "" {
 		cfg.StateDir = filepath.Join("/var/lib/ftrun", cfg.Name)

@@ -335,7 +335,7 @@ func arbiterFlag() cli.Flag {
 }
 
 func keysFlag() cli.Flag {
-	return &cli.StringFlag{Name: "keys", Value: defaultKeys, Usage: "directory made by `ftrun keygen` (TLS 1.3, both ends authenticated)", EnvVars: env("KEYS")}
+	return &cli.StringFlag{Name: "keys", Value: defaultKeys, Usage: "directory holding ca.crt, this host's node.key and node.crt, and optionally revoked (see `ftrun keygen`; TLS 1.3, both ends authenticated)", EnvVars: env("KEYS")}
 }
 
 func standbyCmd() *cli.Command {
@@ -359,7 +359,7 @@ func standbyCmd() *cli.Command {
 			&cli.DurationFlag{Name: "idle-timeout", Value: standby.DefaultIdleTimeout, Usage: "a primary's connection silent this long is closed", EnvVars: env("IDLE_TIMEOUT")},
 			&cli.IntFlag{Name: "quota-services", Value: 16, Usage: "services one certificate may hold here (0: no limit)", EnvVars: env("QUOTA_SERVICES")},
 			&cli.StringFlag{Name: "quota-bytes", Value: "0", Usage: "disk one certificate's services may take here, committed and in flight, e.g. 20GiB (0: no limit; set it so that the quotas of all certificates fit the disk)", EnvVars: env("QUOTA_BYTES")},
-			&cli.IntFlag{Name: "quota-conns", Value: 64, Usage: "connections one certificate may hold open here (0: no limit)", EnvVars: env("QUOTA_CONNS")},
+			&cli.IntFlag{Name: "quota-conns", Value: 32, Usage: "connections one certificate may hold open here; each may hold up to two frames of 16 MiB in memory (0: no limit)", EnvVars: env("QUOTA_CONNS")},
 		},
 		Action: func(c *cli.Context) error {
 			log, err := newLogger(c)

@@ -25,7 +25,7 @@ type Config struct {
 // expired), so a bad directory fails at startup with the file named rather than at
 // the first handshake with a TLS alert.
 func LoadConfig(dir string) (*Config, error) {
-	fix := fmt.Sprintf("run `ftrun keygen %s`", dir)
+	fix := fmt.Sprintf("make this host's key with `ftrun keygen request %s`, issue its certificate on the CA host with `ftrun keygen issue`, and copy node.crt and ca.crt there", dir)
 	caPath := filepath.Join(dir, CACertFile)
 	ca, err := readCert(caPath)
 	if err != nil {
@@ -44,7 +44,7 @@ func LoadConfig(dir string) (*Config, error) {
 		return nil, fmt.Errorf("auth: %w (%s)", err, fix)
 	}
 	if pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(leaf.PublicKey) {
-		return nil, fmt.Errorf("auth: %w: %q is not the key of %q (run `ftrun keygen --force %s`)", ErrInvalid, keyPath, crtPath, dir)
+		return nil, fmt.Errorf("auth: %w: %q is not the key of %q (make a new key with `ftrun keygen request --force %s` and issue its certificate with `ftrun keygen issue`)", ErrInvalid, keyPath, crtPath, dir)
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(ca)
@@ -53,7 +53,7 @@ func LoadConfig(dir string) (*Config, error) {
 		DNSName:   ServerName,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}); err != nil {
-		return nil, fmt.Errorf("auth: %w: %q is not valid under %q: %w (reissue it with `ftrun keygen --force %s` using this CA)", ErrInvalid, crtPath, caPath, err, dir)
+		return nil, fmt.Errorf("auth: %w: %q is not valid under %q: %w (issue it anew from this CA with `ftrun keygen issue`, from a request made in %s)", ErrInvalid, crtPath, caPath, err, dir)
 	}
 	id := IdentityOf(leaf)
 	if len(id.Roles) == 0 {

@@ -41,7 +41,8 @@ const DefaultNodeName = "ftrun-node"
 // certificate that must stop working early is listed in RevokedFile.
 const validity = 10 * 365 * 24 * time.Hour
 
-// Files of a host's certificate request (`ftrun keygen request`), issued on the CA's host.
+// NodeCSRFile is a host's certificate request (`ftrun keygen request`), signed on
+// the CA's host.
 const NodeCSRFile = "node.csr"
 
 // ErrExists means a keygen step would overwrite a key or certificate without being
@@ -189,7 +190,7 @@ func Keygen(dir string, opts KeygenOptions) error {
 	}
 	nodeCrt := filepath.Join(dir, NodeCertFile)
 	if _, err := os.Stat(nodeCrt); err == nil && !opts.Force {
-		return fmt.Errorf("auth: keygen: %w: %q; refusing to overwrite it without force (ftrun keygen --force)", ErrExists, nodeCrt)
+		return fmt.Errorf("auth: keygen: %w: %q; refusing to overwrite it without force", ErrExists, nodeCrt)
 	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("auth: keygen: %w", err)
 	}

@@ -30,6 +30,18 @@
 //     holds the bytes the manifest describes. A delta that wrote a wrong byte, or
 //     left out a change the manifest records, leaves a chunk that is read and fails.
 //
+// A standby holds many primaries' programs and runs them as root on take-over, so
+// it trusts no peer beyond its certificate (auth.Identity): a connection serves the
+// one service its Hello names, which the certificate must name too, and an epoch's
+// manifest must be of that service. What a peer can make the standby hold is
+// bounded whatever it sends: counts are checked against the images before they
+// size anything, an epoch in flight spills its page data to disk, per-certificate
+// quotas bound services, bytes on disk and connections, and connections not yet past
+// their Hello are capped in all and per host. Accept never ends Serve; while the
+// standby cannot accept, or turns connections away for want of slots, it counts the
+// silence of its primaries as its own (LastHeard), so it takes nothing over that it
+// merely could not hear.
+//
 // The standby keeps the newest two committed sets per service: the newest is what a
 // failover restores and the base the next delta applies to; the one before is the
 // material the next delta epoch is written over. It never runs them; failure

@@ -42,6 +42,25 @@ func noLeaks(t *testing.T) {
 // creds holds one deployment's credentials: a standby and a primary from one CA.
 type creds struct {
 	standby, primary *auth.Config
+	// caDir holds the CA's certificate and key.
+	caDir string
+}
+
+// copyCAFiles gives dst the CA of c, to issue another certificate there.
+func copyCAFiles(t testing.TB, c creds, dst string) {
+	t.Helper()
+	if err := os.MkdirAll(dst, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{auth.CACertFile, auth.CAKeyFile} {
+		data, err := os.ReadFile(filepath.Join(c.caDir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, f), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // keygen issues a certificate with both roles, for any service.
@@ -66,7 +85,7 @@ func newCreds(t testing.TB) creds {
 	t.Helper()
 	base := t.TempDir()
 	sb := filepath.Join(base, "standby")
-	c := creds{standby: keygenWith(t, sb, auth.KeygenOptions{Name: "standby", Roles: []string{auth.RoleStandby}})}
+	c := creds{standby: keygenWith(t, sb, auth.KeygenOptions{Name: "standby", Roles: []string{auth.RoleStandby}}), caDir: sb}
 	pr := filepath.Join(base, "primary")
 	if err := os.MkdirAll(pr, 0o700); err != nil {
 		t.Fatal(err)

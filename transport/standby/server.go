@@ -112,9 +112,10 @@ type Server struct {
 	// of itself: Accept failing, or every unauthenticated slot taken. Silence up
 	// to then is not evidence that a primary died (see LastHeard).
 	impairedAt time.Time
-	// refusals rate-limits the log lines of turned-away connections.
-	refusals rateLog
-	quotas   *quotas
+	// refusals and impairments rate-limit the log lines of turned-away connections
+	// and of the standby's own trouble, each on its own.
+	refusals, impairments rateLog
+	quotas                *quotas
 }
 
 // NewServer returns a Server for cfg.
@@ -159,9 +160,9 @@ func (s *Server) Status() map[string]Status {
 	s.mu.Lock()
 	for name, st := range s.stats {
 		out[name] = *st
-		if !st.LastHeard.IsZero() && s.impairedAt.After(st.LastHeard) {
+		if imp := s.impairedNow(); !st.LastHeard.IsZero() && imp.After(st.LastHeard) {
 			o := out[name]
-			o.LastHeard = s.impairedAt
+			o.LastHeard = imp
 			out[name] = o
 		}
 	}
@@ -189,12 +190,22 @@ func (s *Server) LastHeard(service string) time.Time {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if st := s.stats[service]; st != nil {
-		if !st.LastHeard.IsZero() && s.impairedAt.After(st.LastHeard) {
-			return s.impairedAt
+		if imp := s.impairedNow(); !st.LastHeard.IsZero() && imp.After(st.LastHeard) {
+			return imp
 		}
 		return st.LastHeard
 	}
 	return time.Time{}
+}
+
+// impairedNow is when this standby was last impaired: now while every
+// unauthenticated slot is taken (a primary reconnecting now would be turned away),
+// else the last time it was. s.mu must be held.
+func (s *Server) impairedNow() time.Time {
+	if s.unauth >= s.cfg.MaxUnauthenticated {
+		return s.clk.Now()
+	}
+	return s.impairedAt
 }
 
 // impaired records that this standby cannot hear every primary now, and says so.
@@ -202,7 +213,7 @@ func (s *Server) impaired(why string, err error) {
 	s.mu.Lock()
 	s.impairedAt = s.clk.Now()
 	s.mu.Unlock()
-	if n, ok := s.refusals.allow(s.clk.Now()); ok {
+	if n, ok := s.impairments.allow(s.clk.Now()); ok {
 		s.log.Error("standby: "+why+": primaries may not reach this standby, so it takes over nothing until it can hear them again",
 			"err", err, "similar_suppressed", n)
 	}
@@ -227,6 +238,10 @@ func (s *Server) admit(host string) error {
 func (s *Server) release(host string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.unauth >= s.cfg.MaxUnauthenticated {
+		// Impaired until this moment: silence is counted from here on.
+		s.impairedAt = s.clk.Now()
+	}
 	s.unauth--
 	if s.unauthHost[host]--; s.unauthHost[host] <= 0 {
 		delete(s.unauthHost, host)
