@@ -312,6 +312,15 @@ func TestRedisFailoverKeepsKeys(t *testing.T) {
 		out, err := client.cmd("timeout", append([]string{"2", "redis-cli", "-h", h.addr, "-p", "6379"}, args...)...).CombinedOutput()
 		return strings.TrimSpace(string(out)), err
 	}
+	// "protected" can come with epoch 0, taken before redis listens: wait for it.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if out, err := cli(primary, "PING"); err == nil && out == "PONG" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("redis did not answer on the primary host within 10s")
+		}
+	}
 	const n = 200
 	for i := 0; i < n; i++ {
 		if out, err := cli(primary, "SET", fmt.Sprintf("k%d", i), fmt.Sprintf("v%d", i)); err != nil || out != "OK" {
