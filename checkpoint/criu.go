@@ -57,6 +57,11 @@ type Options struct {
 	PostDump func() error
 	// PreDump runs when CRIU starts a dump, before it stops the program.
 	PreDump func() error
+	// MountNS says the program has a mount namespace of its own (supervisor/container):
+	// the mounts it shares with the host are external to the images (CRIU finds them
+	// as bind mounts it can see), and a restore builds the namespace over the host's
+	// root, where the program's files are.
+	MountNS bool
 	// Enter, when set, runs CRIU from inside the program's network namespace (it calls
 	// its argument on a thread set into that namespace): CRIU must share the program's
 	// network namespace, or it would try to dump the namespace itself.
@@ -98,6 +103,15 @@ func (o Options) rpcOpts(imagesFd, workFd int, logFile string) *rpc.CriuOpts {
 	}
 	if o.TCPEstablished {
 		opts.TcpEstablished = ptr(true)
+		// A connection still in a listener's accept queue (or half-open) would fail the
+		// whole dump; its client retries, a lost epoch is worse.
+		opts.TcpSkipInFlight = ptr(true)
+	}
+	if o.MountNS {
+		opts.AutoExtMnt, opts.ExtMasters, opts.ExtSharing = ptr(true), ptr(true), ptr(true)
+		if o.Pid == 0 {
+			opts.Root = ptr("/")
+		}
 	}
 	if o.TCPClose {
 		opts.TcpClose = ptr(true)

@@ -53,6 +53,9 @@ type Manifest struct {
 	// Net is the program's own network placement (--net), which a standby rebuilds
 	// before it restores the program with its TCP connections.
 	Net *NetPlacement `json:"net,omitempty"`
+	// Container says the program ran in a mount namespace of its own, which a restore
+	// must rebuild (see Options.MountNS).
+	Container bool `json:"container,omitempty"`
 }
 
 // NetPlacement is the address a program serves on from its own network namespace.

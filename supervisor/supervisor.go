@@ -17,6 +17,7 @@ import (
 	"github.com/jonboulle/clockwork"
 
 	"github.com/ftrun/ftrun/checkpoint"
+	"github.com/ftrun/ftrun/supervisor/container"
 	"github.com/ftrun/ftrun/supervisor/gate"
 	"github.com/ftrun/ftrun/supervisor/netplace"
 	"github.com/ftrun/ftrun/transport/ship"
@@ -100,6 +101,9 @@ type Config struct {
 	// Failover marks a supervisor that takes over from a dead primary: its first
 	// restore keeps the program's TCP connections, since no peer saw the program die.
 	Failover bool
+	// User runs the program as this user ("NAME[:GROUP]"; "" keeps root). Programs that
+	// drop privileges themselves need no --user.
+	User string
 }
 
 // event is anything the loop reacts to; every goroutine reports through one channel so
@@ -126,6 +130,7 @@ type Supervisor struct {
 	ladder *Ladder
 	events chan event
 
+	user                   *container.Cred // --user, resolved
 	outR, outW, errR, errW *os.File
 	adoptedOut             []*os.File // read ends reopened for an adopted program
 	relays                 relay
@@ -213,6 +218,14 @@ func New(cfg Config) (*Supervisor, error) {
 	if cfg.Env == nil {
 		cfg.Env = os.Environ()
 	}
+	var cred *container.Cred
+	if cfg.User != "" {
+		c, err := container.LookupUser(cfg.User)
+		if err != nil {
+			return nil, err
+		}
+		cred = c
+	}
 	if cfg.Net != nil {
 		if err := cfg.Net.Validate(); err != nil {
 			return nil, err
@@ -237,6 +250,7 @@ func New(cfg Config) (*Supervisor, error) {
 		// spends most of a short epoch inside a checkpoint.
 		events:  make(chan event, 64),
 		metrics: newMetrics(cfg.Name),
+		user:    cred,
 	}, nil
 }
 
@@ -850,7 +864,7 @@ func (s *Supervisor) fresh() error {
 	if err := s.connectNet(3); err != nil {
 		return err
 	}
-	pid, err := startProgram(s.cfg.Command, s.cfg.WorkDir, s.cfg.Env, cg, s.outW, s.errW, s.enter())
+	pid, err := startProgram(s.cfg.Command, s.cfg.WorkDir, s.cfg.Env, cg, s.outW, s.errW, s.enter(), s.user)
 	if err != nil {
 		return err
 	}
@@ -904,7 +918,7 @@ func (s *Supervisor) restore(epoch uint64, takeover bool) error {
 	// reach a connection CRIU has not restored yet: CRIU's network lock, which costs
 	// an iptables-restore per connection or a libnftables table, is not needed.
 	pid, err := s.cfg.Criu.Restore(checkpoint.Options{ImagesDir: dir, WorkDir: work, TCPEstablished: true, Inherit: inherit,
-		TCPClose: !keepTCP, Enter: s.enter(), NetworkLockSkip: s.place != nil})
+		TCPClose: !keepTCP, Enter: s.enter(), NetworkLockSkip: s.place != nil, MountNS: m.Container})
 	if err != nil {
 		return err
 	}
@@ -1008,7 +1022,7 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 		}
 	}
 	opts := checkpoint.Options{ImagesDir: pending.Dir, Pid: s.pid, LeaveRunning: !final,
-		TCPEstablished: true, Timeout: s.cfg.CriuTimeout, PostDump: postDump, Enter: s.enter()}
+		TCPEstablished: true, Timeout: s.cfg.CriuTimeout, PostDump: postDump, Enter: s.enter(), MountNS: true}
 	if s.dumpLock != nil {
 		// ftrun holds the program's incoming TCP still itself, queued rather than
 		// dropped (see gate.DumpLock), from CRIU's start until it lets the program go.
@@ -1035,7 +1049,7 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 		_ = os.Remove(filepath.Join(pending.Dir, checkpoint.DumpLog))
 	}
 	m := &checkpoint.Manifest{Created: s.clock.Now(), Service: s.cfg.Name, Command: s.cfg.Command, Pid: s.pid, External: ext, Stats: stats,
-		Synced: synced, Net: placementOf(s.cfg.Net)}
+		Synced: synced, Net: placementOf(s.cfg.Net), Container: true}
 	if s.stateFiles != nil {
 		m.SyncRoots = s.stateFiles.roots
 	}
