@@ -294,3 +294,32 @@ func TestKdatFinding(t *testing.T) {
 		t.Errorf("non-tmpfs /run: %+v, want an optional finding whose fix names a tmpfs", f)
 	}
 }
+
+func TestRlimitsFromProc(t *testing.T) {
+	for out, want := range map[string]bool{
+		"Version: 4.2.1\n":                             false,
+		"Version: 4.2.1\nGitID: v4.2.1-12-gabc\n":      false,
+		"Version: 4.2.1\nGitID: ftrun-patches-1\n":     true,
+		"Version: 4.2.1\nGitID: ftrun-patches-3\n":     true,
+		"Version: 4.2.1\nGitID: ftrun-patches-0\n":     false,
+		"Version: 4.2.1\nGitID: ftrun-patches-x\n":     false,
+		"Version: 4.2.1\nGitID: old-ftrun-patches-1\n": false,
+	} {
+		if got := RlimitsFromProc(out); got != want {
+			t.Errorf("RlimitsFromProc(%q) = %v, want %v", out, got, want)
+		}
+	}
+}
+
+func TestOtherUIDFinding(t *testing.T) {
+	if f := otherUIDFinding(true, false); !f.OK {
+		t.Errorf("with CAP_SYS_RESOURCE: %+v", f)
+	}
+	if f := otherUIDFinding(false, true); !f.OK {
+		t.Errorf("with the /proc fallback: %+v", f)
+	}
+	f := otherUIDFinding(false, false)
+	if f.OK || !strings.Contains(f.Detail, "CAP_SYS_RESOURCE") || !strings.Contains(f.Fix, "scripts/setup") {
+		t.Errorf("without either: %+v", f)
+	}
+}
