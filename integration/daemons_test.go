@@ -1,0 +1,401 @@
+package integration
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ftrun/ftrun/supervisor"
+)
+
+// Real daemons in their Debian default configurations, as a user would run them:
+// they drop privileges, fork workers and keep shared memory. Each test checks that
+// what the daemon held survives kill -9, that exactly one copy runs afterwards, and
+// logs how long the first correct answer took (never asserted: shared machines).
+
+// daemon is one protected daemon under test.
+type daemon struct {
+	t     *testing.T
+	name  string
+	state string
+	p     *ftrunProc
+}
+
+func startDaemon(t *testing.T, name string, flags []string, argv ...string) *daemon {
+	t.Helper()
+	t.Cleanup(func() { killService(t, name) })
+	d := &daemon{t: t, name: name, state: t.TempDir()}
+	args := append(append([]string{"--name", name, "--interval", "500ms", "--discard"}, flags...), "--")
+	d.p = startFtrun(t, d.state, nil, append(args, argv...)...)
+	d.p.waitFor("first checkpoint", 30*time.Second, func(s supervisor.Status) bool { return s.Epoch > 0 })
+	return d
+}
+
+// kill9 kills the daemon's first process and waits until ftrun has restored it; it
+// returns when the restore was seen and the status before the kill.
+func (d *daemon) kill9() (time.Time, supervisor.Status) {
+	d.t.Helper()
+	before := d.p.waitFor("running", 5*time.Second, func(s supervisor.Status) bool { return s.Pid > 0 && s.State == supervisor.StateRunning })
+	killed := time.Now()
+	if err := syscall.Kill(before.Pid, syscall.SIGKILL); err != nil {
+		d.t.Fatal(err)
+	}
+	d.p.waitFor("restore", 30*time.Second, func(s supervisor.Status) bool {
+		return s.Restores > before.Restores && s.State == supervisor.StateRunning
+	})
+	return killed, before
+}
+
+// procs are the daemon's processes: pid -> (comm or cmdline, uid).
+type procInfo struct {
+	pid  int
+	uid  int
+	cmd  string
+	ppid int
+}
+
+func (d *daemon) procs() []procInfo {
+	var out []procInfo
+	for _, pid := range cgroupProcs(d.t, d.name) {
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		pi := procInfo{pid: pid, cmd: strings.TrimSpace(strings.ReplaceAll(string(cmd), "\x00", " "))}
+		for _, l := range strings.Split(string(status), "\n") {
+			f := strings.Fields(l)
+			if len(f) >= 2 && f[0] == "Uid:" {
+				pi.uid, _ = strconv.Atoi(f[1])
+			}
+			if len(f) >= 2 && f[0] == "PPid:" {
+				pi.ppid, _ = strconv.Atoi(f[1])
+			}
+		}
+		out = append(out, pi)
+	}
+	return out
+}
+
+func uidOf(t *testing.T, name string) int {
+	t.Helper()
+	out, err := exec.Command("id", "-u", name).Output()
+	if err != nil {
+		t.Fatalf("user %q: %v (scripts/setup installs the package that creates it)", name, err)
+	}
+	uid, _ := strconv.Atoi(strings.TrimSpace(string(out)))
+	return uid
+}
+
+// waitAnswer polls until ok(answer) or the deadline; it returns when it first was.
+func waitAnswer(t *testing.T, what string, timeout time.Duration, try func() (bool, error)) time.Time {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last error
+	for time.Now().Before(deadline) {
+		ok, err := try()
+		if ok {
+			return time.Now()
+		}
+		last = err
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("%s: no correct answer within %s (last: %v)", what, timeout, last)
+	return time.Time{}
+}
+
+func httpGet(url string) (int, string, error) {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body), err
+}
+
+// nginxConfig is Debian's /etc/nginx/nginx.conf as installed, with the pid file and
+// logs moved into dir and its default site on port (instead of sites-enabled on 80).
+func nginxConfig(t *testing.T, dir string, port int) string {
+	t.Helper()
+	data, err := os.ReadFile("/etc/nginx/nginx.conf")
+	if err != nil {
+		t.Fatalf("Debian's nginx config: %v (scripts/setup installs nginx)", err)
+	}
+	conf := string(data)
+	site := fmt.Sprintf("server { listen 127.0.0.1:%d default_server; root /var/www/html; "+
+		"index index.html index.htm index.nginx-debian.html; server_name _; location / { try_files $uri $uri/ =404; } }", port)
+	for old, new := range map[string]string{
+		"pid /run/nginx.pid;":                 "pid " + filepath.Join(dir, "nginx.pid") + ";",
+		"/var/log/nginx/":                     dir + "/",
+		"include /etc/nginx/sites-enabled/*;": site,
+	} {
+		if !strings.Contains(conf, old) {
+			t.Fatalf("Debian's nginx.conf has no %q any more: adapt the test", old)
+		}
+		conf = strings.ReplaceAll(conf, old, new)
+	}
+	path := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// nginx with Debian's config: a root master and www-data workers, checkpointed and
+// restored whole; afterwards exactly one master answers.
+func TestDaemonNginx(t *testing.T) {
+	requiresRoot(t, "nginx")
+	port := freePort(t)
+	dir := t.TempDir()
+	conf := nginxConfig(t, dir, port)
+	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+	d := startDaemon(t, "dm-nginx", nil, "nginx", "-c", conf, "-g", "daemon off;")
+	waitAnswer(t, "nginx", 10*time.Second, func() (bool, error) {
+		code, body, err := httpGet(url)
+		return code == 200 && strings.Contains(body, "Welcome to nginx"), err
+	})
+	wwwData := uidOf(t, "www-data")
+	workers := func() (masters, workers int) {
+		for _, p := range d.procs() {
+			switch {
+			case strings.HasPrefix(p.cmd, "nginx: master"):
+				masters++
+			case strings.HasPrefix(p.cmd, "nginx: worker") && p.uid == wwwData:
+				workers++
+			}
+		}
+		return
+	}
+	if m, w := workers(); m != 1 || w == 0 {
+		t.Fatalf("before the kill: %d masters, %d www-data workers (%+v)", m, w, d.procs())
+	}
+	d.p.checkpoint()
+	killed, _ := d.kill9()
+	answered := waitAnswer(t, "nginx after kill -9", 20*time.Second, func() (bool, error) {
+		code, body, err := httpGet(url)
+		return code == 200 && strings.Contains(body, "Welcome to nginx"), err
+	})
+	t.Logf("nginx: kill -9 of the master -> first correct answer in %s", answered.Sub(killed).Round(time.Millisecond))
+	if m, w := workers(); m != 1 || w == 0 {
+		t.Errorf("after the restore: %d masters, %d www-data workers, want 1 and some (%+v)", m, w, d.procs())
+	}
+}
+
+// memcached -u memcache -t 4: every key set before the checkpoint is there after
+// kill -9, and one memcached runs, still as memcache.
+func TestDaemonMemcachedUser(t *testing.T) {
+	requiresRoot(t, "memcached")
+	port := freePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	d := startDaemon(t, "dm-memcached", nil, "memcached", "-u", "memcache", "-t", "4", "-l", "127.0.0.1", "-p", strconv.Itoa(port))
+	var c *mcConn
+	waitAnswer(t, "memcached", 10*time.Second, func() (bool, error) {
+		var err error
+		c, err = dialMC(addr)
+		return err == nil, err
+	})
+	const n = 500
+	for i := 0; i < n; i++ {
+		if err := c.set(fmt.Sprintf("k%d", i), fmt.Sprintf("v%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.close()
+	memcache := uidOf(t, "memcache")
+	d.p.checkpoint()
+	killed, _ := d.kill9()
+	answered := waitAnswer(t, "memcached after kill -9", 20*time.Second, func() (bool, error) {
+		c2, err := dialMC(addr)
+		if err != nil {
+			return false, err
+		}
+		defer c2.close()
+		v, err := c2.get("k0")
+		return v == "v0", err
+	})
+	t.Logf("memcached: kill -9 -> first correct answer in %s", answered.Sub(killed).Round(time.Millisecond))
+	c2, err := dialMC(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.close()
+	for i := 0; i < n; i++ {
+		if v, err := c2.get(fmt.Sprintf("k%d", i)); err != nil || v != fmt.Sprintf("v%d", i) {
+			t.Fatalf("k%d = %q (%v) after the restore", i, v, err)
+		}
+	}
+	ps := d.procs()
+	if len(ps) != 1 || ps[0].uid != memcache {
+		t.Errorf("after the restore: %+v, want one memcached as uid %d", ps, memcache)
+	}
+}
+
+// --user runs a program that does not switch users itself as the given user, and it
+// is checkpointed and restored as that user.
+func TestDaemonUserFlag(t *testing.T) {
+	requiresRoot(t, "python3")
+	port := freePort(t)
+	// t.TempDir's parent is private to root: nobody could not serve from it.
+	dir, err := os.MkdirTemp("", "dm-user-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "hello.txt"), []byte("hello from nobody\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	url := fmt.Sprintf("http://127.0.0.1:%d/hello.txt", port)
+	d := startDaemon(t, "dm-user", []string{"--user", "nobody"}, "/usr/bin/python3", "-m", "http.server", "--bind", "127.0.0.1", "--directory", dir, strconv.Itoa(port))
+	waitAnswer(t, "python as nobody", 10*time.Second, func() (bool, error) {
+		code, body, err := httpGet(url)
+		return code == 200 && strings.Contains(body, "hello from nobody"), err
+	})
+	nobody := uidOf(t, "nobody")
+	if ps := d.procs(); len(ps) != 1 || ps[0].uid != nobody {
+		t.Fatalf("program runs as %+v, want uid %d", ps, nobody)
+	}
+	d.kill9()
+	waitAnswer(t, "python as nobody after kill -9", 20*time.Second, func() (bool, error) {
+		code, body, err := httpGet(url)
+		return code == 200 && strings.Contains(body, "hello from nobody"), err
+	})
+	if ps := d.procs(); len(ps) != 1 || ps[0].uid != nobody {
+		t.Errorf("restored program runs as %+v, want uid %d", ps, nobody)
+	}
+}
+
+// The container: the program is PID 1 of its own /proc, has its own mount and IPC
+// namespaces and a /dev/shm of its own, whose files come back with every restore.
+func TestDaemonContainerShmTravels(t *testing.T) {
+	requiresRoot(t, "python3")
+	script := filepath.Join(t.TempDir(), "shm.py")
+	// Writes a counter into /dev/shm and keeps it in memory too; prints both on request.
+	err := os.WriteFile(script, []byte(`import os, sys, time, socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(16)
+n = 0
+while True:
+    c, _ = s.accept()
+    n += 1
+    with open("/dev/shm/dm-counter", "w") as f:
+        f.write(str(n))
+    procs = len([p for p in os.listdir("/proc") if p.isdigit()])
+    c.sendall(("%d %s %d %d\n" % (n, open("/dev/shm/dm-counter").read(), os.getpid(), procs)).encode())
+    c.close()
+`), 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	d := startDaemon(t, "dm-shm", nil, "python3", script, strconv.Itoa(port))
+	ask := func() (string, error) {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		return bufio.NewReader(c).ReadString('\n')
+	}
+	var last string
+	for i := 0; i < 3; i++ {
+		waitAnswer(t, "shm counter", 10*time.Second, func() (bool, error) {
+			var err error
+			last, err = ask()
+			return err == nil, err
+		})
+	}
+	if f := strings.Fields(last); len(f) != 4 || f[0] != "3" || f[1] != "3" || f[2] != "1" || f[3] != "1" {
+		t.Fatalf("before the kill: %q, want counter 3 in memory and in /dev/shm, pid 1, one process in /proc", last)
+	}
+	if _, err := os.Stat("/dev/shm/dm-counter"); err == nil {
+		t.Errorf("the program's /dev/shm file is in the host's /dev/shm: not private")
+	}
+	ps := d.procs()
+	if len(ps) != 1 {
+		t.Fatalf("procs %+v", ps)
+	}
+	for _, ns := range []string{"mnt", "ipc", "pid"} {
+		mine, _ := os.Readlink("/proc/self/ns/" + ns)
+		its, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", ps[0].pid, ns))
+		if mine == its {
+			t.Errorf("the program shares ftrun's %s namespace (%s)", ns, its)
+		}
+	}
+	d.p.checkpoint()
+	d.kill9()
+	waitAnswer(t, "shm counter after kill -9", 20*time.Second, func() (bool, error) {
+		var err error
+		last, err = ask()
+		return err == nil, err
+	})
+	if f := strings.Fields(last); len(f) != 4 || f[0] != "4" || f[1] != "4" || f[2] != "1" {
+		t.Errorf("after the restore: %q, want counter 4 in memory and in /dev/shm (restored with the checkpoint), pid 1", last)
+	}
+}
+
+// mcConn speaks memcached's text protocol.
+type mcConn struct {
+	c net.Conn
+	r *bufio.Reader
+}
+
+func dialMC(addr string) (*mcConn, error) {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return nil, err
+	}
+	return &mcConn{c: c, r: bufio.NewReader(c)}, nil
+}
+
+func (m *mcConn) close() { m.c.Close() }
+
+func (m *mcConn) set(k, v string) error {
+	_ = m.c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := fmt.Fprintf(m.c, "set %s 0 0 %d\r\n%s\r\n", k, len(v), v); err != nil {
+		return err
+	}
+	line, err := m.r.ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if strings.TrimSpace(line) != "STORED" {
+		return fmt.Errorf("set %s: %q", k, line)
+	}
+	return nil
+}
+
+func (m *mcConn) get(k string) (string, error) {
+	_ = m.c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := fmt.Fprintf(m.c, "get %s\r\n", k); err != nil {
+		return "", err
+	}
+	line, err := m.r.ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	if strings.TrimSpace(line) == "END" {
+		return "", nil
+	}
+	val, err := m.r.ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	if end, err := m.r.ReadString('\n'); err != nil || strings.TrimSpace(end) != "END" {
+		return "", fmt.Errorf("get %s: %q %v", k, end, err)
+	}
+	return strings.TrimSpace(val), nil
+}
