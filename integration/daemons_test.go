@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -398,4 +399,130 @@ func (m *mcConn) get(k string) (string, error) {
 		return "", fmt.Errorf("get %s: %q %v", k, end, err)
 	}
 	return strings.TrimSpace(val), nil
+}
+
+// outputWhileFtrunDead kills ftrun (-9) under a program that logs every request, asks
+// it n times while no ftrun runs, starts ftrun again and returns the new ftrun. Every
+// request must be answered by the same process, and its log lines must reach the new
+// ftrun's log: the output relay outlived ftrun.
+func outputWhileFtrunDead(t *testing.T, d *daemon, args []string, ask func(i int) error, logged func(i int) string) {
+	t.Helper()
+	before := d.p.waitFor("running", 5*time.Second, func(s supervisor.Status) bool { return s.Pid > 0 && s.State == supervisor.StateRunning })
+	d.p.kill9()
+	const n = 20
+	for i := 0; i < n; i++ {
+		if err := ask(i); err != nil {
+			t.Fatalf("request %d while ftrun was dead: %v", i, err)
+		}
+	}
+	if !slices.Contains(cgroupProcs(t, d.name), before.Pid) {
+		t.Fatalf("the program (pid %d) died while ftrun was dead: %v", before.Pid, cgroupProcs(t, d.name))
+	}
+	d.p = startFtrun(t, d.state, nil, args...)
+	after := d.p.waitFor("adopted", 20*time.Second, func(s supervisor.Status) bool { return s.State == supervisor.StateRunning && s.Pid > 0 })
+	if after.Pid != before.Pid || after.Restores != 0 {
+		t.Errorf("after ftrun's restart: pid %d (restores %d), want the same program %d adopted", after.Pid, after.Restores, before.Pid)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for i := 0; i < n; i++ {
+		for !strings.Contains(d.p.log(), logged(i)) {
+			if time.Now().After(deadline) {
+				t.Fatalf("what the program wrote while ftrun was dead (%q) never reached the log", logged(i))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// python's http.server logs each request to stderr: while ftrun is dead it keeps
+// answering (no EPIPE), and the lines come back with ftrun.
+func TestDaemonPythonLogsWhileFtrunDead(t *testing.T) {
+	requiresRoot(t, "python3")
+	port := freePort(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "x.txt"), []byte("x\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	name := "dm-pylog"
+	args := []string{"--name", name, "--interval", "500ms", "--", "python3", "-m", "http.server", "--bind", "127.0.0.1", "--directory", dir, strconv.Itoa(port)}
+	t.Cleanup(func() { killService(t, name) })
+	d := &daemon{t: t, name: name, state: t.TempDir()}
+	d.p = startFtrun(t, d.state, nil, append([]string{"--discard"}, args...)...)
+	d.p.waitFor("first checkpoint", 30*time.Second, func(s supervisor.Status) bool { return s.Epoch > 0 })
+	base := fmt.Sprintf("http://127.0.0.1:%d/x.txt?dead=", port)
+	waitAnswer(t, "python", 10*time.Second, func() (bool, error) {
+		code, _, err := httpGet(base + "warmup")
+		return code == 200, err
+	})
+	outputWhileFtrunDead(t, d, args, func(i int) error {
+		code, body, err := httpGet(base + strconv.Itoa(i))
+		if err == nil && (code != 200 || body != "x\n") {
+			err = fmt.Errorf("answer %d %q", code, body)
+		}
+		return err
+	}, func(i int) string { return fmt.Sprintf("GET /x.txt?dead=%d ", i) })
+}
+
+const goServer = `package main
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"sync/atomic"
+)
+
+func main() {
+	var n atomic.Int64
+	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Printf("request %s #%d\n", r.URL.RawQuery, n.Add(1))
+		fmt.Fprintf(w, "%d\n", n.Load())
+	})
+	if err := http.ListenAndServe(os.Args[1], nil); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+`
+
+// buildGoServer builds a net/http server that prints a line to stdout per request.
+func buildGoServer(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	src := filepath.Join(dir, "main.go")
+	if err := os.WriteFile(src, []byte(goServer), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "goserver")
+	cmd := exec.Command("go", "build", "-o", bin, src)
+	cmd.Env = append(os.Environ(), "GO111MODULE=off", "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build the Go server: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// A Go server that writes to stdout: without a reader it would die of SIGPIPE.
+func TestDaemonGoStdoutWhileFtrunDead(t *testing.T) {
+	requiresRoot(t)
+	bin := buildGoServer(t)
+	port := freePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	name := "dm-gostdout"
+	args := []string{"--name", name, "--interval", "500ms", "--", bin, addr}
+	t.Cleanup(func() { killService(t, name) })
+	d := &daemon{t: t, name: name, state: t.TempDir()}
+	d.p = startFtrun(t, d.state, nil, append([]string{"--discard"}, args...)...)
+	d.p.waitFor("first checkpoint", 30*time.Second, func(s supervisor.Status) bool { return s.Epoch > 0 })
+	waitAnswer(t, "go server", 10*time.Second, func() (bool, error) {
+		code, _, err := httpGet("http://" + addr + "/?warmup")
+		return code == 200, err
+	})
+	outputWhileFtrunDead(t, d, args, func(i int) error {
+		code, _, err := httpGet(fmt.Sprintf("http://%s/?dead%d", addr, i))
+		if err == nil && code != 200 {
+			err = fmt.Errorf("answer %d", code)
+		}
+		return err
+	}, func(i int) string { return fmt.Sprintf("request dead%d #", i) })
 }

@@ -239,4 +239,13 @@ func (r *relay) start(log *slog.Logger, stream string, rd io.Reader) {
 	}()
 }
 
+// run runs fn (which returns once its output source ends) as one of the relays.
+func (r *relay) run(fn func()) {
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		fn()
+	}()
+}
+
 func (r *relay) wait() { r.wg.Wait() }

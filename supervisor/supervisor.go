@@ -19,6 +19,7 @@ import (
 	"github.com/ftrun/ftrun/checkpoint"
 	"github.com/ftrun/ftrun/supervisor/container"
 	"github.com/ftrun/ftrun/supervisor/gate"
+	"github.com/ftrun/ftrun/supervisor/logrelay"
 	"github.com/ftrun/ftrun/supervisor/netplace"
 	"github.com/ftrun/ftrun/transport/ship"
 	"github.com/ftrun/ftrun/watchdog"
@@ -130,7 +131,8 @@ type Supervisor struct {
 	ladder *Ladder
 	events chan event
 
-	user                   *container.Cred // --user, resolved
+	user                   *container.Cred  // --user, resolved
+	out                    *logrelay.Client // the output relay; nil: ftrun reads outR/errR itself
 	outR, outW, errR, errW *os.File
 	adoptedOut             []*os.File // read ends reopened for an adopted program
 	relays                 relay
@@ -399,16 +401,10 @@ func (s *Supervisor) open() error {
 		return &ExitErr{Code: ExitSetup, Err: err}
 	}
 	s.cg = cg
-	if s.outR, s.outW, err = os.Pipe(); err != nil {
+	if err := s.openOutput(); err != nil {
 		st.close()
 		return err
 	}
-	if s.errR, s.errW, err = os.Pipe(); err != nil {
-		st.close()
-		return err
-	}
-	s.relays.start(s.log, "stdout", s.outR)
-	s.relays.start(s.log, "stderr", s.errR)
 	latest, err := store.Latest()
 	if err != nil {
 		st.close()
@@ -426,10 +422,7 @@ func (s *Supervisor) close() {
 	}
 	s.outW.Close()
 	s.errW.Close()
-	// Children of the program may still hold the write ends; closing the read ends
-	// ends the relays regardless.
-	s.outR.Close()
-	s.errR.Close()
+	s.closeOutput()
 	for _, f := range s.adoptedOut {
 		f.Close()
 	}
@@ -497,9 +490,13 @@ func (s *Supervisor) boot() error {
 }
 
 func (s *Supervisor) adopt(rec *RunRecord) {
-	// Relay the adopted program's output again: its pipes lost their reader with the
-	// previous ftrun, but a new read end of the same pipe can be opened through /proc.
+	// Relay the adopted program's output again. Its output relay outlived the previous
+	// ftrun and reads on; a program whose pipes are not the relay's (the relay died
+	// too) lost their reader, but a new read end of the same pipe opens through /proc.
 	for fd, stream := range map[int]string{1: "stdout", 2: "stderr"} {
+		if s.relayed(rec.Pid, fd) {
+			continue
+		}
 		if f, err := reopenPipe(rec.Pid, fd); err == nil {
 			s.relays.start(s.log, stream, f)
 			s.adoptedOut = append(s.adoptedOut, f)
