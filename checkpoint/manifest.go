@@ -72,6 +72,11 @@ type SyncedFile struct {
 	Mode    uint32    `json:"mode"`
 	Size    int64     `json:"size"`
 	ModTime time.Time `json:"mtime"`
+	// UID and GID own the file (Owned: they were recorded), for a restore that has to
+	// create it anew.
+	UID   uint32 `json:"uid,omitempty"`
+	GID   uint32 `json:"gid,omitempty"`
+	Owned bool   `json:"owned,omitempty"`
 }
 
 // ChunkSize is the unit of the per-file checksums: files are checksummed in chunks so

@@ -526,3 +526,81 @@ func TestDaemonGoStdoutWhileFtrunDead(t *testing.T) {
 		return err
 	}, func(i int) string { return fmt.Sprintf("request dead%d #", i) })
 }
+
+// sqliteWriter commits rows 1, 2, 3, ... to an SQLite database, one transaction
+// each, counting in memory (never reading the count back): after a restore, memory
+// and database must agree, or rows go missing or repeat.
+const sqliteWriter = `import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("CREATE TABLE IF NOT EXISTS t (n INTEGER)")
+n = 0
+while True:
+    n += 1
+    db.execute("BEGIN")
+    db.execute("INSERT INTO t VALUES (?)", (n,))
+    db.execute("COMMIT")
+    time.sleep(0.005)
+`
+
+// SQLite under --sync: kill -9 of the writer, restore, and the database keeps taking
+// writes (its file keeps its inode) with no gap and no duplicate row.
+func TestDaemonSQLiteSyncNoGapNoDuplicate(t *testing.T) {
+	requiresRoot(t, "python3", "sqlite3")
+	dir := t.TempDir()
+	script := filepath.Join(dir, "writer.py")
+	if err := os.WriteFile(script, []byte(sqliteWriter), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	data := filepath.Join(dir, "data")
+	if err := os.MkdirAll(data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	db := filepath.Join(data, "rows.db")
+	d := startDaemon(t, "dm-sqlite", []string{"--sync", data}, "python3", script, db)
+	rows := func() ([]int, error) {
+		out, err := exec.Command("sqlite3", "-readonly", "-cmd", ".timeout 5000", db, "SELECT n FROM t ORDER BY rowid").Output()
+		if err != nil {
+			return nil, err
+		}
+		var ns []int
+		for _, f := range strings.Fields(string(out)) {
+			n, err := strconv.Atoi(f)
+			if err != nil {
+				return nil, err
+			}
+			ns = append(ns, n)
+		}
+		return ns, nil
+	}
+	for round := 0; round < 2; round++ {
+		d.p.checkpoint()
+		time.Sleep(200 * time.Millisecond) // rows committed after the checkpoint: lost with the kill, by design
+		d.kill9()
+		before, err := rows()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The restored writer must keep committing.
+		waitAnswer(t, "writes after the restore", 20*time.Second, func() (bool, error) {
+			after, err := rows()
+			return err == nil && len(after) > len(before)+20, err
+		})
+	}
+	st, _ := status(d.state)
+	if st.Restores != 2 || st.FreshStarts != 1 {
+		t.Errorf("restores %d, fresh starts %d: want 2 restores after the first start (log: %s)", st.Restores, st.FreshStarts, tail(d.p.log(), 10))
+	}
+	ns, err := rows()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range ns {
+		if n != i+1 {
+			t.Fatalf("row %d holds %d: memory and database disagree after a restore (gap or duplicate)", i+1, n)
+		}
+	}
+	t.Logf("rows 1..%d, no gap, no duplicate, across 2 restores", len(ns))
+	if strings.Contains(d.p.log(), "readonly database") {
+		t.Errorf("the writer saw a read-only database: %s", tail(d.p.log(), 10))
+	}
+}

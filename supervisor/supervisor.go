@@ -887,7 +887,7 @@ func (s *Supervisor) restore(epoch uint64, takeover bool) error {
 	}
 	// The program's state files go back to epoch's before the program that has them
 	// open does: CRIU checks the size of every open file.
-	if err := restoreSynced(dir, m.Synced); err != nil {
+	if err := restoreSynced(dir, m.SyncRoots, m.Synced); err != nil {
 		return fmt.Errorf("checkpoint epoch %d: %w", epoch, err)
 	}
 	if s.stateFiles != nil {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 
 	"github.com/fsnotify/fsnotify"
 
@@ -159,6 +160,9 @@ func (f *syncedFiles) capture(dir string, prev *checkpoint.Manifest, prevDir str
 			continue // gone since the walk
 		}
 		s := checkpoint.SyncedFile{Name: syncName(p), Path: p, Mode: uint32(fi.Mode().Perm()), Size: fi.Size(), ModTime: fi.ModTime()}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			s.UID, s.GID, s.Owned = st.Uid, st.Gid, true
+		}
 		o, had := old[p]
 		same := had && !dirty[p] && o.Size == s.Size && o.ModTime.Equal(s.ModTime)
 		if !same || os.Link(filepath.Join(prevDir, o.Name), filepath.Join(dir, s.Name)) != nil {
@@ -179,24 +183,84 @@ func (f *syncedFiles) markAll() {
 }
 
 // restoreSynced puts the state files of a set back where the program expects them,
-// each replaced atomically, before CRIU restores the program that has them open.
-func restoreSynced(setDir string, files []checkpoint.SyncedFile) error {
+// before CRIU restores the program that has them open, and removes the files under
+// roots that the set does not have (they came after its epoch: a WAL segment, a
+// journal): memory and files then agree.
+//
+// Each file is written in place, keeping its inode. The restored memory remembers it:
+// SQLite keeps the (device, inode) of its open database and, when the path names
+// another inode, takes the file for moved and refuses every write ("attempt to write
+// a readonly database"); postgres and others keep ownership and hard links that a
+// new file would not have. A file that is gone is created, owned as it was.
+func restoreSynced(setDir string, roots []string, files []checkpoint.SyncedFile) error {
+	keep := map[string]bool{}
 	for _, s := range files {
+		keep[s.Path] = true
 		if err := os.MkdirAll(filepath.Dir(s.Path), 0o755); err != nil {
 			return err
 		}
-		tmp := s.Path + ".ftrun-restore"
-		if err := copyFile(filepath.Join(setDir, s.Name), tmp, fs.FileMode(s.Mode)); err != nil {
-			return fmt.Errorf("restore %q: %w", s.Path, err)
-		}
-		if err := os.Chtimes(tmp, s.ModTime, s.ModTime); err != nil {
-			return err
-		}
-		if err := os.Rename(tmp, s.Path); err != nil {
+		if err := writeInPlace(filepath.Join(setDir, s.Name), s); err != nil {
 			return fmt.Errorf("restore %q: %w", s.Path, err)
 		}
 	}
+	for _, r := range roots {
+		err := filepath.WalkDir(r, func(p string, d fs.DirEntry, err error) error {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if d.Type().IsRegular() && !keep[p] {
+				return os.Remove(p)
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("--sync %q: remove what came after the checkpoint: %w", r, err)
+		}
+	}
 	return nil
+}
+
+// writeInPlace overwrites s.Path with from's content, size, mode and times, through
+// the file's own inode.
+func writeInPlace(from string, s checkpoint.SyncedFile) error {
+	in, err := os.Open(from)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(s.Path, os.O_WRONLY|syscall.O_NOFOLLOW, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		out, err = os.OpenFile(s.Path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, fs.FileMode(s.Mode))
+		if err == nil && s.Owned {
+			err = out.Chown(int(s.UID), int(s.GID))
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if fi, err := out.Stat(); err != nil || !fi.Mode().IsRegular() {
+		out.Close()
+		return fmt.Errorf("not a regular file (%v)", err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Truncate(s.Size); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Chmod(fs.FileMode(s.Mode)); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	return os.Chtimes(s.Path, s.ModTime, s.ModTime)
 }
 
 func copyFile(from, to string, mode fs.FileMode) error {
