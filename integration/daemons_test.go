@@ -604,3 +604,56 @@ func TestDaemonSQLiteSyncNoGapNoDuplicate(t *testing.T) {
 		t.Errorf("the writer saw a read-only database: %s", tail(d.p.log(), 10))
 	}
 }
+
+// slowAccept listens and accepts a connection only every few seconds, so clients wait
+// in its accept queue, as they do at a busy server.
+const slowAccept = `import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(64)
+while True:
+    time.sleep(3)
+    c, _ = s.accept()
+    c.sendall(b"hello\n")
+    c.close()
+`
+
+// A client in the accept queue (connected, not yet accepted) must not fail the
+// checkpoint: CRIU skips in-flight connections.
+func TestDaemonInFlightConnectionDoesNotFailCheckpoint(t *testing.T) {
+	requiresRoot(t, "python3")
+	script := filepath.Join(t.TempDir(), "slow.py")
+	if err := os.WriteFile(script, []byte(slowAccept), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	d := startDaemon(t, "dm-inflight", nil, "python3", script, strconv.Itoa(port))
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := 0; i < 3; i++ {
+		var c net.Conn
+		waitAnswer(t, "connect", 10*time.Second, func() (bool, error) {
+			var err error
+			c, err = net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
+			return err == nil, err
+		})
+		conns = append(conns, c)
+	}
+	before, _ := status(d.state)
+	resp, err := supervisor.Query(d.state, supervisor.Request{Op: "checkpoint"}, time.Minute)
+	if err != nil {
+		t.Fatalf("checkpoint with clients in the accept queue: %v", err)
+	}
+	if resp.Epoch <= before.Epoch {
+		t.Fatalf("checkpoint epoch %d, want > %d", resp.Epoch, before.Epoch)
+	}
+	// The program was left running: the queued clients are still served.
+	_ = conns[0].SetReadDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReader(conns[0]).ReadString('\n')
+	if err != nil || line != "hello\n" {
+		t.Errorf("queued client after the checkpoint: %q, %v", line, err)
+	}
+}
