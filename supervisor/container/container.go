@@ -239,9 +239,7 @@ func setupMounts() error {
 	if err != nil {
 		return err
 	}
-	// Handles of other namespaces (ip netns's, other containers') are no business of
-	// the program's, and CRIU cannot dump them.
-	for _, m := range nsfsMounts(mi) {
+	for _, m := range transientMounts(mi) {
 		_ = unix.Unmount(m, unix.MNT_DETACH)
 	}
 	// /proc last: everything before it may still need it.
@@ -278,7 +276,7 @@ func detachAll(target string) {
 	}
 }
 
-type mountEntry struct{ point, fstype string }
+type mountEntry struct{ root, point, fstype string }
 
 func readMountinfo(path string) ([]mountEntry, error) {
 	f, err := os.Open(path)
@@ -308,7 +306,7 @@ func parseMountinfo(line string) (mountEntry, bool) {
 	if len(f) < 5 || len(g) < 1 {
 		return mountEntry{}, false
 	}
-	return mountEntry{point: unescape(f[4]), fstype: g[0]}, true
+	return mountEntry{root: unescape(f[3]), point: unescape(f[4]), fstype: g[0]}, true
 }
 
 // unescape undoes mountinfo's octal escapes (\040 for a space).
@@ -330,13 +328,32 @@ func unescape(s string) string {
 	return b.String()
 }
 
-// nsfsMounts are the namespace handles bound into the tree, deepest first.
-func nsfsMounts(mi []mountEntry) []string {
+// transientMounts are the host's mounts the container leaves out, deepest first:
+// namespace handles (ip netns's, other containers'), which are no business of the
+// program's and which CRIU cannot dump, and bind mounts of a part of a filesystem
+// outside /dev, /sys and /proc (another container's root, a test's scratch bind):
+// they come and go with whoever made them, and a restore must find every mount of
+// the checkpoint again, or it fails. Whole filesystems (the root, /home, a data disk)
+// stay where the program expects them.
+func transientMounts(mi []mountEntry) []string {
 	var out []string
 	for i := len(mi) - 1; i >= 0; i-- {
-		if mi[i].fstype == "nsfs" {
-			out = append(out, mi[i].point)
+		m := mi[i]
+		switch {
+		case m.fstype == "nsfs":
+			out = append(out, m.point)
+		case m.root != "/" && !underAny(m.point, "/dev", "/sys", "/proc"):
+			out = append(out, m.point)
 		}
 	}
 	return out
+}
+
+func underAny(p string, dirs ...string) bool {
+	for _, d := range dirs {
+		if p == d || strings.HasPrefix(p, d+"/") {
+			return true
+		}
+	}
+	return false
 }

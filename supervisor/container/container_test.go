@@ -8,10 +8,10 @@ import (
 
 func TestParseMountinfo(t *testing.T) {
 	for line, want := range map[string]mountEntry{
-		"22 27 0:21 / /proc rw,relatime - proc proc rw":                                     {point: "/proc", fstype: "proc"},
-		"43 42 0:4 net:[4026532178] /run/netns/a rw shared:2 - nsfs nsfs rw":                {point: "/run/netns/a", fstype: "nsfs"},
-		`50 27 254:0 /x /mnt/with\040space rw,relatime master:1 - ext4 /dev/vda rw,discard`: {point: "/mnt/with space", fstype: "ext4"},
-		`51 27 254:0 /x /mnt/back\134slash rw,relatime - ext4 /dev/vda rw`:                  {point: `/mnt/back\slash`, fstype: "ext4"},
+		"22 27 0:21 / /proc rw,relatime - proc proc rw":                                     {root: "/", point: "/proc", fstype: "proc"},
+		"43 42 0:4 net:[4026532178] /run/netns/a rw shared:2 - nsfs nsfs rw":                {root: "net:[4026532178]", point: "/run/netns/a", fstype: "nsfs"},
+		`50 27 254:0 /x /mnt/with\040space rw,relatime master:1 - ext4 /dev/vda rw,discard`: {root: "/x", point: "/mnt/with space", fstype: "ext4"},
+		`51 27 254:0 /x /mnt/back\134slash rw,relatime - ext4 /dev/vda rw`:                  {root: "/x", point: `/mnt/back\slash`, fstype: "ext4"},
 		"52 27 254:0 / /short - ": {},
 	} {
 		got, ok := parseMountinfo(line)
@@ -21,10 +21,15 @@ func TestParseMountinfo(t *testing.T) {
 	}
 }
 
-func TestNsfsMountsDeepestFirst(t *testing.T) {
-	mi := []mountEntry{{"/", "ext4"}, {"/run/netns", "ext4"}, {"/run/netns/a", "nsfs"}, {"/proc", "proc"}, {"/run/netns/b", "nsfs"}}
-	if got := nsfsMounts(mi); !slices.Equal(got, []string{"/run/netns/b", "/run/netns/a"}) {
-		t.Errorf("nsfsMounts = %v", got)
+func TestTransientMountsDeepestFirst(t *testing.T) {
+	mi := []mountEntry{
+		{"/", "/", "ext4"}, {"/run/netns", "/run/netns", "ext4"}, {"net:[1]", "/run/netns/a", "nsfs"},
+		{"/", "/proc", "proc"}, {"/", "/home", "xfs"}, {"/srv/x/root", "/tmp/ct/root", "ext4"},
+		{"/pts", "/dev/console", "devpts"}, {"/", "/tmp", "tmpfs"}, {"net:[2]", "/run/netns/b", "nsfs"},
+	}
+	want := []string{"/run/netns/b", "/tmp/ct/root", "/run/netns/a", "/run/netns"}
+	if got := transientMounts(mi); !slices.Equal(got, want) {
+		t.Errorf("transientMounts = %v, want %v", got, want)
 	}
 }
 
