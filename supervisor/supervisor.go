@@ -132,6 +132,7 @@ type Supervisor struct {
 	events chan event
 
 	user                   *container.Cred  // --user, resolved
+	warnedUnsynced         map[string]bool  // files outside --sync the log named already
 	out                    *logrelay.Client // the output relay; nil: ftrun reads outR/errR itself
 	outR, outW, errR, errW *os.File
 	adoptedOut             []*os.File // read ends reopened for an adopted program
@@ -885,6 +886,10 @@ func (s *Supervisor) restore(epoch uint64, takeover bool) error {
 	if err := s.killAll(); err != nil {
 		return err
 	}
+	if f, mt := staleFile(m.Unsynced, m.DumpStart); f != "" && !m.DumpStart.IsZero() {
+		return fmt.Errorf("checkpoint epoch %d: %q, which the program writes and --sync does not name, changed at %s, after the checkpoint: "+
+			"restoring would run older memory over newer data (name it with --sync)", epoch, f, mt.Format(time.RFC3339Nano))
+	}
 	// The program's state files go back to epoch's before the program that has them
 	// open does: CRIU checks the size of every open file.
 	if err := restoreSynced(dir, m.SyncRoots, m.Synced); err != nil {
@@ -1018,6 +1023,12 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 			return err
 		}
 	}
+	var roots []string
+	if s.stateFiles != nil {
+		roots = s.stateFiles.roots
+	}
+	unsynced := writtenFiles(procs, roots)
+	s.noteUnsynced(unsynced)
 	opts := checkpoint.Options{ImagesDir: pending.Dir, Pid: s.pid, LeaveRunning: !final,
 		TCPEstablished: true, Timeout: s.cfg.CriuTimeout, PostDump: postDump, Enter: s.enter(), MountNS: true}
 	if s.dumpLock != nil {
@@ -1046,7 +1057,7 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 		_ = os.Remove(filepath.Join(pending.Dir, checkpoint.DumpLog))
 	}
 	m := &checkpoint.Manifest{Created: s.clock.Now(), Service: s.cfg.Name, Command: s.cfg.Command, Pid: s.pid, External: ext, Stats: stats,
-		Synced: synced, Net: placementOf(s.cfg.Net), Container: true}
+		Synced: synced, Net: placementOf(s.cfg.Net), Container: true, Unsynced: unsynced, DumpStart: start}
 	if s.stateFiles != nil {
 		m.SyncRoots = s.stateFiles.roots
 	}
