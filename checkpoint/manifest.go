@@ -56,8 +56,9 @@ type Manifest struct {
 	// Container says the program ran in a mount namespace of its own, which a restore
 	// must rebuild (see Options.MountNS).
 	Container bool `json:"container,omitempty"`
-	// Unsynced are files the program held open for writing outside SyncRoots; a
-	// restore refuses the set once one of them changed after DumpStart.
+	// Unsynced are files the program held open for writing, and its working
+	// directories, outside SyncRoots; a restore refuses the set once one of them (or
+	// anything under such a directory) changed after DumpStart.
 	Unsynced  []string  `json:"unsynced,omitempty"`
 	DumpStart time.Time `json:"dump_start,omitzero"`
 }

@@ -657,3 +657,198 @@ func TestDaemonInFlightConnectionDoesNotFailCheckpoint(t *testing.T) {
 		t.Errorf("queued client after the checkpoint: %q, %v", line, err)
 	}
 }
+
+// pgCluster is a fresh postgres 15 cluster with Debian's defaults, owned by postgres.
+type pgCluster struct {
+	bin, data, sock string
+	port            int
+}
+
+func newPgCluster(t *testing.T) *pgCluster {
+	t.Helper()
+	bin := "/usr/lib/postgresql/15/bin"
+	if _, err := os.Stat(filepath.Join(bin, "postgres")); err != nil {
+		t.Fatalf("postgres 15: %v (scripts/setup installs postgresql-15)", err)
+	}
+	// postgres must reach its directories: t.TempDir's parent is private to root.
+	base, err := os.MkdirTemp("", "dm-pg-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	if err := os.Chmod(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := &pgCluster{bin: bin, data: filepath.Join(base, "data"), sock: filepath.Join(base, "sock"), port: freePort(t)}
+	for dir, mode := range map[string]string{c.data: "700", c.sock: "755"} {
+		if out, err := exec.Command("install", "-d", "-o", "postgres", "-g", "postgres", "-m", mode, dir).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v %s", dir, err, out)
+		}
+	}
+	cmd := exec.Command("runuser", "-u", "postgres", "--", filepath.Join(bin, "initdb"), "-D", c.data, "-A", "trust", "-U", "postgres")
+	cmd.Dir = "/"
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("initdb: %v\n%s", err, out)
+	}
+	return c
+}
+
+func (c *pgCluster) argv() []string {
+	return []string{filepath.Join(c.bin, "postgres"), "-D", c.data, "-k", c.sock, "-p", strconv.Itoa(c.port), "-c", "listen_addresses=127.0.0.1"}
+}
+
+// psql runs one statement and returns its unaligned output.
+func (c *pgCluster) psql(sql string) (string, error) {
+	cmd := exec.Command("psql", "-X", "-q", "-A", "-t", "-h", "127.0.0.1", "-p", strconv.Itoa(c.port), "-U", "postgres", "-d", "postgres",
+		"-v", "ON_ERROR_STOP=1", "-c", sql)
+	cmd.Env = append(os.Environ(), "PGCONNECT_TIMEOUT=2")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("psql %q: %v: %s", sql, err, strings.TrimSpace(string(out)))
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// rows checks that table t holds exactly 1..n, once each.
+func (c *pgCluster) rows(n int) error {
+	got, err := c.psql("SELECT count(*), count(DISTINCT n), coalesce(min(n),0), coalesce(max(n),0) FROM t")
+	if err != nil {
+		return err
+	}
+	if want := fmt.Sprintf("%d|%d|%d|%d", n, n, min(n, 1), n); got != want {
+		return fmt.Errorf("table t: count|distinct|min|max = %s, want %s", got, want)
+	}
+	return nil
+}
+
+func (c *pgCluster) commit(from, to int) error {
+	_, err := c.psql(fmt.Sprintf("INSERT INTO t SELECT generate_series(%d, %d)", from, to))
+	return err
+}
+
+// hostPid finds the host PID of a process of the daemon whose command line has word.
+func (d *daemon) hostPid(word string) int {
+	for _, p := range d.procs() {
+		if strings.Contains(p.cmd, word) {
+			return p.pid
+		}
+	}
+	return 0
+}
+
+// postgres 15 run as postgres, with its default dynamic_shared_memory_type=posix
+// (segments in the container's own /dev/shm) and its data directory under --sync:
+// every committed row survives kill -9 of a backend (postgres' own crash recovery),
+// of ftrun (adoption) and of the postmaster (a restore of the newest checkpoint,
+// taken after the commit, with the data files of that checkpoint).
+func TestDaemonPostgres(t *testing.T) {
+	requiresRoot(t, "psql", "runuser")
+	c := newPgCluster(t)
+	name := "dm-postgres"
+	args := append([]string{"--name", name, "--interval", "1s", "--user", "postgres", "--sync", c.data, "--"}, c.argv()...)
+	t.Cleanup(func() { killService(t, name) })
+	d := &daemon{t: t, name: name, state: t.TempDir()}
+	d.p = startFtrun(t, d.state, nil, append([]string{"--discard"}, args...)...)
+	d.p.waitFor("first checkpoint", 60*time.Second, func(s supervisor.Status) bool { return s.Epoch > 0 })
+	waitAnswer(t, "postgres", 20*time.Second, func() (bool, error) {
+		_, err := c.psql("CREATE TABLE IF NOT EXISTS t (n int)")
+		return err == nil, err
+	})
+	if ps := d.procs(); len(ps) == 0 || ps[0].uid != uidOf(t, "postgres") {
+		t.Fatalf("postgres runs as %+v", ps)
+	}
+	n := 0
+	commit := func(k int) {
+		t.Helper()
+		if err := c.commit(n+1, n+k); err != nil {
+			t.Fatal(err)
+		}
+		n += k
+	}
+	commit(100)
+
+	// A backend dies: the postmaster restarts its children and replays its WAL.
+	if pid := d.hostPid("walwriter"); pid == 0 {
+		t.Fatalf("no walwriter among %+v", d.procs())
+	} else if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitAnswer(t, "postgres after kill -9 of a backend", 30*time.Second, func() (bool, error) {
+		err := c.rows(n)
+		return err == nil, err
+	})
+	commit(100)
+	d.p.checkpoint()
+
+	// ftrun dies: the program runs on and the next ftrun adopts it.
+	d.p.kill9()
+	commit(100)
+	d.p = startFtrun(t, d.state, nil, args...)
+	d.p.waitFor("adopted", 30*time.Second, func(s supervisor.Status) bool { return s.State == supervisor.StateRunning && s.Adoptions > 0 })
+	if err := c.rows(n); err != nil {
+		t.Fatal(err)
+	}
+
+	// The postmaster dies: the newest checkpoint (taken after the last commit) comes
+	// back with the data files of its epoch.
+	commit(100)
+	d.p.checkpoint()
+	killed, _ := d.kill9()
+	answered := waitAnswer(t, "postgres after kill -9 of the postmaster", 60*time.Second, func() (bool, error) {
+		err := c.rows(n)
+		return err == nil, err
+	})
+	t.Logf("postgres: kill -9 of the postmaster -> every committed row (%d) back in %s", n, answered.Sub(killed).Round(time.Millisecond))
+	commit(100)
+	if err := c.rows(n); err != nil {
+		t.Fatalf("after the restore, new commits: %v", err)
+	}
+	st, _ := status(d.state)
+	if st.FreshStarts != 0 {
+		t.Errorf("fresh starts %d after the adoption: the restore fell through the ladder", st.FreshStarts)
+	}
+}
+
+// postgres without --sync: its data files are not in the checkpoints, so a restore
+// would run older memory over newer files. ftrun refuses that loudly and starts
+// postgres afresh, whose own recovery keeps every committed row, also those
+// committed after the last checkpoint.
+func TestDaemonPostgresWithoutSyncNeverRunsOldMemory(t *testing.T) {
+	requiresRoot(t, "psql", "runuser")
+	c := newPgCluster(t)
+	name := "dm-pg-nosync"
+	t.Cleanup(func() { killService(t, name) })
+	// Checkpoints only when asked: the rows below are committed after the newest one.
+	d := &daemon{t: t, name: name, state: t.TempDir()}
+	d.p = startFtrun(t, d.state, nil, append([]string{"--name", name, "--interval", "1h", "--discard", "--user", "postgres", "--"}, c.argv()...)...)
+	waitAnswer(t, "postgres", 20*time.Second, func() (bool, error) {
+		_, err := c.psql("CREATE TABLE IF NOT EXISTS t (n int)")
+		return err == nil, err
+	})
+	d.p.checkpoint()
+	if err := c.commit(1, 500); err != nil {
+		t.Fatal(err)
+	}
+	// Committed after the newest checkpoint: in the data files, not in any epoch.
+	if _, err := c.psql("CHECKPOINT"); err != nil {
+		t.Fatal(err)
+	}
+	before := d.p.waitFor("running", 5*time.Second, func(s supervisor.Status) bool { return s.Pid > 0 })
+	if err := syscall.Kill(before.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	d.p.waitFor("fresh start", 60*time.Second, func(s supervisor.Status) bool {
+		return s.FreshStarts > before.FreshStarts && s.State == supervisor.StateRunning
+	})
+	waitAnswer(t, "postgres after its fresh start", 60*time.Second, func() (bool, error) {
+		err := c.rows(500)
+		return err == nil, err
+	})
+	log := d.p.log()
+	if !strings.Contains(log, "and --sync does not name") || !strings.Contains(log, "restoring would run older memory over newer data") {
+		t.Errorf("the refused restore is not in the log:\n%s", tail(log, 30))
+	}
+	if !strings.Contains(log, "writes files outside --sync") {
+		t.Errorf("no warning that the program writes files outside --sync")
+	}
+}

@@ -887,7 +887,7 @@ func (s *Supervisor) restore(epoch uint64, takeover bool) error {
 		return err
 	}
 	if f, mt := staleFile(m.Unsynced, m.DumpStart); f != "" && !m.DumpStart.IsZero() {
-		return fmt.Errorf("checkpoint epoch %d: %q, which the program writes and --sync does not name, changed at %s, after the checkpoint: "+
+		return fmt.Errorf("checkpoint epoch %d: %q, which the program writes (or works in) and --sync does not name, changed at %s, after the checkpoint: "+
 			"restoring would run older memory over newer data (name it with --sync)", epoch, f, mt.Format(time.RFC3339Nano))
 	}
 	// The program's state files go back to epoch's before the program that has them
@@ -1029,6 +1029,7 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 	}
 	unsynced := writtenFiles(procs, roots)
 	s.noteUnsynced(unsynced)
+	unsynced = append(unsynced, workDirs(procs, roots, unsynced)...)
 	opts := checkpoint.Options{ImagesDir: pending.Dir, Pid: s.pid, LeaveRunning: !final,
 		TCPEstablished: true, Timeout: s.cfg.CriuTimeout, PostDump: postDump, Enter: s.enter(), MountNS: true}
 	if s.dumpLock != nil {

@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -73,27 +74,73 @@ func isWrittenFile(path string, flags int, roots []string) bool {
 	return !checkpoint.UnderAny(path, roots)
 }
 
-// noteUnsynced warns, once per file, of files the program writes outside --sync.
+// noteUnsynced warns, once per directory, of files the program writes outside --sync.
 func (s *Supervisor) noteUnsynced(files []string) {
 	for _, f := range files {
-		if s.warnedUnsynced[f] {
+		dir := filepath.Dir(f)
+		if s.warnedUnsynced[dir] {
 			continue
 		}
 		if s.warnedUnsynced == nil {
 			s.warnedUnsynced = map[string]bool{}
 		}
-		s.warnedUnsynced[f] = true
-		s.log.Warn("the program writes a file outside --sync: its checkpoints do not hold it, and once it changes "+
-			"a restore would run older memory over newer data, so such restores are refused (name it, or its directory, with --sync)", "file", f)
+		s.warnedUnsynced[dir] = true
+		s.log.Warn("the program writes files outside --sync: its checkpoints do not hold them, and once one changes "+
+			"a restore would run older memory over newer data, so such restores are refused (name the directory with --sync)", "dir", dir, "file", f)
 	}
 }
 
-// staleFile returns the first of files modified after since (the epoch's dump began):
-// restoring that epoch would run the program's older memory over newer data.
-func staleFile(files []string, since time.Time) (string, time.Time) {
-	for _, f := range files {
-		if fi, err := os.Stat(f); err == nil && fi.ModTime().After(since) {
-			return f, fi.ModTime()
+// workDirs are the working directories of pids in which they write files (written),
+// outside roots: a program that changes into its data directory (postgres does) keeps
+// there files it has not opened at the moment of a checkpoint but whose pages its
+// memory caches. A directory it only happens to run in is none of these.
+func workDirs(pids []int, roots, written []string) []string {
+	seen := map[string]bool{}
+	for _, pid := range pids {
+		cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
+		if err != nil || cwd == "/" || !strings.HasPrefix(cwd, "/") || strings.HasSuffix(cwd, " (deleted)") ||
+			checkpoint.UnderAny(cwd, roots) || checkpoint.UnderAny(cwd, []string{"/dev", "/proc", "/sys"}) {
+			continue
+		}
+		if !slices.ContainsFunc(written, func(f string) bool { return checkpoint.UnderAny(f, []string{cwd}) }) {
+			continue
+		}
+		seen[cwd] = true
+	}
+	out := make([]string, 0, len(seen))
+	for d := range seen {
+		out = append(out, d)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// maxStaleWalk bounds how many entries a restore looks at under a working directory.
+const maxStaleWalk = 200000
+
+// staleFile returns the first of paths (files, or directories looked at whole)
+// modified after since (the epoch's dump began): restoring that epoch would run the
+// program's older memory over newer data.
+func staleFile(paths []string, since time.Time) (string, time.Time) {
+	n := 0
+	for _, p := range paths {
+		var found string
+		var mt time.Time
+		_ = filepath.WalkDir(p, func(q string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return nil
+			}
+			if n++; n > maxStaleWalk {
+				return filepath.SkipAll
+			}
+			if fi, err := d.Info(); err == nil && (fi.Mode().IsRegular() || fi.IsDir()) && fi.ModTime().After(since) {
+				found, mt = q, fi.ModTime()
+				return filepath.SkipAll
+			}
+			return nil
+		})
+		if found != "" {
+			return found, mt
 		}
 	}
 	return "", time.Time{}

@@ -55,6 +55,13 @@ func TestWrittenFilesAndStale(t *testing.T) {
 	if got := writtenFiles([]int{os.Getpid()}, []string{dir}); slices.Contains(got, p) {
 		t.Errorf("a file under --sync listed: %v", got)
 	}
+	wd, _ := os.Getwd()
+	if got := workDirs([]int{os.Getpid()}, nil, nil); len(got) != 0 {
+		t.Errorf("a working directory the process writes nothing in counted: %v", got)
+	}
+	if got := workDirs([]int{os.Getpid()}, nil, []string{filepath.Join(wd, "x")}); !slices.Equal(got, []string{wd}) {
+		t.Errorf("workDirs = %v, want [%s]", got, wd)
+	}
 	since := time.Now().Add(-time.Hour)
 	old := since.Add(-time.Minute)
 	if err := os.Chtimes(p, old, old); err != nil {
@@ -68,5 +75,24 @@ func TestWrittenFilesAndStale(t *testing.T) {
 	}
 	if got, _ := staleFile([]string{p, filepath.Join(dir, "missing")}, since); got != p {
 		t.Errorf("staleFile = %q, want %q", got, p)
+	}
+	// A directory is looked at whole: a file changed anywhere below it counts.
+	sub := filepath.Join(dir, "base", "5")
+	if err := os.MkdirAll(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{dir, filepath.Join(dir, "base"), sub, p} {
+		if err := os.Chtimes(q, old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, _ := staleFile([]string{dir}, since); got != "" {
+		t.Errorf("unchanged directory called stale at %q", got)
+	}
+	if err := os.WriteFile(filepath.Join(sub, "16384"), []byte("page"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := staleFile([]string{dir}, since); got == "" {
+		t.Errorf("a new relation file below the directory was not seen")
 	}
 }

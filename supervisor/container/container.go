@@ -330,24 +330,32 @@ func unescape(s string) string {
 
 // transientMounts are the host's mounts the container leaves out, deepest first:
 // namespace handles (ip netns's, other containers'), which are no business of the
-// program's and which CRIU cannot dump, and bind mounts of a part of a filesystem
-// outside /dev, /sys and /proc (another container's root, a test's scratch bind):
-// they come and go with whoever made them, and a restore must find every mount of
-// the checkpoint again, or it fails. Whole filesystems (the root, /home, a data disk)
-// stay where the program expects them.
+// program's and which CRIU cannot dump; bind mounts of a part of a filesystem outside
+// /dev, /sys and /proc (another container's root, a scratch bind); and whatever is
+// mounted below /tmp or /var/tmp. They come and go with whoever made them, and the
+// container's mounts are private (nothing the host does later reaches them), so a
+// checkpoint would still carry a mount the host has removed, and CRIU can neither
+// dump nor restore that. Whole filesystems where a system keeps them (the root,
+// /home, /run, a data disk) stay where the program expects them.
 func transientMounts(mi []mountEntry) []string {
 	var out []string
 	for i := len(mi) - 1; i >= 0; i-- {
 		m := mi[i]
+		api := underAny(m.point, "/dev", "/sys", "/proc")
 		switch {
 		case m.fstype == "nsfs":
 			out = append(out, m.point)
-		case m.root != "/" && !underAny(m.point, "/dev", "/sys", "/proc"):
+		case m.root != "/" && !api:
+			out = append(out, m.point)
+		case !api && (below(m.point, "/tmp") || below(m.point, "/var/tmp")):
 			out = append(out, m.point)
 		}
 	}
 	return out
 }
+
+// below reports p strictly inside dir.
+func below(p, dir string) bool { return strings.HasPrefix(p, dir+"/") }
 
 func underAny(p string, dirs ...string) bool {
 	for _, d := range dirs {

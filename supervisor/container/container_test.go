@@ -26,8 +26,9 @@ func TestTransientMountsDeepestFirst(t *testing.T) {
 		{"/", "/", "ext4"}, {"/run/netns", "/run/netns", "ext4"}, {"net:[1]", "/run/netns/a", "nsfs"},
 		{"/", "/proc", "proc"}, {"/", "/home", "xfs"}, {"/srv/x/root", "/tmp/ct/root", "ext4"},
 		{"/pts", "/dev/console", "devpts"}, {"/", "/tmp", "tmpfs"}, {"net:[2]", "/run/netns/b", "nsfs"},
+		{"/", "/tmp/TestX/116", "tmpfs"}, {"/", "/var/tmp/scratch", "ext4"}, {"/", "/run", "tmpfs"},
 	}
-	want := []string{"/run/netns/b", "/tmp/ct/root", "/run/netns/a", "/run/netns"}
+	want := []string{"/var/tmp/scratch", "/tmp/TestX/116", "/run/netns/b", "/tmp/ct/root", "/run/netns/a", "/run/netns"}
 	if got := transientMounts(mi); !slices.Equal(got, want) {
 		t.Errorf("transientMounts = %v, want %v", got, want)
 	}
