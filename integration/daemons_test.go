@@ -26,13 +26,13 @@ import (
 
 // daemon is one protected daemon under test.
 type daemon struct {
-	t     *testing.T
+	t     testing.TB
 	name  string
 	state string
 	p     *ftrunProc
 }
 
-func startDaemon(t *testing.T, name string, flags []string, argv ...string) *daemon {
+func startDaemon(t testing.TB, name string, flags []string, argv ...string) *daemon {
 	t.Helper()
 	t.Cleanup(func() { killService(t, name) })
 	d := &daemon{t: t, name: name, state: t.TempDir()}
@@ -85,7 +85,7 @@ func (d *daemon) procs() []procInfo {
 	return out
 }
 
-func uidOf(t *testing.T, name string) int {
+func uidOf(t testing.TB, name string) int {
 	t.Helper()
 	out, err := exec.Command("id", "-u", name).Output()
 	if err != nil {
@@ -96,7 +96,7 @@ func uidOf(t *testing.T, name string) int {
 }
 
 // waitAnswer polls until ok(answer) or the deadline; it returns when it first was.
-func waitAnswer(t *testing.T, what string, timeout time.Duration, try func() (bool, error)) time.Time {
+func waitAnswer(t testing.TB, what string, timeout time.Duration, try func() (bool, error)) time.Time {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	var last error
@@ -125,7 +125,7 @@ func httpGet(url string) (int, string, error) {
 
 // nginxConfig is Debian's /etc/nginx/nginx.conf as installed, with the pid file and
 // logs moved into dir and its default site on port (instead of sites-enabled on 80).
-func nginxConfig(t *testing.T, dir string, port int) string {
+func nginxConfig(t testing.TB, dir string, port int) string {
 	t.Helper()
 	data, err := os.ReadFile("/etc/nginx/nginx.conf")
 	if err != nil {
@@ -405,7 +405,7 @@ func (m *mcConn) get(k string) (string, error) {
 // it n times while no ftrun runs, starts ftrun again and returns the new ftrun. Every
 // request must be answered by the same process, and its log lines must reach the new
 // ftrun's log: the output relay outlived ftrun.
-func outputWhileFtrunDead(t *testing.T, d *daemon, args []string, ask func(i int) error, logged func(i int) string) {
+func outputWhileFtrunDead(t testing.TB, d *daemon, args []string, ask func(i int) error, logged func(i int) string) {
 	t.Helper()
 	before := d.p.waitFor("running", 5*time.Second, func(s supervisor.Status) bool { return s.Pid > 0 && s.State == supervisor.StateRunning })
 	d.p.kill9()
@@ -486,7 +486,7 @@ func main() {
 `
 
 // buildGoServer builds a net/http server that prints a line to stdout per request.
-func buildGoServer(t *testing.T) string {
+func buildGoServer(t testing.TB) string {
 	t.Helper()
 	dir := t.TempDir()
 	src := filepath.Join(dir, "main.go")
@@ -664,7 +664,7 @@ type pgCluster struct {
 	port            int
 }
 
-func newPgCluster(t *testing.T) *pgCluster {
+func newPgCluster(t testing.TB) *pgCluster {
 	t.Helper()
 	bin := "/usr/lib/postgresql/15/bin"
 	if _, err := os.Stat(filepath.Join(bin, "postgres")); err != nil {
