@@ -113,7 +113,8 @@ func waitAnswer(t testing.TB, what string, timeout time.Duration, try func() (bo
 }
 
 func httpGet(url string) (int, string, error) {
-	c := http.Client{Timeout: 2 * time.Second}
+	// A new connection each time: a kept-alive one from before a kill would be reset.
+	c := http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	resp, err := c.Get(url)
 	if err != nil {
 		return 0, "", err
