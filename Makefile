@@ -4,7 +4,7 @@ BIN     := bin/ftrun
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 PKGS_UNIT := $(shell $(GO) list ./... | grep -v /integration)
 
-.PHONY: all build setup demo test unit root-test integration lint bench fuzz clean
+.PHONY: all build setup demo test unit root-test integration daemons bench bench-daemons lint fuzz clean
 
 all: build
 
@@ -40,6 +40,14 @@ SHELL := /bin/bash
 
 integration: build
 	$(GO) test -race -count=1 -timeout 30m -v ./integration/ 2>&1 | tee /tmp/ftrun-integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+[a-z_]+_test.go)' ; exit $${PIPESTATUS[0]}
+
+# The real-daemon matrix alone (also part of integration).
+daemons: build
+	$(GO) test -race -count=1 -timeout 20m -v -run 'TestDaemon' ./integration/
+
+# The README's real-daemon table: kill -9 -> first correct answer, ftrun vs a plain restart.
+bench-daemons: setup
+	$(GO) test -run '^$$' -bench BenchmarkDaemonRecovery -benchtime 3x -timeout 30m ./integration/
 
 # Benchmarks: every figure next to its baseline measured in the same run, written to a
 # report folder (Markdown, SVG plots, results.json). BENCH_FLAGS=--quick for the short run.

@@ -268,6 +268,15 @@ func TestDaemonUserFlag(t *testing.T) {
 	if ps := d.procs(); len(ps) != 1 || ps[0].uid != nobody {
 		t.Fatalf("program runs as %+v, want uid %d", ps, nobody)
 	}
+	// Without CAP_SYS_RESOURCE only the project's CRIU patch can read another user's
+	// rlimits: the dump that just succeeded must have used it.
+	if !capSysResource(t) {
+		d.p.checkpoint()
+		dumpLog, _ := os.ReadFile(filepath.Join(d.state, "last-dump.log"))
+		if !strings.Contains(string(dumpLog), "read from /proc (no CAP_SYS_RESOURCE)") {
+			t.Errorf("no CAP_SYS_RESOURCE here, yet CRIU's dump log does not show the rlimits read from /proc (scripts/criu-patches)")
+		}
+	}
 	d.kill9()
 	waitAnswer(t, "python as nobody after kill -9", 20*time.Second, func() (bool, error) {
 		code, body, err := httpGet(url)
@@ -852,4 +861,19 @@ func TestDaemonPostgresWithoutSyncNeverRunsOldMemory(t *testing.T) {
 	if !strings.Contains(log, "writes files outside --sync") {
 		t.Errorf("no warning that the program writes files outside --sync")
 	}
+}
+
+// capSysResource reports whether this process's bounding set holds CAP_SYS_RESOURCE.
+func capSysResource(t testing.TB) bool {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(l, "CapBnd:"); ok {
+			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err == nil && mask&(1<<24) != 0
+		}
+	}
+	return false
 }
