@@ -55,6 +55,7 @@ type Spec struct {
 // Cred is a resolved --user.
 type Cred struct {
 	Name   string
+	Home   string
 	UID    uint32
 	GID    uint32
 	Groups []uint32
@@ -73,7 +74,7 @@ func LookupUser(spec string) (*Cred, error) {
 			u = &user.User{Uid: name, Gid: name, Username: name}
 		}
 	}
-	c := &Cred{Name: u.Username}
+	c := &Cred{Name: u.Username, Home: u.HomeDir}
 	uid, err := strconv.ParseUint(u.Uid, 10, 32)
 	if err != nil {
 		return nil, fmt.Errorf("--user %q: uid %q: %w", spec, u.Uid, err)
@@ -124,8 +125,27 @@ func Command(spec Spec, env []string) (path string, argv, fullEnv []string, err 
 	if err != nil {
 		return "", nil, nil, fmt.Errorf("find ftrun's own binary to start the container: %w", err)
 	}
-	fullEnv = append(withoutInit(env), initEnv+"="+string(data))
+	fullEnv = withoutInit(env)
+	if spec.User != nil {
+		// As systemd's User= and su do: the program's idea of who it is matches its uid.
+		fullEnv = setEnv(fullEnv, "USER", spec.User.Name)
+		fullEnv = setEnv(fullEnv, "LOGNAME", spec.User.Name)
+		if spec.User.Home != "" {
+			fullEnv = setEnv(fullEnv, "HOME", spec.User.Home)
+		}
+	}
+	fullEnv = append(fullEnv, initEnv+"="+string(data))
 	return self, append([]string{"ftrun-init"}, spec.Args...), fullEnv, nil
+}
+
+func setEnv(env []string, key, val string) []string {
+	out := make([]string, 0, len(env)+1)
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, key+"=") {
+			out = append(out, kv)
+		}
+	}
+	return append(out, key+"="+val)
 }
 
 func withoutInit(env []string) []string {

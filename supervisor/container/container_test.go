@@ -75,3 +75,19 @@ func TestCommandCarriesSpecOutOfTheProgramsEnv(t *testing.T) {
 		t.Errorf("withoutInit left the spec: %q", got)
 	}
 }
+
+func TestCommandSetsTheUsersEnvironment(t *testing.T) {
+	_, _, env, err := Command(Spec{Path: "/bin/true", Args: []string{"true"}, Dir: "/", User: &Cred{Name: "postgres", Home: "/var/lib/postgresql"}},
+		[]string{"HOME=/root", "USER=root", "PATH=/bin"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"HOME=/var/lib/postgresql", "USER=postgres", "LOGNAME=postgres", "PATH=/bin"} {
+		if !slices.Contains(env, want) {
+			t.Errorf("env %q lacks %q", env, want)
+		}
+	}
+	if slices.Contains(env, "HOME=/root") || slices.Contains(env, "USER=root") {
+		t.Errorf("root's identity left in %q", env)
+	}
+}
