@@ -17,10 +17,14 @@
 // namespace (netplace) and every CRIU call (checkpoint); what is left is a dozen
 // mount calls between clone and exec, done here by ftrun's own binary re-executed
 // as the container's first process (as runc does with `runc init`), which then execs
-// the program so that it, not ftrun, is PID 1. The CRIU side follows libcontainer:
-// the root is given on restore, and mounts that come from the host are external
-// (CRIU's auto-detection of bind mounts it can see), so only the container's own
-// filesystems (/proc, /dev/shm, devpts, mqueue, sysfs, cgroup) are dumped.
+// the program so that it, not ftrun, is PID 1. The CRIU side follows libcontainer,
+// which names each bind mount of its config as external (key and value its
+// destination on dump, its source on restore) and gives CRIU the root filesystem on
+// restore. ftrun's container has no list of mounts: it inherits the host's. So CRIU
+// is asked to find the external ones itself (auto_ext_mnt, with external masters and
+// sharing: mounts it can see in its own namespace are bound back from there) and the
+// restore is rooted at the host's "/"; only the container's own filesystems (/proc,
+// /dev/shm with its files, devpts, mqueue, sysfs, cgroup) are dumped.
 //
 // Init runs from this package's init function when the process was started by
 // Start, so every binary that links the supervisor (ftrun, its tests) can be the
