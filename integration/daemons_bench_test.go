@@ -2,7 +2,9 @@ package integration
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -114,6 +116,23 @@ func daemonCases(b *testing.B) []daemonCase {
 				return 1, nil
 			}
 			return instance{argv: []string{"nginx", "-c", conf, "-g", "daemon off;"}, load: func() error { return nil }, kept: kept, want: 1}
+		}},
+		{name: "python-http", unit: "requests", start: func(b *testing.B) instance {
+			dir := b.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, "x.txt"), []byte("x\n"), 0o644); err != nil {
+				b.Fatal(err)
+			}
+			port := freePort(b)
+			url := fmt.Sprintf("http://127.0.0.1:%d/x.txt", port)
+			kept := func() (int, error) {
+				code, body, err := httpGet(url)
+				if err != nil || code != 200 || body != "x\n" {
+					return 0, fmt.Errorf("answer %d %q: %v", code, body, err)
+				}
+				return 1, nil
+			}
+			return instance{argv: []string{"python3", "-m", "http.server", "--bind", "127.0.0.1", "--directory", dir, strconv.Itoa(port)},
+				load: func() error { return nil }, kept: kept, want: 1}
 		}},
 		{name: "go-counter", unit: "counts", start: func(b *testing.B) instance {
 			bin := buildGoServer(b)
