@@ -610,6 +610,9 @@ func TestDaemonSQLiteSyncNoGapNoDuplicate(t *testing.T) {
 		}
 	}
 	t.Logf("rows 1..%d, no gap, no duplicate, across 2 restores", len(ns))
+	if ps := d.procs(); len(ps) != 1 {
+		t.Errorf("want exactly one writer, got %+v", ps)
+	}
 	if strings.Contains(d.p.log(), "readonly database") {
 		t.Errorf("the writer saw a read-only database: %s", tail(d.p.log(), 10))
 	}
@@ -817,6 +820,21 @@ func TestDaemonPostgres(t *testing.T) {
 	if st.FreshStarts != 0 {
 		t.Errorf("fresh starts %d after the adoption: the restore fell through the ladder", st.FreshStarts)
 	}
+	d.onePostmaster(c)
+}
+
+// onePostmaster checks that exactly one postmaster of the cluster runs, in the cgroup.
+func (d *daemon) onePostmaster(c *pgCluster) {
+	d.t.Helper()
+	n := 0
+	for _, p := range d.procs() {
+		if strings.Contains(p.cmd, "postgres -D "+c.data) {
+			n++
+		}
+	}
+	if n != 1 {
+		d.t.Errorf("%d postmasters run, want exactly one: %+v", n, d.procs())
+	}
 }
 
 // postgres without --sync: its data files are not in the checkpoints, so a restore
@@ -861,6 +879,7 @@ func TestDaemonPostgresWithoutSyncNeverRunsOldMemory(t *testing.T) {
 	if !strings.Contains(log, "writes files outside --sync") {
 		t.Errorf("no warning that the program writes files outside --sync")
 	}
+	d.onePostmaster(c)
 }
 
 // capSysResource reports whether this process's bounding set holds CAP_SYS_RESOURCE.
