@@ -1023,13 +1023,7 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 			return err
 		}
 	}
-	var roots []string
-	if s.stateFiles != nil {
-		roots = s.stateFiles.roots
-	}
-	unsynced := writtenFiles(procs, roots)
-	s.noteUnsynced(unsynced)
-	unsynced = append(unsynced, workDirs(procs, roots, unsynced)...)
+	unsynced := s.unsynced(procs)
 	opts := checkpoint.Options{ImagesDir: pending.Dir, Pid: s.pid, LeaveRunning: !final,
 		TCPEstablished: true, Timeout: s.cfg.CriuTimeout, PostDump: postDump, Enter: s.enter(), MountNS: true}
 	if s.dumpLock != nil {

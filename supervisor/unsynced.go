@@ -74,6 +74,18 @@ func isWrittenFile(path string, flags int, roots []string) bool {
 	return !checkpoint.UnderAny(path, roots)
 }
 
+// unsynced is what a checkpoint of procs records of the files they write outside
+// --sync (see checkpoint.Manifest.Unsynced), naming new ones in the log.
+func (s *Supervisor) unsynced(procs []int) []string {
+	var roots []string
+	if s.stateFiles != nil {
+		roots = s.stateFiles.roots
+	}
+	files := writtenFiles(procs, roots)
+	s.noteUnsynced(files)
+	return append(files, workDirs(procs, roots, files)...)
+}
+
 // noteUnsynced warns, once per directory, of files the program writes outside --sync.
 func (s *Supervisor) noteUnsynced(files []string) {
 	for _, f := range files {
