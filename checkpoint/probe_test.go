@@ -1,14 +1,14 @@
 package checkpoint
 
 import (
-	"golang.org/x/sys/unix"
-
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestParseVersion(t *testing.T) {
