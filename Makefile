@@ -4,7 +4,7 @@ BIN     := bin/ftrun
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 PKGS_UNIT := $(shell $(GO) list ./... | grep -v /integration)
 
-.PHONY: all build setup demo test unit root-test integration lint bench fuzz soak clean
+.PHONY: all build setup demo test unit root-test integration daemons lint bench bench-daemons fuzz soak clean
 
 all: build
 
@@ -48,6 +48,14 @@ integration: build
 SOAK_FAULTS ?= 60
 soak: setup build
 	FTRUN_SOAK_FAULTS=$(SOAK_FAULTS) $(GO) test -count=1 -timeout 3h -v -run '^TestFaultSoak$$' ./integration/ 2>&1 | tee /tmp/ftrun-soak.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\|)|soak_test.go' ; exit $${PIPESTATUS[0]}
+
+# The real-daemon matrix alone (also part of integration).
+daemons: build
+	$(GO) test -race -count=1 -timeout 20m -v -run 'TestDaemon' ./integration/
+
+# The README's real-daemon table: kill -9 -> first correct answer, ftrun vs a plain restart.
+bench-daemons: setup
+	$(GO) test -run '^$$' -bench BenchmarkDaemonRecovery -benchtime 3x -timeout 30m ./integration/
 
 # Benchmarks: every figure next to its baseline measured in the same run, written to a
 # report folder (Markdown, SVG plots, results.json). BENCH_FLAGS=--quick for the short run.

@@ -60,6 +60,11 @@ type Options struct {
 	// Restored lists the tasks a restore has made so far (the program's cgroup): at
 	// the restore's deadline they are described and killed with CRIU.
 	Restored func() []int
+	// MountNS says the program has a mount namespace of its own (supervisor/container):
+	// the mounts it shares with the host are external to the images (CRIU finds them
+	// as bind mounts it can see), and a restore builds the namespace over the host's
+	// root, where the program's files are.
+	MountNS bool
 	// Enter, when set, runs CRIU from inside the program's network namespace (it calls
 	// its argument on a thread set into that namespace): CRIU must share the program's
 	// network namespace, or it would try to dump the namespace itself.
@@ -101,6 +106,15 @@ func (o Options) rpcOpts(imagesFd, workFd int, logFile string) *rpc.CriuOpts {
 	}
 	if o.TCPEstablished {
 		opts.TcpEstablished = ptr(true)
+		// A connection still in a listener's accept queue (or half-open) would fail the
+		// whole dump; its client retries, a lost epoch is worse.
+		opts.TcpSkipInFlight = ptr(true)
+	}
+	if o.MountNS {
+		opts.AutoExtMnt, opts.ExtMasters, opts.ExtSharing = ptr(true), ptr(true), ptr(true)
+		if o.Pid == 0 {
+			opts.Root = ptr("/")
+		}
 	}
 	if o.TCPClose {
 		opts.TcpClose = ptr(true)

@@ -224,3 +224,19 @@ func TestCriuErrorQuotesLog(t *testing.T) {
 		t.Errorf("criuError quotes a benign line or spans lines: %q", err)
 	}
 }
+
+// A program in a container of its own: the host's mounts are external, the restore
+// is rooted at the host's root, and a client in an accept queue never fails a dump.
+func TestRPCOptsMountNSAndInFlight(t *testing.T) {
+	dump := Options{ImagesDir: "/img", Pid: 12, TCPEstablished: true, MountNS: true}.rpcOpts(3, -1, DumpLog)
+	if !dump.GetAutoExtMnt() || !dump.GetExtMasters() || !dump.GetExtSharing() || dump.Root != nil || !dump.GetTcpSkipInFlight() {
+		t.Errorf("dump opts = %v", dump)
+	}
+	rst := Options{ImagesDir: "/img", MountNS: true}.rpcOpts(3, -1, RestoreLog)
+	if !rst.GetAutoExtMnt() || rst.GetRoot() != "/" {
+		t.Errorf("restore opts = %v", rst)
+	}
+	if plain := (Options{ImagesDir: "/img", Pid: 12}).rpcOpts(3, -1, DumpLog); plain.AutoExtMnt != nil || plain.Root != nil {
+		t.Errorf("a program without a mount namespace got %v", plain)
+	}
+}

@@ -53,6 +53,14 @@ type Manifest struct {
 	// Net is the program's own network placement (--net), which a standby rebuilds
 	// before it restores the program with its TCP connections.
 	Net *NetPlacement `json:"net,omitempty"`
+	// Container says the program ran in a mount namespace of its own, which a restore
+	// must rebuild (see Options.MountNS).
+	Container bool `json:"container,omitempty"`
+	// Unsynced are files the program held open for writing, and its working
+	// directories, outside SyncRoots; a restore refuses the set once one of them (or
+	// anything under such a directory) changed after DumpStart.
+	Unsynced  []string  `json:"unsynced,omitempty"`
+	DumpStart time.Time `json:"dump_start,omitzero"`
 }
 
 // NetPlacement is the address a program serves on from its own network namespace.
@@ -69,6 +77,11 @@ type SyncedFile struct {
 	Mode    uint32    `json:"mode"`
 	Size    int64     `json:"size"`
 	ModTime time.Time `json:"mtime"`
+	// UID and GID own the file (Owned: they were recorded), for a restore that has to
+	// create it anew.
+	UID   uint32 `json:"uid,omitempty"`
+	GID   uint32 `json:"gid,omitempty"`
+	Owned bool   `json:"owned,omitempty"`
 }
 
 // ChunkSize is the unit of the per-file checksums: files are checksummed in chunks so

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -169,7 +170,58 @@ func (p Prober) Probe() []Finding {
 			Fix: "optional: scripts/setup rebuilds CRIU with libnftables; iptables-restore adds ~45 ms per TCP connection to the frozen time of a program with several"})
 	}
 	fs = append(fs, kdatFinding(runIsTmpfs()))
+	vout, _ := p.run("--version")
+	fs = append(fs, otherUIDFinding(hasCapability(unix.CAP_SYS_RESOURCE), RlimitsFromProc(vout)))
 	return fs
+}
+
+// PatchesGitID is the GitID scripts/setup gives a CRIU built with the project's
+// patches (scripts/criu-patches); a later set of patches raises its number.
+const PatchesGitID = "ftrun-patches-"
+
+// RlimitsFromProc reports whether the CRIU whose `--version` printed out reads a
+// task's rlimits from /proc when prlimit64() is refused (the project's first patch).
+func RlimitsFromProc(out string) bool {
+	for _, l := range strings.Split(out, "\n") {
+		if n, ok := strings.CutPrefix(strings.TrimSpace(l), "GitID: "+PatchesGitID); ok {
+			if v, err := strconv.Atoi(n); err == nil && v >= 1 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// hasCapability reports whether ftrun's bounding set holds capability c: root without
+// it in the bounding set does not have it either.
+func hasCapability(c int) bool {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return true
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(l, "CapBnd:"); ok {
+			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err != nil || mask&(1<<uint(c)) != 0
+		}
+	}
+	return true
+}
+
+// otherUIDFinding says whether CRIU can dump a program that runs as another user
+// (nginx's workers, memcached -u, postgres): prlimit64() on another user's task needs
+// CAP_SYS_RESOURCE, unless CRIU reads the limits from /proc (pure).
+func otherUIDFinding(capSysResource, fromProc bool) Finding {
+	const name = "programs of other users"
+	switch {
+	case capSysResource:
+		return Finding{Name: name, OK: true, Detail: "CAP_SYS_RESOURCE held: CRIU reads their rlimits"}
+	case fromProc:
+		return Finding{Name: name, OK: true, Detail: "no CAP_SYS_RESOURCE, but this CRIU reads their rlimits from /proc"}
+	}
+	return Finding{Name: name, Detail: "no CAP_SYS_RESOURCE in ftrun's bounding set (CapBnd lacks bit 24) and this CRIU has no fallback: " +
+		"a program that runs as another user (--user, nginx's www-data workers, memcached -u, postgres) cannot be checkpointed (CRIU: \"Can't get rlimit 0: Operation not permitted\")",
+		Fix: "run scripts/setup: it builds CRIU with scripts/criu-patches (rlimits read from /proc/PID/limits); or grant CAP_SYS_RESOURCE to ftrun's host or container"}
 }
 
 // kdatRunDir is where CRIU keeps the result of probing the kernel (criu.kdat), and

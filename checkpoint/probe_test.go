@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestParseVersion(t *testing.T) {
@@ -200,8 +202,10 @@ func TestProberProbe(t *testing.T) {
 	}
 	// The last finding is about the host's /run, whatever CRIU says.
 	kdat := finding{"CRIU kernel probe cache", runIsTmpfs()}
+	// The fake CRIU has no GitID: programs of other users depend on the host's caps.
+	others := finding{"programs of other users", hasCapability(unix.CAP_SYS_RESOURCE)}
 	for i := range cases[:2] {
-		cases[i].want = append(cases[i].want, kdat)
+		cases[i].want = append(cases[i].want, kdat, others)
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -292,5 +296,34 @@ func TestKdatFinding(t *testing.T) {
 	f := kdatFinding(false)
 	if f.OK || f.Required || !strings.Contains(f.Fix, "tmpfs") {
 		t.Errorf("non-tmpfs /run: %+v, want an optional finding whose fix names a tmpfs", f)
+	}
+}
+
+func TestRlimitsFromProc(t *testing.T) {
+	for out, want := range map[string]bool{
+		"Version: 4.2.1\n":                             false,
+		"Version: 4.2.1\nGitID: v4.2.1-12-gabc\n":      false,
+		"Version: 4.2.1\nGitID: ftrun-patches-1\n":     true,
+		"Version: 4.2.1\nGitID: ftrun-patches-3\n":     true,
+		"Version: 4.2.1\nGitID: ftrun-patches-0\n":     false,
+		"Version: 4.2.1\nGitID: ftrun-patches-x\n":     false,
+		"Version: 4.2.1\nGitID: old-ftrun-patches-1\n": false,
+	} {
+		if got := RlimitsFromProc(out); got != want {
+			t.Errorf("RlimitsFromProc(%q) = %v, want %v", out, got, want)
+		}
+	}
+}
+
+func TestOtherUIDFinding(t *testing.T) {
+	if f := otherUIDFinding(true, false); !f.OK {
+		t.Errorf("with CAP_SYS_RESOURCE: %+v", f)
+	}
+	if f := otherUIDFinding(false, true); !f.OK {
+		t.Errorf("with the /proc fallback: %+v", f)
+	}
+	f := otherUIDFinding(false, false)
+	if f.OK || !strings.Contains(f.Detail, "CAP_SYS_RESOURCE") || !strings.Contains(f.Fix, "scripts/setup") {
+		t.Errorf("without either: %+v", f)
 	}
 }

@@ -9,12 +9,13 @@ import (
 	"time"
 
 	"github.com/ftrun/ftrun/checkpoint"
+	"github.com/ftrun/ftrun/supervisor/logrelay"
 )
 
 // RestoreDetached restores a checkpoint by hand when no supervisor runs: the newest one
 // that verifies (or exactly epoch when it is not 0). The program's output goes to
-// /dev/null, since nobody is there to relay it; a later `ftrun run` with the same state
-// dir adopts the program.
+// the service's output relay, which keeps it until a later `ftrun run` with the same
+// state dir adopts the program.
 func RestoreDetached(stateDir string, epoch uint64, criu *checkpoint.Criu, log *slog.Logger) (int, uint64, error) {
 	st, err := lockStateDir(stateDir)
 	if err != nil {
@@ -46,6 +47,16 @@ func RestoreDetached(stateDir string, epoch uint64, criu *checkpoint.Criu, log *
 	} else if len(procs) > 0 {
 		return 0, 0, fmt.Errorf("the program still runs (pids %v in cgroup %q): stop it first, or use `ftrun run` to supervise it", procs, cg.Group)
 	}
+	// The program's output goes to the service's output relay, which keeps it for the
+	// next `ftrun run`; without one, to /dev/null.
+	var out map[string]*os.File
+	if c, err := logrelay.ConnectOrStart(filepath.Join(stateDir, RelaySocket), filepath.Join(cg.Path(), "cgroup.procs")); err == nil {
+		defer c.Close()
+		defer c.CloseWriters()
+		out = map[string]*os.File{"stdout": c.Stdout, "stderr": c.Stderr}
+	} else {
+		log.Warn("no output relay: the restored program's output goes to /dev/null", "err", err)
+	}
 	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
 	if err != nil {
 		return 0, 0, err
@@ -63,14 +74,19 @@ func RestoreDetached(stateDir string, epoch uint64, criu *checkpoint.Criu, log *
 			continue
 		}
 		inherit := map[string]*os.File{}
-		for _, k := range m.External {
-			inherit[k] = devnull
+		for role, k := range m.External {
+			if inherit[k] == nil {
+				inherit[k] = devnull
+				if out[role] != nil {
+					inherit[k] = out[role]
+				}
+			}
 		}
 		work, err := os.MkdirTemp(stateDir, "restore-")
 		if err != nil {
 			return 0, 0, err
 		}
-		pid, err := criu.Restore(checkpoint.Options{ImagesDir: set.Dir, WorkDir: work, TCPEstablished: true, TCPClose: true, Inherit: inherit})
+		pid, err := criu.Restore(checkpoint.Options{ImagesDir: set.Dir, WorkDir: work, TCPEstablished: true, TCPClose: true, Inherit: inherit, MountNS: m.Container})
 		if err != nil {
 			if l := keepRestoreLog(work); l != "" {
 				err = fmt.Errorf("%w (CRIU log: %s)", err, l)

@@ -9,12 +9,15 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ftrun/ftrun/supervisor/container"
 )
 
 // ExitStatus is how the program ended.
@@ -39,18 +42,31 @@ func (e ExitStatus) String() string {
 // Clean is an exit with code 0.
 func (e ExitStatus) Clean() bool { return e.Exited && e.Code == 0 }
 
-// startProgram runs argv as PID 1 of a new PID namespace, in its own session, placed
-// into the cgroup at clone time, with stdin from /dev/null and stdout/stderr on the
-// given pipes; extra become descriptors 3 and up (--preserve-fds). A new PID namespace means a restore never needs the original host PID
-// to be free; a session of its own means CRIU need not treat it as a shell job. enter,
-// when set, forks the program from a thread inside its own network namespace.
-func startProgram(argv []string, dir string, env []string, cg *os.File, stdout, stderr *os.File, extra []*os.File, enter func(func() error) error) (int, error) {
+// startProgram runs argv in a container of its own (see package container): PID 1 of
+// new PID, mount and IPC namespaces, in its own session, placed into the cgroup at
+// clone time, with stdin from /dev/null, stdout/stderr on the given pipes and extra as
+// descriptors 3 and up (--preserve-fds). A new PID namespace means a restore never
+// needs the original host PID to be free; a session of its own means CRIU need not
+// treat it as a shell job. enter, when set, forks the program from a thread inside its
+// own network namespace. user, when set, is who the program runs as.
+func startProgram(argv []string, dir string, env []string, cg *os.File, stdout, stderr *os.File, extra []*os.File, enter func(func() error) error, user *container.Cred) (int, error) {
 	if len(argv) == 0 {
 		return 0, errors.New("no command to run")
 	}
-	path, err := exec.LookPath(argv[0])
+	prog, err := exec.LookPath(argv[0])
 	if err != nil {
 		return 0, fmt.Errorf("command %q: %w", argv[0], err)
+	}
+	if !filepath.IsAbs(prog) && dir != "" {
+		// As before the container: a relative program is found from its working directory.
+		prog = filepath.Join(dir, prog)
+	}
+	if prog, err = filepath.Abs(prog); err != nil {
+		return 0, err
+	}
+	path, args, env, err := container.Command(container.Spec{Path: prog, Args: argv, Dir: dir, User: user, Fds: len(extra)}, env)
+	if err != nil {
+		return 0, err
 	}
 	devnull, err := os.Open(os.DevNull)
 	if err != nil {
@@ -59,7 +75,7 @@ func startProgram(argv []string, dir string, env []string, cg *os.File, stdout, 
 	defer devnull.Close()
 	attr := &syscall.SysProcAttr{
 		Setsid:     true,
-		Cloneflags: syscall.CLONE_NEWPID,
+		Cloneflags: container.Cloneflags,
 	}
 	if cg != nil {
 		attr.UseCgroupFD = true
@@ -67,7 +83,7 @@ func startProgram(argv []string, dir string, env []string, cg *os.File, stdout, 
 	}
 	var proc *os.Process
 	start := func() (err error) {
-		proc, err = os.StartProcess(path, argv, &os.ProcAttr{
+		proc, err = os.StartProcess(path, args, &os.ProcAttr{
 			Dir:   dir,
 			Env:   env,
 			Files: append([]*os.File{devnull, stdout, stderr}, extra...),
@@ -220,6 +236,15 @@ func (r *relay) start(log *slog.Logger, stream string, rd io.Reader) {
 		for sc.Scan() {
 			log.Info(sc.Text(), "stream", stream)
 		}
+	}()
+}
+
+// run runs fn (which returns once its output source ends) as one of the relays.
+func (r *relay) run(fn func()) {
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		fn()
 	}()
 }
 

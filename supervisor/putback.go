@@ -19,9 +19,9 @@ import (
 // unprivileged) can write: a symlink it planted there since the checkpoint must not
 // send a root-owned write elsewhere. So every path is walked one component at a
 // time with openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS) from the --sync root the
-// primary declared at start, directories are made with mkdirat, the file is written
-// as a new temporary beside its target and renamed over it with renameat: nothing
-// is ever resolved through a link, and a link where a file or directory should be
+// primary declared at start, directories are made with mkdirat, and the file is
+// opened there with O_NOFOLLOW and written in place (its inode kept, see
+// restoreSynced): nothing is ever resolved through a link, and a link where a file or directory should be
 // fails the restore with its path named. The standard library has no such walk
 // (os.Root follows links that stay inside the root), hence x/sys/unix.
 
@@ -66,7 +66,7 @@ func putBackOne(setDir string, s checkpoint.SyncedFile, roots []string) error {
 		return err
 	}
 	defer unix.Close(dir)
-	return replaceAt(dir, parts[len(parts)-1], src, s)
+	return writeAt(dir, parts[len(parts)-1], src, s)
 }
 
 // within splits path into the directory of the --sync root it lies beneath and the
@@ -131,51 +131,52 @@ func linkErr(path string, err error) error {
 	return fmt.Errorf("open %q: %w", path, err)
 }
 
-// replaceAt replaces name in dir with a copy of src, with s's mode and times.
-func replaceAt(dir int, name string, src *os.File, s checkpoint.SyncedFile) error {
-	var st unix.Stat_t
-	err := unix.Fstatat(dir, name, &st, unix.AT_SYMLINK_NOFOLLOW)
-	switch {
-	case err == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK:
-		return fmt.Errorf("%q %w", s.Path, errLink)
-	case err == nil && st.Mode&unix.S_IFMT != unix.S_IFREG:
-		return fmt.Errorf("%q is no longer a regular file", s.Path)
-	case err != nil && !errors.Is(err, unix.ENOENT):
-		return err
-	}
-	tmp := name + ".ftrun-restore"
-	// A temporary left by an interrupted restore goes (unlinkat removes a link
-	// itself, never what it points to).
-	if err := unix.Unlinkat(dir, tmp, 0); err != nil && !errors.Is(err, unix.ENOENT) {
-		return err
-	}
+// writeAt writes src over name in dir in place, through the file's own inode (see
+// restoreSynced), with s's size, mode and times; a file that is gone is created as s
+// recorded it, owned as it was.
+func writeAt(dir int, name string, src *os.File, s checkpoint.SyncedFile) error {
 	mode := uint32(fs.FileMode(s.Mode).Perm())
-	fd, err := unix.Openat2(dir, tmp, &unix.OpenHow{Flags: unix.O_CREAT | unix.O_EXCL | unix.O_WRONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC, Mode: uint64(mode), Resolve: beneath})
+	fd, err := unix.Openat2(dir, name, &unix.OpenHow{Flags: unix.O_WRONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC, Resolve: beneath})
+	created := false
+	if errors.Is(err, unix.ENOENT) {
+		fd, err = unix.Openat2(dir, name, &unix.OpenHow{Flags: unix.O_CREAT | unix.O_EXCL | unix.O_WRONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC,
+			Mode: uint64(mode), Resolve: beneath})
+		created = true
+	}
 	if err != nil {
-		return linkErr(s.Path+".ftrun-restore", err)
+		return linkErr(s.Path, err)
 	}
-	out := os.NewFile(uintptr(fd), s.Path+".ftrun-restore")
-	_, err = io.Copy(out, src)
-	if err == nil {
-		err = out.Chmod(fs.FileMode(mode))
-	}
-	if err == nil {
-		ts := []unix.Timespec{unix.NsecToTimespec(s.ModTime.UnixNano()), unix.NsecToTimespec(s.ModTime.UnixNano())}
-		if s.ModTime.IsZero() {
-			now := unix.NsecToTimespec(time.Now().UnixNano())
-			ts = []unix.Timespec{now, now}
-		}
-		err = unix.UtimesNanoAt(dir, tmp, ts, unix.AT_SYMLINK_NOFOLLOW)
-	}
+	out := os.NewFile(uintptr(fd), s.Path)
+	err = fillFile(out, src, s, created)
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil {
-		err = unix.Renameat(dir, tmp, dir, name)
-	}
 	if err != nil {
-		_ = unix.Unlinkat(dir, tmp, 0)
 		return err
 	}
-	return nil
+	ts := []unix.Timespec{unix.NsecToTimespec(s.ModTime.UnixNano()), unix.NsecToTimespec(s.ModTime.UnixNano())}
+	if s.ModTime.IsZero() {
+		now := unix.NsecToTimespec(time.Now().UnixNano())
+		ts = []unix.Timespec{now, now}
+	}
+	return unix.UtimesNanoAt(dir, name, ts, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+// fillFile makes out, opened on the file's own inode, hold src with s's size and mode.
+func fillFile(out, src *os.File, s checkpoint.SyncedFile, created bool) error {
+	if fi, err := out.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return fmt.Errorf("%q is no longer a regular file (%v)", s.Path, err)
+	}
+	if created && s.Owned {
+		if err := out.Chown(int(s.UID), int(s.GID)); err != nil {
+			return err
+		}
+	}
+	if _, err := io.Copy(out, src); err != nil {
+		return err
+	}
+	if err := out.Truncate(s.Size); err != nil {
+		return err
+	}
+	return out.Chmod(fs.FileMode(s.Mode).Perm())
 }

@@ -33,7 +33,7 @@ func TestPutBack(t *testing.T) {
 	if err := os.WriteFile(s.Path, []byte("old contents"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := restoreSynced(set, []checkpoint.SyncedFile{s}, []string{root}); err != nil {
+	if err := restoreSynced(set, []string{root}, []checkpoint.SyncedFile{s}); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(s.Path)
@@ -43,11 +43,11 @@ func TestPutBack(t *testing.T) {
 	}
 	// Missing directories are made, also beneath a root that is gone.
 	os.RemoveAll(root)
-	if err := restoreSynced(set, []checkpoint.SyncedFile{s}, []string{root}); err != nil {
+	if err := restoreSynced(set, []string{root}, []checkpoint.SyncedFile{s}); err != nil {
 		t.Fatal(err)
 	}
 	// A file root.
-	if err := restoreSynced(set, []checkpoint.SyncedFile{s}, []string{s.Path}); err != nil {
+	if err := restoreSynced(set, []string{s.Path}, []checkpoint.SyncedFile{s}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -96,7 +96,7 @@ func TestPutBackRefuses(t *testing.T) {
 			must(t, os.WriteFile(victim, []byte("root's"), 0o600))
 			roots := []string{root}
 			tc.plant(t, root, outside, &s, &roots)
-			err := restoreSynced(set, []checkpoint.SyncedFile{s}, roots)
+			err := restoreSynced(set, roots, []checkpoint.SyncedFile{s})
 			if tc.want == "" {
 				if err != nil {
 					t.Fatal(err)

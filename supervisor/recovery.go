@@ -3,6 +3,7 @@ package supervisor
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -24,8 +25,8 @@ const DefaultStopTimeout = 10 * time.Second
 const (
 	failedRestoreLog = "last-failed-restore.log"
 	restorePrefix    = "restore-"
-	// crashSuffix marks the hard link that keeps a --sync file as the program left it
-	// when it died, while restores put older epochs' copies in its place.
+	// crashSuffix marks the copy that keeps a --sync file as the program left it when
+	// it died, while restores put older epochs' copies in its place.
 	crashSuffix = ".ftrun-crash"
 	// crtoolsDir is where CRIU's parasite mounts a /proc of its own, relative to the
 	// dumped task's working directory, when the task's /proc is not of its PID
@@ -111,37 +112,104 @@ func (s *Supervisor) restoreFailed(err error, work string) error {
 	return err
 }
 
-// setAsideSynced keeps the program's state files as it left them (hard links, so free)
-// before the first restore of a recovery overwrites them with an epoch's copies: if
-// every restore fails, the fresh start gets them back instead of an older epoch's.
-// A link left by an earlier restore of this recovery stays: it is the crash-time file.
-// So does one a killed ftrun set aside after the checkpoint being restored was taken
-// (created is when it was); an older one is a leftover, and the file now is newer.
+// setAsideSynced keeps the program's state files as it left them before the first
+// restore of a recovery overwrites them with an epoch's copies: if every restore
+// fails, the fresh start gets them back instead of an older epoch's. That is every
+// file under the --sync roots now (a restore removes those that came after its epoch)
+// and every file of the epoch (one that was not there at the crash must not be there
+// for the fresh start either). They are copies, not links: a restore writes each file
+// in place, through its inode (see restoreSynced). A copy left by an earlier restore
+// of this recovery stays: it is the crash-time file. So does one a killed ftrun set
+// aside after the checkpoint being restored was taken (created is when it was); an
+// older one is a leftover, and the file now is newer.
 func (s *Supervisor) setAsideSynced(files []checkpoint.SyncedFile, created time.Time) {
+	paths := map[string]bool{}
 	for _, f := range files {
-		aside := f.Path + crashSuffix
-		if s.aside[f.Path] {
-			continue
+		paths[f.Path] = true
+	}
+	if s.stateFiles != nil {
+		now, err := s.stateFiles.files()
+		if err != nil {
+			s.log.Warn("cannot list the state files to keep their crash-time copies", "err", err)
 		}
-		var st unix.Stat_t
-		if unix.Lstat(aside, &st) == nil {
-			if time.Unix(st.Ctim.Unix()).After(created) {
-				s.aside[f.Path] = true
-				continue
-			}
-			_ = os.Remove(aside)
-		}
-		if err := os.Link(f.Path, aside); err == nil {
-			s.aside[f.Path] = true
-		} else if !errors.Is(err, os.ErrNotExist) {
-			s.log.Warn("cannot keep the crash-time copy of a state file; a fresh start would get an epoch's copy", "path", f.Path, "err", err)
+		for _, p := range now {
+			paths[p] = true
 		}
 	}
+	for p := range paths {
+		s.setAside(p, created)
+	}
+}
+
+// setAside keeps one state file's crash-time copy; s.aside[path] says whether it had
+// one (false: the program had no such file when it died).
+func (s *Supervisor) setAside(path string, created time.Time) {
+	if _, done := s.aside[path]; done {
+		return
+	}
+	aside := path + crashSuffix
+	var st unix.Stat_t
+	if unix.Lstat(aside, &st) == nil {
+		if time.Unix(st.Ctim.Unix()).After(created) {
+			s.aside[path] = true
+			return
+		}
+		_ = os.Remove(aside)
+	}
+	switch err := copyAside(path, aside); {
+	case err == nil:
+		s.aside[path] = true
+	case errors.Is(err, os.ErrNotExist):
+		s.aside[path] = false
+	default:
+		s.log.Warn("cannot keep the crash-time copy of a state file; a fresh start would get an epoch's copy", "path", path, "err", err)
+	}
+}
+
+// copyAside copies the regular file path to aside with its mode, owner and times,
+// never through a link.
+func copyAside(path, aside string) error {
+	in, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%q is not a regular file", path)
+	}
+	out, err := os.OpenFile(aside, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, fi.Mode().Perm())
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(out, in)
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && err == nil {
+		err = out.Chown(int(st.Uid), int(st.Gid))
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chtimes(aside, fi.ModTime(), fi.ModTime())
+	}
+	if err != nil {
+		_ = os.Remove(aside)
+	}
+	return err
 }
 
 // putBackSynced gives a fresh start the state files as the program left them.
 func (s *Supervisor) putBackSynced() {
-	for path := range s.aside {
+	for path, had := range s.aside {
+		if !had {
+			if err := os.Remove(path); err == nil {
+				s.log.Info("fresh start: removed a state file the program did not have when it died", "path", path)
+			}
+			continue
+		}
 		if err := os.Rename(path+crashSuffix, path); err != nil {
 			s.log.Error("put back the crash-time state file", "path", path, "err", err)
 			continue
@@ -154,8 +222,10 @@ func (s *Supervisor) putBackSynced() {
 // dropAside forgets the crash-time state files once a checkpoint after the recovery
 // holds newer ones.
 func (s *Supervisor) dropAside() {
-	for path := range s.aside {
-		_ = os.Remove(path + crashSuffix)
+	for path, had := range s.aside {
+		if had {
+			_ = os.Remove(path + crashSuffix)
+		}
 	}
 	clear(s.aside)
 }

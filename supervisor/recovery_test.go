@@ -72,7 +72,7 @@ func TestSetAsideSyncedAndPutBack(t *testing.T) {
 	write(path+crashSuffix, "stale")
 	write(path, "at the crash")
 	s.setAsideSynced(files, time.Now().Add(time.Hour))
-	// The restore puts an epoch's copy in place (by rename, as restoreSynced does).
+	// The restore puts an epoch's copy in place.
 	write(path+".new", "epoch 7")
 	if err := os.Rename(path+".new", path); err != nil {
 		t.Fatal(err)

@@ -17,7 +17,9 @@ import (
 	"github.com/jonboulle/clockwork"
 
 	"github.com/ftrun/ftrun/checkpoint"
+	"github.com/ftrun/ftrun/supervisor/container"
 	"github.com/ftrun/ftrun/supervisor/gate"
+	"github.com/ftrun/ftrun/supervisor/logrelay"
 	"github.com/ftrun/ftrun/supervisor/netplace"
 	"github.com/ftrun/ftrun/transport/ship"
 	"github.com/ftrun/ftrun/transport/svcname"
@@ -117,6 +119,9 @@ type Config struct {
 	// Failover marks a supervisor that takes over from a dead primary: its first
 	// restore keeps the program's TCP connections, since no peer saw the program die.
 	Failover bool
+	// User runs the program as this user ("NAME[:GROUP]"; "" keeps root). Programs that
+	// drop privileges themselves need no --user.
+	User string
 }
 
 // event is anything the loop reacts to; every goroutine reports through one channel so
@@ -143,6 +148,9 @@ type Supervisor struct {
 	ladder *Ladder
 	events chan event
 
+	user                   *container.Cred  // --user, resolved
+	warnedUnsynced         map[string]bool  // files outside --sync the log named already
+	out                    *logrelay.Client // the output relay; nil: ftrun reads outR/errR itself
 	outR, outW, errR, errW *os.File
 	adoptedOut             []*os.File // read ends reopened for an adopted program
 	relays                 relay
@@ -245,6 +253,14 @@ func New(cfg Config) (*Supervisor, error) {
 	if cfg.ListenFds {
 		cfg.Env = listenEnv(cfg.Env, len(cfg.ExtraFiles))
 	}
+	var cred *container.Cred
+	if cfg.User != "" {
+		c, err := container.LookupUser(cfg.User)
+		if err != nil {
+			return nil, err
+		}
+		cred = c
+	}
 	if cfg.Net != nil {
 		if err := cfg.Net.Validate(); err != nil {
 			return nil, err
@@ -270,6 +286,7 @@ func New(cfg Config) (*Supervisor, error) {
 		events:  make(chan event, 64),
 		metrics: newMetrics(cfg.Name),
 		aside:   map[string]bool{},
+		user:    cred,
 	}, nil
 }
 
@@ -424,16 +441,10 @@ func (s *Supervisor) open() error {
 	} else if pl.Unit != "" {
 		s.log.Info("placing the program in the systemd unit's delegated cgroup", "cgroup", cg.Group, "unit", pl.Unit)
 	}
-	if s.outR, s.outW, err = os.Pipe(); err != nil {
+	if err := s.openOutput(); err != nil {
 		st.close()
 		return err
 	}
-	if s.errR, s.errW, err = os.Pipe(); err != nil {
-		st.close()
-		return err
-	}
-	s.relays.start(s.log, "stdout", s.outR)
-	s.relays.start(s.log, "stderr", s.errR)
 	latest, err := store.Latest()
 	if err != nil {
 		st.close()
@@ -451,10 +462,7 @@ func (s *Supervisor) close() {
 	}
 	s.outW.Close()
 	s.errW.Close()
-	// Children of the program may still hold the write ends; closing the read ends
-	// ends the relays regardless.
-	s.outR.Close()
-	s.errR.Close()
+	s.closeOutput()
 	for _, f := range s.adoptedOut {
 		f.Close()
 	}
@@ -522,9 +530,13 @@ func (s *Supervisor) boot() error {
 }
 
 func (s *Supervisor) adopt(rec *RunRecord) {
-	// Relay the adopted program's output again: its pipes lost their reader with the
-	// previous ftrun, but a new read end of the same pipe can be opened through /proc.
+	// Relay the adopted program's output again. Its output relay outlived the previous
+	// ftrun and reads on; a program whose pipes are not the relay's (the relay died
+	// too) lost their reader, but a new read end of the same pipe opens through /proc.
 	for fd, stream := range map[int]string{1: "stdout", 2: "stderr"} {
+		if s.relayed(rec.Pid, fd) {
+			continue
+		}
 		if f, err := reopenPipe(rec.Pid, fd); err == nil {
 			s.relays.start(s.log, stream, f)
 			s.adoptedOut = append(s.adoptedOut, f)
@@ -895,7 +907,7 @@ func (s *Supervisor) fresh() error {
 		return err
 	}
 	s.putBackSynced()
-	pid, err := startProgram(s.cfg.Command, s.cfg.WorkDir, s.cfg.Env, cg, s.outW, s.errW, s.cfg.ExtraFiles, s.enter())
+	pid, err := startProgram(s.cfg.Command, s.cfg.WorkDir, s.cfg.Env, cg, s.outW, s.errW, s.cfg.ExtraFiles, s.enter(), s.user)
 	if err != nil {
 		return err
 	}
@@ -919,6 +931,10 @@ func (s *Supervisor) restore(epoch uint64, takeover bool) error {
 	if err := s.killAll(); err != nil {
 		return err
 	}
+	if f, mt := staleFile(m.Unsynced, m.DumpStart); f != "" && !m.DumpStart.IsZero() {
+		return fmt.Errorf("checkpoint epoch %d: %q, which the program writes (or works in) and --sync does not name, changed at %s, after the checkpoint: "+
+			"restoring would run older memory over newer data (name it with --sync)", epoch, f, mt.Format(time.RFC3339Nano))
+	}
 	// The program's state files go back to epoch's before the program that has them
 	// open does: CRIU checks the size of every open file.
 	var roots []string
@@ -926,7 +942,7 @@ func (s *Supervisor) restore(epoch uint64, takeover bool) error {
 		roots = s.stateFiles.roots
 	}
 	s.setAsideSynced(m.Synced, m.Created)
-	if err := restoreSynced(dir, m.Synced, roots); err != nil {
+	if err := restoreSynced(dir, roots, m.Synced); err != nil {
 		return fmt.Errorf("checkpoint epoch %d: %w", epoch, err)
 	}
 	if s.stateFiles != nil {
@@ -983,7 +999,7 @@ func (s *Supervisor) criuRestore(dir string, m *checkpoint.Manifest, keepTCP boo
 	// reach a connection CRIU has not restored yet: CRIU's network lock, which costs
 	// an iptables-restore per connection or a libnftables table, is not needed.
 	pid, err := s.cfg.Criu.Restore(checkpoint.Options{ImagesDir: dir, WorkDir: work, TCPEstablished: true, Inherit: inherit,
-		TCPClose: !keepTCP, Enter: s.enter(), NetworkLockSkip: s.place != nil, Restored: s.cgroupProcs})
+		TCPClose: !keepTCP, Enter: s.enter(), NetworkLockSkip: s.place != nil, Restored: s.cgroupProcs, MountNS: m.Container})
 	if err != nil {
 		return 0, s.restoreFailed(err, work)
 	}
@@ -1056,8 +1072,9 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 			return err
 		}
 	}
+	unsynced := s.unsynced(procs)
 	opts := checkpoint.Options{ImagesDir: pending.Dir, Pid: s.pid, LeaveRunning: !final,
-		TCPEstablished: true, Timeout: s.cfg.CriuTimeout, PostDump: postDump, Enter: s.enter()}
+		TCPEstablished: true, Timeout: s.cfg.CriuTimeout, PostDump: postDump, Enter: s.enter(), MountNS: true}
 	if s.dumpLock != nil {
 		// ftrun holds the program's incoming TCP still itself, queued rather than
 		// dropped (see gate.DumpLock), from CRIU's start until it lets the program go.
@@ -1085,7 +1102,7 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 		_ = os.Remove(filepath.Join(pending.Dir, checkpoint.DumpLog))
 	}
 	m := &checkpoint.Manifest{Created: s.clock.Now(), Service: s.cfg.Name, Command: s.cfg.Command, Pid: s.pid, External: ext, Stats: stats,
-		Synced: synced, Net: placementOf(s.cfg.Net)}
+		Synced: synced, Net: placementOf(s.cfg.Net), Container: true, Unsynced: unsynced, DumpStart: start}
 	if s.stateFiles != nil {
 		m.SyncRoots = s.stateFiles.roots
 	}

@@ -10,7 +10,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/fsnotify/fsnotify"
 
@@ -105,7 +107,8 @@ func (f *syncedFiles) run(ctx context.Context) {
 	}
 }
 
-// files lists the regular files under the roots now.
+// files lists the regular files under the roots now, but for crash-time copies set
+// aside by a recovery (see setAsideSynced), which are ftrun's, not the program's.
 func (f *syncedFiles) files() ([]string, error) {
 	var out []string
 	for _, r := range f.roots {
@@ -116,7 +119,7 @@ func (f *syncedFiles) files() ([]string, error) {
 			if err != nil {
 				return err
 			}
-			if d.Type().IsRegular() {
+			if d.Type().IsRegular() && !strings.HasSuffix(p, crashSuffix) {
 				out = append(out, p)
 			}
 			return nil
@@ -159,6 +162,9 @@ func (f *syncedFiles) capture(dir string, prev *checkpoint.Manifest, prevDir str
 			continue // gone since the walk
 		}
 		s := checkpoint.SyncedFile{Name: syncName(p), Path: p, Mode: uint32(fi.Mode().Perm()), Size: fi.Size(), ModTime: fi.ModTime()}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			s.UID, s.GID, s.Owned = st.Uid, st.Gid, true
+		}
 		o, had := old[p]
 		same := had && !dirty[p] && o.Size == s.Size && o.ModTime.Equal(s.ModTime)
 		if !same || os.Link(filepath.Join(prevDir, o.Name), filepath.Join(dir, s.Name)) != nil {
@@ -179,11 +185,44 @@ func (f *syncedFiles) markAll() {
 }
 
 // restoreSynced puts the state files of a set back where the program expects them,
-// each replaced atomically, before CRIU restores the program that has them open.
-// Every path must lie beneath one of roots (the --sync roots declared at start) and
-// none is reached through a symlink (see putBack).
-func restoreSynced(setDir string, files []checkpoint.SyncedFile, roots []string) error {
-	return putBack(setDir, files, roots)
+// before CRIU restores the program that has them open, and removes the files under
+// roots that the set does not have (they came after its epoch: a WAL segment, a
+// journal): memory and files then agree. Every path must lie beneath one of roots
+// (the --sync roots declared at start) and none is reached through a symlink (see
+// putBack); crash-time copies set aside for a fresh start (crashSuffix) stay.
+//
+// Each file is written in place, keeping its inode. The restored memory remembers it:
+// SQLite keeps the (device, inode) of its open database and, when the path names
+// another inode, takes the file for moved and refuses every write ("attempt to write
+// a readonly database"); postgres and others keep ownership and hard links that a
+// new file would not have. A file that is gone is created, owned as it was.
+func restoreSynced(setDir string, roots []string, files []checkpoint.SyncedFile) error {
+	if err := putBack(setDir, files, roots); err != nil {
+		return err
+	}
+	keep := map[string]bool{}
+	for _, s := range files {
+		keep[s.Path] = true
+	}
+	for _, r := range roots {
+		// WalkDir never follows a link: a linked directory is an entry, not a subtree.
+		err := filepath.WalkDir(r, func(p string, d fs.DirEntry, err error) error {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if d.Type().IsRegular() && !keep[p] && !strings.HasSuffix(p, crashSuffix) {
+				return os.Remove(p)
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("--sync %q: remove what came after the checkpoint: %w", r, err)
+		}
+	}
+	return nil
 }
 
 func copyFile(from, to string, mode fs.FileMode) error {

@@ -145,6 +145,7 @@ func runCmd() *cli.Command {
 			arbiterFlag(),
 			keysFlag(),
 			&cli.StringSliceFlag{Name: "sync", Usage: "a state file or directory of the program: captured with every checkpoint (and streamed to the standby), put back before every restore (repeatable)", EnvVars: env("SYNC")},
+			&cli.StringFlag{Name: "user", Usage: "run the program as USER[:GROUP] (default: as ftrun's user; programs that drop privileges themselves need none)", EnvVars: env("USER")},
 			&cli.StringFlag{Name: "metrics", Usage: "ADDR (e.g. :9464) to serve Prometheus metrics on, at /metrics", EnvVars: env("METRICS")},
 			&cli.BoolFlag{Name: "no-sync", Hidden: true, Usage: "skip fsync of checkpoints (benchmarks only)", EnvVars: env("NO_SYNC")},
 			&cli.BoolFlag{Name: "net", Usage: "run the program in its own network namespace, on a veth attached to --bridge, serving --addr", EnvVars: env("NET")},
@@ -238,7 +239,7 @@ func runCmd() *cli.Command {
 				NoFinalCheckpoint: c.Bool("no-final-checkpoint"), Discard: c.Bool("discard"),
 				Health: health, Criu: criu, CriuTimeout: c.Duration("criu-timeout"), NoSync: c.Bool("no-sync"),
 				StopTimeout: c.Duration("stop-timeout"), ExtraFiles: extra, ListenFds: listen,
-				Log: log,
+				Log: log, User: c.String("user"),
 			})
 			if err != nil {
 				return usage("%v", err)

@@ -1,0 +1,125 @@
+package logrelay
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// collect reads lines from c until it ends or until n lines came.
+func collect(t *testing.T, c *Client, n int) []string {
+	t.Helper()
+	var mu sync.Mutex
+	var got []string
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.Read(func(stream byte, at time.Time, data []byte) {
+			mu.Lock()
+			got = append(got, fmt.Sprintf("%d:%s", stream, data))
+			mu.Unlock()
+		})
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		k := len(got)
+		mu.Unlock()
+		if k >= n || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	c.Close()
+	<-done
+	return got
+}
+
+// The relay keeps what is written while nobody is connected and hands it, in order,
+// to the next client, with the same pipes; told to quit, it flushes and leaves.
+func TestRelayOutlivesItsClient(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "relay.sock")
+	procs := filepath.Join(dir, "cgroup.procs")
+	if err := os.WriteFile(procs, []byte("1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := ConnectOrStart(sock, procs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintln(c.Stdout, "one")
+	fmt.Fprintln(c.Stderr, "two")
+	// Two pipes: their lines are ordered within a stream, not across.
+	if got := collect(t, c, 2); len(got) != 2 || !slices.Contains(got, "1:one") || !slices.Contains(got, "2:two") {
+		t.Fatalf("first client got %q", got)
+	}
+	// Nobody reads now: the writer must not block or fail.
+	w := c.Stdout
+	for i := 0; i < 1000; i++ {
+		if _, err := fmt.Fprintf(w, "while away %d\n", i); err != nil {
+			t.Fatalf("write while no client is connected: %v", err)
+		}
+	}
+	c.CloseWriters()
+	c2, err := Connect(sock)
+	if err != nil {
+		t.Fatalf("reconnect: %v", err)
+	}
+	fmt.Fprintln(c2.Stdout, "back")
+	got := collect(t, c2, 1001)
+	if len(got) != 1001 || got[0] != "1:while away 0" || got[999] != "1:while away 999" || got[1000] != "1:back" {
+		t.Fatalf("second client got %d lines: first %q, last %q", len(got), got[0], got[len(got)-1])
+	}
+	c3, err := Connect(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintln(c3.Stderr, "last words")
+	c3.CloseWriters()
+	if err := c3.Quit(); err != nil {
+		t.Fatal(err)
+	}
+	ended := make(chan []string, 1)
+	go func() {
+		var got []string
+		c3.Read(func(stream byte, at time.Time, data []byte) { got = append(got, string(data)) })
+		ended <- got
+	}()
+	select {
+	case got := <-ended:
+		if len(got) != 1 || got[0] != "last words" {
+			t.Errorf("after quit: %q", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the relay did not end the connection after quit")
+	}
+	c3.Close()
+	time.Sleep(100 * time.Millisecond)
+	if c4, err := Connect(sock); err == nil {
+		c4.Close()
+		t.Error("the relay still answers after quit")
+	}
+}
+
+func TestQueueDropsOldestBeyondItsBound(t *testing.T) {
+	q := newQueue(1)
+	// Each line is a little over a quarter of the bound: three fit.
+	big := make([]byte, maxQueued/4)
+	for i := 0; i < 6; i++ {
+		q.push(line{stream: StreamStdout, data: append([]byte{byte('0' + i)}, big...)})
+	}
+	ls, more := q.take(func() bool { return false })
+	if !more || len(ls) != 4 || ls[0].stream != StreamNotice || !strings.Contains(string(ls[0].data), "3 older lines dropped") || ls[1].data[0] != '3' {
+		t.Fatalf("take = %d lines (more %v), first %q", len(ls), more, ls[0].data[:min(len(ls[0].data), 60)])
+	}
+	q.readerDone()
+	if ls, more := q.take(func() bool { return false }); len(ls) != 0 || more {
+		t.Errorf("after the last reader: %d lines, more %v", len(ls), more)
+	}
+}
