@@ -12,7 +12,8 @@ import (
 )
 
 // CgroupRoot is the parent of every service's cgroup, relative to the cgroup2 mount.
-const CgroupRoot = "/ftrun"
+// A variable only so that tests can give each host simulated on one machine its own.
+var CgroupRoot = "/ftrun"
 
 // ErrNoCgroup2 is returned on hosts with only cgroup v1: ftrun needs cgroup2 to freeze
 // and kill a whole tree atomically (cgroup.freeze, cgroup.kill).

@@ -48,6 +48,23 @@ type StandbyConfig struct {
 	Bridge string
 	// MetricsAddr serves Prometheus metrics per service at /metrics ("" for none).
 	MetricsAddr string
+	// Peer is where a program this standby took over streams its epochs to (the old
+	// primary's host, whose `ftrun run` serves as its standby once back); PeerTLS the
+	// client side of the mutual TLS. "" leaves a live copy with local checkpoints only.
+	Peer    string
+	PeerTLS *tls.Config
+	// Only, when set, is the one service this standby holds (a `ftrun run` serving as
+	// the standby of its service's live copy elsewhere); primaries of others are
+	// still received but never taken over.
+	Only string
+	// GoLive, when set, is handed the set to restore instead of a supervisor of its own
+	// being started here; it owns lease from then on.
+	// It returns what announces the service address again (see Supervisor.Reannounce).
+	GoLive func(svc string, set checkpoint.Set, lease Lease) (announce func(), err error)
+	// OnStatus, when set, receives the function that reports what the standby holds.
+	OnStatus func(func() []StandbyStatus)
+	// ControlSocket answers `ftrun status` ("" for STATE_DIR/control.sock, "-" for none).
+	ControlSocket string
 }
 
 // TakeOver is the pure failover rule (arbiter "none": the standby decides alone; a
@@ -88,7 +105,17 @@ func RunStandby(ctx context.Context, cfg StandbyConfig) error {
 	if err != nil {
 		return err
 	}
-	srv, err := standby.NewServer(standby.Config{Store: store, TLS: cfg.TLS, Host: cfg.Host, Clock: cfg.Clock, Logger: cfg.Log})
+	var mu sync.Mutex // guards live, problems, failovers and announcers: the loop writes, the control socket and the server read
+	announcers := map[string]func(){}
+	refused := func(svc string) {
+		mu.Lock()
+		a := announcers[svc]
+		mu.Unlock()
+		if a != nil {
+			a()
+		}
+	}
+	srv, err := standby.NewServer(standby.Config{Store: store, TLS: cfg.TLS, Host: cfg.Host, Clock: cfg.Clock, Logger: cfg.Log, OnRefused: refused})
 	if err != nil {
 		return err
 	}
@@ -113,7 +140,6 @@ func RunStandby(ctx context.Context, cfg StandbyConfig) error {
 		defer wg.Done()
 		serveErr = srv.Serve(inner, ln)
 	}()
-	var mu sync.Mutex // guards live and problems: the loop writes, the control socket reads
 	live := map[string]bool{}
 	problems := map[string][]string{} // what would make a failover fail, per service
 	failovers := map[string]int{}
@@ -140,10 +166,18 @@ func RunStandby(ctx context.Context, cfg StandbyConfig) error {
 		sort.Slice(out, func(i, j int) bool { return out[i].Service < out[j].Service })
 		return out
 	}
-	if err := serveStandbyControl(inner, &wg, filepath.Join(store.Root(), ControlSocket), status); err != nil {
-		cancel()
-		wg.Wait()
-		return err
+	if cfg.OnStatus != nil {
+		cfg.OnStatus(status)
+	}
+	if cfg.ControlSocket == "" {
+		cfg.ControlSocket = filepath.Join(store.Root(), ControlSocket)
+	}
+	if cfg.ControlSocket != "-" {
+		if err := serveStandbyControl(inner, &wg, cfg.ControlSocket, status); err != nil {
+			cancel()
+			wg.Wait()
+			return err
+		}
 	}
 	if cfg.MetricsAddr != "" {
 		reg := prometheus.NewRegistry()
@@ -165,6 +199,38 @@ func RunStandby(ctx context.Context, cfg StandbyConfig) error {
 	tick := cfg.Clock.NewTicker(takeoverCheck)
 	defer tick.Stop()
 	startLive := func(svc string, lease Lease) {
+		// From here on the old primary is refused and its epochs are never acked
+		// again: the set chosen next is the last word.
+		if err := claim(cfg.Clock, srv, svc); err != nil {
+			cfg.Log.Error("cannot take over", "service", svc, "err", err)
+			if lease != nil {
+				lease.Release()
+			}
+			return
+		}
+		if cfg.GoLive != nil {
+			sets, err := store.Sets(svc)
+			if err == nil && len(sets) == 0 {
+				err = errors.New("no committed epoch")
+			}
+			var announce func()
+			if err == nil {
+				announce, err = cfg.GoLive(svc, sets[0], lease)
+			}
+			if err != nil {
+				cfg.Log.Error("cannot take over", "service", svc, "err", err)
+				if lease != nil {
+					lease.Release()
+				}
+				return
+			}
+			mu.Lock()
+			live[svc] = true
+			failovers[svc]++
+			announcers[svc] = announce
+			mu.Unlock()
+			return
+		}
 		sup, err := goLive(cfg, store, svc, lease)
 		if err != nil {
 			cfg.Log.Error("cannot take over", "service", svc, "err", err)
@@ -176,6 +242,7 @@ func RunStandby(ctx context.Context, cfg StandbyConfig) error {
 		mu.Lock()
 		live[svc] = true
 		failovers[svc]++
+		announcers[svc] = sup.Reannounce
 		mu.Unlock()
 		wg.Add(1)
 		go func() {
@@ -222,6 +289,9 @@ func RunStandby(ctx context.Context, cfg StandbyConfig) error {
 				mu.Lock()
 				isLive := live[svc]
 				mu.Unlock()
+				if cfg.Only != "" && svc != cfg.Only {
+					continue
+				}
 				heard := st.LastHeard
 				if st.Committing {
 					// This standby is busy with the primary's epoch and reads none of its
@@ -339,6 +409,19 @@ func checkRestorable(store *standby.Store, svc, bridge string) []string {
 	return miss
 }
 
+// claim marks svc live in srv, waiting out an epoch being committed (which the
+// take-over then restores).
+func claim(clock clockwork.Clock, srv *standby.Server, svc string) error {
+	var err error
+	for range 1000 {
+		if err = srv.Claim(svc); err == nil {
+			return nil
+		}
+		clock.Sleep(5 * time.Millisecond)
+	}
+	return err
+}
+
 type acquiredLease struct {
 	svc   string
 	lease Lease
@@ -358,6 +441,11 @@ func goLive(cfg StandbyConfig, store *standby.Store, svc string, lease Lease) (*
 		return nil, err
 	}
 	liveDir := filepath.Join(store.Root(), svc, "live")
+	// Epochs an earlier live copy here took are stale: the service went on elsewhere
+	// since, under the same epoch numbers.
+	if err := os.RemoveAll(filepath.Join(liveDir, CheckpointsDir)); err != nil {
+		return nil, fmt.Errorf("drop the stale live checkpoints of %q: %w", svc, err)
+	}
 	target := filepath.Join(liveDir, CheckpointsDir, filepath.Base(set.Dir))
 	if err := linkSet(set.Dir, target); err != nil {
 		return nil, err
@@ -370,6 +458,7 @@ func goLive(cfg StandbyConfig, store *standby.Store, svc string, lease Lease) (*
 		Name: m.Service, Command: m.Command, StateDir: liveDir, WorkDir: "/",
 		Interval: cfg.Interval, Criu: cfg.Criu, Clock: cfg.Clock, Log: cfg.Log.With("role", "live"),
 		Lease: lease, Node: cfg.Host, Sync: m.SyncRoots, Net: spec, Failover: true,
+		Standby: cfg.Peer, StandbyTLS: cfg.PeerTLS,
 	})
 }
 

@@ -71,6 +71,9 @@ func (l *link) take() *checkpoint.Set {
 type linkEvent struct {
 	up      bool // connected and hearing the standby
 	why     string
+	// superseded: the peer runs the service itself now (it took over while this
+	// copy was cut off); this copy must stop.
+	superseded bool
 	shipped uint64 // epoch acknowledged by the standby (0: none in this event)
 	stats   ship.Stats
 	err     error // a ship that failed
@@ -105,6 +108,10 @@ func (l *link) run(ctx context.Context, acked func(epoch uint64), report func(li
 			dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			err := l.shipper.Dial(dctx, l.addr, l.tls)
 			cancel()
+			if errors.Is(err, ship.ErrPeerLive) {
+				report(linkEvent{superseded: true, why: fmt.Sprintf("standby %s: %v", l.addr, err)})
+				return
+			}
 			if err != nil {
 				down(fmt.Sprintf("standby %s unreachable: %v", l.addr, err))
 				select {

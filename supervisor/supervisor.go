@@ -33,6 +33,9 @@ const (
 	ExitLocked  = 5 // another ftrun supervises this state directory
 	ExitProgram = 6 // --restart=never: the program failed (its own code is logged)
 	ExitFenced  = 7 // the arbiter lease was lost: the program was frozen and killed
+	// ExitSuperseded: the peer took the service over while this host was cut off
+	// from it; this copy was frozen and killed (the peer's copy is the one).
+	ExitSuperseded = 8
 )
 
 // ExitErr carries the exit code ftrun should end with.
@@ -99,7 +102,21 @@ type Config struct {
 	Commit CommitMode
 	// Failover marks a supervisor that takes over from a dead primary: its first
 	// restore keeps the program's TCP connections, since no peer saw the program die.
+	// Such a supervisor does not ask its peer at boot: it was decided already.
 	Failover bool
+	// Listen is where this host serves as the standby of the program's live copy on
+	// the peer (Standby), when the boot finds the service live there; ListenTLS the
+	// server side of the mutual TLS. "" makes ftrun exit (ExitSuperseded) instead.
+	Listen    string
+	ListenTLS *tls.Config
+	// PeerWait bounds how long the boot tries to reach the peer (DefaultPeerWait).
+	PeerWait time.Duration
+	// TakeoverTimeout: silence of the live copy after which this host, serving as
+	// its standby, takes over (HeartbeatTimeout).
+	TakeoverTimeout time.Duration
+	// ForcePrimary runs the program when the peer cannot be reached even though this
+	// host was its standby last (see DecideRole).
+	ForcePrimary bool
 }
 
 // event is anything the loop reacts to; every goroutine reports through one channel so
@@ -213,6 +230,12 @@ func New(cfg Config) (*Supervisor, error) {
 	if cfg.Env == nil {
 		cfg.Env = os.Environ()
 	}
+	if cfg.PeerWait <= 0 {
+		cfg.PeerWait = DefaultPeerWait
+	}
+	if cfg.TakeoverTimeout <= 0 {
+		cfg.TakeoverTimeout = HeartbeatTimeout
+	}
 	if cfg.Net != nil {
 		if err := cfg.Net.Validate(); err != nil {
 			return nil, err
@@ -255,7 +278,7 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 	defer s.close()
 
 	s.startedAt = s.clock.Now()
-	s.st = Status{Service: s.cfg.Name, Role: "primary", State: StateStarting, Protection: "local checkpoints",
+	s.st = Status{Service: s.cfg.Name, Role: RolePrimary, State: StateStarting, Protection: "local checkpoints",
 		Command: s.cfg.Command, Since: s.startedAt, StateDir: s.cfg.StateDir, Commit: string(s.cfg.Commit)}
 	if s.cfg.Net != nil {
 		s.st.Addr = s.cfg.Net.Addr.String()
@@ -282,6 +305,16 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 			defer s.wg.Done()
 			sf.run(s.ctx)
 		}()
+	}
+	if s.cfg.Standby != "" {
+		s.st.Peer = s.cfg.Standby
+	}
+	if s.cfg.Standby != "" && !s.cfg.Failover && s.cfg.Lease == nil {
+		// Before anything is restored or started: is the service live on the peer?
+		stopped, err := s.chooseRole(ctx)
+		if err != nil || stopped {
+			return err
+		}
 	}
 	if s.cfg.Standby != "" {
 		host, _ := os.Hostname()
@@ -326,7 +359,7 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 		case <-ctx.Done():
 			return s.shutdown()
 		case <-lost:
-			return s.fence()
+			return s.fence(ExitFenced, "lost the arbiter lease: freezing and killing the program; another node may run it now", ErrLeaseLost)
 		case <-ticker.Chan():
 			// What happened meanwhile comes first: a checkpoint keeps the loop busy
 			// for most of a short epoch.
@@ -582,7 +615,22 @@ func (s *Supervisor) handle(ev event) error {
 		s.serve(ev.req)
 	case "durable":
 		s.synced(ev.set, ev.err)
+	case "announce":
+		if p := s.place; p != nil && s.alive {
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				if err := p.Announce(5, 200*time.Millisecond); err != nil {
+					s.log.Warn("gratuitous ARP", "err", err)
+				}
+			}()
+			s.log.Info("announcing the service address again: the peer's old copy was refused")
+		}
 	case "link":
+		if ev.link.superseded {
+			return s.fence(ExitSuperseded, "the service is live on the peer ("+ev.link.why+"): freezing and killing this copy; the peer's copy is the one",
+				errors.New("superseded: the service went live on the peer"))
+		}
 		s.linkChanged(ev.link)
 		s.releaseOutput()
 	}
@@ -1161,8 +1209,8 @@ func (s *Supervisor) pingWatchdog() {
 // fence stops a program this node may no longer run: another node may be running it
 // now, so it is frozen at once (no further output, no further state) and killed,
 // without a final checkpoint.
-func (s *Supervisor) fence() error {
-	s.log.Error("lost the arbiter lease: freezing and killing the program; another node may run it now")
+func (s *Supervisor) fence(code int, msg string, cause error) error {
+	s.log.Error(msg)
 	if err := s.cg.Freeze(); err != nil {
 		s.log.Error("freeze", "err", err)
 	}
@@ -1176,7 +1224,7 @@ func (s *Supervisor) fence() error {
 	s.alive = false
 	s.st.State = StateFailed
 	s.setPhase(PhaseFailed)
-	return &ExitErr{Code: ExitFenced, Err: fmt.Errorf("%w: program frozen and killed", ErrLeaseLost)}
+	return &ExitErr{Code: code, Err: fmt.Errorf("%w: program frozen and killed", cause)}
 }
 
 // shutdown stops the program after a final checkpoint, so the next start resumes it.

@@ -48,9 +48,14 @@ func main() {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json", EnvVars: []string{"FTRUN_LOG_FORMAT"}},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"FTRUN_LOG_LEVEL"}},
+			&cli.StringFlag{Name: "cgroup-root", Value: supervisor.CgroupRoot, Hidden: true, Usage: "parent of the services' cgroups (several hosts simulated on one machine)", EnvVars: []string{"FTRUN_CGROUP_ROOT"}},
 		},
 		Commands:       []*cli.Command{runCmd(), checkCmd(), statusCmd(), checkpointCmd(), restoreCmd(), keygenCmd(), standbyCmd(), demoCmd(), benchCmd()},
 		ExitErrHandler: func(c *cli.Context, err error) {},
+		Before: func(c *cli.Context) error {
+			supervisor.CgroupRoot = c.String("cgroup-root")
+			return nil
+		},
 	}
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintf(os.Stderr, "ftrun: %v\n", err)
@@ -129,7 +134,11 @@ func runCmd() *cli.Command {
 			&cli.DurationFlag{Name: "health-start-period", Value: 0, Usage: "grace after each (re)start before failures count", EnvVars: env("HEALTH_START_PERIOD")},
 			&cli.StringFlag{Name: "criu", Usage: "criu binary (default: from PATH)", EnvVars: env("CRIU")},
 			&cli.DurationFlag{Name: "criu-timeout", Value: 10 * time.Second, Usage: "how long CRIU may take to freeze the program", EnvVars: env("CRIU_TIMEOUT")},
-			&cli.StringFlag{Name: "standby", Usage: "HOST:PORT of an `ftrun standby` to stream every checkpoint to", EnvVars: env("STANDBY")},
+			&cli.StringFlag{Name: "standby", Usage: "HOST:PORT of the peer: an `ftrun standby` to stream every checkpoint to, or (after it took the service over) the live copy this host serves as standby of", EnvVars: env("STANDBY")},
+			&cli.StringFlag{Name: "listen", Value: ":7946", Usage: "with --standby: where this host serves as the standby of the service's live copy on the peer, when the peer took it over (\"\": exit 8 instead)", EnvVars: env("LISTEN")},
+			&cli.DurationFlag{Name: "peer-wait", Value: supervisor.DefaultPeerWait, Usage: "with --standby: how long the boot tries to reach the peer before deciding alone", EnvVars: env("PEER_WAIT")},
+			&cli.DurationFlag{Name: "takeover-timeout", Value: supervisor.HeartbeatTimeout, Usage: "serving as standby: silence of the live copy after which this host takes over", EnvVars: env("TAKEOVER_TIMEOUT")},
+			&cli.BoolFlag{Name: "force-primary", Usage: "with --standby: run the program although the peer cannot be reached and this host was its standby last (only when the peer is gone for good)", EnvVars: env("FORCE_PRIMARY")},
 			arbiterFlag(),
 			keysFlag(),
 			&cli.StringSliceFlag{Name: "sync", Usage: "a state file or directory of the program: captured with every checkpoint (and streamed to the standby), put back before every restore (repeatable)", EnvVars: env("SYNC")},
@@ -181,13 +190,13 @@ func runCmd() *cli.Command {
 			if err != nil {
 				return err
 			}
-			var standbyTLS *tls.Config
+			var standbyTLS, listenTLS *tls.Config
 			if c.String("standby") != "" {
 				keys, err := auth.LoadConfig(c.String("keys"))
 				if err != nil {
 					return usage("--standby needs keys: %v", err)
 				}
-				standbyTLS = keys.Client()
+				standbyTLS, listenTLS = keys.Client(), keys.Server()
 			}
 			arb, err := supervisor.OpenArbiter(c.String("arbiter"), 0)
 			if err != nil {
@@ -208,7 +217,9 @@ func runCmd() *cli.Command {
 			wd, _ := os.Getwd()
 			sup, err := supervisor.New(supervisor.Config{
 				Net: netSpec, Commit: commit,
-				Standby: c.String("standby"), StandbyTLS: standbyTLS, Arbiter: arb, Node: host, Sync: c.StringSlice("sync"), MetricsAddr: c.String("metrics"),
+				Standby: c.String("standby"), StandbyTLS: standbyTLS, Listen: c.String("listen"), ListenTLS: listenTLS,
+				PeerWait: c.Duration("peer-wait"), TakeoverTimeout: c.Duration("takeover-timeout"), ForcePrimary: c.Bool("force-primary"),
+				Arbiter: arb, Node: host, Sync: c.StringSlice("sync"), MetricsAddr: c.String("metrics"),
 				Name: name, Command: argv, WorkDir: wd, StateDir: stateDir,
 				Interval: c.Duration("interval"), Keep: c.Int("keep"), Restart: restart,
 				Ladder: supervisor.LadderPolicy{Burst: c.Int("burst"), Window: c.Duration("burst-window"),
@@ -313,6 +324,7 @@ func standbyCmd() *cli.Command {
 			arbiterFlag(),
 			bridgeFlag(),
 			&cli.StringFlag{Name: "metrics", Usage: "ADDR (e.g. :9465) to serve Prometheus metrics on, one series per service, at /metrics", EnvVars: env("METRICS")},
+			&cli.StringFlag{Name: "peer", Usage: "HOST:PORT where a program taken over here streams its checkpoints: the old primary's `ftrun run --listen`, which serves as its standby once back (\"\": local checkpoints only)", EnvVars: env("PEER")},
 		},
 		Action: func(c *cli.Context) error {
 			log, err := newLogger(c)
@@ -336,7 +348,7 @@ func standbyCmd() *cli.Command {
 			return supervisor.RunStandby(ctx, supervisor.StandbyConfig{
 				Listen: c.String("listen"), StateDir: c.String("state-dir"), TLS: keys.Server(), Host: host,
 				Timeout: c.Duration("takeover-timeout"), Interval: c.Duration("interval"), Log: log, Arbiter: arb,
-				Bridge: c.String("bridge"), MetricsAddr: c.String("metrics"),
+				Bridge: c.String("bridge"), MetricsAddr: c.String("metrics"), Peer: c.String("peer"), PeerTLS: keys.Client(),
 			})
 		},
 	}

@@ -45,6 +45,9 @@ type Config struct {
 	// HandshakeTimeout bounds TLS handshake plus Hello; WriteTimeout each reply.
 	HandshakeTimeout time.Duration
 	WriteTimeout     time.Duration
+	// OnRefused, when set, is called (on the connection's goroutine) after the old
+	// primary of a claimed service was told the service is live here.
+	OnRefused func(service string)
 	// ProgressEvery: an epoch that takes longer than this to arrive is reported in
 	// the log this often; default progress.Every.
 	ProgressEvery time.Duration
@@ -378,6 +381,9 @@ func (cn *conn) run() error {
 		// stops its own.
 		cn.s.log.Warn("standby: refusing the service's old primary: the service is live on this host", "service", cn.name, "peer", cn.peer, "remote", cn.c.RemoteAddr().String())
 		_ = cn.send(0, &frame.Hello{Version: frame.Version, Service: h.Service, Host: cn.s.cfg.Host, Role: frame.HelloRoleLive, LastCommitted: committed})
+		if f := cn.s.cfg.OnRefused; f != nil {
+			f(cn.name)
+		}
 		return fmt.Errorf("refused primary of %q: %w", cn.name, err)
 	}
 	cn.started = true
