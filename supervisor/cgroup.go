@@ -9,6 +9,7 @@ import (
 
 	"github.com/containerd/cgroups/v3"
 	"github.com/containerd/cgroups/v3/cgroup2"
+	"golang.org/x/sys/unix"
 )
 
 // CgroupRoot is the parent of every service's cgroup, relative to the cgroup2 mount.
@@ -76,6 +77,36 @@ func OpenCgroup(name string) (*Cgroup, error) {
 		return nil, fmt.Errorf("create cgroup %q under %q: %w", group, mnt, err)
 	}
 	return &Cgroup{Mount: mnt, Group: group, m: m}, nil
+}
+
+// Gather moves the tree of a restored program into this group when CRIU put it back
+// into the group its image names (which differs only where this host's groups live
+// under another root: several hosts simulated on one machine, --cgroup-root).
+func (c *Cgroup) Gather(pid int) error {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return err
+	}
+	var src string
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "0::"); ok {
+			src = rest
+		}
+	}
+	if src == "" || src == c.Group {
+		return nil
+	}
+	procs, err := os.ReadFile(filepath.Join(c.Mount, src, "cgroup.procs"))
+	if err != nil {
+		return err
+	}
+	for _, p := range strings.Fields(string(procs)) {
+		if err := os.WriteFile(filepath.Join(c.Path(), "cgroup.procs"), []byte(p), 0); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("move restored process %s from cgroup %q to %q: %w", p, src, c.Group, err)
+		}
+	}
+	_ = os.Remove(filepath.Join(c.Mount, src))
+	return nil
 }
 
 // Path is the group's directory.

@@ -69,14 +69,14 @@ func (l *link) take() *checkpoint.Set {
 
 // linkEvent is what the link tells the loop.
 type linkEvent struct {
-	up      bool // connected and hearing the standby
-	why     string
+	up  bool // connected and hearing the standby
+	why string
 	// superseded: the peer runs the service itself now (it took over while this
 	// copy was cut off); this copy must stop.
 	superseded bool
-	shipped uint64 // epoch acknowledged by the standby (0: none in this event)
-	stats   ship.Stats
-	err     error // a ship that failed
+	shipped    uint64 // epoch acknowledged by the standby (0: none in this event)
+	stats      ship.Stats
+	err        error // a ship that failed
 }
 
 // run keeps the link up until ctx ends. acked is called on this goroutine the moment

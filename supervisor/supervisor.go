@@ -956,6 +956,9 @@ func (s *Supervisor) restore(epoch uint64, takeover bool) error {
 	if err != nil {
 		return err
 	}
+	if err := s.cg.Gather(pid); err != nil {
+		s.log.Warn("restored program is outside its cgroup", "err", err)
+	}
 	// Only now, with the sockets back, may the LAN reach the namespace. When the
 	// address moved hosts, tell the switch and the clients' neighbour caches now,
 	// and again in case the first announcement is lost.

@@ -1,0 +1,297 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ftrun/ftrun/supervisor"
+)
+
+// node is one host of a symmetric pair: its network namespace, its own cgroup root
+// (two hosts share this machine's cgroups; each must only ever kill its own) and the
+// state dir it keeps across restarts.
+type node struct {
+	h      host
+	cgroot string
+	state  string
+}
+
+func newNode(t *testing.T, h host, tag string) node {
+	n := node{h: h, cgroot: "/ftrun-" + tag, state: t.TempDir()}
+	t.Cleanup(func() { n.killCgroups(t) })
+	return n
+}
+
+func (n node) env() []string { return []string{"FTRUN_CGROUP_ROOT=" + n.cgroot} }
+
+// killCgroups kills everything in this node's cgroups and removes them.
+func (n node) killCgroups(t testing.TB) {
+	root := filepath.Join(cgroup2Mount(t), n.cgroot)
+	ents, _ := os.ReadDir(root)
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		p := filepath.Join(root, e.Name())
+		_ = os.WriteFile(filepath.Join(p, "cgroup.kill"), []byte("1"), 0)
+		for i := 0; i < 200; i++ {
+			b, _ := os.ReadFile(filepath.Join(p, "cgroup.procs"))
+			if strings.TrimSpace(string(b)) == "" {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		_ = os.Remove(p)
+	}
+	_ = os.Remove(root)
+}
+
+// procs lists the processes in this node's cgroup of service name.
+func (n node) procs(t testing.TB, name string) []string {
+	b, _ := os.ReadFile(filepath.Join(cgroup2Mount(t), n.cgroot, name, "cgroup.procs"))
+	return strings.Fields(string(b))
+}
+
+// describe names processes by pid and command line.
+func describe(pids []string) string {
+	var out []string
+	for _, p := range pids {
+		b, _ := os.ReadFile("/proc/" + p + "/cmdline")
+		out = append(out, p+" ("+strings.ReplaceAll(strings.TrimRight(string(b), "\x00"), "\x00", " ")+")")
+	}
+	return strings.Join(out, ", ")
+}
+
+// dropServiceLinks removes the service veths on this host: a host that died takes
+// its links with it.
+func (n node) dropServiceLinks() {
+	out, _ := exec.Command("ip", "-n", n.h.name, "-o", "link", "show", "type", "veth").Output()
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 1 && strings.HasPrefix(f[1], "ft-") {
+			exec.Command("ip", "-n", n.h.name, "link", "del", strings.SplitN(strings.TrimSuffix(f[1], ":"), "@", 2)[0]).Run()
+		}
+	}
+}
+
+// die kills everything of ftrun on this host at once and cuts its network, as a host
+// that loses power.
+func (n node) die(t testing.TB) {
+	n.killCgroups(t)
+	n.dropServiceLinks()
+	exec.Command("ip", "-n", n.h.name, "link", "set", "eth0", "down").Run()
+}
+
+func (n node) comeBack() {
+	exec.Command("ip", "-n", n.h.name, "link", "set", "eth0", "up").Run()
+}
+
+// startStandbyOn runs `ftrun standby` on n with its own cgroup root.
+func startStandbyOn(t *testing.T, n node, keys string, extra ...string) *standbyProc {
+	t.Helper()
+	var buf syncBuffer
+	cmd := n.h.cmd(ftrunBin, append([]string{"standby", "--listen", n.h.addr + ":7946", "--state-dir", n.state, "--keys", keys}, extra...)...)
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	cmd.Env = append(os.Environ(), n.env()...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &standbyProc{cmd: cmd, logs: &buf, done: make(chan struct{})}
+	go func() { cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.stop()
+		if t.Failed() {
+			t.Logf("standby log (%s):\n%s", n.h.name, tail(buf.String(), 40))
+		}
+	})
+	return p
+}
+
+// waitStatus polls the control socket of the supervisor in stateDir.
+func waitStatus(t *testing.T, stateDir, what string, timeout time.Duration, ok func(supervisor.Status) bool) supervisor.Status {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last supervisor.Status
+	var lastErr error
+	for time.Now().Before(deadline) {
+		st, err := status(stateDir)
+		if err == nil && ok(st) {
+			return st
+		}
+		last, lastErr = st, err
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s: not within %s; last status %+v (%v)", what, timeout, last, lastErr)
+	return last
+}
+
+// checkPrefix is the acknowledged-writes check on what the client saw so far: the
+// i-th write answered i+1, and the connection still works.
+func checkPrefix(t *testing.T, w *writer, cycle int) int {
+	t.Helper()
+	acked, err := w.snapshot()
+	if err != nil {
+		t.Fatalf("cycle %d: the client's connection broke: %v", cycle, err)
+	}
+	for _, a := range acked {
+		if a.reply != a.i+1 {
+			t.Fatalf("cycle %d: write %d was answered %d, want %d: an acknowledged write was lost or doubled", cycle, a.i, a.reply, a.i+1)
+		}
+	}
+	return len(acked)
+}
+
+// waitWrites waits until the client has n acknowledged writes.
+func waitWrites(t *testing.T, w *writer, n int, timeout time.Duration, what string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		acked, err := w.snapshot()
+		if err != nil {
+			t.Fatalf("%s: the client's connection broke: %v", what, err)
+		}
+		if len(acked) >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: only %d of %d writes answered within %s", what, len(acked), n, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// pairEnv is a symmetric pair: A runs `ftrun run --standby B`, B runs `ftrun standby
+// --peer A`; a client on a third host writes to redis at the service address.
+type pairEnv struct {
+	outputEnv
+	a, b    node
+	name    string
+	port    int
+	runArgs []string
+}
+
+func newPairEnv(t *testing.T, name string) *pairEnv {
+	e := &pairEnv{outputEnv: newOutputEnv(t), name: name, port: freePort(t)}
+	e.a = newNode(t, e.primary, name+"-a")
+	e.b = newNode(t, e.standby, name+"-b")
+	e.runArgs = append([]string{"--name", name, "--interval", "100ms", "--standby", e.b.h.addr + ":7946", "--listen", e.a.h.addr + ":7946",
+		"--keys", e.keys, "--net", "--addr", e.svc + "/24", "--"}, redisService.argv(e.port, t.TempDir())...)
+	return e
+}
+
+func (e *pairEnv) runA(t *testing.T) *ftrunProc {
+	return startFtrunIn(t, e.a.h.nsPath(), e.a.state, e.a.env(), e.runArgs...)
+}
+
+func (e *pairEnv) standbyB(t *testing.T) *standbyProc {
+	return startStandbyOn(t, e.b, e.keys, "--peer", e.a.h.addr+":7946")
+}
+
+// liveB is the state dir of the copy B's standby runs after a take-over.
+func (e *pairEnv) liveB() string { return filepath.Join(e.b.state, e.name, "live") }
+
+func protectedBy(peer string) func(supervisor.Status) bool {
+	return func(s supervisor.Status) bool {
+		return s.Pid > 0 && strings.HasPrefix(s.Protection, "protected by standby "+peer) && s.StandbyEpoch > 0
+	}
+}
+
+// Protection that lasts, with the old primary coming back as the live copy's
+// standby: the live host is killed and comes back (same command, same state dir)
+// cycles times, alternating between the two hosts, while one client writes on one
+// connection. After each cycle: every acknowledged write is there exactly once, the
+// connection works, the returned host never started or restored the program (it is
+// the standby, says so, and holds epochs), and the live copy is protected by it
+// again. FTRUN_SOAK=1 runs 10 cycles.
+func TestPingPongFailover(t *testing.T) {
+	cycles := 2
+	if os.Getenv("FTRUN_SOAK") != "" {
+		cycles = 10
+	}
+	e := newPairEnv(t, "it-pp")
+	sb := e.standbyB(t)
+	pa := e.runA(t)
+	waitStatus(t, e.a.state, "A protected by B", 30*time.Second, protectedBy(e.b.h.addr))
+	w := startWriter(t, e.outputEnv, redisService, e.port, 15*time.Second)
+	defer w.close()
+	waitWrites(t, w, 20, 20*time.Second, "first writes")
+
+	liveOnA := true
+	var times []time.Duration
+	for c := 1; c <= cycles; c++ {
+		before := checkPrefix(t, w, c)
+		last := time.Now()
+		if acked, _ := w.snapshot(); len(acked) > 0 {
+			last = acked[len(acked)-1].at
+		}
+		killedAt := time.Now()
+		if liveOnA {
+			pa.kill9()
+			e.a.die(t)
+		} else {
+			sb.kill()
+			e.b.die(t)
+		}
+		waitWrites(t, w, before+10, 30*time.Second, fmt.Sprintf("cycle %d: writes after the take-over", c))
+		acked, _ := w.snapshot()
+		var pause time.Duration
+		for _, a := range acked {
+			if a.at.After(killedAt) {
+				pause = a.at.Sub(last)
+				break
+			}
+		}
+		checkPrefix(t, w, c)
+		// The dead host comes back with the same command and state dir.
+		back := time.Now()
+		if liveOnA {
+			e.a.comeBack()
+			pa = e.runA(t)
+			waitStatus(t, e.a.state, fmt.Sprintf("cycle %d: A serves as standby", c), 30*time.Second, func(s supervisor.Status) bool {
+				return s.Role == supervisor.RoleStandby && strings.Contains(s.Protection, "holding epoch")
+			})
+			waitStatus(t, e.liveB(), fmt.Sprintf("cycle %d: B's live copy protected by A", c), 60*time.Second, protectedBy(e.a.h.addr))
+			if lg := pa.log(); strings.Contains(lg, "msg=\"program restored") || strings.Contains(lg, "msg=\"program started") {
+				t.Fatalf("cycle %d: the returned primary ran the program beside the live copy:\n%s", c, tail(lg, 30))
+			}
+			if ps := e.a.procs(t, e.name); len(ps) != 0 {
+				t.Fatalf("cycle %d: processes %s in A's cgroup while B is live", c, describe(ps))
+			}
+		} else {
+			e.b.comeBack()
+			sb = e.standbyB(t)
+			waitStatus(t, e.a.state, fmt.Sprintf("cycle %d: A's live copy protected by B", c), 60*time.Second, protectedBy(e.b.h.addr))
+			if ps := e.b.procs(t, e.name); len(ps) != 0 {
+				t.Fatalf("cycle %d: processes %s in B's cgroup while A is live", c, describe(ps))
+			}
+		}
+		reprotected := time.Since(back)
+		n := checkPrefix(t, w, c)
+		waitWrites(t, w, n+10, 20*time.Second, fmt.Sprintf("cycle %d: writes while protected again", c))
+		from, to := "A", "B"
+		if !liveOnA {
+			from, to = "B", "A"
+		}
+		t.Logf("cycle %d: %s killed, %s live: client paused %s; %s back and protecting again after %s; %d writes acknowledged",
+			c, from, to, pause.Round(time.Millisecond), from, reprotected.Round(time.Millisecond), n)
+		times = append(times, pause)
+		liveOnA = !liveOnA
+	}
+	port := e.port
+	acked, final, err := w.finish(t, e.outputEnv, port)
+	if err != nil {
+		t.Fatalf("the client's connection did not survive: %v", err)
+	}
+	if v := outputViolations(acked, final); len(v) > 0 {
+		t.Fatalf("%s", strings.Join(v, "; "))
+	}
+	p50, mx := supervisorPercentiles(times)
+	t.Logf("%d cycles, %d writes acknowledged, 0 lost, 0 doubled; client pause per take-over median %s, max %s", cycles, len(acked), p50, mx)
+}
