@@ -295,3 +295,69 @@ func TestPingPongFailover(t *testing.T) {
 	p50, mx := supervisorPercentiles(times)
 	t.Logf("%d cycles, %d writes acknowledged, 0 lost, 0 doubled; client pause per take-over median %s, max %s", cycles, len(acked), p50, mx)
 }
+
+// Without an arbiter, a partition may leave two live copies only while it lasts: the
+// primary host is cut off (its uplink down) while its ftrun and program keep running,
+// the standby takes over and the client's writes go on there; when the link comes
+// back the old primary is refused by the live copy, fences itself (frozen, killed,
+// exit 8, one log line), the live copy announces the address again, and every write
+// the client saw acknowledged is there exactly once, on the same connection and for a
+// new client. Restarted with the same flags (systemd's Restart=), the old primary then
+// becomes the live copy's standby.
+func TestHealedPartitionOneCopySurvives(t *testing.T) {
+	e := newPairEnv(t, "it-heal")
+	e.standbyB(t)
+	pa := e.runA(t)
+	waitStatus(t, e.a.state, "A protected by B", 30*time.Second, protectedBy(e.b.h.addr))
+	w := startWriter(t, e.outputEnv, redisService, e.port, 20*time.Second)
+	defer w.close()
+	waitWrites(t, w, 20, 20*time.Second, "first writes")
+
+	run(t, "ip", "-n", e.a.h.name, "link", "set", "eth0", "down")
+	cut := checkPrefix(t, w, 0)
+	waitWrites(t, w, cut+15, 30*time.Second, "writes on the standby's copy during the partition")
+	if n := len(e.a.procs(t, e.name)); n == 0 {
+		t.Fatalf("the cut-off primary's program is gone: the test needs two live copies during the partition")
+	}
+	duringCut := checkPrefix(t, w, 0)
+
+	run(t, "ip", "-n", e.a.h.name, "link", "set", "eth0", "up")
+	code, err := pa.wait(20 * time.Second)
+	if err != nil {
+		t.Fatalf("the old primary did not fence itself after the partition healed:\n%s", tail(pa.log(), 20))
+	}
+	if code != supervisor.ExitSuperseded {
+		t.Fatalf("old primary exited %d, want %d (superseded)", code, supervisor.ExitSuperseded)
+	}
+	if !strings.Contains(pa.log(), "the service is live on the peer") {
+		t.Errorf("the old primary's log does not say why it stopped:\n%s", tail(pa.log(), 10))
+	}
+	if ps := e.a.procs(t, e.name); len(ps) != 0 {
+		t.Fatalf("processes %s left in the fenced primary's cgroup", describe(ps))
+	}
+	waitWrites(t, w, duringCut+15, 30*time.Second, "writes after the heal")
+	checkPrefix(t, w, 0)
+
+	// systemd restarts it with the same flags: it becomes the live copy's standby.
+	pa = e.runA(t)
+	waitStatus(t, e.a.state, "A serves as standby", 30*time.Second, func(s supervisor.Status) bool {
+		return s.Role == supervisor.RoleStandby && strings.Contains(s.Protection, "holding epoch")
+	})
+	waitStatus(t, e.liveB(), "B's live copy protected by A", 60*time.Second, protectedBy(e.a.h.addr))
+	n := checkPrefix(t, w, 0)
+	waitWrites(t, w, n+10, 20*time.Second, "writes while protected again")
+
+	acked, final, err := w.finish(t, e.outputEnv, e.port)
+	if err != nil {
+		t.Fatalf("the client's connection did not survive: %v", err)
+	}
+	if v := outputViolations(acked, final); len(v) > 0 {
+		t.Fatalf("%s", strings.Join(v, "; "))
+	}
+	c := dialService(t, e.outputEnv, e.port, 5*time.Second)
+	defer c.conn.Close()
+	if got, err := redisService.count(c); err != nil || got != len(acked) {
+		t.Fatalf("a new client counts %d writes (%v), %d were acknowledged", got, err, len(acked))
+	}
+	t.Logf("%d writes acknowledged (%d during the partition), 0 lost, 0 doubled, one copy after the heal", len(acked), duringCut-cut)
+}
