@@ -191,7 +191,8 @@ func (e *pairEnv) runA(t *testing.T) *ftrunProc {
 }
 
 func (e *pairEnv) standbyB(t *testing.T) *standbyProc {
-	return startStandbyOn(t, e.b, e.keys, "--peer", e.a.h.addr+":7946")
+	// The live copy after a take-over checkpoints at the standby's --interval.
+	return startStandbyOn(t, e.b, e.keys, "--peer", e.a.h.addr+":7946", "--interval", "100ms")
 }
 
 // liveB is the state dir of the copy B's standby runs after a take-over.
@@ -273,6 +274,9 @@ func TestPingPongFailover(t *testing.T) {
 			}
 		}
 		reprotected := time.Since(back)
+		if reprotected > 10*time.Second {
+			t.Logf("cycle %d: slow to protect again; A:\n%s\nB:\n%s", c, tail(pa.log(), 40), tail(sb.logs.String(), 40))
+		}
 		n := checkPrefix(t, w, c)
 		waitWrites(t, w, n+10, 20*time.Second, fmt.Sprintf("cycle %d: writes while protected again", c))
 		from, to := "A", "B"
@@ -360,4 +364,82 @@ func TestHealedPartitionOneCopySurvives(t *testing.T) {
 		t.Fatalf("a new client counts %d writes (%v), %d were acknowledged", got, err, len(acked))
 	}
 	t.Logf("%d writes acknowledged (%d during the partition), 0 lost, 0 doubled, one copy after the heal", len(acked), duringCut-cut)
+}
+
+// hostLinks lists the service veths (host ends) on n's host.
+func (n node) hostLinks() []string {
+	out, _ := exec.Command("ip", "-n", n.h.name, "-o", "link", "show", "type", "veth").Output()
+	var links []string
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && strings.HasPrefix(f[1], "ft-") {
+			links = append(links, strings.SplitN(strings.TrimSuffix(f[1], ":"), "@", 2)[0])
+		}
+	}
+	return links
+}
+
+// When ftrun and its program are SIGKILLed on a host whose network stays up, the
+// program's link goes with ftrun (its link namespace had no other holder), although
+// the program's own namespace lingers behind orphaned sockets: the address stops
+// answering from that host within a second or so, and once the standby has taken
+// over, new clients reach the live copy at once and find every acknowledged write.
+func TestDeadPrimaryAddressGoes(t *testing.T) {
+	e := newPairEnv(t, "it-linkgo")
+	sb := e.standbyB(t)
+	defer func() { t.Logf("B:\n%s", tail(sb.logs.String(), 40)) }()
+	pa := e.runA(t)
+	waitStatus(t, e.a.state, "A protected by B", 30*time.Second, protectedBy(e.b.h.addr))
+	w := startWriter(t, e.outputEnv, redisService, e.port, 20*time.Second)
+	defer w.close()
+	waitWrites(t, w, 20, 20*time.Second, "first writes")
+	if len(e.a.hostLinks()) != 1 {
+		t.Fatalf("want one service link on A, have %v", e.a.hostLinks())
+	}
+
+	for i := 0; i < 3; i++ {
+		start := time.Now()
+		c := dialService(t, e.outputEnv, e.port, 5*time.Second)
+		_, err := redisService.count(c)
+		c.conn.Close()
+		t.Logf("before the kill, a new client is answered in %s (%v)", time.Since(start).Round(time.Millisecond), err)
+	}
+	killed := time.Now()
+	pa.kill9()
+	e.a.killCgroups(t)
+	for len(e.a.hostLinks()) > 0 {
+		if time.Since(killed) > 5*time.Second {
+			t.Fatalf("A's service link %v still there 5s after ftrun died: the dead primary shadows the address", e.a.hostLinks())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	gone := time.Since(killed)
+	before := checkPrefix(t, w, 0)
+	waitWrites(t, w, before+10, 30*time.Second, "writes after the take-over")
+	// New clients, one after another: each connects at once to the live copy.
+	var slowest time.Duration
+	var each []string
+	for i := 0; i < 5; i++ {
+		start := time.Now()
+		c := dialService(t, e.outputEnv, e.port, 5*time.Second)
+		n, err := redisService.count(c)
+		c.conn.Close()
+		if err != nil {
+			t.Fatalf("new client %d: %v", i, err)
+		}
+		if acked := checkPrefix(t, w, 0); n < acked-1 {
+			t.Fatalf("new client %d counts %d writes, %d were acknowledged", i, n, acked)
+		}
+		slowest = max(slowest, time.Since(start))
+		each = append(each, time.Since(start).Round(time.Millisecond).String())
+	}
+	t.Logf("new clients answered in %s", strings.Join(each, ", "))
+	acked, final, err := w.finish(t, e.outputEnv, e.port)
+	if err != nil {
+		t.Fatalf("the client's connection did not survive: %v", err)
+	}
+	if v := outputViolations(acked, final); len(v) > 0 {
+		t.Fatalf("%s", strings.Join(v, "; "))
+	}
+	t.Logf("A's service link gone %s after ftrun died; new clients answered by the live copy within %s; %d writes, 0 lost",
+		gone.Round(time.Millisecond), slowest.Round(time.Millisecond), len(acked))
 }
