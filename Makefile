@@ -4,7 +4,7 @@ BIN     := bin/ftrun
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 PKGS_UNIT := $(shell $(GO) list ./... | grep -v /integration)
 
-.PHONY: all build setup demo test unit root-test integration lint bench fuzz clean
+.PHONY: all build setup demo test unit root-test integration lint bench fuzz clean soak
 
 all: build
 
@@ -40,6 +40,10 @@ SHELL := /bin/bash
 
 integration: build
 	$(GO) test -race -count=1 -timeout 30m -v ./integration/ 2>&1 | tee /tmp/ftrun-integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+[a-z_]+_test.go)' ; exit $${PIPESTATUS[0]}
+
+# The long variants: the ping-pong failover for 10 cycles.
+soak: build
+	FTRUN_SOAK=1 $(GO) test -race -count=1 -timeout 30m -v -run 'TestPingPongFailover' ./integration/ 2>&1 | tee /tmp/ftrun-soak.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+[a-z_]+_test.go)' ; exit $${PIPESTATUS[0]}
 
 # Benchmarks: every figure next to its baseline measured in the same run, written to a
 # report folder (Markdown, SVG plots, results.json). BENCH_FLAGS=--quick for the short run.

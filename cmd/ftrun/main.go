@@ -504,7 +504,7 @@ func printStatus(st supervisor.Status) {
 		{"state dir", st.StateDir},
 	}
 	if st.Peer != "" {
-		rows = append(rows, [2]string{"standby", st.Peer},
+		rows = append(rows, [2]string{"peer", st.Peer},
 			[2]string{"standby epoch", fmt.Sprintf("%d (lag %d)", st.StandbyEpoch, st.Lag())},
 			[2]string{"last shipped", fmt.Sprintf("%s (full: %v)", humanBytes(st.LastShippedBytes), st.LastShipFull)})
 		if st.Shipping != nil {
