@@ -17,6 +17,7 @@ import (
 	"github.com/jonboulle/clockwork"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ftrun/ftrun/arbiter"
 	"github.com/ftrun/ftrun/checkpoint"
 	"github.com/ftrun/ftrun/supervisor/netplace"
 	"github.com/ftrun/ftrun/transport/standby"
@@ -42,7 +43,7 @@ type StandbyConfig struct {
 	// Ready, when set, receives the listening address once accepting.
 	Ready chan<- string
 	// Arbiter, when set, must hand this standby a service's key before it goes live.
-	Arbiter Arbiter
+	Arbiter arbiter.Arbiter
 	// Bridge is this host's bridge on the clients' network, for programs that ran in a
 	// network namespace of their own (--net) on their primary.
 	Bridge string
@@ -60,7 +61,7 @@ type StandbyConfig struct {
 	// GoLive, when set, is handed the set to restore instead of a supervisor of its own
 	// being started here; it owns lease from then on.
 	// It returns what announces the service address again (see Supervisor.Reannounce).
-	GoLive func(svc string, set checkpoint.Set, lease Lease) (announce func(), err error)
+	GoLive func(svc string, set checkpoint.Set, lease arbiter.Lease) (announce func(), err error)
 	// OnStatus, when set, receives the function that reports what the standby holds.
 	OnStatus func(func() []StandbyStatus)
 	// ControlSocket answers `ftrun status` ("" for STATE_DIR/control.sock, "-" for none).
@@ -198,7 +199,7 @@ func RunStandby(ctx context.Context, cfg StandbyConfig) error {
 	// adds to the failover time a client sees.
 	tick := cfg.Clock.NewTicker(takeoverCheck)
 	defer tick.Stop()
-	startLive := func(svc string, lease Lease) {
+	startLive := func(svc string, lease arbiter.Lease) {
 		// From here on the old primary is refused and its epochs are never acked
 		// again: the set chosen next is the last word.
 		if err := claim(cfg.Clock, srv, svc); err != nil {
@@ -424,11 +425,11 @@ func claim(clock clockwork.Clock, srv *standby.Server, svc string) error {
 
 type acquiredLease struct {
 	svc   string
-	lease Lease
+	lease arbiter.Lease
 	err   error
 }
 
-func goLive(cfg StandbyConfig, store *standby.Store, svc string, lease Lease) (*Supervisor, error) {
+func goLive(cfg StandbyConfig, store *standby.Store, svc string, lease arbiter.Lease) (*Supervisor, error) {
 	sets, err := store.Sets(svc)
 	if err != nil || len(sets) == 0 {
 		return nil, fmt.Errorf("no committed epoch for %q: %v", svc, err)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ftrun/ftrun/arbiter"
 	"github.com/ftrun/ftrun/checkpoint"
 	"github.com/ftrun/ftrun/transport/ship"
 	"github.com/ftrun/ftrun/transport/standby"
@@ -156,7 +157,7 @@ func (s *Supervisor) adoptStandbyEpoch() error {
 // handoff is a take-over decided while serving as the standby of the live copy.
 type handoff struct {
 	set   checkpoint.Set
-	lease Lease
+	lease arbiter.Lease
 }
 
 // chooseRole runs the boot's role decision. When this host is to be the standby of
@@ -243,7 +244,7 @@ func (s *Supervisor) serveAsStandby(ctx context.Context) (handoff, bool, error) 
 		Timeout: s.cfg.TakeoverTimeout, Interval: s.cfg.Interval, Criu: s.cfg.Criu, Clock: s.clock,
 		Log: s.log.With("role", RoleStandby), Arbiter: s.cfg.Arbiter, Bridge: bridge, Only: s.cfg.Name, ControlSocket: "-",
 		OnStatus: func(f func() []StandbyStatus) { standbyStatus = f; close(statusReady) },
-		GoLive: func(svc string, set checkpoint.Set, lease Lease) (func(), error) {
+		GoLive: func(svc string, set checkpoint.Set, lease arbiter.Lease) (func(), error) {
 			select {
 			case handoffs <- handoff{set: set, lease: lease}:
 			default:

@@ -16,6 +16,7 @@ import (
 
 	"github.com/jonboulle/clockwork"
 
+	"github.com/ftrun/ftrun/arbiter"
 	"github.com/ftrun/ftrun/checkpoint"
 	"github.com/ftrun/ftrun/supervisor/gate"
 	"github.com/ftrun/ftrun/supervisor/netplace"
@@ -88,8 +89,8 @@ type Config struct {
 	StandbyTLS *tls.Config
 	// Arbiter decides who may run the program (nil: no arbiter). Lease, when set, is
 	// one already held (a standby going live); otherwise Run acquires one first.
-	Arbiter Arbiter
-	Lease   Lease
+	Arbiter arbiter.Arbiter
+	Lease   arbiter.Lease
 	Node    string
 	// Sync are the program's state files and directories, captured with every
 	// checkpoint and put back before every restore.
@@ -359,7 +360,7 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 		case <-ctx.Done():
 			return s.shutdown()
 		case <-lost:
-			return s.fence(ExitFenced, "lost the arbiter lease: freezing and killing the program; another node may run it now", ErrLeaseLost)
+			return s.fence(ExitFenced, "lost the arbiter lease: freezing and killing the program; another node may run it now", arbiter.ErrLeaseLost)
 		case <-ticker.Chan():
 			// What happened meanwhile comes first: a checkpoint keeps the loop busy
 			// for most of a short epoch.

@@ -21,6 +21,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/ftrun/ftrun/arbiter"
 	"github.com/ftrun/ftrun/checkpoint"
 	"github.com/ftrun/ftrun/contrib/demo"
 	"github.com/ftrun/ftrun/supervisor"
@@ -198,7 +199,7 @@ func runCmd() *cli.Command {
 				}
 				standbyTLS, listenTLS = keys.Client(), keys.Server()
 			}
-			arb, err := supervisor.OpenArbiter(c.String("arbiter"), 0)
+			arb, err := arbiter.Open(c.String("arbiter"), 0)
 			if err != nil {
 				return usage("%v", err)
 			}
@@ -331,7 +332,7 @@ func standbyCmd() *cli.Command {
 			if err != nil {
 				return err
 			}
-			arb, err := supervisor.OpenArbiter(c.String("arbiter"), 0)
+			arb, err := arbiter.Open(c.String("arbiter"), 0)
 			if err != nil {
 				return usage("%v", err)
 			}
