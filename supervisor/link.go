@@ -19,7 +19,6 @@ import (
 // Defaults of the primary<->standby link (Remus-style heartbeats).
 const (
 	HeartbeatInterval = 100 * time.Millisecond
-	HeartbeatTimeout  = time.Second
 	redialDelay       = 500 * time.Millisecond
 )
 

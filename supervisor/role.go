@@ -11,6 +11,7 @@ import (
 
 	"github.com/ftrun/ftrun/arbiter"
 	"github.com/ftrun/ftrun/checkpoint"
+	"github.com/ftrun/ftrun/failover"
 	"github.com/ftrun/ftrun/transport/ship"
 	"github.com/ftrun/ftrun/transport/standby"
 )
@@ -231,7 +232,7 @@ func (s *Supervisor) serveAsStandby(ctx context.Context) (handoff, bool, error) 
 	s.st.Protection = "standby of the live copy on " + s.cfg.Standby
 	s.notifyStatus()
 	handoffs := make(chan handoff, 1)
-	var standbyStatus func() []StandbyStatus
+	var standbyStatus func() []failover.StandbyStatus
 	statusReady := make(chan struct{})
 	done := make(chan error, 1)
 	bridge := ""
@@ -239,18 +240,19 @@ func (s *Supervisor) serveAsStandby(ctx context.Context) (handoff, bool, error) 
 		bridge = s.cfg.Net.BridgeName()
 	}
 	host, _ := os.Hostname()
-	cfg := StandbyConfig{
+	cfg := failover.Config{
 		Listen: s.cfg.Listen, StateDir: filepath.Join(s.cfg.StateDir, "standby"), TLS: s.cfg.ListenTLS, Host: host,
-		Timeout: s.cfg.TakeoverTimeout, Interval: s.cfg.Interval, Criu: s.cfg.Criu, Clock: s.clock,
-		Log: s.log.With("role", RoleStandby), Arbiter: s.cfg.Arbiter, Bridge: bridge, Only: s.cfg.Name, ControlSocket: "-",
-		OnStatus: func(f func() []StandbyStatus) { standbyStatus = f; close(statusReady) },
-		GoLive: func(svc string, set checkpoint.Set, lease arbiter.Lease) (func(), error) {
+		Timeout: s.cfg.TakeoverTimeout, Clock: s.clock, Log: s.log.With("role", RoleStandby), Arbiter: s.cfg.Arbiter,
+		Bridge: bridge, Only: s.cfg.Name, ControlSocket: "-",
+		OnStatus: func(f func() []failover.StandbyStatus) { standbyStatus = f; close(statusReady) },
+		GoLive: func(h failover.Handoff) (failover.Live, error) {
 			select {
-			case handoffs <- handoff{set: set, lease: lease}:
+			case handoffs <- handoff{set: h.Set, lease: h.Lease}:
 			default:
-				return nil, errors.New("already taking over")
+				return failover.Live{}, errors.New("already taking over")
 			}
-			return s.Reannounce, nil
+			// The outer supervisor runs the program: Run stays nil.
+			return failover.Live{Announce: s.Reannounce}, nil
 		},
 	}
 	s.wg.Add(1)
@@ -258,7 +260,7 @@ func (s *Supervisor) serveAsStandby(ctx context.Context) (handoff, bool, error) 
 		defer s.wg.Done()
 		// It goes on after a take-over: it is what tells the peer, should it come
 		// back as a primary, that the service is live here now.
-		done <- RunStandby(s.ctx, cfg)
+		done <- failover.Run(s.ctx, cfg)
 	}()
 	select {
 	case <-statusReady:
@@ -284,7 +286,7 @@ func (s *Supervisor) serveAsStandby(ctx context.Context) (handoff, bool, error) 
 }
 
 // standbyView copies what the standby holds into the status.
-func (s *Supervisor) standbyView(sts []StandbyStatus) {
+func (s *Supervisor) standbyView(sts []failover.StandbyStatus) {
 	for _, st := range sts {
 		if st.Service != s.cfg.Name {
 			continue

@@ -24,6 +24,7 @@ import (
 	"github.com/ftrun/ftrun/arbiter"
 	"github.com/ftrun/ftrun/checkpoint"
 	"github.com/ftrun/ftrun/contrib/demo"
+	"github.com/ftrun/ftrun/failover"
 	"github.com/ftrun/ftrun/supervisor"
 	"github.com/ftrun/ftrun/supervisor/netplace"
 	"github.com/ftrun/ftrun/transport/auth"
@@ -346,10 +347,11 @@ func standbyCmd() *cli.Command {
 			host, _ := os.Hostname()
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
-			return supervisor.RunStandby(ctx, supervisor.StandbyConfig{
+			return failover.Run(ctx, failover.Config{
 				Listen: c.String("listen"), StateDir: c.String("state-dir"), TLS: keys.Server(), Host: host,
-				Timeout: c.Duration("takeover-timeout"), Interval: c.Duration("interval"), Log: log, Arbiter: arb,
-				Bridge: c.String("bridge"), MetricsAddr: c.String("metrics"), Peer: c.String("peer"), PeerTLS: keys.Client(),
+				Timeout: c.Duration("takeover-timeout"), Log: log, Arbiter: arb, Bridge: c.String("bridge"), MetricsAddr: c.String("metrics"),
+				GoLive: supervisor.LiveCopy(supervisor.LiveConfig{Interval: c.Duration("interval"), Log: log, Host: host,
+					Bridge: c.String("bridge"), Peer: c.String("peer"), PeerTLS: keys.Client()}),
 			})
 		},
 	}
@@ -450,7 +452,7 @@ func statusCmd() *cli.Command {
 				switch v := o.(type) {
 				case supervisor.Status:
 					printStatus(v)
-				case []supervisor.StandbyStatus:
+				case []failover.StandbyStatus:
 					printStandby(v)
 				}
 			}
@@ -459,7 +461,7 @@ func statusCmd() *cli.Command {
 	}
 }
 
-func printStandby(services []supervisor.StandbyStatus) {
+func printStandby(services []failover.StandbyStatus) {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "SERVICE\tROLE\tEPOCH\tPRIMARY\tLAST HEARD\tRECEIVED")
 	for _, s := range services {
