@@ -27,8 +27,9 @@ const DefaultTimeout = time.Second
 // every tick of delay adds to the failover time a client sees.
 const check = 10 * time.Millisecond
 
-// ControlSocket is the name of the standby's control socket in its state dir.
-const ControlSocket = "control.sock"
+// ControlSocket is the name of the control socket in a state dir, a standby's as a
+// supervisor's, so that `ftrun status --state-dir` finds either.
+const ControlSocket = "ctl.sock"
 
 // Config is everything a standby was told.
 type Config struct {
