@@ -33,4 +33,3 @@ func TestTakeOver(t *testing.T) {
 		})
 	}
 }
-
