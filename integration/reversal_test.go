@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftrun/ftrun/contrib/demo"
 	"github.com/ftrun/ftrun/supervisor"
 )
 
@@ -442,4 +444,35 @@ func TestDeadPrimaryAddressGoes(t *testing.T) {
 	}
 	t.Logf("A's service link gone %s after ftrun died; new clients answered by the live copy within %s; %d writes, 0 lost",
 		gone.Round(time.Millisecond), slowest.Round(time.Millisecond), len(acked))
+}
+
+// The demo's host-level part, as `make demo` runs it: the host running the counter
+// dies and the standby takes over, the dead host comes back as the live copy's
+// standby, and a partition with the etcd arbiter leaves exactly one copy counting.
+func TestCounterDemoHosts(t *testing.T) {
+	requiresRoot(t, "ruby", "etcd", "iptables")
+	var out strings.Builder
+	dir := t.TempDir()
+	results, err := demo.RunResults(context.Background(), demo.Options{Ftrun: ftrunBin, WorkDir: dir, Interval: 500 * time.Millisecond,
+		Out: &out, Steps: demo.HostSteps})
+	t.Logf("demo timeline:\n%s", out.String())
+	defer func() {
+		if t.Failed() {
+			for _, f := range []string{"host-a.log", "host-b.log"} {
+				b, _ := os.ReadFile(filepath.Join(dir, f))
+				t.Logf("%s:\n%s", f, tail(string(b), 25))
+			}
+		}
+	}()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(results) != len(demo.HostSteps) {
+		t.Fatalf("%d results, want %d", len(results), len(demo.HostSteps))
+	}
+	for _, r := range results {
+		if !r.OK {
+			t.Errorf("%s: not ok (rollback %d, allowed %d, after %d)", r.Step, r.Rollback, r.Allowed, r.After)
+		}
+	}
 }

@@ -637,10 +637,11 @@ func keygenCmd() *cli.Command {
 func demoCmd() *cli.Command {
 	return &cli.Command{
 		Name:  "demo",
-		Usage: "protect a Ruby counter and inject failures: kill -9, a hang, ftrun's own death, a deleted file, a corrupt checkpoint",
+		Usage: "protect a Ruby counter and inject failures: kill -9, a hang, ftrun's own death, a deleted file, a corrupt checkpoint; then on network-namespace hosts: the host dies, comes back as standby, a partition with an etcd arbiter",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "work-dir", Usage: "where the demo keeps its state (default: a new temporary directory)"},
 			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "checkpoint interval"},
+			&cli.BoolFlag{Name: "hosts", Value: true, Usage: "also the host-level failures, on network-namespace hosts on this machine (--hosts=false: this host only)", EnvVars: env("DEMO_HOSTS")},
 		},
 		Action: func(c *cli.Context) error {
 			self, err := os.Executable()
@@ -649,7 +650,7 @@ func demoCmd() *cli.Command {
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
-			return demo.Run(ctx, demo.Options{Ftrun: self, WorkDir: c.String("work-dir"), Interval: c.Duration("interval"), Out: os.Stdout})
+			return demo.Run(ctx, demo.Options{Ftrun: self, WorkDir: c.String("work-dir"), Interval: c.Duration("interval"), Out: os.Stdout, Hosts: c.Bool("hosts")})
 		},
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -34,8 +35,12 @@ type Options struct {
 	WorkDir  string        // state and logs (default: a new temporary directory)
 	Interval time.Duration // checkpoint interval
 	Out      io.Writer     // the timeline
-	// Steps limits the failures injected (names as in Steps); empty means all.
+	// Steps limits the failures injected (names as in Steps and HostSteps); empty
+	// means all of Steps, and of HostSteps too when Hosts is set.
 	Steps []string
+	// Hosts adds the host-level failures on network-namespace hosts (root, iproute2,
+	// etcd: what scripts/setup installs).
+	Hosts bool
 }
 
 // Steps are the failures the demo injects, in order.
@@ -78,7 +83,18 @@ func RunResults(ctx context.Context, opt Options) ([]Result, error) {
 		opt.Out = io.Discard
 	}
 	if len(opt.Steps) == 0 {
-		opt.Steps = Steps
+		opt.Steps = slices.Clone(Steps)
+		if opt.Hosts {
+			opt.Steps = append(opt.Steps, HostSteps...)
+		}
+	}
+	var local, hosts []string
+	for _, st := range opt.Steps {
+		if slices.Contains(HostSteps, st) {
+			hosts = append(hosts, st)
+		} else {
+			local = append(local, st)
+		}
 	}
 	if _, err := exec.LookPath("ruby"); err != nil {
 		return nil, errors.New("ruby not found: run scripts/setup (or apt-get install ruby)")
@@ -105,35 +121,21 @@ func RunResults(ctx context.Context, opt Options) ([]Result, error) {
 	r.ftrunLog = logf
 	r.say("demo: protecting `ruby counter.rb` (ticks every %s, checkpoints every %s); ftrun log: %s", Tick, opt.Interval, logf.Name())
 
-	if err := r.startFtrun(script, "--discard"); err != nil {
-		return nil, err
-	}
-	defer r.stopFtrun()
-	if _, err := r.waitStatus(ctx, 20*time.Second, func(s supervisor.Status) bool { return s.Epoch > 0 && s.State == supervisor.StateRunning }); err != nil {
-		return nil, fmt.Errorf("ftrun did not protect the counter: %w (see %s)", err, logf.Name())
-	}
-	r.say("protected: first checkpoint committed")
-
 	var results []Result
 	perInterval := int64(opt.Interval / Tick)
-	for _, step := range opt.Steps {
-		r.settle(ctx)
-		res, err := r.inject(ctx, step, script, perInterval)
+	if len(local) > 0 {
+		res, err := r.local(ctx, script, local, perInterval)
+		results = append(results, res...)
 		if err != nil {
-			return results, fmt.Errorf("step %s: %w (see %s)", step, err, logf.Name())
+			return results, err
 		}
-		results = append(results, res)
-		verdict := "ok"
-		if !res.OK {
-			verdict = "FAILED"
-		}
-		r.say("  -> %s in %s: counter %d before, %d after (rolled back %d ticks, allowed %d): %s",
-			res.How, res.Recovery.Round(time.Millisecond), res.Before, res.After, res.Rollback, res.Allowed, verdict)
 	}
-
-	r.say("stopping ftrun (SIGTERM: final checkpoint, then stop)")
-	if err := r.stopFtrun(); err != nil {
-		return results, fmt.Errorf("ftrun did not stop cleanly: %w", err)
+	if len(hosts) > 0 {
+		res, err := r.runHosts(ctx, script, perInterval)
+		results = append(results, res...)
+		if err != nil {
+			return results, fmt.Errorf("%w (see the logs in %s)", err, opt.WorkDir)
+		}
 	}
 	r.say("summary:")
 	failed := 0
@@ -149,6 +151,34 @@ func RunResults(ctx context.Context, opt Options) ([]Result, error) {
 		return results, fmt.Errorf("%d of %d failures lost the counter's state", failed, len(results))
 	}
 	r.say("the counter survived every failure: never back by more than the checkpoints allow, never from zero")
+	return results, nil
+}
+
+// local runs the failures on this host under one ftrun.
+func (r *run) local(ctx context.Context, script string, steps []string, perInterval int64) ([]Result, error) {
+	logf := r.ftrunLog
+	if err := r.startFtrun(script, "--discard"); err != nil {
+		return nil, err
+	}
+	defer r.stopFtrun()
+	if _, err := r.waitStatus(ctx, 20*time.Second, func(s supervisor.Status) bool { return s.Epoch > 0 && s.State == supervisor.StateRunning }); err != nil {
+		return nil, fmt.Errorf("ftrun did not protect the counter: %w (see %s)", err, logf.Name())
+	}
+	r.say("protected: first checkpoint committed")
+	var results []Result
+	for _, step := range steps {
+		r.settle(ctx)
+		res, err := r.inject(ctx, step, script, perInterval)
+		if err != nil {
+			return results, fmt.Errorf("step %s: %w (see %s)", step, err, logf.Name())
+		}
+		results = append(results, res)
+		r.report(res)
+	}
+	r.say("stopping ftrun (SIGTERM: final checkpoint, then stop)")
+	if err := r.stopFtrun(); err != nil {
+		return results, fmt.Errorf("ftrun did not stop cleanly: %w", err)
+	}
 	return results, nil
 }
 
