@@ -44,7 +44,7 @@ type Options struct {
 }
 
 // Steps are the failures the demo injects, in order.
-var Steps = []string{"kill-program", "hang", "kill-ftrun", "delete-file", "corrupt-checkpoint"}
+var Steps = []string{"kill-program", "hang", "kill-ftrun", "delete-file", "corrupt-checkpoint", "disk-read-only"}
 
 // Result is one injected failure and what came of it.
 type Result struct {
@@ -366,6 +366,8 @@ func (r *run) inject(ctx context.Context, step, script string, perInterval int64
 		res.How = "restore of an older checkpoint"
 		// The newest checkpoint is lost, so one more interval may be lost with it.
 		res.Allowed += perInterval
+	case "disk-read-only":
+		return r.readOnly(ctx, before)
 	default:
 		return res, fmt.Errorf("unknown step %q", step)
 	}
@@ -384,6 +386,66 @@ func (r *run) inject(ctx context.Context, step, script string, perInterval int64
 	}
 	res.OK = res.Rollback <= res.Allowed && res.After > perInterval
 	return res, nil
+}
+
+// readOnly makes the disk that holds the checkpoints read-only under a running ftrun
+// (a bind mount of the checkpoint directory, remounted read-only, as a failing disk
+// does), then writable again: the program runs on untouched, ftrun says its checkpoints
+// fail, and once the disk is back they go on by themselves.
+func (r *run) readOnly(ctx context.Context, before supervisor.Status) (Result, error) {
+	res := Result{Step: "disk-read-only", How: "checkpoints fail, the program runs on, then resume"}
+	dir := filepath.Join(r.state, supervisor.CheckpointsDir)
+	mount := func(args ...string) error {
+		if out, err := exec.Command("mount", args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("mount %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	}
+	if err := mount("--bind", dir, dir); err != nil {
+		return res, err
+	}
+	defer exec.Command("umount", "-l", dir).Run()
+	r.say("inject: the checkpoint disk fails read-only (%s)", dir)
+	res.Before, res.Allowed = r.readCounter(), 0
+	t0 := time.Now()
+	var err error
+	for i := 0; i < 50; i++ { // EBUSY while a checkpoint is being written
+		if err = mount("-o", "remount,bind,ro", dir); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		return res, err
+	}
+	failing, err := r.waitStatus(ctx, 10*r.opt.Interval+5*time.Second, func(s supervisor.Status) bool { return s.CheckpointFailures > before.CheckpointFailures })
+	if err != nil {
+		return res, fmt.Errorf("no checkpoint failed on the read-only disk: %w", err)
+	}
+	r.say("  checkpoints fail (%s); the program runs on", firstLine(failing.LastError))
+	time.Sleep(2 * r.opt.Interval)
+	mid := r.readCounter()
+	if err := mount("-o", "remount,bind,rw", dir); err != nil {
+		return res, err
+	}
+	r.say("  the disk is writable again")
+	back, err := r.waitStatus(ctx, 10*r.opt.Interval+5*time.Second, func(s supervisor.Status) bool { return s.Epoch > failing.Epoch && s.LastError == "" })
+	if err != nil {
+		return res, fmt.Errorf("checkpoints did not resume: %w", err)
+	}
+	res.Recovery, res.After = time.Since(t0), r.readCounter()
+	res.OK = back.Pid == before.Pid && mid > res.Before && res.After > mid
+	return res, nil
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	if len(s) > 120 {
+		s = s[:120] + "..."
+	}
+	return s
 }
 
 func newestSet(dir string) (string, error) {
