@@ -188,8 +188,8 @@ func newPairEnv(t *testing.T, name string) *pairEnv {
 	return e
 }
 
-func (e *pairEnv) runA(t *testing.T) *ftrunProc {
-	return startFtrunIn(t, e.a.h.nsPath(), e.a.state, e.a.env(), e.runArgs...)
+func (e *pairEnv) runA(t *testing.T, env ...string) *ftrunProc {
+	return startFtrunIn(t, e.a.h.nsPath(), e.a.state, append(e.a.env(), env...), e.runArgs...)
 }
 
 func (e *pairEnv) standbyB(t *testing.T) *standbyProc {
@@ -344,11 +344,18 @@ func TestHealedPartitionOneCopySurvives(t *testing.T) {
 	waitWrites(t, w, duringCut+15, 30*time.Second, "writes after the heal")
 	checkPrefix(t, w, 0)
 
-	// systemd restarts it with the same flags: it becomes the live copy's standby.
-	pa = e.runA(t)
+	// systemd restarts it with the same flags (Type=notify, WatchdogSec=): it becomes
+	// the live copy's standby, says it is ready and keeps feeding the watchdog.
+	notify, path := bindNotify(t)
+	pa = e.runA(t, "NOTIFY_SOCKET="+path, "WATCHDOG_USEC=400000")
 	waitStatus(t, e.a.state, "A serves as standby", 30*time.Second, func(s supervisor.Status) bool {
 		return s.Role == supervisor.RoleStandby && strings.Contains(s.Protection, "holding epoch")
 	})
+	time.Sleep(time.Second)
+	msgs := notify.all()
+	if firstIndex(msgs, "READY=1") < 0 || strings.Count(strings.Join(msgs, "\n"), "WATCHDOG=1") < 2 {
+		t.Errorf("a standby under systemd must say READY=1 and feed the watchdog; sent %q", msgs)
+	}
 	waitStatus(t, e.liveB(), "B's live copy protected by A", 60*time.Second, protectedBy(e.a.h.addr))
 	n := checkPrefix(t, w, 0)
 	waitWrites(t, w, n+10, 20*time.Second, "writes while protected again")

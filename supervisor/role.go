@@ -267,8 +267,24 @@ func (s *Supervisor) serveAsStandby(ctx context.Context) (handoff, bool, error) 
 	case err := <-done:
 		return handoff{}, false, fmt.Errorf("serve as standby on %q: %w", s.cfg.Listen, err)
 	}
+	// Under systemd a standby is a started service, and a live one: its watchdog is
+	// fed while the standby serves, or systemd would restart it for want of a
+	// checkpoint it has no program to take.
+	if err := s.cfg.Notifier.Ready(s.st.Protection); err != nil {
+		s.log.Warn("sd_notify READY", "err", err)
+	}
+	var wdog <-chan time.Time
+	if iv := s.cfg.Notifier.WatchdogInterval(); iv > 0 {
+		t := s.clock.NewTicker(iv)
+		defer t.Stop()
+		wdog = t.Chan()
+	}
 	for {
 		select {
+		case <-wdog:
+			if err := s.cfg.Notifier.Watchdog(); err != nil {
+				s.log.Debug("sd_notify WATCHDOG", "err", err)
+			}
 		case <-ctx.Done():
 			s.st.State = StateStopped
 			return handoff{}, true, nil
