@@ -532,3 +532,50 @@ func TestArbiterRoleReversal(t *testing.T) {
 	}
 	t.Logf("%d writes acknowledged across A -> B -> A with the etcd arbiter, 0 lost, 0 doubled", len(acked))
 }
+
+// A host that was the live copy's standby and restarts while it cannot reach the peer
+// (no arbiter) does not start the program: the peer may be running it behind a
+// partition, and the epochs this host holds may be older than what clients were told.
+// It waits as a standby; once the network heals, the live copy connects and is
+// protected by it again, and the client's writes were never interrupted.
+func TestFormerStandbyWaitsForUnreachablePeer(t *testing.T) {
+	e := newPairEnv(t, "it-wait")
+	e.standbyB(t)
+	pa := e.runA(t)
+	waitStatus(t, e.a.state, "A protected by B", 30*time.Second, protectedBy(e.b.h.addr))
+	w := startWriter(t, e.outputEnv, redisService, e.port, 20*time.Second)
+	defer w.close()
+	waitWrites(t, w, 10, 20*time.Second, "first writes")
+	pa.kill9()
+	e.a.die(t)
+	n := checkPrefix(t, w, 1)
+	waitWrites(t, w, n+10, 30*time.Second, "writes on B")
+	e.a.comeBack()
+	pa = e.runA(t)
+	waitStatus(t, e.liveB(), "B's live copy protected by A", 60*time.Second, protectedBy(e.a.h.addr))
+
+	// A's ftrun dies and comes back while it cannot reach B (B and the client go on).
+	pa.kill9()
+	heal := partition(t, e.a.h, e.b.h)
+	pa = e.runA(t)
+	waitStatus(t, e.a.state, "A decided without the peer", 30*time.Second, func(s supervisor.Status) bool {
+		return s.Role == supervisor.RoleStandby && s.State == supervisor.StateStandby
+	})
+	if !strings.Contains(pa.log(), "this host was its standby: waiting for the live copy") {
+		t.Errorf("A's log does not say why it waits:\n%s", tail(pa.log(), 10))
+	}
+	n = checkPrefix(t, w, 2)
+	waitWrites(t, w, n+10, 30*time.Second, "writes on B while A waits")
+	if ps := e.a.procs(t, e.name); len(ps) != 0 {
+		t.Fatalf("A started the program although the live copy may run on B: %s", describe(ps))
+	}
+	heal()
+	waitStatus(t, e.liveB(), "B's live copy protected by A again", 60*time.Second, protectedBy(e.a.h.addr))
+	acked, final, err := w.finish(t, e.outputEnv, e.port)
+	if err != nil {
+		t.Fatalf("the client's connection did not survive: %v", err)
+	}
+	if v := outputViolations(acked, final); len(v) > 0 {
+		t.Fatalf("%s", strings.Join(v, "; "))
+	}
+}
