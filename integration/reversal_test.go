@@ -276,6 +276,9 @@ func TestPingPongFailover(t *testing.T) {
 			}
 		}
 		reprotected := time.Since(back)
+		if os.Getenv("FTRUN_PP_LOGS") != "" {
+			t.Logf("cycle %d logs; A:\n%s\nB:\n%s", c, tail(pa.log(), 25), tail(sb.logs.String(), 25))
+		}
 		if reprotected > 10*time.Second {
 			t.Logf("cycle %d: slow to protect again; A:\n%s\nB:\n%s", c, tail(pa.log(), 40), tail(sb.logs.String(), 40))
 		}
