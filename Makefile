@@ -41,13 +41,14 @@ SHELL := /bin/bash
 integration: build
 	$(GO) test -race -count=1 -timeout 30m -v ./integration/ 2>&1 | tee /tmp/ftrun-integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+[a-z_]+_test.go)' ; exit $${PIPESTATUS[0]}
 
-# The fault soak, long: SOAK_FAULTS random faults (kill -9 of ftrun, the program, CRIU
+# The long variants: SOAK_FAULTS random faults (kill -9 of ftrun, the program, CRIU
 # mid-dump and mid-restore, the standby mid-commit; disk full, read-only state dir, link
-# cut, host death, partition and heal), each followed by the acknowledged-writes check.
-# `make integration` runs every kind once.
+# cut, host death, partition and heal), each followed by the acknowledged-writes check,
+# and the ping-pong failover for 10 cycles. `make integration` runs every fault kind
+# once and two ping-pong cycles.
 SOAK_FAULTS ?= 60
 soak: setup build
-	FTRUN_SOAK_FAULTS=$(SOAK_FAULTS) $(GO) test -count=1 -timeout 3h -v -run '^TestFaultSoak$$' ./integration/ 2>&1 | tee /tmp/ftrun-soak.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\|)|soak_test.go' ; exit $${PIPESTATUS[0]}
+	FTRUN_SOAK=1 FTRUN_SOAK_FAULTS=$(SOAK_FAULTS) $(GO) test -count=1 -timeout 3h -v -run '^(TestFaultSoak|TestPingPongFailover)$$' ./integration/ 2>&1 | tee /tmp/ftrun-soak.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\|)|_test.go' ; exit $${PIPESTATUS[0]}
 
 # The real-daemon matrix alone (also part of integration).
 daemons: build

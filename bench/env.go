@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ftrun/ftrun/failover"
 	"github.com/ftrun/ftrun/supervisor"
 	"github.com/ftrun/ftrun/transport/auth"
 )
@@ -318,7 +319,7 @@ func CheckNoTakeover(state string) error {
 }
 
 // StandbyStatus asks a standby (`ftrun status --json --state-dir STATE`).
-func StandbyStatus(state string) ([]supervisor.StandbyStatus, error) {
+func StandbyStatus(state string) ([]failover.StandbyStatus, error) {
 	resp, err := supervisor.Query(state, supervisor.Request{Op: "status"}, 5*time.Second)
 	if err != nil {
 		return nil, err

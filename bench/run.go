@@ -34,6 +34,7 @@ func Scenarios() []Scenario {
 		{Name: "shipped", Title: "Bytes shipped vs pages dirtied", Tools: []string{"gcc"}, Run: Shipped},
 		{Name: "restart", Title: "Plain restart vs ftrun", Tools: []string{"redis-server"}, Run: Restart},
 		{Name: "failover", Title: "Failover as seen by a client", Tools: []string{"redis-server", "iptables"}, Run: Failover},
+		{Name: "pingpong", Title: "Two failovers, A -> B -> A, and protection regained", Tools: []string{"redis-server", "iptables"}, Run: PingPong},
 		{Name: "scale", Title: "One standby, ten primaries", Tools: []string{"ruby"}, Run: Scale},
 		{Name: "gate", Title: "Latency with and without the output gate", Tools: []string{"redis-server", "iptables"}, Run: Gate},
 		{Name: "output", Title: "What the Output Rule costs: latency vs epoch length, throughput", Tools: []string{"redis-server", "iptables"}, Run: Output},

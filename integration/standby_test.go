@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ftrun/ftrun/checkpoint"
+	"github.com/ftrun/ftrun/failover"
 	"github.com/ftrun/ftrun/supervisor"
 	"github.com/ftrun/ftrun/transport/auth"
 )
@@ -459,7 +460,7 @@ func TestOneStandbyThreePrimaries(t *testing.T) {
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		out, _ := exec.Command(ftrunBin, "status", "--json", "--state-dir", standbyState).Output()
-		var ss []supervisor.StandbyStatus
+		var ss []failover.StandbyStatus
 		json.Unmarshal(out, &ss)
 		roles := map[string]string{}
 		for _, s := range ss {

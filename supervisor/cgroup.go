@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -14,7 +15,8 @@ import (
 )
 
 // CgroupRoot is the parent of every service's cgroup, relative to the cgroup2 mount.
-const CgroupRoot = "/ftrun"
+// A variable only so that tests can give each host simulated on one machine its own.
+var CgroupRoot = "/ftrun"
 
 // ErrNoCgroup2 is returned on hosts with only cgroup v1: ftrun needs cgroup2 to freeze
 // and kill a whole tree atomically (cgroup.freeze, cgroup.kill).
@@ -190,6 +192,49 @@ func moveSelf(mnt, group string) error {
 		return fmt.Errorf("move ftrun into cgroup %q: %w", group, err)
 	}
 	return nil
+}
+
+// Gather moves the tree of a restored program into this group when CRIU put it back
+// into the group its image names (which differs only where this host's groups live
+// under another root: several hosts simulated on one machine, --cgroup-root).
+func (c *Cgroup) Gather(pid int) error {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return err
+	}
+	var src string
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "0::"); ok {
+			src = rest
+		}
+	}
+	if src == "" || src == c.Group {
+		return nil
+	}
+	// Only the restored tree: another host's program may share the source group.
+	for _, p := range processTree(pid) {
+		if err := os.WriteFile(filepath.Join(c.Path(), "cgroup.procs"), []byte(strconv.Itoa(p)), 0); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("move restored process %d from cgroup %q to %q: %w", p, src, c.Group, err)
+		}
+	}
+	return nil
+}
+
+// processTree is pid and its descendants, parents first.
+func processTree(pid int) []int {
+	out := []int{pid}
+	for i := 0; i < len(out); i++ {
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", out[i]))
+		for _, t := range tasks {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", out[i], t.Name()))
+			for _, f := range strings.Fields(string(b)) {
+				if c, err := strconv.Atoi(f); err == nil && !slices.Contains(out, c) {
+					out = append(out, c)
+				}
+			}
+		}
+	}
+	return out
 }
 
 // Path is the group's directory.

@@ -12,7 +12,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/ftrun/ftrun/transport/progress"
+	"github.com/ftrun/ftrun/failover"
 )
 
 // Request is one command on the control socket (one JSON object per connection).
@@ -28,23 +28,7 @@ type Response struct {
 	Epoch  uint64  `json:"epoch,omitempty"`
 	Status *Status `json:"status,omitempty"`
 	// Standby answers status on a standby: one entry per service it holds.
-	Standby []StandbyStatus `json:"standby,omitempty"`
-}
-
-// StandbyStatus is what a standby knows of one service.
-type StandbyStatus struct {
-	Service       string        `json:"service"`
-	Role          string        `json:"role"` // "standby" (holding) or "live" (took over)
-	Epoch         uint64        `json:"epoch"`
-	LastHeard     time.Time     `json:"last_heard,omitzero"`
-	Silence       time.Duration `json:"silence_ns"`
-	Connected     bool          `json:"connected"`
-	BytesReceived uint64        `json:"bytes_received"`
-	LiveStateDir  string        `json:"live_state_dir,omitempty"`
-	// Receiving is the epoch on its way in, if one is.
-	Receiving *progress.Transfer `json:"receiving,omitempty"`
-	// Problems would make a failover of this service fail on this host.
-	Problems []string `json:"problems,omitempty"`
+	Standby []failover.StandbyStatus `json:"standby,omitempty"`
 }
 
 type request struct {

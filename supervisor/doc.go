@@ -3,7 +3,14 @@
 // and hangs, and brings it back through a recovery ladder that tries the cheapest
 // recovery first (restore the newest checkpoint, then older ones, then a fresh start).
 //
+// Before it restores or starts anything, a supervisor with a peer (--standby) asks it
+// whether the service is live there; if so it serves as that live copy's standby
+// (through package failover's loop) and takes over only once the live copy goes
+// silent. A copy the peer refuses because it went live meanwhile fences itself. A
+// standby's live copies (LiveCopy) are supervisors too, streaming to their peer.
+//
 // Decisions — which rung of the ladder to climb, what to do on start-up with whatever a
-// previous ftrun left behind, whether a checkpoint may be taken now — are pure
-// functions, table-tested. The loop in Supervisor.Run only carries them out.
+// previous ftrun left behind, which role to take at boot, whether a checkpoint may be
+// taken now — are pure functions, table-tested. The loop in Supervisor.Run only
+// carries them out.
 package supervisor

@@ -19,7 +19,6 @@ import (
 // Defaults of the primary<->standby link (Remus-style heartbeats).
 const (
 	HeartbeatInterval = 100 * time.Millisecond
-	HeartbeatTimeout  = time.Second
 	redialDelay       = 500 * time.Millisecond
 )
 
@@ -69,11 +68,14 @@ func (l *link) take() *checkpoint.Set {
 
 // linkEvent is what the link tells the loop.
 type linkEvent struct {
-	up      bool // connected and hearing the standby
-	why     string
-	shipped uint64 // epoch acknowledged by the standby (0: none in this event)
-	stats   ship.Stats
-	err     error // a ship that failed
+	up  bool // connected and hearing the standby
+	why string
+	// superseded: the peer runs the service itself now (it took over while this
+	// copy was cut off); this copy must stop.
+	superseded bool
+	shipped    uint64 // epoch acknowledged by the standby (0: none in this event)
+	stats      ship.Stats
+	err        error // a ship that failed
 }
 
 // run keeps the link up until ctx ends. acked is called on this goroutine the moment
@@ -105,6 +107,10 @@ func (l *link) run(ctx context.Context, acked func(epoch uint64), report func(li
 			dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			err := l.shipper.Dial(dctx, l.addr, l.tls)
 			cancel()
+			if errors.Is(err, ship.ErrPeerLive) {
+				report(linkEvent{superseded: true, why: fmt.Sprintf("standby %s: %v", l.addr, err)})
+				return
+			}
 			if err != nil {
 				down(fmt.Sprintf("standby %s unreachable: %v", l.addr, err))
 				select {

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ftrun/ftrun/failover"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -19,7 +21,7 @@ const (
 	lockFile       = "lock"
 	runFile        = "run.json"
 	CheckpointsDir = "checkpoints"
-	ControlSocket  = "ctl.sock"
+	ControlSocket  = failover.ControlSocket
 )
 
 // ErrLocked means another ftrun supervises this state directory.

@@ -18,6 +18,8 @@ const (
 	StateStopping   State = "stopping"
 	StateStopped    State = "stopped"
 	StateFailed     State = "failed"
+	// StateStandby: the service is live on the peer; this host holds its epochs.
+	StateStandby State = "standby"
 )
 
 // Status is what `ftrun status` shows.

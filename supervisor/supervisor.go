@@ -16,6 +16,7 @@ import (
 
 	"github.com/jonboulle/clockwork"
 
+	"github.com/ftrun/ftrun/arbiter"
 	"github.com/ftrun/ftrun/checkpoint"
 	"github.com/ftrun/ftrun/supervisor/container"
 	"github.com/ftrun/ftrun/supervisor/gate"
@@ -41,6 +42,9 @@ const (
 	ExitLocked  = 153 // another ftrun supervises this state directory
 	ExitProgram = 154 // --restart=never: the program failed (its own code is logged)
 	ExitFenced  = 155 // the arbiter lease was lost: the program was frozen and killed
+	// ExitSuperseded: the peer took the service over while this host was cut off
+	// from it; this copy was frozen and killed (the peer's copy is the one).
+	ExitSuperseded = 156
 )
 
 // ExitErr carries the exit code ftrun should end with.
@@ -93,8 +97,8 @@ type Config struct {
 	StandbyTLS *tls.Config
 	// Arbiter decides who may run the program (nil: no arbiter). Lease, when set, is
 	// one already held (a standby going live); otherwise Run acquires one first.
-	Arbiter Arbiter
-	Lease   Lease
+	Arbiter arbiter.Arbiter
+	Lease   arbiter.Lease
 	Node    string
 	// Sync are the program's state files and directories, captured with every
 	// checkpoint and put back before every restore.
@@ -118,10 +122,24 @@ type Config struct {
 	RuntimeDir string
 	// Failover marks a supervisor that takes over from a dead primary: its first
 	// restore keeps the program's TCP connections, since no peer saw the program die.
+	// Such a supervisor does not ask its peer at boot: it was decided already.
 	Failover bool
 	// User runs the program as this user ("NAME[:GROUP]"; "" keeps root). Programs that
 	// drop privileges themselves need no --user.
 	User string
+	// Listen is where this host serves as the standby of the program's live copy on
+	// the peer (Standby), when the boot finds the service live there; ListenTLS the
+	// server side of the mutual TLS. "" makes ftrun exit (ExitSuperseded) instead.
+	Listen    string
+	ListenTLS *tls.Config
+	// PeerWait bounds how long the boot tries to reach the peer (DefaultPeerWait).
+	PeerWait time.Duration
+	// TakeoverTimeout: silence of the live copy after which this host, serving as
+	// its standby, takes over (HeartbeatTimeout).
+	TakeoverTimeout time.Duration
+	// ForcePrimary runs the program when the peer cannot be reached even though this
+	// host was its standby last (see DecideRole).
+	ForcePrimary bool
 }
 
 // event is anything the loop reacts to; every goroutine reports through one channel so
@@ -261,6 +279,12 @@ func New(cfg Config) (*Supervisor, error) {
 		}
 		cred = c
 	}
+	if cfg.PeerWait <= 0 {
+		cfg.PeerWait = DefaultPeerWait
+	}
+	if cfg.TakeoverTimeout <= 0 {
+		cfg.TakeoverTimeout = HeartbeatTimeout
+	}
 	if cfg.Net != nil {
 		if err := cfg.Net.Validate(); err != nil {
 			return nil, err
@@ -305,7 +329,7 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 	defer s.close()
 
 	s.startedAt = s.clock.Now()
-	s.st = Status{Service: s.cfg.Name, Role: "primary", State: StateStarting, Protection: "local checkpoints",
+	s.st = Status{Service: s.cfg.Name, Role: RolePrimary, State: StateStarting, Protection: "local checkpoints",
 		Command: s.cfg.Command, Since: s.startedAt, StateDir: s.cfg.StateDir, Commit: string(s.cfg.Commit)}
 	if s.cfg.Net != nil {
 		s.st.Addr = s.cfg.Net.Addr.String()
@@ -332,6 +356,16 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 			defer s.wg.Done()
 			sf.run(s.ctx)
 		}()
+	}
+	if s.cfg.Standby != "" {
+		s.st.Peer = s.cfg.Standby
+	}
+	if s.cfg.Standby != "" && !s.cfg.Failover && s.cfg.Lease == nil {
+		// Before anything is restored or started: is the service live on the peer?
+		stopped, err := s.chooseRole(ctx)
+		if err != nil || stopped {
+			return err
+		}
 	}
 	if s.cfg.Standby != "" {
 		host, _ := os.Hostname()
@@ -376,7 +410,7 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 		case <-ctx.Done():
 			return s.shutdown()
 		case <-lost:
-			return s.fence()
+			return s.fence(ExitFenced, "lost the arbiter lease: freezing and killing the program; another node may run it now", arbiter.ErrLeaseLost)
 		case <-ticker.Chan():
 			// What happened meanwhile comes first: a checkpoint keeps the loop busy
 			// for most of a short epoch.
@@ -634,7 +668,22 @@ func (s *Supervisor) handle(ev event) error {
 		s.serve(ev.req)
 	case "durable":
 		s.synced(ev.set, ev.err)
+	case "announce":
+		if p := s.place; p != nil && s.alive {
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				if err := p.Announce(5, 200*time.Millisecond); err != nil {
+					s.log.Warn("gratuitous ARP", "err", err)
+				}
+			}()
+			s.log.Info("announcing the service address again: the peer's old copy was refused")
+		}
 	case "link":
+		if ev.link.superseded {
+			return s.fence(ExitSuperseded, "the service is live on the peer ("+ev.link.why+"): freezing and killing this copy; the peer's copy is the one",
+				errors.New("superseded: the service went live on the peer"))
+		}
 		s.linkChanged(ev.link)
 		s.releaseOutput()
 	}
@@ -957,6 +1006,9 @@ func (s *Supervisor) restore(epoch uint64, takeover bool) error {
 	pid, err := s.criuRestore(dir, m, keepTCP)
 	if err != nil {
 		return err
+	}
+	if err := s.cg.Gather(pid); err != nil {
+		s.log.Warn("restored program is outside its cgroup", "err", err)
 	}
 	// Only now, with the sockets back, may the LAN reach the namespace. When the
 	// address moved hosts, tell the switch and the clients' neighbour caches now,
@@ -1291,8 +1343,8 @@ func (s *Supervisor) pingWatchdog() {
 // fence stops a program this node may no longer run: another node may be running it
 // now, so it is frozen at once (no further output, no further state) and killed,
 // without a final checkpoint.
-func (s *Supervisor) fence() error {
-	s.log.Error("lost the arbiter lease: freezing and killing the program; another node may run it now")
+func (s *Supervisor) fence(code int, msg string, cause error) error {
+	s.log.Error(msg)
 	if err := s.cg.Freeze(); err != nil {
 		s.log.Error("freeze", "err", err)
 	}
@@ -1306,7 +1358,7 @@ func (s *Supervisor) fence() error {
 	s.alive = false
 	s.st.State = StateFailed
 	s.setPhase(PhaseFailed)
-	return &ExitErr{Code: ExitFenced, Err: fmt.Errorf("%w: program frozen and killed", ErrLeaseLost)}
+	return &ExitErr{Code: code, Err: fmt.Errorf("%w: program frozen and killed", cause)}
 }
 
 // shutdown stops the program after a final checkpoint, so the next start resumes it.

@@ -23,8 +23,10 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/ftrun/ftrun/arbiter"
 	"github.com/ftrun/ftrun/checkpoint"
 	"github.com/ftrun/ftrun/contrib/demo"
+	"github.com/ftrun/ftrun/failover"
 	"github.com/ftrun/ftrun/supervisor"
 	"github.com/ftrun/ftrun/supervisor/netplace"
 	"github.com/ftrun/ftrun/transport/auth"
@@ -56,9 +58,14 @@ func main() {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "log-format", Value: "auto", Usage: "log format: text, json, journal (systemd's native protocol, with SERVICE=, EPOCH=, STEP=... fields) or auto (journal when systemd connected stderr to it, else text)", EnvVars: []string{"FTRUN_LOG_FORMAT"}},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"FTRUN_LOG_LEVEL"}},
+			&cli.StringFlag{Name: "cgroup-root", Value: supervisor.CgroupRoot, Hidden: true, Usage: "parent of the services' cgroups (several hosts simulated on one machine)", EnvVars: []string{"FTRUN_CGROUP_ROOT"}},
 		},
 		Commands:       []*cli.Command{runCmd(), checkCmd(), statusCmd(), checkpointCmd(), restoreCmd(), keygenCmd(), standbyCmd(), demoCmd(), benchCmd()},
 		ExitErrHandler: func(c *cli.Context, err error) {},
+		Before: func(c *cli.Context) error {
+			supervisor.CgroupRoot = c.String("cgroup-root")
+			return nil
+		},
 	}
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintf(os.Stderr, "ftrun: %v\n", err)
@@ -141,7 +148,11 @@ func runCmd() *cli.Command {
 			dumpTimeoutFlag(), restoreTimeoutFlag(),
 			&cli.DurationFlag{Name: "stop-timeout", Value: supervisor.DefaultStopTimeout, Usage: "on stop without a final checkpoint: time between SIGTERM to the program and SIGKILL", EnvVars: env("STOP_TIMEOUT")},
 			&cli.IntFlag{Name: "preserve-fds", Value: -1, DefaultText: "LISTEN_FDS under systemd socket activation, else 0", Usage: "pass N descriptors from 3 on to the program (every other inherited descriptor is closed for it)", EnvVars: env("PRESERVE_FDS")},
-			&cli.StringFlag{Name: "standby", Usage: "HOST:PORT of an `ftrun standby` to stream every checkpoint to", EnvVars: env("STANDBY")},
+			&cli.StringFlag{Name: "standby", Usage: "HOST:PORT of the peer: an `ftrun standby` to stream every checkpoint to, or (after it took the service over) the live copy this host serves as standby of", EnvVars: env("STANDBY")},
+			&cli.StringFlag{Name: "listen", Value: ":7946", Usage: "with --standby: where this host serves as the standby of the service's live copy on the peer, when the peer took it over (\"\": exit 156 instead)", EnvVars: env("LISTEN")},
+			&cli.DurationFlag{Name: "peer-wait", Value: supervisor.DefaultPeerWait, Usage: "with --standby: how long the boot tries to reach the peer before deciding alone", EnvVars: env("PEER_WAIT")},
+			&cli.DurationFlag{Name: "takeover-timeout", Value: supervisor.HeartbeatTimeout, Usage: "serving as standby: silence of the live copy after which this host takes over", EnvVars: env("TAKEOVER_TIMEOUT")},
+			&cli.BoolFlag{Name: "force-primary", Usage: "with --standby: run the program although the peer cannot be reached and this host was its standby last (only when the peer is gone for good)", EnvVars: env("FORCE_PRIMARY")},
 			arbiterFlag(),
 			keysFlag(),
 			&cli.StringSliceFlag{Name: "sync", Usage: "a state file or directory of the program: captured with every checkpoint (and streamed to the standby), put back before every restore (repeatable)", EnvVars: env("SYNC")},
@@ -194,7 +205,7 @@ func runCmd() *cli.Command {
 			if err != nil {
 				return err
 			}
-			var standbyTLS *tls.Config
+			var standbyTLS, listenTLS *tls.Config
 			if c.String("standby") != "" {
 				keys, err := auth.LoadConfig(c.String("keys"))
 				if err != nil {
@@ -206,9 +217,13 @@ func runCmd() *cli.Command {
 				if !keys.Identity().MayServe(name) {
 					return usage("--standby: this host's certificate %s may not ship service %q (issue one with `ftrun keygen issue --role primary --service %s`)", keys.Identity(), name, name)
 				}
-				standbyTLS = keys.Client()
+				standbyTLS, listenTLS = keys.Client(), keys.Server()
+				if c.String("listen") != "" && keys.Require(auth.RoleStandby) != nil {
+					log.Warn("this host's certificate lacks the standby role: after a take-over by the peer it cannot serve as the live copy's standby, and exits instead", "certificate", keys.Identity().String())
+					listenTLS = nil
+				}
 			}
-			arb, err := supervisor.OpenArbiter(c.String("arbiter"), 0)
+			arb, err := arbiter.Open(c.String("arbiter"), 0)
 			if err != nil {
 				return usage("%v", err)
 			}
@@ -231,7 +246,9 @@ func runCmd() *cli.Command {
 			wd, _ := os.Getwd()
 			sup, err := supervisor.New(supervisor.Config{
 				Net: netSpec, Commit: commit,
-				Standby: c.String("standby"), StandbyTLS: standbyTLS, Arbiter: arb, Node: host, Sync: c.StringSlice("sync"), MetricsAddr: c.String("metrics"),
+				Standby: c.String("standby"), StandbyTLS: standbyTLS, Listen: c.String("listen"), ListenTLS: listenTLS,
+				PeerWait: c.Duration("peer-wait"), TakeoverTimeout: c.Duration("takeover-timeout"), ForcePrimary: c.Bool("force-primary"),
+				Arbiter: arb, Node: host, Sync: c.StringSlice("sync"), MetricsAddr: c.String("metrics"),
 				Name: name, Command: argv, WorkDir: wd, StateDir: stateDir,
 				Interval: c.Duration("interval"), Keep: c.Int("keep"), Restart: restart,
 				Ladder: supervisor.LadderPolicy{Burst: c.Int("burst"), Window: c.Duration("burst-window"),
@@ -361,13 +378,14 @@ func standbyCmd() *cli.Command {
 			&cli.IntFlag{Name: "quota-services", Value: 16, Usage: "services one certificate may hold here (0: no limit)", EnvVars: env("QUOTA_SERVICES")},
 			&cli.StringFlag{Name: "quota-bytes", Value: "0", Usage: "disk one certificate's services may take here, committed and in flight, e.g. 20GiB (0: no limit; set it so that the quotas of all certificates fit the disk)", EnvVars: env("QUOTA_BYTES")},
 			&cli.IntFlag{Name: "quota-conns", Value: 32, Usage: "connections one certificate may hold open here; each may hold up to two frames of 16 MiB in memory (0: no limit)", EnvVars: env("QUOTA_CONNS")},
+			&cli.StringFlag{Name: "peer", Usage: "HOST:PORT where a program taken over here streams its checkpoints: the old primary's `ftrun run --listen`, which serves as its standby once back (\"\": local checkpoints only)", EnvVars: env("PEER")},
 		},
 		Action: func(c *cli.Context) error {
 			log, err := newLogger(c)
 			if err != nil {
 				return err
 			}
-			arb, err := supervisor.OpenArbiter(c.String("arbiter"), 0)
+			arb, err := arbiter.Open(c.String("arbiter"), 0)
 			if err != nil {
 				return usage("%v", err)
 			}
@@ -388,15 +406,16 @@ func standbyCmd() *cli.Command {
 			host, _ := os.Hostname()
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
-			return supervisor.RunStandby(ctx, supervisor.StandbyConfig{
+			return failover.Run(ctx, failover.Config{
 				Listen: c.String("listen"), StateDir: c.String("state-dir"), TLS: keys.Server(), Host: host,
-				Timeout: c.Duration("takeover-timeout"), Interval: c.Duration("interval"), Log: log, Arbiter: arb,
-				Bridge: c.String("bridge"), MetricsAddr: c.String("metrics"), Criu: criuFromFlags(c),
+				Timeout: c.Duration("takeover-timeout"), Log: log, Arbiter: arb, Bridge: c.String("bridge"), MetricsAddr: c.String("metrics"),
 				Server: standby.Config{
 					MaxUnauthenticated: c.Int("max-unauthenticated"), MaxUnauthenticatedPerHost: c.Int("max-unauthenticated-per-host"),
 					HandshakeTimeout: c.Duration("handshake-timeout"), IdleTimeout: c.Duration("idle-timeout"),
 					Quota: standby.Quota{Services: c.Int("quota-services"), Bytes: quotaBytes, Conns: c.Int("quota-conns")},
 				},
+				GoLive: supervisor.LiveCopy(supervisor.LiveConfig{Interval: c.Duration("interval"), Log: log, Host: host,
+					Bridge: c.String("bridge"), Peer: c.String("peer"), PeerTLS: keys.Client(), Criu: criuFromFlags(c)}),
 			})
 		},
 	}
@@ -497,7 +516,7 @@ func statusCmd() *cli.Command {
 				switch v := o.(type) {
 				case supervisor.Status:
 					printStatus(v)
-				case []supervisor.StandbyStatus:
+				case []failover.StandbyStatus:
 					printStandby(v)
 				}
 			}
@@ -506,7 +525,7 @@ func statusCmd() *cli.Command {
 	}
 }
 
-func printStandby(services []supervisor.StandbyStatus) {
+func printStandby(services []failover.StandbyStatus) {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "SERVICE\tROLE\tEPOCH\tPRIMARY\tLAST HEARD\tRECEIVED")
 	for _, s := range services {
@@ -552,7 +571,7 @@ func printStatus(st supervisor.Status) {
 		{"state dir", st.StateDir},
 	}
 	if st.Peer != "" {
-		rows = append(rows, [2]string{"standby", st.Peer},
+		rows = append(rows, [2]string{"peer", st.Peer},
 			[2]string{"standby epoch", fmt.Sprintf("%d (lag %d)", st.StandbyEpoch, st.Lag())},
 			[2]string{"last shipped", fmt.Sprintf("%s (full: %v)", humanBytes(st.LastShippedBytes), st.LastShipFull)})
 		if st.Shipping != nil {
@@ -744,10 +763,11 @@ func parseBytes(s string) (int64, error) {
 func demoCmd() *cli.Command {
 	return &cli.Command{
 		Name:  "demo",
-		Usage: "protect a Ruby counter and inject failures: kill -9, a hang, ftrun's own death, a deleted file, a corrupt checkpoint",
+		Usage: "protect a Ruby counter and inject failures: kill -9, a hang, ftrun's own death, a deleted file, a corrupt checkpoint; then on network-namespace hosts: the host dies, comes back as standby, a partition with an etcd arbiter",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "work-dir", Usage: "where the demo keeps its state (default: a new temporary directory)"},
 			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "checkpoint interval"},
+			&cli.BoolFlag{Name: "hosts", Value: true, Usage: "also the host-level failures, on network-namespace hosts on this machine (--hosts=false: this host only)", EnvVars: env("DEMO_HOSTS")},
 		},
 		Action: func(c *cli.Context) error {
 			self, err := os.Executable()
@@ -756,7 +776,7 @@ func demoCmd() *cli.Command {
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
-			return demo.Run(ctx, demo.Options{Ftrun: self, WorkDir: c.String("work-dir"), Interval: c.Duration("interval"), Out: os.Stdout})
+			return demo.Run(ctx, demo.Options{Ftrun: self, WorkDir: c.String("work-dir"), Interval: c.Duration("interval"), Out: os.Stdout, Hosts: c.Bool("hosts")})
 		},
 	}
 }

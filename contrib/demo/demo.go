@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -34,12 +35,16 @@ type Options struct {
 	WorkDir  string        // state and logs (default: a new temporary directory)
 	Interval time.Duration // checkpoint interval
 	Out      io.Writer     // the timeline
-	// Steps limits the failures injected (names as in Steps); empty means all.
+	// Steps limits the failures injected (names as in Steps and HostSteps); empty
+	// means all of Steps, and of HostSteps too when Hosts is set.
 	Steps []string
+	// Hosts adds the host-level failures on network-namespace hosts (root, iproute2,
+	// etcd: what scripts/setup installs).
+	Hosts bool
 }
 
 // Steps are the failures the demo injects, in order.
-var Steps = []string{"kill-program", "hang", "kill-ftrun", "delete-file", "corrupt-checkpoint"}
+var Steps = []string{"kill-program", "hang", "kill-ftrun", "delete-file", "corrupt-checkpoint", "disk-read-only"}
 
 // Result is one injected failure and what came of it.
 type Result struct {
@@ -78,7 +83,18 @@ func RunResults(ctx context.Context, opt Options) ([]Result, error) {
 		opt.Out = io.Discard
 	}
 	if len(opt.Steps) == 0 {
-		opt.Steps = Steps
+		opt.Steps = slices.Clone(Steps)
+		if opt.Hosts {
+			opt.Steps = append(opt.Steps, HostSteps...)
+		}
+	}
+	var local, hosts []string
+	for _, st := range opt.Steps {
+		if slices.Contains(HostSteps, st) {
+			hosts = append(hosts, st)
+		} else {
+			local = append(local, st)
+		}
 	}
 	if _, err := exec.LookPath("ruby"); err != nil {
 		return nil, errors.New("ruby not found: run scripts/setup (or apt-get install ruby)")
@@ -105,35 +121,21 @@ func RunResults(ctx context.Context, opt Options) ([]Result, error) {
 	r.ftrunLog = logf
 	r.say("demo: protecting `ruby counter.rb` (ticks every %s, checkpoints every %s); ftrun log: %s", Tick, opt.Interval, logf.Name())
 
-	if err := r.startFtrun(script, "--discard"); err != nil {
-		return nil, err
-	}
-	defer r.stopFtrun()
-	if _, err := r.waitStatus(ctx, 20*time.Second, func(s supervisor.Status) bool { return s.Epoch > 0 && s.State == supervisor.StateRunning }); err != nil {
-		return nil, fmt.Errorf("ftrun did not protect the counter: %w (see %s)", err, logf.Name())
-	}
-	r.say("protected: first checkpoint committed")
-
 	var results []Result
 	perInterval := int64(opt.Interval / Tick)
-	for _, step := range opt.Steps {
-		r.settle(ctx)
-		res, err := r.inject(ctx, step, script, perInterval)
+	if len(local) > 0 {
+		res, err := r.local(ctx, script, local, perInterval)
+		results = append(results, res...)
 		if err != nil {
-			return results, fmt.Errorf("step %s: %w (see %s)", step, err, logf.Name())
+			return results, err
 		}
-		results = append(results, res)
-		verdict := "ok"
-		if !res.OK {
-			verdict = "FAILED"
-		}
-		r.say("  -> %s in %s: counter %d before, %d after (rolled back %d ticks, allowed %d): %s",
-			res.How, res.Recovery.Round(time.Millisecond), res.Before, res.After, res.Rollback, res.Allowed, verdict)
 	}
-
-	r.say("stopping ftrun (SIGTERM: final checkpoint, then stop)")
-	if err := r.stopFtrun(); err != nil {
-		return results, fmt.Errorf("ftrun did not stop cleanly: %w", err)
+	if len(hosts) > 0 {
+		res, err := r.runHosts(ctx, script, perInterval)
+		results = append(results, res...)
+		if err != nil {
+			return results, fmt.Errorf("%w (see the logs in %s)", err, opt.WorkDir)
+		}
 	}
 	r.say("summary:")
 	failed := 0
@@ -149,6 +151,34 @@ func RunResults(ctx context.Context, opt Options) ([]Result, error) {
 		return results, fmt.Errorf("%d of %d failures lost the counter's state", failed, len(results))
 	}
 	r.say("the counter survived every failure: never back by more than the checkpoints allow, never from zero")
+	return results, nil
+}
+
+// local runs the failures on this host under one ftrun.
+func (r *run) local(ctx context.Context, script string, steps []string, perInterval int64) ([]Result, error) {
+	logf := r.ftrunLog
+	if err := r.startFtrun(script, "--discard"); err != nil {
+		return nil, err
+	}
+	defer r.stopFtrun()
+	if _, err := r.waitStatus(ctx, 20*time.Second, func(s supervisor.Status) bool { return s.Epoch > 0 && s.State == supervisor.StateRunning }); err != nil {
+		return nil, fmt.Errorf("ftrun did not protect the counter: %w (see %s)", err, logf.Name())
+	}
+	r.say("protected: first checkpoint committed")
+	var results []Result
+	for _, step := range steps {
+		r.settle(ctx)
+		res, err := r.inject(ctx, step, script, perInterval)
+		if err != nil {
+			return results, fmt.Errorf("step %s: %w (see %s)", step, err, logf.Name())
+		}
+		results = append(results, res)
+		r.report(res)
+	}
+	r.say("stopping ftrun (SIGTERM: final checkpoint, then stop)")
+	if err := r.stopFtrun(); err != nil {
+		return results, fmt.Errorf("ftrun did not stop cleanly: %w", err)
+	}
 	return results, nil
 }
 
@@ -336,6 +366,8 @@ func (r *run) inject(ctx context.Context, step, script string, perInterval int64
 		res.How = "restore of an older checkpoint"
 		// The newest checkpoint is lost, so one more interval may be lost with it.
 		res.Allowed += perInterval
+	case "disk-read-only":
+		return r.readOnly(ctx, before)
 	default:
 		return res, fmt.Errorf("unknown step %q", step)
 	}
@@ -354,6 +386,66 @@ func (r *run) inject(ctx context.Context, step, script string, perInterval int64
 	}
 	res.OK = res.Rollback <= res.Allowed && res.After > perInterval
 	return res, nil
+}
+
+// readOnly makes the disk that holds the checkpoints read-only under a running ftrun
+// (a bind mount of the checkpoint directory, remounted read-only, as a failing disk
+// does), then writable again: the program runs on untouched, ftrun says its checkpoints
+// fail, and once the disk is back they go on by themselves.
+func (r *run) readOnly(ctx context.Context, before supervisor.Status) (Result, error) {
+	res := Result{Step: "disk-read-only", How: "checkpoints fail, the program runs on, then resume"}
+	dir := filepath.Join(r.state, supervisor.CheckpointsDir)
+	mount := func(args ...string) error {
+		if out, err := exec.Command("mount", args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("mount %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	}
+	if err := mount("--bind", dir, dir); err != nil {
+		return res, err
+	}
+	defer exec.Command("umount", "-l", dir).Run()
+	r.say("inject: the checkpoint disk fails read-only (%s)", dir)
+	res.Before, res.Allowed = r.readCounter(), 0
+	t0 := time.Now()
+	var err error
+	for i := 0; i < 50; i++ { // EBUSY while a checkpoint is being written
+		if err = mount("-o", "remount,bind,ro", dir); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		return res, err
+	}
+	failing, err := r.waitStatus(ctx, 10*r.opt.Interval+5*time.Second, func(s supervisor.Status) bool { return s.CheckpointFailures > before.CheckpointFailures })
+	if err != nil {
+		return res, fmt.Errorf("no checkpoint failed on the read-only disk: %w", err)
+	}
+	r.say("  checkpoints fail (%s); the program runs on", firstLine(failing.LastError))
+	time.Sleep(2 * r.opt.Interval)
+	mid := r.readCounter()
+	if err := mount("-o", "remount,bind,rw", dir); err != nil {
+		return res, err
+	}
+	r.say("  the disk is writable again")
+	back, err := r.waitStatus(ctx, 10*r.opt.Interval+5*time.Second, func(s supervisor.Status) bool { return s.Epoch > failing.Epoch && s.LastError == "" })
+	if err != nil {
+		return res, fmt.Errorf("checkpoints did not resume: %w", err)
+	}
+	res.Recovery, res.After = time.Since(t0), r.readCounter()
+	res.OK = back.Pid == before.Pid && mid > res.Before && res.After > mid
+	return res, nil
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	if len(s) > 120 {
+		s = s[:120] + "..."
+	}
+	return s
 }
 
 func newestSet(dir string) (string, error) {

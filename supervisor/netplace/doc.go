@@ -14,11 +14,17 @@
 // How the namespace is held: there is no bind mount under /run/netns. Create makes the
 // namespace with unshare(CLONE_NEWNET) on a locked OS thread and keeps an *os.File of
 // it for as long as ftrun runs; other tools reach it through Path
-// (/proc/<ftrun pid>/fd/<n>) or through /proc/<program pid>/ns/net. When ftrun
-// restarts while the program still runs, Adopt reopens the program's namespace. When
-// nothing holds the namespace any more — no file, no process — the kernel frees it
-// and its veth pair with it, so a crash leaks nothing but, at worst, a host-side veth
-// whose peer a still-running program keeps alive; Create removes such a stale one.
+// (/proc/<ftrun pid>/fd/<n>) or through /proc/<program pid>/ns/net.
+//
+// How the link is held: the program's eth0 does not lead to the host directly but to a
+// second, link namespace that only ftrun's file holds, where a bridge joins it to a
+// veth whose other end is on the host's bridge. When ftrun dies, however, the kernel
+// frees the link namespace and deletes both veth pairs with it, so the service address
+// stops answering from this host at once — while the program's own namespace may live
+// on for minutes behind orphaned TCP sockets, or the program itself until a new ftrun
+// adopts it. A dead primary's address never shadows a take-over elsewhere. When ftrun
+// restarts while the program still runs, Adopt reopens the program's namespace and
+// wires it anew; Create removes a stale host end of the same name.
 //
 // Processes that CRIU will checkpoint must enter only the network namespace (like
 // `nsenter --net=PATH`), never `ip netns exec`, which adds a mount namespace that makes

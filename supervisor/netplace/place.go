@@ -21,13 +21,22 @@ const ownNS = "/proc/self/ns/net"
 // ErrClosed is returned by a Place's methods after Close or Release.
 var ErrClosed = errors.New("network place already closed")
 
-// Place is a service's network namespace, held open by ftrun.
+// Names inside a place's link namespace.
+const (
+	linkBridge = "lbr"  // joins the two pairs
+	linkUp     = "up0"  // peer of the host end
+	linkSvc    = "svc0" // peer of the program's eth0
+)
+
+// Place is a service's network namespace, held open by ftrun, and the link namespace
+// between it and the host's bridge, held by ftrun alone.
 type Place struct {
 	spec Spec
 	host string // path of the network namespace that holds the bridge
 
-	mu sync.Mutex
-	ns *os.File // nil after Close or Release
+	mu   sync.Mutex
+	ns   *os.File // nil after Close or Release
+	link *os.File // the link namespace; nil after Close or Release
 }
 
 // Create makes the service's network: a new network namespace with lo up and eth0
@@ -75,22 +84,47 @@ func createIn(hostPath string, spec Spec) (*Place, error) {
 		if l, lerr := hh.LinkByName(spec.HostLink()); lerr == nil {
 			_ = hh.LinkDel(l)
 		}
+		if p.link != nil {
+			p.link.Close()
+		}
 		ns.Close()
 		return nil, fmt.Errorf("setting up network of service %q: %w", spec.Service, err)
 	}
 	return p, nil
 }
 
-// build adds the veth pair and configures both ends.
+// build wires the namespace to the bridge and configures its eth0.
 func (p *Place) build(hh *netlink.Handle, br netlink.Link) error {
+	if err := p.wire(hh, br); err != nil {
+		return err
+	}
+	return p.configure()
+}
+
+// wire makes the link namespace and its two veth pairs: the host end (down, on the
+// bridge) to up0, and svc0 to the program's eth0 (with the service MAC), up0 and
+// svc0 joined by a bridge. Nothing but p.link holds that namespace, so when ftrun
+// dies, however, the kernel frees it and deletes both pairs with it: the program's
+// eth0 and the host end go, and the address stops answering from this host, while
+// the program's own namespace may linger for minutes behind orphaned sockets.
+func (p *Place) wire(hh *netlink.Handle, br netlink.Link) error {
 	s := p.spec
 	mtu := br.Attrs().MTU
+	link, err := unshareNet()
+	if err != nil {
+		return err
+	}
+	p.link = link
+	lh, err := routeHandle(link)
+	if err != nil {
+		return fmt.Errorf("netlink in link namespace: %w", err)
+	}
+	defer lh.Close()
 	veth := &netlink.Veth{
-		LinkAttrs:        netlink.LinkAttrs{Name: s.HostLink(), MTU: mtu},
-		PeerName:         IfName,
-		PeerHardwareAddr: s.HardwareAddr(),
-		PeerNamespace:    netlink.NsFd(int(p.ns.Fd())),
-		PeerMTU:          uint32(mtu),
+		LinkAttrs:     netlink.LinkAttrs{Name: s.HostLink(), MTU: mtu},
+		PeerName:      linkUp,
+		PeerNamespace: netlink.NsFd(int(link.Fd())),
+		PeerMTU:       uint32(mtu),
 	}
 	if err := hh.LinkAdd(veth); err != nil {
 		return fmt.Errorf("adding veth %s: %w", s.HostLink(), err)
@@ -102,7 +136,44 @@ func (p *Place) build(hh *netlink.Handle, br netlink.Link) error {
 	if err := hh.LinkSetMaster(host, br); err != nil {
 		return fmt.Errorf("attaching %s to bridge %q: %w", s.HostLink(), s.BridgeName(), err)
 	}
+	inner := &netlink.Veth{
+		LinkAttrs:        netlink.LinkAttrs{Name: linkSvc, MTU: mtu},
+		PeerName:         IfName,
+		PeerHardwareAddr: s.HardwareAddr(),
+		PeerNamespace:    netlink.NsFd(int(p.ns.Fd())),
+		PeerMTU:          uint32(mtu),
+	}
+	if err := lh.LinkAdd(inner); err != nil {
+		return fmt.Errorf("adding veth %s to the service namespace: %w", IfName, err)
+	}
+	if err := lh.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: linkBridge, MTU: mtu}}); err != nil {
+		return fmt.Errorf("adding bridge in link namespace: %w", err)
+	}
+	lbr, err := lh.LinkByName(linkBridge)
+	if err != nil {
+		return fmt.Errorf("finding bridge in link namespace: %w", err)
+	}
+	for _, name := range []string{linkUp, linkSvc} {
+		l, err := lh.LinkByName(name)
+		if err != nil {
+			return fmt.Errorf("finding %s in link namespace: %w", name, err)
+		}
+		if err := lh.LinkSetMaster(l, lbr); err != nil {
+			return fmt.Errorf("attaching %s in link namespace: %w", name, err)
+		}
+		if err := lh.LinkSetUp(l); err != nil {
+			return fmt.Errorf("bringing up %s in link namespace: %w", name, err)
+		}
+	}
+	if err := lh.LinkSetUp(lbr); err != nil {
+		return fmt.Errorf("bringing up bridge in link namespace: %w", err)
+	}
+	return nil
+}
 
+// configure gives the program's eth0 the service address and route, and brings up lo.
+func (p *Place) configure() error {
+	s := p.spec
 	nh, err := routeHandle(p.ns)
 	if err != nil {
 		return fmt.Errorf("netlink in service namespace: %w", err)
@@ -139,9 +210,10 @@ func (p *Place) build(hh *netlink.Handle, br netlink.Link) error {
 }
 
 // Adopt reopens the network namespace of the running process pid, placed there by
-// an earlier ftrun, and checks it is spec's: eth0 with spec's MAC and address, its
-// veth peer being spec.HostLink() in ftrun's namespace. It re-attaches that host end
-// to the bridge and brings both ends up if someone undid that.
+// an earlier ftrun, checks it is spec's, and wires it to the bridge anew: the link
+// namespace of the ftrun that placed it died with that ftrun. An eth0 still there
+// (the kernel frees a namespace a moment after its last holder) must carry spec's MAC
+// and address; it is replaced. The adopted place is connected at once.
 func Adopt(spec Spec, pid int) (*Place, error) {
 	return adoptIn(ownNS, spec, pid)
 }
@@ -163,78 +235,71 @@ func adoptIn(hostPath string, spec Spec, pid int) (*Place, error) {
 	if err != nil {
 		return nil, fmt.Errorf("adopting network of service %q from process %d: %w", spec.Service, pid, err)
 	}
-	if err := adoptCheck(host, ns, spec, pid); err != nil {
+	p := &Place{spec: spec, host: hostPath, ns: ns}
+	if err := p.rewire(host, pid); err != nil {
+		if p.link != nil {
+			p.link.Close()
+		}
 		ns.Close()
 		return nil, fmt.Errorf("adopting network of service %q from process %d: %w", spec.Service, pid, err)
 	}
-	return &Place{spec: spec, host: hostPath, ns: ns}, nil
+	if err := p.Connect(); err != nil {
+		_ = p.Close()
+		return nil, err
+	}
+	return p, nil
 }
 
-func adoptCheck(host, ns *os.File, spec Spec, pid int) error {
+// rewire checks an adopted namespace and wires it to the bridge again.
+func (p *Place) rewire(host *os.File, pid int) error {
+	spec := p.spec
 	hid, err := statNS(host)
 	if err != nil {
 		return err
 	}
-	nid, err := statNS(ns)
+	nid, err := statNS(p.ns)
 	if err != nil {
 		return err
 	}
 	if hid == nid {
 		return fmt.Errorf("process %d shares ftrun's network namespace: it was not started with --net; restart it", pid)
 	}
-
-	nh, err := routeHandle(ns)
+	nh, err := routeHandle(p.ns)
 	if err != nil {
 		return fmt.Errorf("netlink in service namespace: %w", err)
 	}
 	defer nh.Close()
-	eth, err := nh.LinkByName(IfName)
-	if err != nil {
-		return fmt.Errorf("its network namespace has no %s (%v): not placed by ftrun --net, or its network was removed; restart it", IfName, err)
+	if eth, err := nh.LinkByName(IfName); err == nil {
+		if eth.Type() != "veth" {
+			return fmt.Errorf("its %s is a %s, not a veth: not placed by ftrun --net; restart it", IfName, eth.Type())
+		}
+		if got, want := eth.Attrs().HardwareAddr, spec.HardwareAddr(); !bytes.Equal(got, want) {
+			return fmt.Errorf("its %s has MAC %s, the service's is %s: placed for another service or another --mac; restart it", IfName, got, want)
+		}
+		addrs, err := addrList(nh, eth)
+		if err != nil {
+			return fmt.Errorf("listing addresses of %s: %w", IfName, err)
+		}
+		if len(addrs) > 0 && !hasAddr(addrs, spec.Addr) {
+			return fmt.Errorf("its %s does not carry %s: placed with another --addr; restart it", IfName, spec.Addr)
+		}
+		if err := nh.LinkDel(eth); err != nil {
+			return fmt.Errorf("replacing %s: %w", IfName, err)
+		}
 	}
-	if eth.Type() != "veth" {
-		return fmt.Errorf("its %s is a %s, not a veth: not placed by ftrun --net; restart it", IfName, eth.Type())
-	}
-	if got, want := eth.Attrs().HardwareAddr, spec.HardwareAddr(); !bytes.Equal(got, want) {
-		return fmt.Errorf("its %s has MAC %s, the service's is %s: placed for another service or another --mac; restart it", IfName, got, want)
-	}
-	addrs, err := addrList(nh, eth)
-	if err != nil {
-		return fmt.Errorf("listing addresses of %s: %w", IfName, err)
-	}
-	if !hasAddr(addrs, spec.Addr) {
-		return fmt.Errorf("its %s does not carry %s: placed with another --addr; restart it", IfName, spec.Addr)
-	}
-
 	hh, err := routeHandle(host)
 	if err != nil {
 		return fmt.Errorf("netlink in host network namespace: %w", err)
 	}
 	defer hh.Close()
-	hl, err := hh.LinkByName(spec.HostLink())
-	if err != nil {
-		return fmt.Errorf("host end %s of its veth not found (%v): its network is cut off; restart it", spec.HostLink(), err)
-	}
-	// A veth reports its peer's index as its link: the two must point at each other.
-	if eth.Attrs().ParentIndex != hl.Attrs().Index || hl.Attrs().ParentIndex != eth.Attrs().Index {
-		return fmt.Errorf("host link %s is not the peer of its %s: another process holds the service's network; restart it", spec.HostLink(), IfName)
-	}
 	br, err := findBridge(hh, spec.BridgeName())
 	if err != nil {
 		return err
 	}
-	if hl.Attrs().MasterIndex != br.Attrs().Index {
-		if err := hh.LinkSetMaster(hl, br); err != nil {
-			return fmt.Errorf("re-attaching %s to bridge %q: %w", spec.HostLink(), spec.BridgeName(), err)
-		}
+	if err := removeStale(hh, spec.HostLink()); err != nil {
+		return err
 	}
-	if err := hh.LinkSetUp(hl); err != nil {
-		return fmt.Errorf("bringing up %s: %w", spec.HostLink(), err)
-	}
-	if err := nh.LinkSetUp(eth); err != nil {
-		return fmt.Errorf("bringing up %s: %w", IfName, err)
-	}
-	return nil
+	return p.build(hh, br)
 }
 
 // Connect brings up the host end of the veth: from now on the LAN reaches the
@@ -283,7 +348,7 @@ func (p *Place) Connect() error {
 		if err != nil {
 			return fmt.Errorf("connecting service %q: %s: %w", p.spec.Service, p.spec.HostLink(), err)
 		}
-		if eth.Attrs().OperState == netlink.OperUp && hl.Attrs().OperState == netlink.OperUp {
+		if eth.Attrs().OperState == netlink.OperUp && hl.Attrs().OperState == netlink.OperUp && p.linkUp() {
 			return forgetNeighbours(nh, eth)
 		}
 		if time.Now().After(deadline) {
@@ -292,6 +357,18 @@ func (p *Place) Connect() error {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+}
+
+// linkUp says whether the link namespace's end of the host pair has its carrier;
+// p.mu is held.
+func (p *Place) linkUp() bool {
+	lh, err := routeHandle(p.link)
+	if err != nil {
+		return false
+	}
+	defer lh.Close()
+	l, err := lh.LinkByName(linkUp)
+	return err == nil && l.Attrs().OperState == netlink.OperUp
 }
 
 // forgetNeighbours drops the namespace's unfinished neighbour entries on eth. A
@@ -368,28 +445,34 @@ func (p *Place) dup() (*os.File, error) {
 }
 
 // Close removes the service's network and lets the namespace go: it deletes eth0 in
-// the namespace, which destroys the veth pair with the host end, and closes the
-// file. The namespace itself is freed once no process is left in it. Deleting from
-// inside removes exactly this place's pair, never a newer one of the same name.
+// the namespace and up0 in the link namespace, which destroys both veth pairs with
+// the host end, and closes the files. The namespace itself is freed once no process
+// is left in it. Deleting from inside removes exactly this place's pairs, never a
+// newer one of the same name.
 func (p *Place) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.ns == nil {
 		return ErrClosed
 	}
-	err := deleteEth(p.ns)
+	err := deleteLink(p.ns, IfName)
+	if lerr := deleteLink(p.link, linkUp); lerr != nil {
+		err = errors.Join(err, lerr)
+	}
 	if cerr := p.ns.Close(); cerr != nil {
 		err = errors.Join(err, fmt.Errorf("closing namespace file: %w", cerr))
 	}
-	p.ns = nil
+	p.link.Close()
+	p.ns, p.link = nil, nil
 	if err != nil {
 		return fmt.Errorf("removing network of service %q: %w", p.spec.Service, err)
 	}
 	return nil
 }
 
-// Release closes the namespace file only and keeps the network, for ftrun exiting
-// while the program keeps running to be adopted later.
+// Release closes the files only, for ftrun exiting while the program keeps running
+// to be adopted later. The link namespace goes with its file, and the address with
+// it: nothing answers for the service from this host until a new ftrun adopts it.
 func (p *Place) Release() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -397,29 +480,30 @@ func (p *Place) Release() error {
 		return ErrClosed
 	}
 	err := p.ns.Close()
-	p.ns = nil
+	p.link.Close()
+	p.ns, p.link = nil, nil
 	if err != nil {
 		return fmt.Errorf("releasing network namespace of service %q: %w", p.spec.Service, err)
 	}
 	return nil
 }
 
-func deleteEth(ns *os.File) error {
+func deleteLink(ns *os.File, name string) error {
 	nh, err := routeHandle(ns)
 	if err != nil {
 		return fmt.Errorf("netlink in service namespace: %w", err)
 	}
 	defer nh.Close()
-	eth, err := nh.LinkByName(IfName)
+	eth, err := nh.LinkByName(name)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
 		if errors.As(err, &nf) {
 			return nil // the pair is gone already
 		}
-		return fmt.Errorf("finding %s: %w", IfName, err)
+		return fmt.Errorf("finding %s: %w", name, err)
 	}
 	if err := nh.LinkDel(eth); err != nil {
-		return fmt.Errorf("deleting %s: %w", IfName, err)
+		return fmt.Errorf("deleting %s: %w", name, err)
 	}
 	return nil
 }

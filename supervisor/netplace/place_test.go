@@ -491,6 +491,58 @@ func TestClose(t *testing.T) {
 	}
 }
 
+// waitGone waits until the host end of spec's place is gone, as the kernel frees the
+// link namespace nothing holds any more.
+func waitGone(t *testing.T, l *lan, spec Spec) {
+	t.Helper()
+	start := time.Now()
+	for {
+		if err := exec.Command("ip", "-n", l.host, "link", "show", "dev", spec.HostLink()).Run(); err != nil {
+			t.Logf("host end gone %s after ftrun let go", time.Since(start).Round(time.Millisecond))
+			return
+		}
+		if time.Since(start) > 5*time.Second {
+			t.Fatalf("host end %s still there 5s after ftrun let go of the link namespace", spec.HostLink())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// When ftrun dies (its files closed by the kernel, not by Close), the link of a
+// program that keeps running, and keeps sockets, goes with it: the address stops
+// answering from this host, so a standby's take-over elsewhere is not shadowed.
+func TestLinkDiesWithFtrun(t *testing.T) {
+	l := newLAN(t)
+	spec := testSpec("ftnp-dies")
+	p := l.create(t, spec)
+	pid := startSleep(t, p.Do)
+	if err := l.ping(t, serviceIP, 3); err != nil {
+		t.Fatalf("service unreachable: %v", err)
+	}
+	// What the kernel does to a dead ftrun's files: they close, nothing else runs.
+	p.mu.Lock()
+	p.ns.Close()
+	p.link.Close()
+	p.ns, p.link = nil, nil
+	p.mu.Unlock()
+	waitGone(t, l, spec)
+	if err := l.ping(t, serviceIP, 1); err == nil {
+		t.Fatalf("the address still answers with ftrun gone")
+	}
+	if out := nsenter(t, fmt.Sprintf("/proc/%d/ns/net", pid), "ip", "-o", "link", "show"); strings.Contains(out, IfName) {
+		t.Errorf("the program's %s outlived ftrun: %q", IfName, out)
+	}
+	// A new ftrun adopts the program and its address answers again.
+	a, err := adoptIn(l.hostPath, spec, pid)
+	if err != nil {
+		t.Fatalf("Adopt: %v", err)
+	}
+	t.Cleanup(func() { _ = a.Close() })
+	if err := l.ping(t, serviceIP, 5); err != nil {
+		t.Fatalf("service unreachable after Adopt: %v", err)
+	}
+}
+
 // startSleep starts `sleep 30` from within do and ends it when t ends.
 func startSleep(t *testing.T, do func(func() error) error) int {
 	t.Helper()
@@ -511,23 +563,23 @@ func TestAdopt(t *testing.T) {
 	p := l.create(t, spec)
 	pid := startSleep(t, p.Do)
 
-	// ftrun exits, keeping the program and its network.
+	// ftrun exits (or dies), keeping the program: its link goes with ftrun's link
+	// namespace, so the address stops answering from this host.
 	if err := p.Release(); err != nil {
 		t.Fatalf("Release: %v", err)
 	}
-	if err := l.ping(t, serviceIP, 3); err != nil {
-		t.Fatalf("service unreachable after Release: %v", err)
+	waitGone(t, l, spec)
+	if err := l.ping(t, serviceIP, 1); err == nil {
+		t.Fatalf("service still answers after ftrun let go of its network")
 	}
-	// Someone detaches the host end from the bridge meanwhile.
-	ipCmd(t, "-n", l.host, "link", "set", spec.HostLink(), "nomaster")
 
 	a, err := adoptIn(l.hostPath, spec, pid)
 	if err != nil {
 		t.Fatalf("Adopt: %v", err)
 	}
 	t.Cleanup(func() { _ = a.Close() })
-	if got := ipCmd(t, "-n", l.host, "-o", "link", "show", "dev", spec.HostLink()); !strings.Contains(got, "master br0") {
-		t.Errorf("Adopt did not re-attach the host end: %q", got)
+	if got := ipCmd(t, "-n", l.host, "-o", "link", "show", "dev", spec.HostLink()); !strings.Contains(got, "master br0") || !strings.Contains(got, "state UP") {
+		t.Errorf("Adopt did not wire a host end to the bridge: %q", got)
 	}
 	want, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid))
 	if err != nil {
@@ -611,8 +663,9 @@ func TestCreateReplacesStale(t *testing.T) {
 	l := newLAN(t)
 	spec := testSpec("ftnp-stale")
 	old := l.create(t, spec)
-	// Something (a program left running) keeps the old namespace, and with it the
-	// old veth pair, alive after ftrun let go.
+	// Something (a program left running) keeps the old namespace alive after ftrun
+	// let go; its pairs go with the link namespace, a moment later or at once when
+	// the second Create removes the host end of the same name.
 	keep, err := dupFile(old.File())
 	if err != nil {
 		t.Fatal(err)
@@ -621,7 +674,6 @@ func TestCreateReplacesStale(t *testing.T) {
 	if err := old.Release(); err != nil {
 		t.Fatal(err)
 	}
-	ipCmd(t, "-n", l.host, "link", "show", "dev", spec.HostLink())
 
 	p := l.create(t, spec)
 	if err := l.ping(t, serviceIP, 5); err != nil {
@@ -633,8 +685,13 @@ func TestCreateReplacesStale(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer h.Close()
-	if _, err := h.LinkByName("eth0"); err == nil {
-		t.Error("old namespace still has eth0 after second Create")
+	for start := time.Now(); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := h.LinkByName("eth0"); err != nil {
+			break
+		}
+		if time.Since(start) > 5*time.Second {
+			t.Fatal("old namespace still has eth0 5s after second Create")
+		}
 	}
 	// Exactly one host end, and it is the new place's peer.
 	host := ipCmd(t, "-n", l.host, "-o", "link", "show", "master", "br0")

@@ -74,6 +74,12 @@ func marshal(p encoding.BinaryAppender) ([]byte, error) {
 // frames; a primary sends changed files whole to a standby that does not say so.
 const FeatureFileDelta = "file-delta"
 
+// HelloRoleLive is the Role of a standby's Hello that refuses the primary: the
+// service runs on the standby's host now (it took over), so the sender is no
+// primary any more and must stop its copy. The standby closes the connection after
+// it; LastCommitted is the newest epoch it holds of the service.
+const HelloRoleLive = "live"
+
 // Hello opens a connection in both directions: who is talking and what it already has.
 type Hello struct {
 	Version uint8
@@ -81,7 +87,8 @@ type Hello struct {
 	// files the stream under the right one.
 	Service string
 	Host    string
-	// Role is the sender's role ("primary" or "standby", see Role.String).
+	// Role is the sender's role ("primary" or "standby", see Role.String), or
+	// HelloRoleLive from a standby that runs the service itself.
 	Role string
 	// LastCommitted is the newest epoch the sender knows to be committed on the
 	// standby; the primary bases its next delta on the standby's answer.

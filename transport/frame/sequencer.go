@@ -116,7 +116,7 @@ func (s *Sequencer) stepHello(f Frame) error {
 	if h.Version != Version {
 		return fmt.Errorf("frame: %w: Hello from protocol version %d, this end speaks %d", ErrVersion, h.Version, Version)
 	}
-	if want := s.role.peer().String(); h.Role != want {
+	if want := s.role.peer().String(); h.Role != want && !(s.role == RolePrimary && h.Role == HelloRoleLive) {
 		return fmt.Errorf("frame: %w: Hello from a %q, expected a %q", ErrProtocol, h.Role, want)
 	}
 	s.helloSeen = true

@@ -34,6 +34,9 @@ var (
 	ErrRefused = errors.New("standby refused the epoch")
 	// ErrNotConnected: no connection, or it broke; Dial again.
 	ErrNotConnected = errors.New("not connected to a standby")
+	// ErrPeerLive: the standby runs the service itself (it took over); this copy is
+	// superseded and must stop, and the peer takes no epochs from it.
+	ErrPeerLive = errors.New("the service is live on the standby's host")
 )
 
 // DefaultChunkSize is how much of an image one ImageData frame carries: well below
@@ -197,6 +200,9 @@ func (s *Shipper) hello(ctx context.Context, c net.Conn) error {
 	}
 	if h.Service != s.cfg.Service {
 		return fmt.Errorf("standby answered for service %q, not %q", h.Service, s.cfg.Service)
+	}
+	if h.Role == frame.HelloRoleLive {
+		return fmt.Errorf("%w (host %q, holding epoch %d)", ErrPeerLive, h.Host, h.LastCommitted)
 	}
 	l.fileDelta = slices.Contains(h.Features, frame.FeatureFileDelta)
 	if !stop() {

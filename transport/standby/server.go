@@ -71,6 +71,9 @@ type Config struct {
 	MaxUnauthenticatedPerHost int
 	// Quota bounds what one certificate may hold here; zero fields are unlimited.
 	Quota Quota
+	// OnRefused, when set, is called (on the connection's goroutine) after the old
+	// primary of a claimed service was told the service is live here.
+	OnRefused func(service string)
 	// ProgressEvery: an epoch that takes longer than this to arrive is reported in
 	// the log this often; default progress.Every.
 	ProgressEvery time.Duration
@@ -116,6 +119,10 @@ type Server struct {
 	// and of the standby's own trouble, each on its own.
 	refusals, impairments rateLog
 	quotas                *quotas
+	// live are the services this host runs itself now (see Claim); conns are the open
+	// connections per service, closed when it is claimed.
+	live  map[string]bool
+	conns map[string]map[*conn]struct{}
 }
 
 // NewServer returns a Server for cfg.
@@ -148,7 +155,8 @@ func NewServer(cfg Config) (*Server, error) {
 		cfg.MaxUnauthenticatedPerHost = DefaultMaxUnauthenticatedPerHost
 	}
 	return &Server{cfg: cfg, log: cfg.Logger, clk: cfg.Clock, stats: map[string]*Status{}, meters: map[string]*progress.Meter{},
-		unauthHost: map[string]int{}, quotas: newQuotas(cfg.Store, cfg.Quota)}, nil
+		unauthHost: map[string]int{}, quotas: newQuotas(cfg.Store, cfg.Quota),
+		live: map[string]bool{}, conns: map[string]map[*conn]struct{}{}}, nil
 }
 
 // Status reports every service known to the store or heard from since start.
@@ -271,15 +279,53 @@ func (r *rateLog) allow(now time.Time) (int, bool) {
 	return n, true
 }
 
-// committing marks a commit of service in progress, or over (which counts as hearing
-// the primary: its frames wait unread while the standby commits).
-func (s *Server) committing(service string, on bool) {
+// ErrLive: the service runs on this host now; no primary's epoch of it is taken.
+var ErrLive = errors.New("the service is live on this host")
+
+// Claim marks service as live on this host, from now until the Server ends: every
+// connection of it is closed, a primary that connects again is told so (a Hello of
+// role frame.HelloRoleLive) and its epochs are never acknowledged again, so the copy
+// that went live here is the only one whose output counts. Claim fails while an
+// epoch of the service is being committed; that epoch decides which set goes live,
+// so the caller asks again once it is in.
+func (s *Server) Claim(service string) error {
 	s.mu.Lock()
-	s.statOf(service).Committing = on
-	s.mu.Unlock()
-	if !on {
-		s.heard(service, 0)
+	defer s.mu.Unlock()
+	if st := s.stats[service]; st != nil && st.Committing {
+		return fmt.Errorf("standby: an epoch of %q is being committed", service)
 	}
+	s.live[service] = true
+	for cn := range s.conns[service] {
+		cn.c.Close()
+	}
+	return nil
+}
+
+// Live says whether service was claimed.
+func (s *Server) Live(service string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.live[service]
+}
+
+// beginCommit marks a commit of service in progress, unless the service was claimed.
+func (s *Server) beginCommit(service string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.live[service] {
+		return ErrLive
+	}
+	s.statOf(service).Committing = true
+	return nil
+}
+
+// endCommit marks a commit of service over, which counts as hearing the primary: its
+// frames waited unread while the standby committed.
+func (s *Server) endCommit(service string) {
+	s.mu.Lock()
+	s.statOf(service).Committing = false
+	s.mu.Unlock()
+	s.heard(service, 0)
 }
 
 func (s *Server) heard(service string, bytes int) {
@@ -326,10 +372,24 @@ func (s *Server) commitTook(service string, d time.Duration) {
 	s.statOf(service).LastCommitTime = d
 }
 
-func (s *Server) connected(service string, delta int) {
+// connected counts cn in (delta 1) or out (-1); a claimed service takes no new one.
+func (s *Server) connected(cn *conn, delta int) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	service := cn.name
+	if delta > 0 {
+		if s.live[service] {
+			return ErrLive
+		}
+		if s.conns[service] == nil {
+			s.conns[service] = map[*conn]struct{}{}
+		}
+		s.conns[service][cn] = struct{}{}
+	} else {
+		delete(s.conns[service], cn)
+	}
 	s.statOf(service).Connections += delta
+	return nil
 }
 
 // Serve accepts connections on ln until ctx ends, then closes ln and every
@@ -448,7 +508,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, id auth.Identity, au
 		}
 		if cn.started {
 			s.detachMeter(cn.name, cn.meter)
-			s.connected(cn.name, -1)
+			_ = s.connected(cn, -1)
 		}
 	}()
 	err := cn.run()
@@ -502,9 +562,18 @@ func (cn *conn) run() error {
 	if err := cn.seq.Step(f); err != nil {
 		return err
 	}
+	if err := cn.s.connected(cn, 1); err != nil {
+		// The copy that went live here is the only one: tell the old primary, which
+		// stops its own.
+		cn.s.log.Warn("standby: refusing the service's old primary: the service is live on this host", "service", cn.name, "peer", cn.peer, "remote", cn.c.RemoteAddr().String())
+		_ = cn.send(0, &frame.Hello{Version: frame.Version, Service: h.Service, Host: cn.s.cfg.Host, Role: frame.HelloRoleLive, LastCommitted: committed})
+		if f := cn.s.cfg.OnRefused; f != nil {
+			f(cn.name)
+		}
+		return fmt.Errorf("refused primary of %q: %w", cn.name, err)
+	}
 	cn.started = true
 	cn.meter = cn.s.attachMeter(cn.name)
-	cn.s.connected(cn.name, 1)
 	cn.s.heard(cn.name, frame.HeaderSize+len(f.Payload)+frame.TrailerSize)
 	if h.LastCommitted != committed {
 		cn.s.log.Info("standby: primary's view of this standby differs", "service", cn.name, "primary_thinks", h.LastCommitted, "committed", committed)
@@ -582,13 +651,16 @@ func (cn *conn) step(epoch uint64, p frame.Payload) error {
 		}
 		alreadyAsked := in.fail != nil && in.fail.resync && cn.resync
 		start := time.Now()
-		cn.s.committing(cn.name, true)
+		if err := cn.s.beginCommit(cn.name); err != nil {
+			in.abort()
+			return fmt.Errorf("epoch %d of %q not committed: %w", epoch, cn.name, err)
+		}
 		e := in.commit(p.Manifest, func(err error) {
 			if err != nil {
 				cn.s.log.Warn("standby: pruning old epochs failed", "service", cn.name, "err", err)
 			}
 		})
-		cn.s.committing(cn.name, false)
+		cn.s.endCommit(cn.name)
 		if e == nil {
 			cn.s.commitTook(cn.name, time.Since(start))
 			return cn.send(epoch, &frame.Ack{Epoch: epoch})

@@ -1,4 +1,8 @@
-package supervisor
+// Package arbiter decides which node may run a service, for both roles: the primary
+// takes a service's key before it starts or restores the program, a standby before it
+// goes live, and a node that loses the key (its lease expired while it was cut off
+// from the arbiter) must stop at once. This is VMware FT's test-and-set, kept in etcd.
+package arbiter
 
 import (
 	"context"
@@ -14,9 +18,9 @@ import (
 // ErrLeaseLost means this node no longer holds the right to run the service.
 var ErrLeaseLost = errors.New("arbiter lease lost")
 
-// Arbiter decides which node may run a service (VMware FT's test-and-set): the live
-// copy holds a leased key; another node may go live only once it holds the key, which
-// it can only get after the holder's lease expired.
+// Arbiter decides which node may run a service: the live copy holds a leased key;
+// another node may go live only once it holds the key, which it can only get after
+// the holder's lease expired.
 type Arbiter interface {
 	// Acquire blocks until this node holds service's key, or ctx ends.
 	Acquire(ctx context.Context, service, node string) (Lease, error)
@@ -31,11 +35,11 @@ type Lease interface {
 	Release() error
 }
 
-// ArbiterTTL is how long a lease outlives its holder's last keep-alive.
-const ArbiterTTL = 2 * time.Second
+// TTL is how long a lease outlives its holder's last keep-alive.
+const TTL = 2 * time.Second
 
-// OpenArbiter parses --arbiter: "none" (nil: no arbiter) or "etcd:HOST:PORT[,HOST:PORT]".
-func OpenArbiter(spec string, ttl time.Duration) (Arbiter, error) {
+// Open parses --arbiter: "none" (nil: no arbiter) or "etcd:HOST:PORT[,HOST:PORT]".
+func Open(spec string, ttl time.Duration) (Arbiter, error) {
 	switch {
 	case spec == "" || spec == "none":
 		return nil, nil
@@ -57,7 +61,7 @@ func OpenArbiter(spec string, ttl time.Duration) (Arbiter, error) {
 			return nil, fmt.Errorf("etcd arbiter %v: %w", eps, err)
 		}
 		if ttl <= 0 {
-			ttl = ArbiterTTL
+			ttl = TTL
 		}
 		return &etcdArbiter{cl: cl, ttl: ttl}, nil
 	}

@@ -1,0 +1,112 @@
+package supervisor
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+
+	"github.com/ftrun/ftrun/checkpoint"
+	"github.com/ftrun/ftrun/failover"
+)
+
+// HeartbeatTimeout is failover's take-over timeout, also how long the primary waits
+// for a silent standby before it calls itself unprotected.
+const HeartbeatTimeout = failover.DefaultTimeout
+
+// LiveConfig is what a standby's live copies are run with.
+type LiveConfig struct {
+	// Interval is the checkpoint interval of a program the standby runs after taking over.
+	Interval time.Duration
+	Criu     *checkpoint.Criu
+	Clock    clockwork.Clock
+	Log      *slog.Logger
+	Host     string
+	// Bridge is this host's bridge for programs that ran with --net on their primary.
+	Bridge string
+	// Peer is where a live copy streams its epochs (the old primary's host, whose
+	// `ftrun run` serves as its standby once back); PeerTLS the client side of the
+	// mutual TLS. "" leaves a live copy with local checkpoints only.
+	Peer    string
+	PeerTLS *tls.Config
+}
+
+// LiveCopy is failover's GoLive for `ftrun standby`: it restores the handed-over epoch
+// under a supervisor of its own, in the handoff's live dir, protected by the peer.
+func LiveCopy(cfg LiveConfig) func(failover.Handoff) (failover.Live, error) {
+	return func(h failover.Handoff) (failover.Live, error) {
+		sup, err := liveSupervisor(cfg, h)
+		if err != nil {
+			return failover.Live{}, err
+		}
+		run := func(ctx context.Context) error {
+			err := sup.Run(ctx)
+			var xe *ExitErr
+			if errors.As(err, &xe) && xe.Code == ExitOK {
+				return nil
+			}
+			return err
+		}
+		return failover.Live{Run: run, Announce: sup.Reannounce}, nil
+	}
+}
+
+// liveSupervisor prepares a supervisor that restores h's epoch. The epoch is linked
+// (not copied) into the live supervisor's own checkpoint store, so the standby's copy
+// stays as it was received.
+func liveSupervisor(cfg LiveConfig, h failover.Handoff) (*Supervisor, error) {
+	// The live supervisor's restore verifies the set; reading it twice would only
+	// lengthen the failover.
+	m, err := checkpoint.ReadManifest(h.Set.Dir)
+	if err != nil {
+		return nil, err
+	}
+	// Epochs an earlier live copy here took are stale: the service went on elsewhere
+	// since, under the same epoch numbers.
+	if err := os.RemoveAll(filepath.Join(h.LiveDir, CheckpointsDir)); err != nil {
+		return nil, fmt.Errorf("drop the stale live checkpoints of %q: %w", h.Service, err)
+	}
+	if err := linkSet(h.Set.Dir, filepath.Join(h.LiveDir, CheckpointsDir, filepath.Base(h.Set.Dir))); err != nil {
+		return nil, err
+	}
+	// The service is the connection's, which its certificate names: never the
+	// manifest's say (see transport/standby).
+	spec, err := NetSpec(h.Service, m.Net, cfg.Bridge)
+	if err != nil {
+		return nil, err
+	}
+	return New(Config{
+		Name: h.Service, Command: m.Command, StateDir: h.LiveDir, WorkDir: "/",
+		Interval: cfg.Interval, Criu: cfg.Criu, Clock: cfg.Clock, Log: cfg.Log.With("role", "live"),
+		Lease: h.Lease, Node: cfg.Host, Sync: m.SyncRoots, Net: spec, Failover: true,
+		Standby: cfg.Peer, StandbyTLS: cfg.PeerTLS,
+	})
+}
+
+// linkSet hard-links the image set at from to to, whole or not at all.
+func linkSet(from, to string) error {
+	if _, err := os.Stat(to); err == nil {
+		return nil
+	}
+	tmp := to + ".linking"
+	os.RemoveAll(tmp)
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return err
+	}
+	ents, err := os.ReadDir(from)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if err := os.Link(filepath.Join(from, e.Name()), filepath.Join(tmp, e.Name())); err != nil {
+			return fmt.Errorf("link epoch into live store: %w", err)
+		}
+	}
+	return os.Rename(tmp, to)
+}
