@@ -338,7 +338,7 @@ func TestSystemdUnit(t *testing.T) {
 			t.Fatalf("program pid %d, unit cgroup %q", pid, unitCg)
 		}
 		cg := c.must("cat", fmt.Sprintf("/proc/%d/cgroup", pid))
-		if want := "0::" + unitCg + "/program"; !strings.Contains(cg, want) {
+		if want := "0::" + unitCg + "/program/redis"; !strings.Contains(cg, want) {
 			t.Errorf("program's cgroup %q, want %q", strings.TrimSpace(cg), want)
 		}
 		main := c.prop(unit, "MainPID")
@@ -366,7 +366,7 @@ func TestSystemdUnit(t *testing.T) {
 		if strings.TrimSpace(limit) != strconv.Itoa(300<<20) {
 			t.Errorf("unit memory.max %q", limit)
 		}
-		cur := c.must("cat", "/sys/fs/cgroup"+unitCg+"/program/memory.current")
+		cur := c.must("cat", "/sys/fs/cgroup"+unitCg+"/program/redis/memory.current")
 		if n, _ := strconv.Atoi(strings.TrimSpace(cur)); n == 0 {
 			t.Errorf("program's memory.current %q: not accounted", cur)
 		}
@@ -488,6 +488,23 @@ func TestSystemdUnit(t *testing.T) {
 			t.Errorf("GET k2 after stop and start = %q, want the value from before the stop", r)
 		}
 		c.must("systemctl", "stop", unit)
+	})
+
+	t.Run("a unit without Delegate=yes: the program outside it, and a warning that says so", func(t *testing.T) {
+		const other = "ftrun@nodeleg.service"
+		c.must("sh", "-c", "printf 'FTRUN_CMD=/bin/sleep 1000\\n' > /etc/ftrun/nodeleg.env")
+		c.must("mkdir", "-p", "/etc/systemd/system/"+other+".d")
+		c.must("sh", "-c", "printf '[Service]\\nDelegate=no\\n' > /etc/systemd/system/"+other+".d/nodeleg.conf")
+		c.must("systemctl", "daemon-reload")
+		c.must("systemctl", "start", other)
+		defer c.exec("systemctl", "stop", other)
+		if _, e := find(c.journal(other), 0, "is not delegated to ftrun"); e == nil || !strings.Contains(e.str("MESSAGE"), "Delegate=yes") {
+			t.Errorf("no warning naming Delegate=yes in the journal: %v", e)
+		}
+		out := c.must("sh", "-c", "cat /proc/$(pgrep -x sleep)/cgroup")
+		if !strings.Contains(out, "0::/ftrun/nodeleg") {
+			t.Errorf("program's cgroup %q, want /ftrun/nodeleg", strings.TrimSpace(out))
+		}
 	})
 
 	if t.Failed() || os.Getenv("FTRUN_SDT_JOURNAL") != "" {

@@ -86,7 +86,7 @@ type Placement struct {
 	Note  string // why a systemd unit was not used, worth a warning ("": nothing to say)
 }
 
-// Groups below a delegated unit's own group (UNIT/supervisor, UNIT/program).
+// Groups below a delegated unit's own group (UNIT/supervisor, UNIT/program/NAME).
 const (
 	unitSupervisorGroup = "supervisor"
 	unitProgramGroup    = "program"
@@ -94,8 +94,9 @@ const (
 
 // ChoosePlacement decides where a service's program lives. Under systemd, a unit
 // with Delegate=yes hands ftrun its own cgroup subtree: the program goes to
-// UNIT/program, so the unit's MemoryMax=, CPUQuota= and accounting cover it and
-// `systemctl status` lists it. ftrun moves itself to the sibling UNIT/supervisor
+// UNIT/program/NAME, so the unit's MemoryMax=, CPUQuota= and accounting cover it and
+// `systemctl status` lists it. NAME keeps apart the programs of a standby that took
+// over several services in one unit. ftrun moves itself to the sibling UNIT/supervisor
 // first: cgroup2 lets only leaves hold processes once a group hands controllers to
 // its children, and systemd's own DelegateSubgroup= (254) uses the same shape.
 // Without systemd, or without delegation, the program goes to CgroupRoot/NAME,
@@ -117,10 +118,10 @@ func ChoosePlacement(name string, sd SystemdView) Placement {
 	}
 	if !sd.Delegated {
 		outside.Note = fmt.Sprintf("the systemd unit's cgroup %q is not delegated to ftrun: the program goes to %q, outside the unit, "+
-			"so the unit's MemoryMax=, CPUQuota= and accounting do not cover it (fix: Delegate=yes in the unit)", unit, outside.Group)
+			"so the unit's MemoryMax=, CPUQuota= and accounting do not cover it (fix: Delegate=yes in the unit; systemd older than 251 does not mark delegation)", unit, outside.Group)
 		return outside
 	}
-	p := Placement{Unit: unit, Group: filepath.Join(unit, unitProgramGroup)}
+	p := Placement{Unit: unit, Group: filepath.Join(unit, unitProgramGroup, name)}
 	if self == unit {
 		p.Self = filepath.Join(unit, unitSupervisorGroup)
 	}
@@ -162,6 +163,8 @@ func ownCgroup2(procCgroup string) string {
 
 // OpenCgroup creates (or reuses) the group for service name, placed by
 // ChoosePlacement; under a delegated unit it first moves ftrun into UNIT/supervisor.
+// The intermediate UNIT/program holds no process, so cgroup2's rule that only leaves
+// may hold processes (once controllers are handed down) is kept.
 func OpenCgroup(name string) (*Cgroup, error) {
 	mnt, err := cgroup2Mount()
 	if err != nil {
