@@ -36,8 +36,9 @@ type container struct {
 }
 
 // bootSystemd boots the container with the unit, the example env file, ftrun and CRIU
-// installed, and waits until its systemd says the system is up.
-func bootSystemd(t *testing.T) *container {
+// installed, and waits until its systemd says the system is up. unified picks a pure
+// cgroup2 container; otherwise nspawn gives it the host's layout (hybrid here).
+func bootSystemd(t *testing.T, unified bool) *container {
 	requiresRoot(t, "systemd-nspawn")
 	if _, err := os.Stat(filepath.Join(systemdRootfs, systemdRootfsStamp)); err != nil {
 		t.Fatalf("no systemd rootfs at %s (%v): run scripts/setup", systemdRootfs, err)
@@ -99,7 +100,10 @@ func bootSystemd(t *testing.T) *container {
 	c.nspawn = exec.Command("/bin/sh", "-c", `echo $$ > "$1/cgroup.procs" && shift && exec systemd-nspawn "$@"`, "sh", cg,
 		"-b", "-D", c.root, "--private-network", "--register=no", "--keep-unit", "--capability=all",
 		"--console=passive", "-M", name)
-	c.nspawn.Env = append(os.Environ(), "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1", "SYSTEMD_SECCOMP=0", "SYSTEMD_NSPAWN_API_VFS_WRITABLE=1")
+	c.nspawn.Env = append(os.Environ(), "SYSTEMD_SECCOMP=0", "SYSTEMD_NSPAWN_API_VFS_WRITABLE=1")
+	if unified {
+		c.nspawn.Env = append(c.nspawn.Env, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1")
+	}
 	c.nspawn.Stdout, c.nspawn.Stderr = logf, logf
 	if err := c.nspawn.Start(); err != nil {
 		t.Fatalf("start systemd-nspawn: %v", err)
@@ -274,7 +278,7 @@ func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() boo
 // transient checkpoint failure, ftrun killed, ftrun stopped (the watchdog), stop and
 // start again. One container serves every step: booting one costs seconds.
 func TestSystemdUnit(t *testing.T) {
-	c := bootSystemd(t)
+	c := bootSystemd(t, true)
 	const unit = "ftrun@redis.service"
 	// A limit the program must be under, with the unit's (when the kernel gives the
 	// container a memory controller; this host's cgroup2 has none, see below).
@@ -516,5 +520,50 @@ func TestSystemdUnit(t *testing.T) {
 			fmt.Fprintf(&buf, "%s %s (epoch %s, step %s, err %s)\n", e.str("SYSLOG_IDENTIFIER"), e.str("MESSAGE"), e.str("EPOCH"), e.str("STEP"), e.str("ERR"))
 		}
 		t.Logf("journal of %s (without Go's stack dumps):\n%s", unit, tail(buf.String(), 150))
+	}
+}
+
+// TestSystemdUnitHybrid runs the unit in a container with the host's hybrid layout
+// (cgroup v1 controllers, cgroup2 for grouping): the placement, an adoption and a stop
+// and start through the final checkpoint.
+func TestSystemdUnitHybrid(t *testing.T) {
+	c := bootSystemd(t, false)
+	const unit = "ftrun@redis.service"
+	if _, err := c.exec("test", "-d", "/sys/fs/cgroup/unified"); err != nil {
+		t.Fatalf("the container is not hybrid (no /sys/fs/cgroup/unified)")
+	}
+	c.must("systemctl", "start", unit)
+	pidOf := func() string {
+		out, _ := c.exec("pgrep", "-x", "redis-server")
+		return strings.TrimSpace(out)
+	}
+	unitCg := c.prop(unit, "ControlGroup")
+	pid := pidOf()
+	cg := c.must("cat", "/proc/"+pid+"/cgroup")
+	if !strings.Contains(cg, "0::"+unitCg+"/program/redis") {
+		t.Errorf("program's cgroups:\n%s\nwant 0::%s/program/redis", cg, unitCg)
+	}
+	if r, _ := c.exec("redis-cli", "SET", "k", "v"); strings.TrimSpace(r) != "OK" {
+		t.Fatalf("SET: %q", r)
+	}
+	c.must("systemctl", "kill", "-s", "KILL", "--kill-who=main", unit)
+	waitUntil(t, "a restart", 30*time.Second, func() bool {
+		return c.prop(unit, "NRestarts") == "1" && c.prop(unit, "ActiveState") == "active"
+	})
+	if after := pidOf(); after != pid {
+		t.Errorf("redis pid %s after the restart, was %s: not adopted", after, pid)
+	}
+	c.must("systemctl", "stop", unit)
+	c.must("systemctl", "start", unit)
+	if r, _ := c.exec("redis-cli", "GET", "k"); strings.TrimSpace(r) != "v" {
+		t.Errorf("GET after stop and start: %q", r)
+	}
+	c.must("systemctl", "stop", unit)
+	if i, _ := find(c.journal(unit), 0, "final checkpoint committed"); i < 0 {
+		t.Errorf("no final checkpoint in the journal")
+	}
+	if t.Failed() {
+		out, _ := c.exec("journalctl", "--no-pager", "-u", unit, "-n", "60")
+		t.Logf("journal:\n%s", out)
 	}
 }
