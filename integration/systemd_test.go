@@ -86,7 +86,16 @@ func bootSystemd(t *testing.T, unified bool) *container {
 	if err := os.Mkdir(cg, 0o755); err != nil {
 		t.Fatalf("cgroup for the container: %v", err)
 	}
-	t.Cleanup(func() { removeCgroupTree(t, cg) })
+	t.Cleanup(func() {
+		removeCgroupTree(t, cg)
+		// On a hybrid host nspawn mirrors the group into the name=systemd v1
+		// hierarchy (mounting it if need be) for the container's systemd.
+		if legacy := filepath.Join("/sys/fs/cgroup/systemd", filepath.Base(cg)); legacy != cg {
+			if _, err := os.Stat(legacy); err == nil {
+				removeCgroupTree(t, legacy)
+			}
+		}
+	})
 
 	logf, err := os.Create(c.log)
 	if err != nil {
