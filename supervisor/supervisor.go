@@ -984,8 +984,8 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 	procs, _ := s.cg.Procs()
 	stopped, _ := anyStopped(procs)
 	if ok, why := mayCheckpoint(s.alive, stopped, s.healthFail); !ok {
-		// A skipped checkpoint is a checkpoint that did not succeed: systemd's watchdog
-		// must not be told all is well.
+		// A skipped checkpoint is a checkpoint that did not succeed: it counts against
+		// the watchdog's tolerance like a failed one (see watchdog.ShouldPing).
 		s.lastCkptErr = "checkpoint skipped: " + why
 		s.metrics.checkpoints.WithLabelValues("skipped").Inc()
 		s.log.Warn("checkpoint skipped: " + why)
