@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The rootfs scripts/setup debootstraps for this suite, and the stamp it writes last.
@@ -40,6 +42,13 @@ type container struct {
 // cgroup2 container; otherwise nspawn gives it the host's layout (hybrid here).
 func bootSystemd(t *testing.T, unified bool) *container {
 	requiresRoot(t, "systemd-nspawn")
+	// What started the test may have left fds open without close-on-exec; they would
+	// reach ftrun and the program that the suite starts from a shell in the container
+	// (the unit's are started by systemd, which closes them), and CRIU cannot dump an
+	// fd of a mount the container does not see.
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		t.Fatalf("close_range: %v", err)
+	}
 	if _, err := os.Stat(filepath.Join(systemdRootfs, systemdRootfsStamp)); err != nil {
 		t.Fatalf("no systemd rootfs at %s (%v): run scripts/setup", systemdRootfs, err)
 	}
@@ -517,6 +526,48 @@ func TestSystemdUnit(t *testing.T) {
 		out := c.must("sh", "-c", "cat /proc/$(pgrep -x sleep)/cgroup")
 		if !strings.Contains(out, "0::/ftrun/nodeleg") {
 			t.Errorf("program's cgroup %q, want /ftrun/nodeleg", strings.TrimSpace(out))
+		}
+	})
+
+	t.Run("a checkpoint taken outside systemd is restored into the unit's cgroup", func(t *testing.T) {
+		const other = "ftrun@mig.service"
+		// ftrun from a shell: no INVOCATION_ID, so the program goes to /ftrun/mig.
+		// setsid -f and exec: no shell stays behind.
+		c.must("setsid", "-f", "sh", "-c", "exec </dev/null >/tmp/mig.log 2>&1; exec ftrun run --name mig -- /bin/sleep 1000")
+		ftrunPid := func() string {
+			out, _ := c.exec("pgrep", "-f", "^ftrun run --name mig")
+			return strings.TrimSpace(out)
+		}
+		defer func() {
+			if t.Failed() {
+				out, _ := c.exec("cat", "/tmp/mig.log")
+				t.Logf("ftrun outside systemd:\n%s", tail(out, 30))
+				for _, e := range c.journal(other) {
+					t.Logf("%s: %s %s", other, e.str("MESSAGE"), e.str("ERR"))
+				}
+			}
+			if pid := ftrunPid(); pid != "" {
+				_, _ = c.exec("kill", "-TERM", pid)
+			}
+		}()
+		waitUntil(t, "a checkpoint outside systemd", 20*time.Second, func() bool {
+			out, _ := c.exec("ftrun", "status", "--name", "mig", "--json")
+			return strings.Contains(out, `"checkpoints": 1`) || strings.Contains(out, `"checkpoints": 2`)
+		})
+		if out := c.must("sh", "-c", "cat /proc/$(pgrep -x sleep)/cgroup"); !strings.Contains(out, "0::/ftrun/mig") {
+			t.Fatalf("program outside systemd in %q, want /ftrun/mig", strings.TrimSpace(out))
+		}
+		c.must("kill", "-TERM", ftrunPid())
+		waitUntil(t, "ftrun outside systemd to stop", 20*time.Second, func() bool { return ftrunPid() == "" })
+		c.must("sh", "-c", "printf 'FTRUN_CMD=/bin/sleep 1000\\n' > /etc/ftrun/mig.env")
+		c.must("systemctl", "start", other)
+		defer c.exec("systemctl", "stop", other)
+		if i, _ := find(c.journal(other), 0, "program restored from epoch"); i < 0 {
+			t.Errorf("the checkpoint taken outside systemd was not restored")
+		}
+		want := "0::" + c.prop(other, "ControlGroup") + "/program/mig"
+		if out := c.must("sh", "-c", "cat /proc/$(pgrep -x sleep)/cgroup"); !strings.Contains(out, want) {
+			t.Errorf("restored program in %q, want %q", strings.TrimSpace(out), want)
 		}
 	})
 

@@ -176,6 +176,11 @@ func OpenCgroup(name string) (*Cgroup, error) {
 			return nil, err
 		}
 	}
+	return openPlaced(mnt, pl)
+}
+
+// openPlaced creates (or reuses) the program's group of pl.
+func openPlaced(mnt string, pl Placement) (*Cgroup, error) {
 	m, err := cgroup2.NewManager(mnt, pl.Group, &cgroup2.Resources{})
 	if err != nil {
 		return nil, fmt.Errorf("create cgroup %q under %q: %w", pl.Group, mnt, err)

@@ -70,7 +70,7 @@ func RestoreDetached(stateDir string, epoch uint64, criu *checkpoint.Criu, log *
 		if err != nil {
 			return 0, 0, err
 		}
-		pid, err := criu.Restore(checkpoint.Options{ImagesDir: set.Dir, WorkDir: work, TCPEstablished: true, TCPClose: true, Inherit: inherit})
+		pid, err := criu.Restore(checkpoint.Options{ImagesDir: set.Dir, WorkDir: work, TCPEstablished: true, TCPClose: true, Inherit: inherit, CgroupRoot: cg.Group})
 		os.RemoveAll(work)
 		if err != nil {
 			log.Warn("restore failed, trying an older checkpoint", "epoch", set.Epoch, "err", err)

@@ -916,7 +916,7 @@ func (s *Supervisor) restore(epoch uint64, takeover bool) error {
 	// reach a connection CRIU has not restored yet: CRIU's network lock, which costs
 	// an iptables-restore per connection or a libnftables table, is not needed.
 	pid, err := s.cfg.Criu.Restore(checkpoint.Options{ImagesDir: dir, WorkDir: work, TCPEstablished: true, Inherit: inherit,
-		TCPClose: !keepTCP, Enter: s.enter(), NetworkLockSkip: s.place != nil})
+		TCPClose: !keepTCP, Enter: s.enter(), NetworkLockSkip: s.place != nil, CgroupRoot: s.cg.Group})
 	if err != nil {
 		return err
 	}
