@@ -45,6 +45,14 @@ type Options struct {
 	TCPClose bool
 	// NetworkLockSkip leaves the network alone during dump/restore.
 	NetworkLockSkip bool
+	// CgroupRoot, on restore, is the cgroup2 group the tree is put back into (and the
+	// same path in systemd's name=systemd v1 hierarchy, which mirrors cgroup2 on
+	// hybrid hosts). Without it CRIU puts the tree back where it was dumped, which
+	// holds only where the restoring ftrun is placed as the dumping one was; a
+	// checkpoint taken outside systemd and restored by a unit, or taken on a primary
+	// and restored on a standby placed otherwise, needs the group named. v1 resource
+	// controllers are left as dumped: their groups are systemd's or the host's.
+	CgroupRoot string
 	// Inherit hands CRIU replacements for resources outside the tree, keyed the way
 	// CRIU names them in the images ("pipe:[123]").
 	Inherit map[string]*os.File
@@ -121,6 +129,11 @@ func (o Options) rpcOpts(imagesFd, workFd int, logFile string) *rpc.CriuOpts {
 	}
 	if o.NetworkLockSkip {
 		opts.NetworkLock = ptr(rpc.CriuNetworkLockMethod_SKIP)
+	}
+	if o.CgroupRoot != "" {
+		// CRIU names the cgroup2 hierarchy "" (a nil Ctrl would mean every hierarchy).
+		opts.CgRoot = []*rpc.CgroupRoot{{Ctrl: ptr(""), Path: ptr(o.CgroupRoot)},
+			{Ctrl: ptr("name=systemd"), Path: ptr(o.CgroupRoot)}}
 	}
 	if o.Timeout > 0 {
 		opts.Timeout = ptr(uint32((o.Timeout + time.Second - 1) / time.Second))

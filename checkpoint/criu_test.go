@@ -59,6 +59,26 @@ func TestRPCOpts(t *testing.T) {
 				t.Errorf("work dir fd = %v, want 0", o.WorkDirFd)
 			}
 		}},
+		{name: "no cgroup root by default", opts: Options{}, workFd: -1, check: func(t *testing.T, o *rpc.CriuOpts) {
+			if len(o.CgRoot) != 0 {
+				t.Errorf("cgroup roots %v without CgroupRoot", o.CgRoot)
+			}
+		}},
+		{name: "cgroup root: cgroup2 and name=systemd only, never every hierarchy", opts: Options{CgroupRoot: "/s.slice/x.service/program/x"}, workFd: -1,
+			check: func(t *testing.T, o *rpc.CriuOpts) {
+				var got []string
+				for _, r := range o.CgRoot {
+					if r.Ctrl == nil {
+						t.Errorf("a cgroup root without a controller (every hierarchy, v1 ones too): %v", r)
+						continue
+					}
+					got = append(got, *r.Ctrl+"="+r.GetPath())
+				}
+				want := []string{"=/s.slice/x.service/program/x", "name=systemd=/s.slice/x.service/program/x"}
+				if !slices.Equal(got, want) {
+					t.Errorf("cgroup roots %q, want %q", got, want)
+				}
+			}},
 		{name: "pid", opts: Options{Pid: 4321}, workFd: -1, check: func(t *testing.T, o *rpc.CriuOpts) {
 			if o.Pid == nil || *o.Pid != 4321 {
 				t.Errorf("pid = %v, want 4321", o.Pid)

@@ -88,7 +88,7 @@ type Placement struct {
 	Note  string // why a systemd unit was not used, worth a warning ("": nothing to say)
 }
 
-// Groups below a delegated unit's own group (UNIT/supervisor, UNIT/program).
+// Groups below a delegated unit's own group (UNIT/supervisor, UNIT/program/NAME).
 const (
 	unitSupervisorGroup = "supervisor"
 	unitProgramGroup    = "program"
@@ -96,8 +96,9 @@ const (
 
 // ChoosePlacement decides where a service's program lives. Under systemd, a unit
 // with Delegate=yes hands ftrun its own cgroup subtree: the program goes to
-// UNIT/program, so the unit's MemoryMax=, CPUQuota= and accounting cover it and
-// `systemctl status` lists it. ftrun moves itself to the sibling UNIT/supervisor
+// UNIT/program/NAME, so the unit's MemoryMax=, CPUQuota= and accounting cover it and
+// `systemctl status` lists it. NAME keeps apart the programs of a standby that took
+// over several services in one unit. ftrun moves itself to the sibling UNIT/supervisor
 // first: cgroup2 lets only leaves hold processes once a group hands controllers to
 // its children, and systemd's own DelegateSubgroup= (254) uses the same shape.
 // Without systemd, or without delegation, the program goes to CgroupRoot/NAME,
@@ -119,10 +120,10 @@ func ChoosePlacement(name string, sd SystemdView) Placement {
 	}
 	if !sd.Delegated {
 		outside.Note = fmt.Sprintf("the systemd unit's cgroup %q is not delegated to ftrun: the program goes to %q, outside the unit, "+
-			"so the unit's MemoryMax=, CPUQuota= and accounting do not cover it (fix: Delegate=yes in the unit)", unit, outside.Group)
+			"so the unit's MemoryMax=, CPUQuota= and accounting do not cover it (fix: Delegate=yes in the unit; systemd older than 251 does not mark delegation)", unit, outside.Group)
 		return outside
 	}
-	p := Placement{Unit: unit, Group: filepath.Join(unit, unitProgramGroup)}
+	p := Placement{Unit: unit, Group: filepath.Join(unit, unitProgramGroup, name)}
 	if self == unit {
 		p.Self = filepath.Join(unit, unitSupervisorGroup)
 	}
@@ -164,6 +165,8 @@ func ownCgroup2(procCgroup string) string {
 
 // OpenCgroup creates (or reuses) the group for service name, placed by
 // ChoosePlacement; under a delegated unit it first moves ftrun into UNIT/supervisor.
+// The intermediate UNIT/program holds no process, so cgroup2's rule that only leaves
+// may hold processes (once controllers are handed down) is kept.
 func OpenCgroup(name string) (*Cgroup, error) {
 	mnt, err := cgroup2Mount()
 	if err != nil {
@@ -175,6 +178,11 @@ func OpenCgroup(name string) (*Cgroup, error) {
 			return nil, err
 		}
 	}
+	return openPlaced(mnt, pl)
+}
+
+// openPlaced creates (or reuses) the program's group of pl.
+func openPlaced(mnt string, pl Placement) (*Cgroup, error) {
 	m, err := cgroup2.NewManager(mnt, pl.Group, &cgroup2.Resources{})
 	if err != nil {
 		return nil, fmt.Errorf("create cgroup %q under %q: %w", pl.Group, mnt, err)

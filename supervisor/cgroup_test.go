@@ -17,10 +17,10 @@ func TestChoosePlacement(t *testing.T) {
 			want: Placement{Group: "/ftrun/redis"}},
 		{name: "delegated unit: ftrun moves to a leaf, the program to its sibling",
 			sd:   SystemdView{InvocationID: "abc", Own: unit, Delegated: true},
-			want: Placement{Group: unit + "/program", Self: unit + "/supervisor", Unit: unit}},
+			want: Placement{Group: unit + "/program/redis", Self: unit + "/supervisor", Unit: unit}},
 		{name: "already in UNIT/supervisor (DelegateSubgroup=supervisor)",
 			sd:   SystemdView{InvocationID: "abc", Own: unit + "/supervisor", Delegated: true},
-			want: Placement{Group: unit + "/program", Unit: unit}},
+			want: Placement{Group: unit + "/program/redis", Unit: unit}},
 		{name: "unit without Delegate=yes stays outside, and says how to fix it",
 			sd:   SystemdView{InvocationID: "abc", Own: unit},
 			want: Placement{Group: "/ftrun/redis"}, note: "Delegate=yes"},
@@ -29,7 +29,7 @@ func TestChoosePlacement(t *testing.T) {
 			want: Placement{Group: "/ftrun/redis"}, note: "no service's"},
 		{name: "nested slices and a container's cgroup namespace root",
 			sd:   SystemdView{InvocationID: "abc", Own: "/a.slice/a-b.slice/x.service", Delegated: true},
-			want: Placement{Group: "/a.slice/a-b.slice/x.service/program", Self: "/a.slice/a-b.slice/x.service/supervisor", Unit: "/a.slice/a-b.slice/x.service"}},
+			want: Placement{Group: "/a.slice/a-b.slice/x.service/program/redis", Self: "/a.slice/a-b.slice/x.service/supervisor", Unit: "/a.slice/a-b.slice/x.service"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

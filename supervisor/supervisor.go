@@ -1051,7 +1051,8 @@ func (s *Supervisor) criuRestore(dir string, m *checkpoint.Manifest, keepTCP boo
 	// reach a connection CRIU has not restored yet: CRIU's network lock, which costs
 	// an iptables-restore per connection or a libnftables table, is not needed.
 	pid, err := s.cfg.Criu.Restore(checkpoint.Options{ImagesDir: dir, WorkDir: work, TCPEstablished: true, Inherit: inherit,
-		TCPClose: !keepTCP, Enter: s.enter(), NetworkLockSkip: s.place != nil, Restored: s.cgroupProcs, MountNS: m.Container})
+		TCPClose: !keepTCP, Enter: s.enter(), NetworkLockSkip: s.place != nil, Restored: s.cgroupProcs, MountNS: m.Container,
+		CgroupRoot: s.cg.Group})
 	if err != nil {
 		return 0, s.restoreFailed(err, work)
 	}
@@ -1223,8 +1224,8 @@ func (s *Supervisor) committed(set checkpoint.Set, m *checkpoint.Manifest, stats
 	return epoch, nil
 }
 
-// checkpointSkipped records a checkpoint not taken: it did not succeed either, so
-// systemd's watchdog must not be told all is well.
+// checkpointSkipped records a checkpoint not taken: it did not succeed either, and
+// counts against the watchdog's tolerance like a failed one (see watchdog.ShouldPing).
 func (s *Supervisor) checkpointSkipped(why string) error {
 	s.lastCkptErr = "checkpoint skipped: " + why
 	s.checkpointsFailing("checkpoint skipped: " + why)

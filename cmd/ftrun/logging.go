@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"log/slog"
 	"os"
 	"strings"
@@ -31,6 +32,10 @@ func newHandler(format string, opts *slog.HandlerOptions) (slog.Handler, error) 
 	case "json":
 		return slog.NewJSONHandler(os.Stderr, opts), nil
 	case "journal":
+		if !journalUp() {
+			// The handler would send into nothing without an error.
+			return nil, errors.New("no journald socket at /run/systemd/journal/socket (use --log-format text)")
+		}
 		h, err := slogjournal.NewHandler(&slogjournal.Options{Level: opts.Level, ReplaceAttr: journalAttr,
 			ReplaceGroup: journalKey})
 		if err != nil {
