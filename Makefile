@@ -39,7 +39,7 @@ root-test:
 SHELL := /bin/bash
 
 integration: build
-	$(GO) test -race -count=1 -timeout 30m -v ./integration/ 2>&1 | tee /tmp/ftrun-integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+[a-z_]+_test.go)' ; exit $${PIPESTATUS[0]}
+	$(GO) test -race -count=1 -timeout 60m -v ./integration/ 2>&1 | tee /tmp/ftrun-integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+[a-z_]+_test.go)' ; exit $${PIPESTATUS[0]}
 
 # The long variants: SOAK_FAULTS random faults (kill -9 of ftrun, the program, CRIU
 # mid-dump and mid-restore, the standby mid-commit; disk full, read-only state dir, link
