@@ -53,6 +53,11 @@ type Options struct {
 	// and restored on a standby placed otherwise, needs the group named. v1 resource
 	// controllers are left as dumped: their groups are systemd's or the host's.
 	CgroupRoot string
+	// SystemdMirror puts the tree at CgroupRoot in the name=systemd v1 hierarchy too:
+	// only under a systemd unit, which owns that mirror. Elsewhere nobody keeps it in
+	// step, and a root given there nests a level deeper with every restore (CRIU
+	// then walks the whole grown tree in every later dump).
+	SystemdMirror bool
 	// Inherit hands CRIU replacements for resources outside the tree, keyed the way
 	// CRIU names them in the images ("pipe:[123]").
 	Inherit map[string]*os.File
@@ -132,8 +137,10 @@ func (o Options) rpcOpts(imagesFd, workFd int, logFile string) *rpc.CriuOpts {
 	}
 	if o.CgroupRoot != "" {
 		// CRIU names the cgroup2 hierarchy "" (a nil Ctrl would mean every hierarchy).
-		opts.CgRoot = []*rpc.CgroupRoot{{Ctrl: ptr(""), Path: ptr(o.CgroupRoot)},
-			{Ctrl: ptr("name=systemd"), Path: ptr(o.CgroupRoot)}}
+		opts.CgRoot = []*rpc.CgroupRoot{{Ctrl: ptr(""), Path: ptr(o.CgroupRoot)}}
+		if o.SystemdMirror {
+			opts.CgRoot = append(opts.CgRoot, &rpc.CgroupRoot{Ctrl: ptr("name=systemd"), Path: ptr(o.CgroupRoot)})
+		}
 	}
 	if o.Timeout > 0 {
 		opts.Timeout = ptr(uint32((o.Timeout + time.Second - 1) / time.Second))

@@ -64,20 +64,11 @@ func TestRPCOpts(t *testing.T) {
 				t.Errorf("cgroup roots %v without CgroupRoot", o.CgRoot)
 			}
 		}},
-		{name: "cgroup root: cgroup2 and name=systemd only, never every hierarchy", opts: Options{CgroupRoot: "/s.slice/x.service/program/x"}, workFd: -1,
+		{name: "cgroup root: cgroup2 only, never every hierarchy", opts: Options{CgroupRoot: "/ftrun/x"}, workFd: -1,
+			check: func(t *testing.T, o *rpc.CriuOpts) { checkCgRoots(t, o, "=/ftrun/x") }},
+		{name: "cgroup root under a unit: cgroup2 and name=systemd", opts: Options{CgroupRoot: "/s.slice/x.service/program/x", SystemdMirror: true}, workFd: -1,
 			check: func(t *testing.T, o *rpc.CriuOpts) {
-				var got []string
-				for _, r := range o.CgRoot {
-					if r.Ctrl == nil {
-						t.Errorf("a cgroup root without a controller (every hierarchy, v1 ones too): %v", r)
-						continue
-					}
-					got = append(got, *r.Ctrl+"="+r.GetPath())
-				}
-				want := []string{"=/s.slice/x.service/program/x", "name=systemd=/s.slice/x.service/program/x"}
-				if !slices.Equal(got, want) {
-					t.Errorf("cgroup roots %q, want %q", got, want)
-				}
+				checkCgRoots(t, o, "=/s.slice/x.service/program/x", "name=systemd=/s.slice/x.service/program/x")
 			}},
 		{name: "pid", opts: Options{Pid: 4321}, workFd: -1, check: func(t *testing.T, o *rpc.CriuOpts) {
 			if o.Pid == nil || *o.Pid != 4321 {
@@ -258,5 +249,21 @@ func TestRPCOptsMountNSAndInFlight(t *testing.T) {
 	}
 	if plain := (Options{ImagesDir: "/img", Pid: 12}).rpcOpts(3, -1, DumpLog); plain.AutoExtMnt != nil || plain.Root != nil {
 		t.Errorf("a program without a mount namespace got %v", plain)
+	}
+}
+
+// checkCgRoots checks the cgroup roots a restore gives CRIU, as CTRL=PATH.
+func checkCgRoots(t *testing.T, o *rpc.CriuOpts, want ...string) {
+	t.Helper()
+	var got []string
+	for _, r := range o.CgRoot {
+		if r.Ctrl == nil {
+			t.Errorf("a cgroup root without a controller (every hierarchy, v1 ones too): %v", r)
+			continue
+		}
+		got = append(got, *r.Ctrl+"="+r.GetPath())
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("cgroup roots %q, want %q", got, want)
 	}
 }

@@ -86,7 +86,7 @@ func RestoreDetached(stateDir string, epoch uint64, criu *checkpoint.Criu, log *
 		if err != nil {
 			return 0, 0, err
 		}
-		pid, err := criu.Restore(checkpoint.Options{ImagesDir: set.Dir, WorkDir: work, TCPEstablished: true, TCPClose: true, Inherit: inherit, MountNS: m.Container, CgroupRoot: cg.Group})
+		pid, err := criu.Restore(checkpoint.Options{ImagesDir: set.Dir, WorkDir: work, TCPEstablished: true, TCPClose: true, Inherit: inherit, MountNS: m.Container, CgroupRoot: cg.Group, SystemdMirror: cg.Placement.Unit != ""})
 		if err != nil {
 			if l := keepRestoreLog(work); l != "" {
 				err = fmt.Errorf("%w (CRIU log: %s)", err, l)

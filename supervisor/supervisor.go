@@ -1052,7 +1052,7 @@ func (s *Supervisor) criuRestore(dir string, m *checkpoint.Manifest, keepTCP boo
 	// an iptables-restore per connection or a libnftables table, is not needed.
 	pid, err := s.cfg.Criu.Restore(checkpoint.Options{ImagesDir: dir, WorkDir: work, TCPEstablished: true, Inherit: inherit,
 		TCPClose: !keepTCP, Enter: s.enter(), NetworkLockSkip: s.place != nil, Restored: s.cgroupProcs, MountNS: m.Container,
-		CgroupRoot: s.cg.Group})
+		CgroupRoot: s.cg.Group, SystemdMirror: s.cg.Placement.Unit != ""})
 	if err != nil {
 		return 0, s.restoreFailed(err, work)
 	}
