@@ -15,6 +15,8 @@ import (
 	"time"
 
 	criu "github.com/checkpoint-restore/go-criu/v8"
+
+	"github.com/ftrun/ftrun/internal/procfs"
 )
 
 // Deadlines of one CRIU run when the Criu does not name its own. A dump of a few
@@ -129,28 +131,10 @@ func seqpacketFds() map[int]bool {
 // swrkChildren are this process's children that run `criu swrk`.
 func swrkChildren() map[int]bool {
 	out := map[int]bool{}
-	for _, pid := range children(os.Getpid()) {
+	for _, pid := range procfs.Children(os.Getpid()) {
 		if argv, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil {
 			if args := strings.Split(string(argv), "\x00"); len(args) > 1 && args[1] == "swrk" {
 				out[pid] = true
-			}
-		}
-	}
-	return out
-}
-
-// children lists pid's children, from every thread's children file.
-func children(pid int) []int {
-	var out []int
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
-	for _, t := range tasks {
-		data, err := os.ReadFile(t)
-		if err != nil {
-			continue
-		}
-		for _, f := range strings.Fields(string(data)) {
-			if n, err := strconv.Atoi(f); err == nil {
-				out = append(out, n)
 			}
 		}
 	}
@@ -168,34 +152,12 @@ func Waiting(pids []int) []string {
 			continue
 		}
 		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
-		state, _ := procStateLetter(pid)
+		state, _ := procfs.State(pid)
 		desc := fmt.Sprintf("%s %d in %s", strings.TrimSpace(string(comm)), pid, w)
-		if state == 'T' || state == 't' {
+		if procfs.Stopped(state) {
 			desc += " (stopped)"
 		}
 		out = append(out, desc)
-	}
-	return out
-}
-
-func procStateLetter(pid int) (byte, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	s := string(data)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 || i+2 >= len(s) {
-		return 0, fmt.Errorf("malformed stat of %d", pid)
-	}
-	return s[i+2], nil
-}
-
-// tree is pid and its descendants.
-func tree(pid int) []int {
-	out := []int{pid}
-	for i := 0; i < len(out) && i < 1024; i++ {
-		out = append(out, children(out[i])...)
 	}
 	return out
 }
@@ -304,7 +266,7 @@ func (g *guard) watch(timeout time.Duration, overrun func() *DeadlineError) {
 
 // note remembers CRIU's tree as it is now.
 func (g *guard) note() {
-	for _, p := range tree(g.w.pid) {
+	for _, p := range procfs.Tree(g.w.pid) {
 		if _, ok := g.seen[p]; !ok {
 			if st, err := startTime(p); err == nil {
 				g.seen[p] = st
@@ -343,7 +305,7 @@ func (g *guard) abandon() {
 
 // alive reports whether pid runs (a zombie, CRIU not yet reaped, does not).
 func alive(pid int) bool {
-	st, err := procStateLetter(pid)
+	st, err := procfs.State(pid)
 	return err == nil && st != 'Z' && st != 'X'
 }
 
@@ -378,8 +340,8 @@ func UnmountUnder(dir string) error {
 	var points []string
 	for _, line := range strings.Split(string(data), "\n") {
 		f := strings.Fields(line)
-		if len(f) > 4 && strings.HasPrefix(unescapeMount(f[4]), prefix) {
-			points = append(points, unescapeMount(f[4]))
+		if len(f) > 4 && strings.HasPrefix(procfs.Unescape(f[4]), prefix) {
+			points = append(points, procfs.Unescape(f[4]))
 		}
 	}
 	// Deeper mounts first: a mount under another keeps it busy.
@@ -391,25 +353,6 @@ func UnmountUnder(dir string) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // killedBy tells whether CRIU's end, as Cleanup reported it, was a signal.

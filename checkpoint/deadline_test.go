@@ -7,14 +7,6 @@ import (
 	"time"
 )
 
-func TestUnescapeMount(t *testing.T) {
-	for in, want := range map[string]string{`/a/b`: "/a/b", `/a\040b`: "/a b", `/x\134y`: `/x\y`, `/t\0`: `/t\0`} {
-		if got := unescapeMount(in); got != want {
-			t.Errorf("unescapeMount(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 func TestDeadlineError(t *testing.T) {
 	err := error(&DeadlineError{Op: "restore", After: 2 * time.Second, Waits: []string{"criu 7 in locks_lock_inode_wait"}, LastLog: "1: (flock)flag: 2"})
 	if !errors.Is(err, ErrDeadline) || !errors.Is(err, ErrCriuFailed) {

@@ -5,10 +5,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"github.com/checkpoint-restore/go-criu/v8/rpc"
+
+	"github.com/ftrun/ftrun/internal/procfs"
 )
 
 // Measured on this kind of machine, frozen time of a redis dump with CRIU's two
@@ -48,7 +49,7 @@ func establishedTCP(pid, limit int) (int, error) {
 		return 0, nil
 	}
 	n := 0
-	for _, p := range processTree(pid) {
+	for _, p := range procfs.Tree(pid) {
 		dir := fmt.Sprintf("/proc/%d/fd", p)
 		ents, err := os.ReadDir(dir)
 		if err != nil {
@@ -84,24 +85,4 @@ func establishedInodes(f *os.File, est map[string]bool) {
 			est[fs[9]] = true
 		}
 	}
-}
-
-// processTree is pid and its descendants, by /proc/PID/task/TID/children.
-func processTree(pid int) []int {
-	out := []int{pid}
-	for i := 0; i < len(out); i++ {
-		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", out[i]))
-		for _, t := range tasks {
-			data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", out[i], t.Name()))
-			if err != nil {
-				continue
-			}
-			for _, c := range strings.Fields(string(data)) {
-				if v, err := strconv.Atoi(c); err == nil {
-					out = append(out, v)
-				}
-			}
-		}
-	}
-	return out
 }

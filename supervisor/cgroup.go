@@ -5,13 +5,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/containerd/cgroups/v3"
 	"github.com/containerd/cgroups/v3/cgroup2"
 	"golang.org/x/sys/unix"
+
+	"github.com/ftrun/ftrun/internal/procfs"
 )
 
 // CgroupRoot is the parent of every service's cgroup, relative to the cgroup2 mount.
@@ -220,29 +221,12 @@ func (c *Cgroup) Gather(pid int) error {
 		return nil
 	}
 	// Only the restored tree: another host's program may share the source group.
-	for _, p := range processTree(pid) {
+	for _, p := range procfs.Tree(pid) {
 		if err := os.WriteFile(filepath.Join(c.Path(), "cgroup.procs"), []byte(strconv.Itoa(p)), 0); err != nil && !errors.Is(err, unix.ESRCH) {
 			return fmt.Errorf("move restored process %d from cgroup %q to %q: %w", p, src, c.Group, err)
 		}
 	}
 	return nil
-}
-
-// processTree is pid and its descendants, parents first.
-func processTree(pid int) []int {
-	out := []int{pid}
-	for i := 0; i < len(out); i++ {
-		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", out[i]))
-		for _, t := range tasks {
-			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", out[i], t.Name()))
-			for _, f := range strings.Fields(string(b)) {
-				if c, err := strconv.Atoi(f); err == nil && !slices.Contains(out, c) {
-					out = append(out, c)
-				}
-			}
-		}
-	}
-	return out
 }
 
 // Path is the group's directory.

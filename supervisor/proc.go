@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ftrun/ftrun/internal/procfs"
 	"github.com/ftrun/ftrun/supervisor/container"
 )
 
@@ -174,25 +175,11 @@ func parseStatStart(stat string) (uint64, error) {
 	return strconv.ParseUint(fields[19], 10, 64)
 }
 
-// procState is the one-letter state of a process (R, S, D, T, Z, ...).
-func procState(pid int) (byte, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	s := string(data)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 || i+2 >= len(s) {
-		return 0, fmt.Errorf("malformed stat for %d", pid)
-	}
-	return s[i+2], nil
-}
-
 // anyStopped reports a process of pids that is stopped (SIGSTOP, job control): such a
 // tree must not be checkpointed, or every restore would bring back a stopped program.
 func anyStopped(pids []int) (int, bool) {
 	for _, p := range pids {
-		if st, err := procState(p); err == nil && (st == 'T' || st == 't') {
+		if st, err := procfs.State(p); err == nil && procfs.Stopped(st) {
 			return p, true
 		}
 	}

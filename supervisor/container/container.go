@@ -42,6 +42,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ftrun/ftrun/internal/procfs"
 )
 
 // initEnv carries the Spec to the re-executed binary; Init removes it from the
@@ -333,26 +335,7 @@ func parseMountinfo(line string) (mountEntry, bool) {
 	if len(f) < 5 || len(g) < 1 {
 		return mountEntry{}, false
 	}
-	return mountEntry{root: unescape(f[3]), point: unescape(f[4]), fstype: g[0]}, true
-}
-
-// unescape undoes mountinfo's octal escapes (\040 for a space).
-func unescape(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return mountEntry{root: procfs.Unescape(f[3]), point: procfs.Unescape(f[4]), fstype: g[0]}, true
 }
 
 // transientMounts are the host's mounts the container leaves out, deepest first:

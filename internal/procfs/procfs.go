@@ -1,0 +1,87 @@
+// Package procfs reads the few things ftrun needs from /proc: a process's one-letter
+// state, its tree of descendants, and mountinfo's escaped paths. Each was written
+// again by every package that needed it (the supervisor's stopped check, CRIU's
+// deadline, the network lock, the container's mounts, the bench's scratch clean-up);
+// the standard library has none of them, and the libraries that do (prometheus/procfs,
+// moby/sys/mountinfo) would bring a great deal for three small functions.
+package procfs
+
+import (
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// State is the one-letter state of a process (R, S, D, T, t, Z, ...).
+func State(pid int) (byte, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	s := string(data)
+	// The command name may hold spaces and parentheses: the state follows the last ')'.
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 || i+2 >= len(s) {
+		return 0, fmt.Errorf("malformed stat of process %d", pid)
+	}
+	return s[i+2], nil
+}
+
+// Stopped says whether a state is stopped: by a signal (T) or by a tracer (t).
+func Stopped(state byte) bool { return state == 'T' || state == 't' }
+
+// maxTree bounds a walk of descendants, in case /proc changes under it.
+const maxTree = 4096
+
+// Children are pid's children: those of each of its threads.
+func Children(pid int) []int {
+	var out []int
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	for _, t := range tasks {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, t.Name()))
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(data)) {
+			if c, err := strconv.Atoi(f); err == nil {
+				out = append(out, c)
+			}
+		}
+	}
+	return out
+}
+
+// Tree is pid and its descendants, parents first. Processes that end during the
+// walk are simply left out.
+func Tree(pid int) []int {
+	out := []int{pid}
+	for i := 0; i < len(out) && len(out) < maxTree; i++ {
+		for _, c := range Children(out[i]) {
+			if !slices.Contains(out, c) {
+				out = append(out, c)
+			}
+		}
+	}
+	return out
+}
+
+// Unescape undoes mountinfo's octal escapes (\040 for a space).
+func Unescape(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
