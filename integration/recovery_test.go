@@ -269,10 +269,13 @@ func TestRecoveryDumpLeftovers(t *testing.T) {
 	if err := os.Mkdir(leftover, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command("mount", "-t", "proc", "proc", leftover).CombinedOutput(); err != nil {
-		t.Fatalf("mount proc: %v: %s", err, out)
+	// Where a killed parasite leaves it: mounted in the program's own mount namespace.
+	pid := p.waitFor("pid", 5*time.Second, func(s supervisor.Status) bool { return s.Pid > 0 }).Pid
+	mntns := fmt.Sprintf("--mount=/proc/%d/ns/mnt", pid)
+	if out, err := exec.Command("nsenter", mntns, "--", "mount", "-t", "proc", "proc", leftover).CombinedOutput(); err != nil {
+		t.Fatalf("mount proc in the program's namespace: %v: %s", err, out)
 	}
-	t.Cleanup(func() { _ = syscall.Unmount(leftover, syscall.MNT_DETACH) })
+	t.Cleanup(func() { _ = exec.Command("nsenter", mntns, "--", "umount", "-l", leftover).Run() })
 	before := p.waitFor("running", 5*time.Second, func(s supervisor.Status) bool { return true })
 	after := p.waitFor("checkpoints despite the leftover", 20*time.Second, func(s supervisor.Status) bool {
 		return s.Epoch >= before.Epoch+2

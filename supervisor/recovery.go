@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -246,7 +247,7 @@ func (s *Supervisor) clearCrtools(procs []int) {
 		}
 		var fs unix.Statfs_t
 		if unix.Statfs(dir, &fs) == nil && fs.Type == unix.PROC_SUPER_MAGIC {
-			_ = unix.Unmount(dir, unix.MNT_DETACH)
+			unmountIn(pid, filepath.Join(cwd, crtoolsDir))
 		}
 		if err := os.Remove(dir); err != nil {
 			s.log.Warn("cannot remove what an interrupted dump left; dumps may fail until it is gone", "dir", filepath.Join(cwd, crtoolsDir), "err", err)
@@ -254,6 +255,20 @@ func (s *Supervisor) clearCrtools(procs []int) {
 		}
 		s.log.Warn("removed what an interrupted dump left in the program's working directory", "dir", filepath.Join(cwd, crtoolsDir))
 	}
+}
+
+// unmountIn detaches the mount at path (as pid sees it) in pid's mount namespace,
+// where CRIU's parasite made it: the program's container has a mount namespace of
+// its own, and no thread of a Go process may enter one, so umount runs there by
+// nsenter. Best effort: the removal that follows says when it did not work.
+func unmountIn(pid int, path string) {
+	self, _ := os.Readlink("/proc/self/ns/mnt")
+	theirs, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid))
+	if self == theirs {
+		_ = unix.Unmount(path, unix.MNT_DETACH)
+		return
+	}
+	_ = exec.Command("nsenter", fmt.Sprintf("--mount=/proc/%d/ns/mnt", pid), "--", "umount", "-l", path).Run()
 }
 
 // dumpFailed undoes what a failed dump may have left on the program: a frozen cgroup.

@@ -192,6 +192,13 @@ func Init(data string) error {
 	if err := reopenNull(0); err != nil {
 		return err
 	}
+	// The same for the files the program is given (--preserve-fds): sockets and pipes
+	// need no mount, files and directories are opened again in here.
+	for fd := 3; fd < 3+spec.Fds; fd++ {
+		if err := reopenInside(fd); err != nil {
+			return fmt.Errorf("preserved descriptor %d: %w", fd, err)
+		}
+	}
 	// Whatever ftrun inherited without CLOEXEC must not reach the program (a flock on
 	// such an fd would make every restore wait forever).
 	if err := unix.CloseRange(uint(3+spec.Fds), ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
@@ -208,6 +215,38 @@ func Init(data string) error {
 	env := withoutInit(os.Environ())
 	err := unix.Exec(spec.Path, spec.Args, env)
 	return fmt.Errorf("exec %q: %w", spec.Path, err)
+}
+
+// reopenInside replaces fd, when it is a file or directory opened in the host's mount
+// namespace, by the same path opened in the container's, with its flags and offset.
+func reopenInside(fd int) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if t := st.Mode & unix.S_IFMT; t != unix.S_IFREG && t != unix.S_IFDIR {
+		return nil
+	}
+	path, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	if err != nil {
+		return err
+	}
+	flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil {
+		return err
+	}
+	off, _ := unix.Seek(fd, 0, 1)
+	n, err := unix.Open(path, (flags&^(unix.O_CREAT|unix.O_EXCL|unix.O_TRUNC))|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open %q again in the container: %w", path, err)
+	}
+	defer unix.Close(n)
+	if off > 0 {
+		if _, err := unix.Seek(n, off, 0); err != nil {
+			return err
+		}
+	}
+	return unix.Dup3(n, fd, 0)
 }
 
 func reopenNull(fd int) error {
