@@ -1,15 +1,7 @@
 package failover
 
 import (
-	"context"
-	"fmt"
-	"net"
-	"net/http"
-	"sync"
-	"time"
-
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // collector shows a standby's services, one series per service, read from the same
@@ -56,30 +48,4 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.probs, prometheus.GaugeValue, float64(len(s.Problems)), s.Service)
 		ch <- prometheus.MustNewConstMetric(c.takeovers, prometheus.CounterValue, float64(c.failovers(s.Service)), s.Service)
 	}
-}
-
-// serveMetrics answers GET /metrics from c on addr until ctx ends.
-func serveMetrics(ctx context.Context, wg *sync.WaitGroup, addr string, c prometheus.Collector) (string, error) {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(c)
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return "", fmt.Errorf("--metrics %q: %w", addr, err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		_ = srv.Serve(ln) // ErrServerClosed once Shutdown below runs
-	}()
-	go func() {
-		defer wg.Done()
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	}()
-	return ln.Addr().String(), nil
 }

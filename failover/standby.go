@@ -13,9 +13,11 @@ import (
 	"time"
 
 	"github.com/jonboulle/clockwork"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ftrun/ftrun/arbiter"
 	"github.com/ftrun/ftrun/checkpoint"
+	"github.com/ftrun/ftrun/internal/promserve"
 	"github.com/ftrun/ftrun/supervisor/netplace"
 	"github.com/ftrun/ftrun/transport/standby"
 )
@@ -207,7 +209,9 @@ func (l *loop) serve() error {
 		}
 	}
 	if l.cfg.MetricsAddr != "" {
-		addr, err := serveMetrics(l.ctx, &l.wg, l.cfg.MetricsAddr, newCollector(l.status, l.failoversOf))
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(newCollector(l.status, l.failoversOf))
+		addr, err := promserve.Serve(l.ctx, &l.wg, l.cfg.MetricsAddr, reg)
 		if err != nil {
 			return err
 		}

@@ -161,22 +161,7 @@ func TestRecoveryRestoreDeadline(t *testing.T) {
 	p := startFtrun(t, state, nil, "--name", name, "--interval", "300ms", "--keep", "1", "--restore-timeout", "2s",
 		"--", "sh", "-c", fmt.Sprintf("exec 9>%s; flock 9; exec sleep 1000000", lock))
 	st := p.waitFor("first checkpoint", 30*time.Second, func(s supervisor.Status) bool { return s.Epoch >= 1 })
-	f, err := os.OpenFile(lock, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := syscall.Kill(st.Pid, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	// Take the lock the moment the dead program lets go of it, before CRIU restores.
-	deadline := time.Now().Add(5 * time.Second)
-	for unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
-		if time.Now().After(deadline) {
-			t.Fatal("the dead program's lock was never released")
-		}
-		time.Sleep(100 * time.Microsecond)
-	}
+	f := killAndTakeLock(t, st.Pid, lock)
 	after := p.waitFor("fresh start after the restores overran", 60*time.Second, func(s supervisor.Status) bool {
 		return s.FreshStarts == 2 && s.State == supervisor.StateRunning
 	})
@@ -423,21 +408,7 @@ func TestRecoveryFreshStartKeepsNewestFiles(t *testing.T) {
 	prog := fmt.Sprintf(`exec 9>%s; flock 9; i=$(wc -l < %s); while :; do i=$((i+1)); echo "row $i" >> %s; sleep 0.01; done`, lock, db, db)
 	p := startFtrun(t, state, nil, "--name", name, "--interval", "300ms", "--restore-timeout", "2s", "--sync", data, "--", "sh", "-c", prog)
 	st := p.waitFor("checkpoints", 30*time.Second, func(s supervisor.Status) bool { return s.Epoch >= 3 })
-	f, err := os.OpenFile(lock, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := syscall.Kill(st.Pid, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
-		if time.Now().After(deadline) {
-			t.Fatal("the dead program's lock was never released")
-		}
-		time.Sleep(100 * time.Microsecond)
-	}
+	f := killAndTakeLock(t, st.Pid, lock)
 	crashRows := countLines(t, db)
 	p.waitFor("fresh start", 90*time.Second, func(s supervisor.Status) bool { return s.FreshStarts == 2 && s.State == supervisor.StateRunning })
 	if got := countLines(t, db); got != crashRows {
@@ -579,4 +550,27 @@ func TestRecoveryStartOnReadOnlyStateDir(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "checkpoints failing since") {
 		t.Errorf("ftrun status on the read-only state dir: %v\n%s", err, out)
 	}
+}
+
+// killAndTakeLock kills pid and takes the flock it held on lock the moment the dead
+// program lets go of it, before CRIU restores it: every restore (with --file-locks)
+// then waits on the lock until the test lets go of it through the file returned.
+func killAndTakeLock(t *testing.T, pid int, lock string) *os.File {
+	t.Helper()
+	f, err := os.OpenFile(lock, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the dead program's lock was never released")
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+	return f
 }

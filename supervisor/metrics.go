@@ -1,15 +1,7 @@
 package supervisor
 
 import (
-	"context"
-	"fmt"
-	"net"
-	"net/http"
-	"sync"
-	"time"
-
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/ftrun/ftrun/supervisor/gate"
 )
@@ -86,33 +78,6 @@ func newMetrics(service string) *metrics {
 		m.recoveries.WithLabelValues(r.String())
 	}
 	return m
-}
-
-// serve answers GET /metrics on addr until ctx ends.
-func (m *metrics) serve(ctx context.Context, wg *sync.WaitGroup, addr string) (string, error) {
-	reg := m.reg
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return "", fmt.Errorf("--metrics %q: %w", addr, err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		// Serve returns http.ErrServerClosed once Shutdown below runs; nothing else
-		// closes the listener.
-		_ = srv.Serve(ln)
-	}()
-	go func() {
-		defer wg.Done()
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	}()
-	return ln.Addr().String(), nil
 }
 
 // gate shows what the output gate holds.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/ftrun/ftrun/arbiter"
 	"github.com/ftrun/ftrun/checkpoint"
+	"github.com/ftrun/ftrun/internal/promserve"
 	"github.com/ftrun/ftrun/supervisor/container"
 	"github.com/ftrun/ftrun/supervisor/gate"
 	"github.com/ftrun/ftrun/supervisor/logrelay"
@@ -339,7 +340,7 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 		return err
 	}
 	if s.cfg.MetricsAddr != "" {
-		addr, err := s.metrics.serve(s.ctx, &s.wg, s.cfg.MetricsAddr)
+		addr, err := promserve.Serve(s.ctx, &s.wg, s.cfg.MetricsAddr, s.metrics.reg)
 		if err != nil {
 			return &ExitErr{Code: ExitUsage, Err: err}
 		}
