@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -74,8 +75,8 @@ func (c *Criu) timeout(op string) time.Duration {
 	return DefaultRestoreTimeout
 }
 
-// swrkMu serializes starting CRIU helpers, so the one child and the one socket that
-// appear across a start are the ones just made.
+// swrkMu serializes starting CRIU helpers, so the one socket that appears across a
+// start is the one just made.
 var swrkMu sync.Mutex
 
 // swrk is a started `criu swrk`: its PID and ftrun's end of its RPC socket. go-criu
@@ -89,26 +90,38 @@ type swrk struct {
 func startSwrk(cl *criu.Criu) (swrk, error) {
 	swrkMu.Lock()
 	defer swrkMu.Unlock()
-	before, socks := swrkChildren(), seqpacketFds()
+	socks := seqpacketFds()
 	if err := cl.Prepare(); err != nil {
 		return swrk{}, err
 	}
-	w := swrk{sock: -1}
-	for pid := range swrkChildren() {
-		if !before[pid] {
-			w.pid = pid
-		}
-	}
+	w := swrk{pid: swrkPid(cl), sock: -1}
 	for fd := range seqpacketFds() {
 		if !socks[fd] {
 			w.sock = fd
 		}
 	}
-	if w.pid == 0 {
+	if w.pid <= 0 {
 		_ = cl.Cleanup()
-		return swrk{}, fmt.Errorf("%w: cannot find the criu swrk process just started", ErrCriuFailed)
+		return swrk{}, fmt.Errorf("%w: go-criu did not keep the PID of the criu swrk it started", ErrCriuFailed)
 	}
 	return w, nil
+}
+
+// swrkPid is the PID of the `criu swrk` that cl.Prepare started. go-criu keeps the
+// exec.Cmd in an unexported field and offers no accessor; reading it by reflection
+// (read-only) is exact, where looking for the new child in /proc by its command line
+// missed it now and then in full-suite runs. A go-criu that renames the field makes
+// this 0, and TestSwrkPid fails.
+func swrkPid(cl *criu.Criu) int {
+	f := reflect.ValueOf(cl).Elem().FieldByName("swrkCmd")
+	if !f.IsValid() || f.Kind() != reflect.Pointer || f.IsNil() {
+		return 0
+	}
+	p := f.Elem().FieldByName("Process")
+	if !p.IsValid() || p.IsNil() {
+		return 0
+	}
+	return int(p.Elem().FieldByName("Pid").Int())
 }
 
 // seqpacketFds are this process's AF_UNIX SOCK_SEQPACKET descriptors: go-criu's
@@ -123,19 +136,6 @@ func seqpacketFds() map[int]bool {
 		}
 		if t, err := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_TYPE); err == nil && t == syscall.SOCK_SEQPACKET {
 			out[fd] = true
-		}
-	}
-	return out
-}
-
-// swrkChildren are this process's children that run `criu swrk`.
-func swrkChildren() map[int]bool {
-	out := map[int]bool{}
-	for _, pid := range procfs.Children(os.Getpid()) {
-		if argv, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil {
-			if args := strings.Split(string(argv), "\x00"); len(args) > 1 && args[1] == "swrk" {
-				out[pid] = true
-			}
 		}
 	}
 	return out

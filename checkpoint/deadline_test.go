@@ -3,8 +3,11 @@ package checkpoint
 import (
 	"errors"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	criu "github.com/checkpoint-restore/go-criu/v8"
 )
 
 func TestDeadlineError(t *testing.T) {
@@ -30,4 +33,23 @@ func TestCriuTimeoutDefaults(t *testing.T) {
 	if c.timeout("dump") != time.Second || c.timeout("restore") != 3*time.Second {
 		t.Errorf("set: %s, %s", c.timeout("dump"), c.timeout("restore"))
 	}
+}
+
+// go-criu keeps the swrk's exec.Cmd unexported; swrkPid reads it. A go-criu upgrade
+// that moves it must fail here, not leave every deadline without a PID to kill.
+func TestSwrkPid(t *testing.T) {
+	cl := criu.MakeCriu()
+	cl.SetCriuPath("/bin/true")
+	w, err := startSwrk(cl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ws syscall.WaitStatus
+	if got, err := syscall.Wait4(w.pid, &ws, 0, nil); err != nil || got != w.pid {
+		t.Fatalf("swrk pid %d is not the child just started: wait4 = %d, %v", w.pid, got, err)
+	}
+	if w.sock < 0 {
+		t.Errorf("the RPC socket was not found")
+	}
+	_ = cl.Cleanup()
 }

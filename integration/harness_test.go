@@ -112,9 +112,25 @@ func launchFtrun(t testing.TB, cmd *exec.Cmd, logf *os.File, env []string, state
 		if t.Failed() {
 			data, _ := os.ReadFile(logPath)
 			t.Logf("ftrun log:\n%s", tail(string(data), 60))
+			logFailedRestores(t, stateDir)
 		}
 	})
 	return p
+}
+
+// logFailedRestores shows the end of every CRIU log a failed restore left under dir:
+// the supervisor's one-line error names the cause, the log says why.
+func logFailedRestores(t testing.TB, dir string) {
+	if dir == "" {
+		return
+	}
+	_ = filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && d.Name() == "last-failed-restore.log" {
+			data, _ := os.ReadFile(path)
+			t.Logf("%s:\n%s", path, tail(string(data), 40))
+		}
+		return nil
+	})
 }
 
 func tail(s string, n int) string {

@@ -108,6 +108,7 @@ func startStandbyArgs(t *testing.T, h host, state, keys string, extra ...string)
 		p.stop()
 		if t.Failed() {
 			t.Logf("standby log:\n%s", tail(buf.String(), 40))
+			logFailedRestores(t, state)
 		}
 	})
 	return p
