@@ -9,10 +9,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jonboulle/clockwork"
+
 	"github.com/ftrun/ftrun/arbiter"
 	"github.com/ftrun/ftrun/checkpoint"
 	"github.com/ftrun/ftrun/failover"
-	"github.com/ftrun/ftrun/transport/ship"
 	"github.com/ftrun/ftrun/transport/standby"
 )
 
@@ -38,7 +39,8 @@ type PeerAnswer int
 const (
 	PeerUnreachable PeerAnswer = iota // no answer within the wait
 	PeerStandby                       // a standby: it does not run the service
-	PeerLive                          // it runs the service (it took over)
+	PeerLive                          // it runs the service (it took over, or it is the primary)
+	PeerBooting                       // it is deciding too: RoleInput.PeerClaim says what it holds
 )
 
 func (a PeerAnswer) String() string {
@@ -47,8 +49,31 @@ func (a PeerAnswer) String() string {
 		return "standby"
 	case PeerLive:
 		return "live"
+	case PeerBooting:
+		return "booting"
 	}
 	return "unreachable"
+}
+
+// Claim is what a host deciding its role says of itself to its peer, and what the
+// tie-break between two such hosts compares. Both hosts of a symmetric pair compare
+// the same two claims, so they reach opposite roles: one runs the program, the other
+// serves as its standby.
+type Claim struct {
+	// Running: a program of the service that an earlier ftrun left behind still runs
+	// on this host (it is adopted, not restored).
+	Running bool
+	// Epoch is the newest committed epoch this host holds, of its own or as the
+	// standby of the live copy elsewhere (epoch numbers go on across take-overs).
+	Epoch uint64
+	// Priority is --priority: the higher runs the program when the epochs are equal.
+	Priority int
+	// Name is the host's certificate name, taken from the TLS handshake, never from
+	// what the peer says; Node its --node name; Nonce a random number drawn at boot,
+	// the last word between two hosts that share a certificate and a name.
+	Name  string
+	Node  string
+	Nonce uint64
 }
 
 // RoleInput is what the boot's role decision looks at.
@@ -58,6 +83,8 @@ type RoleInput struct {
 	Last string
 	// ForcePrimary is --force-primary: the operator says the peer is gone for good.
 	ForcePrimary bool
+	// Own is this host's claim; PeerClaim the peer's, when Peer is PeerBooting.
+	Own, PeerClaim Claim
 }
 
 // RoleDecision says whether this host runs the program or serves as the standby of
@@ -69,26 +96,76 @@ type RoleDecision struct {
 
 // DecideRole is the pure boot rule of `ftrun run --standby PEER` (before anything is
 // restored or started). A peer that runs the service makes this host its standby:
-// never two copies. A peer that is a standby leaves the service here. A peer that
-// cannot be reached leaves the decision to what this host was: a former standby keeps
-// waiting for the live copy (the peer may be running it behind a partition, and a
-// standby's epochs may be older than what clients were shown), unless the operator
-// says the peer is gone for good; a former primary runs the program, and should the
-// peer turn out to run it too once they can talk, this copy fences itself (exit 156)
-// and the peer's copy, whose acknowledged output is the only one released under the
-// Output Rule, survives.
+// never two copies. A peer that is a standby leaves the service here. A peer that is
+// deciding too (a symmetric pair booting at once) is told this host's claim and tells
+// its own, and both apply the same order to the same two claims (see outranks). A
+// peer that cannot be reached leaves the decision to what this host was: a program
+// still running here is adopted; a former standby keeps waiting for the live copy
+// (the peer may be running it behind a partition, and a standby's epochs may be older
+// than what clients were shown), unless the operator says the peer is gone for good;
+// a former primary runs the program, and should the peer turn out to run it too once
+// they can talk, this copy fences itself (exit 156) and the peer's copy, whose
+// acknowledged output is the only one released under the Output Rule, survives.
 func DecideRole(in RoleInput) RoleDecision {
 	switch {
 	case in.Peer == PeerLive:
 		return RoleDecision{RoleStandby, "the service is live on the peer: this host becomes its standby and does not start the program"}
 	case in.Peer == PeerStandby:
 		return RoleDecision{RolePrimary, "the peer is a standby: this host runs the program"}
+	case in.Peer == PeerBooting:
+		if win, why := outranks(in.Own, in.PeerClaim); win {
+			return RoleDecision{RolePrimary, "the peer is deciding too: this host runs the program (" + why + ")"}
+		} else {
+			return RoleDecision{RoleStandby, "the peer is deciding too: the peer runs the program and this host becomes its standby (" + why + ")"}
+		}
+	case in.Own.Running:
+		return RoleDecision{RolePrimary, "the peer cannot be reached and the program still runs here: this host adopts it; should the peer turn out to run it too, this copy fences itself"}
 	case in.ForcePrimary:
 		return RoleDecision{RolePrimary, "the peer cannot be reached and --force-primary is set: this host runs the program"}
 	case in.Last == RoleStandby:
 		return RoleDecision{RoleStandby, "the peer cannot be reached and this host was its standby: waiting for the live copy (--force-primary runs the program here if the peer is gone for good)"}
 	}
 	return RoleDecision{RolePrimary, "the peer cannot be reached: this host runs the program; should the peer turn out to run it too, this copy fences itself"}
+}
+
+// outranks is the order between two booting hosts' claims, the same seen from either
+// side: a program still running beats any claim, since its output up to the last
+// acknowledged epoch is what clients were told (an epoch is only a number the peer
+// states, so a running program here is never given up for a claimed newer one; two
+// running programs, which only a partition leaves behind, go by rank first); then
+// the newer epoch, which has more of what clients were told; then the rank:
+// the higher --priority, the smaller certificate name, the smaller node name, the
+// smaller nonce. A claim equal to this host's own in every field is no peer's (it
+// echoes this host): it does not make this host give way.
+func outranks(own, peer Claim) (bool, string) {
+	same := fmt.Sprintf("same epoch %d", own.Epoch)
+	if own.Running {
+		same = "both run the program"
+	}
+	switch {
+	case own.Running != peer.Running:
+		if own.Running {
+			return true, "the program still runs here, not there"
+		}
+		return false, "the program still runs there, not here"
+	case !own.Running && own.Epoch != peer.Epoch:
+		if own.Epoch > peer.Epoch {
+			return true, fmt.Sprintf("epoch %d here, %d there", own.Epoch, peer.Epoch)
+		}
+		return false, fmt.Sprintf("epoch %d there, %d here", peer.Epoch, own.Epoch)
+	case own.Priority != peer.Priority:
+		return own.Priority > peer.Priority, fmt.Sprintf("%s; priority %d here, %d there", same, own.Priority, peer.Priority)
+	case own.Name != peer.Name:
+		return own.Name < peer.Name, fmt.Sprintf("%s, same priority; certificate %q here, %q there", same, own.Name, peer.Name)
+	case own.Node != peer.Node:
+		return own.Node < peer.Node, fmt.Sprintf("%s, same priority and certificate; node %q here, %q there", same, own.Node, peer.Node)
+	case own.Nonce != peer.Nonce:
+		return own.Nonce < peer.Nonce, fmt.Sprintf("%s, same priority, certificate and node; boot nonce %d here, %d there", same, own.Nonce, peer.Nonce)
+	case own.Epoch != peer.Epoch:
+		// Both run the program and rank alike: only the epochs are left.
+		return own.Epoch > peer.Epoch, fmt.Sprintf("both run the program and rank alike; epoch %d here, %d there", own.Epoch, peer.Epoch)
+	}
+	return true, "the peer's claim is this host's own: no peer's"
 }
 
 func readRole(dir string) string {
@@ -107,33 +184,54 @@ func writeRole(dir, role string) error {
 	return os.Rename(tmp, filepath.Join(dir, roleFile))
 }
 
-// askPeer asks the peer whether it runs the service, retrying until wait is over.
-func (s *Supervisor) askPeer(ctx context.Context, wait time.Duration) (PeerAnswer, error) {
-	host, _ := os.Hostname()
-	sh := ship.New(ship.Config{Service: s.cfg.Name, Host: host, Clock: s.clock, Logger: s.log})
-	defer sh.Close()
-	deadline := s.clock.Now().Add(wait)
-	var last error
+// negotiate is the boot's exchange with the peer: it asks the peer what it is until
+// it answers, the wait is over, or a peer deciding too has asked here (x, when this
+// host answers while it decides), then decides with what it learnt (in's Peer and
+// PeerClaim are filled in here).
+func negotiate(ctx context.Context, clock clockwork.Clock, wait time.Duration, ask func(context.Context) (PeerAnswer, Claim, error),
+	x *exchange, in RoleInput) (RoleDecision, RoleInput, error) {
+	deadline := clock.Now().Add(wait)
+	var why error
 	for {
-		dctx, cancel := context.WithTimeout(ctx, min(2*time.Second, max(wait, 100*time.Millisecond)))
-		err := sh.Dial(dctx, s.cfg.Standby, s.cfg.StandbyTLS)
-		cancel()
-		switch {
-		case err == nil:
-			return PeerStandby, nil
-		case errors.Is(err, ship.ErrPeerLive):
-			return PeerLive, err
-		}
-		last = err
-		if ctx.Err() != nil || !s.clock.Now().Add(redialDelay).Before(deadline) {
-			return PeerUnreachable, last
+		in.Peer, in.PeerClaim, why = ask(ctx)
+		if in.Peer != PeerUnreachable || ctx.Err() != nil || !clock.Now().Add(redialDelay).Before(deadline) {
+			break
 		}
 		select {
 		case <-ctx.Done():
-			return PeerUnreachable, last
-		case <-s.clock.After(redialDelay):
+		case <-x.askedCh():
+		case <-clock.After(redialDelay):
+			continue
+		}
+		break
+	}
+	decide := func(heard *Claim) RoleDecision {
+		if in.Peer == PeerUnreachable && heard != nil {
+			in.Peer, in.PeerClaim = PeerBooting, *heard
+		}
+		return DecideRole(in)
+	}
+	if x == nil {
+		return decide(nil), in, why
+	}
+	return x.decide(decide), in, why
+}
+
+// ownClaim is what this host holds of the service before it decides: whether a
+// program an earlier ftrun left behind still runs here, and the newest committed
+// epoch among its own checkpoints and those it holds as the live copy's standby.
+func (s *Supervisor) ownClaim() Claim {
+	c := Claim{Priority: s.cfg.Priority, Name: certName(s.cfg.StandbyTLS), Node: s.cfg.Node, Nonce: bootNonce()}
+	_, c.Running = s.runningProgram()
+	if latest, err := s.store.Latest(); err == nil {
+		c.Epoch = latest
+	}
+	if st, err := standby.OpenStore(filepath.Join(s.cfg.StateDir, "standby")); err == nil {
+		if sets, err := st.Sets(s.cfg.Name); err == nil && len(sets) > 0 {
+			c.Epoch = max(c.Epoch, sets[0].Epoch)
 		}
 	}
+	return c
 }
 
 // adoptStandbyEpoch links the newest epoch this host holds as a standby into its own
@@ -166,19 +264,45 @@ type handoff struct {
 // live copy goes silent and this host takes over, whose epoch it then restores.
 func (s *Supervisor) chooseRole(ctx context.Context) (stopped bool, err error) {
 	s.st.State = StateStarting
-	s.log.Info("boot: asking the peer whether the service is live there", "peer", s.cfg.Standby, "wait", s.cfg.PeerWait)
-	ans, why := s.askPeer(ctx, s.cfg.PeerWait)
+	own := s.ownClaim()
+	var x *exchange
+	if s.cfg.Symmetric && s.cfg.Listen != "" && s.cfg.ListenTLS != nil {
+		if x, err = listenExchange(s.cfg.Listen, s.cfg.ListenTLS, s.cfg.Name, own, s.log); err != nil {
+			s.log.Warn("boot: cannot answer the peer while deciding; deciding by asking it alone", "err", err)
+			x = nil
+		}
+	}
+	s.log.Info("boot: asking the peer whether the service is live there", "peer", s.cfg.Standby, "wait", s.cfg.PeerWait,
+		"epoch", own.Epoch, "running", own.Running)
+	host, _ := os.Hostname()
+	ask := func(ctx context.Context) (PeerAnswer, Claim, error) {
+		return askOnce(ctx, s.cfg.Standby, s.cfg.StandbyTLS, s.cfg.Name, host, own)
+	}
+	last := readRole(s.cfg.StateDir)
+	d, in, why := negotiate(ctx, s.clock, s.cfg.PeerWait, ask, x, RoleInput{Last: last, ForcePrimary: s.cfg.ForcePrimary, Own: own})
 	if ctx.Err() != nil {
+		if x != nil {
+			x.close()
+		}
 		return true, nil
 	}
-	d := DecideRole(RoleInput{Peer: ans, Last: readRole(s.cfg.StateDir), ForcePrimary: s.cfg.ForcePrimary})
+	ans := in.Peer
 	args := []any{"peer", s.cfg.Standby, "answer", ans.String()}
 	if why != nil && ans == PeerUnreachable {
 		args = append(args, "err", why)
 	}
 	s.log.Info("boot: "+d.Reason, append(args, "role", d.Role)...)
 	if d.Role == RolePrimary {
-		if readRole(s.cfg.StateDir) == RoleStandby {
+		if x != nil {
+			// It answers "live" to a peer that boots while this host runs the program.
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				<-s.ctx.Done()
+				x.close()
+			}()
+		}
+		if last == RoleStandby && !own.Running {
 			// This host's own checkpoints went when it became a standby: what it holds
 			// of the service is what the live copy streamed here.
 			if err := s.adoptStandbyEpoch(); err != nil {
@@ -186,6 +310,18 @@ func (s *Supervisor) chooseRole(ctx context.Context) (stopped bool, err error) {
 			}
 		}
 		return false, writeRole(s.cfg.StateDir, RolePrimary)
+	}
+	if x != nil {
+		x.close()
+	}
+	if own.Running {
+		// The peer runs the service (it took over while this host's ftrun was gone,
+		// or it outranks this host): the program left running here must not be
+		// adopted later, when this host takes over from the peer's copy.
+		s.log.Warn("boot: killing the program an earlier ftrun left running here: the peer's copy is the one that counts")
+		if err := s.killAll(); err != nil {
+			return false, err
+		}
 	}
 	if s.cfg.Listen == "" {
 		return true, &ExitErr{Code: ExitSuperseded, Err: errors.New("the service is live on the peer and --listen is empty: not starting it here")}

@@ -141,6 +141,14 @@ type Config struct {
 	// ForcePrimary runs the program when the peer cannot be reached even though this
 	// host was its standby last (see DecideRole).
 	ForcePrimary bool
+	// Symmetric: both hosts of the pair run the same `ftrun run --standby PEER
+	// --listen ADDR`. While this host decides its role at boot, and while it runs
+	// the program, it answers the peer on Listen, so that two hosts booting at once
+	// pick one of them to run the program (see DecideRole).
+	Symmetric bool
+	// Priority ranks this host against its peer when both boot holding the same
+	// epoch: the higher runs the program.
+	Priority int
 }
 
 // event is anything the loop reacts to; every goroutine reports through one channel so
@@ -520,12 +528,7 @@ func (s *Supervisor) boot() error {
 	if err != nil {
 		return err
 	}
-	alive := false
-	if rec != nil && rec.Pid > 0 {
-		if start, err := procStartTime(rec.Pid); err == nil && start == rec.StartTime && slices.Contains(procs, rec.Pid) {
-			alive = true
-		}
-	}
+	alive := recordAlive(rec, procs)
 	d := DecideBoot(BootInput{Record: rec, RecordAlive: alive, CgroupProcs: len(procs), Checkpoints: len(sets), Discard: s.cfg.Discard})
 	s.log.Info("boot: "+d.Reason, "action", d.Action.String(), "checkpoints", len(sets))
 	if d.Action != BootFresh && len(sets) > 0 {
@@ -562,6 +565,29 @@ func (s *Supervisor) boot() error {
 	default:
 		return s.carryOut(Attempt{Rung: RungFresh, Reason: d.Reason})
 	}
+}
+
+// recordAlive says whether the program rec names still runs, in this service's cgroup
+// (procs), as the very process recorded (not a later one under a reused pid).
+func recordAlive(rec *RunRecord, procs []int) bool {
+	if rec == nil || rec.Pid <= 0 {
+		return false
+	}
+	start, err := procStartTime(rec.Pid)
+	return err == nil && start == rec.StartTime && slices.Contains(procs, rec.Pid)
+}
+
+// runningProgram is the program an earlier ftrun left running, if any.
+func (s *Supervisor) runningProgram() (*RunRecord, bool) {
+	rec, err := readRunRecord(s.cfg.StateDir)
+	if err != nil {
+		return nil, false
+	}
+	procs, err := s.cg.Procs()
+	if err != nil {
+		return nil, false
+	}
+	return rec, recordAlive(rec, procs)
 }
 
 func (s *Supervisor) adopt(rec *RunRecord) {

@@ -149,7 +149,9 @@ func runCmd() *cli.Command {
 			&cli.DurationFlag{Name: "stop-timeout", Value: supervisor.DefaultStopTimeout, Usage: "on stop without a final checkpoint: time between SIGTERM to the program and SIGKILL", EnvVars: env("STOP_TIMEOUT")},
 			&cli.IntFlag{Name: "preserve-fds", Value: -1, DefaultText: "LISTEN_FDS under systemd socket activation, else 0", Usage: "pass N descriptors from 3 on to the program (every other inherited descriptor is closed for it)", EnvVars: env("PRESERVE_FDS")},
 			&cli.StringFlag{Name: "standby", Usage: "HOST:PORT of the peer: an `ftrun standby` to stream every checkpoint to, or (after it took the service over) the live copy this host serves as standby of", EnvVars: env("STANDBY")},
-			&cli.StringFlag{Name: "listen", Value: ":7946", Usage: "with --standby: where this host serves as the standby of the service's live copy on the peer, when the peer took it over (\"\": exit 156 instead)", EnvVars: env("LISTEN")},
+			&cli.StringFlag{Name: "listen", Value: ":7946", Usage: "with --standby: where this host serves as the standby of the service's live copy on the peer, when the peer took it over (\"\": exit 156 instead); given explicitly, also where it answers the peer while it decides its role at boot and while it runs the program, so that both hosts of a pair can run this same command (see --priority)", EnvVars: env("LISTEN")},
+			&cli.IntFlag{Name: "priority", Value: 0, Usage: "with --standby and --listen: when both hosts boot with no copy running and hold the same epoch, the one with the higher priority runs the program (then the smaller certificate name, then the smaller --node)", EnvVars: env("PRIORITY")},
+			&cli.StringFlag{Name: "node", DefaultText: "the host name", Usage: "this host's name towards the arbiter and its peer", EnvVars: env("NODE")},
 			&cli.DurationFlag{Name: "peer-wait", Value: supervisor.DefaultPeerWait, Usage: "with --standby: how long the boot tries to reach the peer before deciding alone", EnvVars: env("PEER_WAIT")},
 			&cli.DurationFlag{Name: "takeover-timeout", Value: supervisor.HeartbeatTimeout, Usage: "serving as standby: silence of the live copy after which this host takes over", EnvVars: env("TAKEOVER_TIMEOUT")},
 			&cli.BoolFlag{Name: "force-primary", Usage: "with --standby: run the program although the peer cannot be reached and this host was its standby last (only when the peer is gone for good)", EnvVars: env("FORCE_PRIMARY")},
@@ -242,13 +244,17 @@ func runCmd() *cli.Command {
 			if err != nil {
 				return err
 			}
-			host, _ := os.Hostname()
+			node := c.String("node")
+			if node == "" {
+				node, _ = os.Hostname()
+			}
 			wd, _ := os.Getwd()
 			sup, err := supervisor.New(supervisor.Config{
 				Net: netSpec, Commit: commit,
 				Standby: c.String("standby"), StandbyTLS: standbyTLS, Listen: c.String("listen"), ListenTLS: listenTLS,
 				PeerWait: c.Duration("peer-wait"), TakeoverTimeout: c.Duration("takeover-timeout"), ForcePrimary: c.Bool("force-primary"),
-				Arbiter: arb, Node: host, Sync: c.StringSlice("sync"), MetricsAddr: c.String("metrics"),
+				Symmetric: c.IsSet("listen") && c.String("listen") != "", Priority: c.Int("priority"),
+				Arbiter: arb, Node: node, Sync: c.StringSlice("sync"), MetricsAddr: c.String("metrics"),
 				Name: name, Command: argv, WorkDir: wd, StateDir: stateDir,
 				Interval: c.Duration("interval"), Keep: c.Int("keep"), Restart: restart,
 				Ladder: supervisor.LadderPolicy{Burst: c.Int("burst"), Window: c.Duration("burst-window"),

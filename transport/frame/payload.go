@@ -80,6 +80,16 @@ const FeatureFileDelta = "file-delta"
 // it; LastCommitted is the newest epoch it holds of the service.
 const HelloRoleLive = "live"
 
+// HelloRoleBooting is the Role of the Hello with which a `ftrun run` that is deciding
+// its role at boot answers a peer deciding too: both Hellos then carry a Feature
+// starting with FeatureBootClaim that says what the sender holds, and the connection
+// ends after the answer.
+const HelloRoleBooting = "booting"
+
+// FeatureBootClaim starts the Feature in which a booting host states its claim (see
+// supervisor.Claim). A standby ignores it and answers as to any primary.
+const FeatureBootClaim = "boot?"
+
 // Hello opens a connection in both directions: who is talking and what it already has.
 type Hello struct {
 	Version uint8
