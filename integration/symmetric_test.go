@@ -180,7 +180,8 @@ func TestSymmetricBothRestart(t *testing.T) {
 // The ftrun that runs the live copy on the former standby host is SIGKILLed (its
 // program goes on) and restarted with the same command: it adopts its program as
 // `ftrun run` adopts its own (the peer's take-over timeout has not run out), or, if
-// the peer took over meanwhile, kills the orphan and serves as standby. Either way:
+// the peer took over meanwhile, kills the orphan and serves as standby (the last
+// round waits for that on purpose). Either way:
 // one copy, the client's connection survives, no acknowledged write is lost.
 func TestSymmetricLiveFtrunRestart(t *testing.T) {
 	p := newSymPair(t, "f2-adopt")
@@ -230,6 +231,26 @@ func TestSymmetricLiveFtrunRestart(t *testing.T) {
 		waitWrites(t, w, n+10, 30*time.Second, fmt.Sprintf("round %d: writes after the restart", r))
 		checkPrefix(t, w, 2+r)
 	}
+	// Restarted only after the peer took over: the orphan is killed, the restarted
+	// ftrun serves as standby of the peer's copy.
+	n = checkPrefix(t, w, 99)
+	procs[live.h.name].kill9()
+	peer := p.peerOf(live)
+	waitStatus(t, peer.state, "the peer takes over from the silent live copy", 30*time.Second, func(s supervisor.Status) bool {
+		return s.Role == supervisor.RolePrimary && s.Pid > 0
+	})
+	if len(live.procs(t, p.name)) == 0 {
+		t.Fatal("the orphan is gone before its ftrun came back: the test needs it running")
+	}
+	procs[live.h.name] = p.start(t, live)
+	now, back := p.live(t, "restarted after the peer took over")
+	if now.h.name != peer.h.name {
+		t.Fatalf("%s runs the program, want the peer %s that took over", now.h.name, peer.h.name)
+	}
+	if !strings.Contains(procs[back.h.name].log(), "killing the program an earlier ftrun left running here") {
+		t.Errorf("the restarted ftrun's log does not say it killed the orphan:\n%s", tail(procs[back.h.name].log(), 20))
+	}
+	waitWrites(t, w, n+10, 30*time.Second, "writes after the late restart")
 	acked, final, err := w.finish(t, p.outputEnv, p.port)
 	if err != nil {
 		t.Fatalf("the client's connection did not survive: %v", err)
