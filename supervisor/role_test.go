@@ -2,7 +2,7 @@ package supervisor
 
 import (
 	"context"
-	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -16,6 +16,7 @@ import (
 	"github.com/jonboulle/clockwork"
 
 	"github.com/ftrun/ftrun/transport/auth"
+	"github.com/ftrun/ftrun/transport/ship"
 )
 
 func TestDecideRole(t *testing.T) {
@@ -266,5 +267,41 @@ func TestAskStalledPeer(t *testing.T) {
 	if d := time.Since(start); d > 4*exchangeTimeout {
 		t.Fatalf("ask hung for %s", d)
 	}
-	_ = tls.VersionTLS13
+}
+
+// A host that runs the program answers a booting peer "live", but leaves a live
+// copy's link (a plain primary Hello, no claim) without an answer: after a healed
+// partition only the other side refuses, so one copy fences, not both. A claim that
+// arrives after the decision is not recorded.
+func TestExchangeAnswersAfterDecision(t *testing.T) {
+	ka, kb := pairTLS(t)
+	addr := freeAddr(t)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	x, err := listenExchange(addr, ka.Server(), "f2-svc", Claim{Epoch: 3}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.close()
+	x.decide(func(*Claim) RoleDecision { return RoleDecision{Role: RolePrimary} })
+	ctx := context.Background()
+	if ans, _, err := askOnce(ctx, addr, kb.Client(), "f2-svc", "b", Claim{Epoch: 1 << 60}); ans != PeerLive {
+		t.Fatalf("booting peer asking a primary: %s (%v), want live", ans, err)
+	}
+	x.mu.Lock()
+	heard := x.heard
+	x.mu.Unlock()
+	if heard != nil {
+		t.Fatalf("a claim after the decision was recorded: %+v", *heard)
+	}
+	sh := ship.New(ship.Config{Service: "f2-svc", Host: "b"})
+	defer sh.Close()
+	dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	err = sh.Dial(dctx, addr, kb.Client())
+	if err == nil || errors.Is(err, ship.ErrPeerLive) {
+		t.Fatalf("a live copy's link dialling a primary: %v, want no answer", err)
+	}
+	if ans, _, _ := askOnce(ctx, addr, kb.Client(), "other-svc", "b", Claim{}); ans != PeerUnreachable {
+		t.Fatalf("a question about another service: %s, want no answer", ans)
+	}
 }
