@@ -57,6 +57,11 @@ type Config struct {
 	Only string
 	// GoLive carries out a take-over; it owns the handoff's lease from then on.
 	GoLive func(Handoff) (Live, error)
+	// Adopt, when set, is asked at start, for every service this standby holds,
+	// whether a copy an earlier standby here took over still runs in its live dir;
+	// if so (ok) it returns that copy, adopted, and the service is live here again
+	// before any primary is accepted.
+	Adopt func(service, liveDir string) (live Live, ok bool)
 	// OnStatus, when set, receives the function that reports what the standby holds.
 	OnStatus func(func() []StandbyStatus)
 	// ControlSocket answers `ftrun status` ("" for STATE_DIR/control.sock, "-" for none).
@@ -105,7 +110,13 @@ type loop struct {
 	checked   map[string]bool
 	acquiring map[string]context.CancelFunc
 	acquired  chan acquired
-	ended     chan error
+	ended     chan ended
+}
+
+// ended is a live copy's end, with why.
+type ended struct {
+	svc string
+	err error
 }
 
 type acquired struct {
@@ -136,7 +147,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	l := &loop{cfg: cfg, store: store, live: map[string]bool{}, problems: map[string][]string{}, failovers: map[string]int{},
 		announcers: map[string]func(){}, checked: map[string]bool{}, acquiring: map[string]context.CancelFunc{},
-		acquired: make(chan acquired), ended: make(chan error, 16)}
+		acquired: make(chan acquired), ended: make(chan ended, 16)}
 	sc := cfg.Server
 	sc.Store, sc.TLS, sc.Host, sc.Clock, sc.Logger, sc.OnRefused = store, cfg.TLS, cfg.Host, cfg.Clock, cfg.Log, l.refused
 	l.srv, err = standby.NewServer(sc)
@@ -160,6 +171,9 @@ func Run(ctx context.Context, cfg Config) error {
 		cancel()
 		l.wg.Wait()
 	}()
+	if cfg.Adopt != nil {
+		l.adopt()
+	}
 	var serveErr error
 	l.wg.Add(1)
 	go func() {
@@ -177,8 +191,8 @@ func Run(ctx context.Context, cfg Config) error {
 			cancel()
 			l.wg.Wait()
 			return serveErr
-		case err := <-l.ended:
-			cfg.Log.Error("live program ended", "err", err)
+		case e := <-l.ended:
+			l.liveEnded(e)
 		case a := <-l.acquired:
 			delete(l.acquiring, a.svc)
 			if a.err != nil {
@@ -309,8 +323,15 @@ func (l *loop) goLive(svc string, lease arbiter.Lease) {
 		return
 	}
 	l.mu.Lock()
-	l.live[svc] = true
 	l.failovers[svc]++
+	l.mu.Unlock()
+	l.run(svc, live)
+}
+
+// run marks svc live here and runs its copy on a goroutine the loop owns.
+func (l *loop) run(svc string, live Live) {
+	l.mu.Lock()
+	l.live[svc] = true
 	l.announcers[svc] = live.Announce
 	l.mu.Unlock()
 	if live.Run == nil {
@@ -319,13 +340,53 @@ func (l *loop) goLive(svc string, lease arbiter.Lease) {
 	l.wg.Add(1)
 	go func() {
 		defer l.wg.Done()
-		if err := live.Run(l.ctx); err != nil {
-			select {
-			case l.ended <- fmt.Errorf("%s: %w", svc, err):
-			default:
-			}
+		err := live.Run(l.ctx)
+		if l.ctx.Err() != nil {
+			return
+		}
+		// Buffered for every service that can be live at once; the loop reads it
+		// until ctx ends.
+		select {
+		case l.ended <- ended{svc, err}:
+		case <-l.ctx.Done():
 		}
 	}()
+}
+
+// adopt takes back the copies an earlier standby here left running (Config.Adopt),
+// before the server accepts a primary that would otherwise be taken for theirs.
+func (l *loop) adopt() {
+	for _, svc := range l.store.Services() {
+		if l.cfg.Only != "" && svc != l.cfg.Only {
+			continue
+		}
+		live, ok := l.cfg.Adopt(svc, LiveDir(l.store.Root(), svc))
+		if !ok {
+			continue
+		}
+		if err := l.claim(svc); err != nil {
+			l.cfg.Log.Error("cannot mark the adopted copy live", "service", svc, "err", err)
+			continue
+		}
+		l.cfg.Log.Warn("adopted the live copy an earlier standby here left running", "service", svc)
+		l.run(svc, live)
+	}
+}
+
+// liveEnded: the copy that went live here ended (it fenced itself because the peer
+// runs the service, or it finished, or recovery gave up). The service is no longer
+// live here: this host serves as its standby again, for whichever primary connects.
+func (l *loop) liveEnded(e ended) {
+	if e.err != nil {
+		l.cfg.Log.Error("live program ended: serving as the service's standby again", "service", e.svc, "err", e.err)
+	} else {
+		l.cfg.Log.Warn("live program ended: serving as the service's standby again", "service", e.svc)
+	}
+	l.srv.Unclaim(e.svc)
+	l.mu.Lock()
+	delete(l.live, e.svc)
+	delete(l.announcers, e.svc)
+	l.mu.Unlock()
 }
 
 // claim marks svc live in the server, waiting out an epoch being committed (which

@@ -1087,25 +1087,28 @@ func (s *Supervisor) criuRestore(dir string, m *checkpoint.Manifest, keepTCP boo
 }
 
 // killAll kills everything in the program's cgroup and waits until it is empty.
-func (s *Supervisor) killAll() error {
-	procs, err := s.cg.Procs()
+func (s *Supervisor) killAll() error { return killGroup(s.cg, s.clock) }
+
+// killGroup SIGKILLs everything in cg, waits for it to be empty and renews it.
+func killGroup(cg *Cgroup, clock clockwork.Clock) error {
+	procs, err := cg.Procs()
 	if err != nil {
 		return err
 	}
 	if len(procs) == 0 {
-		return s.cg.Renew()
+		return cg.Renew()
 	}
-	if err := s.cg.Kill(); err != nil {
+	if err := cg.Kill(); err != nil {
 		return err
 	}
-	deadline := s.clock.Now().Add(5 * time.Second)
-	for s.clock.Now().Before(deadline) {
-		if procs, err := s.cg.Procs(); err == nil && len(procs) == 0 {
-			return s.cg.Renew()
+	deadline := clock.Now().Add(5 * time.Second)
+	for clock.Now().Before(deadline) {
+		if procs, err := cg.Procs(); err == nil && len(procs) == 0 {
+			return cg.Renew()
 		}
-		s.clock.Sleep(5 * time.Millisecond)
+		clock.Sleep(5 * time.Millisecond)
 	}
-	return fmt.Errorf("processes in cgroup %q survived SIGKILL for 5s", s.cg.Group)
+	return fmt.Errorf("processes in cgroup %q survived SIGKILL for 5s", cg.Group)
 }
 
 // mayCheckpoint is the pure rule for whether the program's current state is worth

@@ -412,6 +412,15 @@ func standbyCmd() *cli.Command {
 			host, _ := os.Hostname()
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
+			live := supervisor.LiveConfig{Interval: c.Duration("interval"), Log: log, Host: host,
+				Bridge: c.String("bridge"), Peer: c.String("peer"), PeerTLS: keys.Client(), Criu: criuFromFlags(c)}
+			var adopt func(string, string) (failover.Live, bool)
+			if arb == nil {
+				// With an arbiter a copy runs only under the service's key, which
+				// the dead standby's lease held: the copy is not adopted, and the
+				// take-over that follows kills it.
+				adopt = supervisor.AdoptLive(live)
+			}
 			return failover.Run(ctx, failover.Config{
 				Listen: c.String("listen"), StateDir: c.String("state-dir"), TLS: keys.Server(), Host: host,
 				Timeout: c.Duration("takeover-timeout"), Log: log, Arbiter: arb, Bridge: c.String("bridge"), MetricsAddr: c.String("metrics"),
@@ -420,8 +429,7 @@ func standbyCmd() *cli.Command {
 					HandshakeTimeout: c.Duration("handshake-timeout"), IdleTimeout: c.Duration("idle-timeout"),
 					Quota: standby.Quota{Services: c.Int("quota-services"), Bytes: quotaBytes, Conns: c.Int("quota-conns")},
 				},
-				GoLive: supervisor.LiveCopy(supervisor.LiveConfig{Interval: c.Duration("interval"), Log: log, Host: host,
-					Bridge: c.String("bridge"), Peer: c.String("peer"), PeerTLS: keys.Client(), Criu: criuFromFlags(c)}),
+				GoLive: supervisor.LiveCopy(live), Adopt: adopt,
 			})
 		},
 	}

@@ -301,6 +301,19 @@ func (s *Server) Claim(service string) error {
 	return nil
 }
 
+// Unclaim ends Claim: the copy that went live here has ended (it fenced itself, or
+// it finished), so a primary of the service may connect here again. The silence of
+// the service's old primary counts for nothing from now on: a service is taken over
+// again only once a primary has been heard (LastHeard is zero until then).
+func (s *Server) Unclaim(service string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.live, service)
+	if st := s.stats[service]; st != nil {
+		st.LastHeard = time.Time{}
+	}
+}
+
 // Live says whether service was claimed.
 func (s *Server) Live(service string) bool {
 	s.mu.Lock()
