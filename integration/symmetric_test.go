@@ -260,3 +260,67 @@ func TestSymmetricLiveFtrunRestart(t *testing.T) {
 	}
 	t.Logf("%d of %d restarts adopted the program; %d writes acknowledged, 0 lost, 0 doubled", adopted, rounds, len(acked))
 }
+
+// A partition healed after the second take-over (no arbiter): the live copy on the
+// former standby is cut off (its host's link down) while its program runs, the old
+// primary's host, serving as its standby, takes over and the client's writes go on
+// there. Once the link is back both copies are marked live and each refuses the
+// other's link; the one that took over later (from a newer epoch of the other's
+// stream: the one the client used) stays, the other fences itself (exit 156), and
+// every acknowledged write is there on the same connection. Restarted with the same
+// command, the fenced host becomes the standby.
+func TestSymmetricHealedPartitionLaterTakeoverStays(t *testing.T) {
+	p := newSymPair(t, "f2-heal2")
+	procs := map[string]*ftrunProc{}
+	procs[p.a.h.name] = p.start(t, p.a)
+	procs[p.b.h.name] = p.start(t, p.b)
+	first, _ := p.live(t, "both started at once")
+	w := startWriter(t, p.outputEnv, redisService, p.port, 20*time.Second)
+	defer w.close()
+	waitWrites(t, w, 20, 20*time.Second, "first writes")
+	procs[first.h.name].kill9()
+	first.die(t)
+	n := checkPrefix(t, w, 1)
+	waitWrites(t, w, n+10, 30*time.Second, "writes after the first take-over")
+	first.comeBack()
+	procs[first.h.name] = p.start(t, first)
+	cut, stays := p.live(t, "the dead host came back")
+
+	run(t, "ip", "-n", cut.h.name, "link", "set", "eth0", "down")
+	n = checkPrefix(t, w, 2)
+	before := n
+	waitWrites(t, w, n+15, 30*time.Second, "writes on the second take-over's copy during the partition")
+	if len(cut.procs(t, p.name)) == 0 {
+		t.Fatal("the cut-off copy is gone: the test needs two live copies during the partition")
+	}
+	during := checkPrefix(t, w, 2)
+	run(t, "ip", "-n", cut.h.name, "link", "set", "eth0", "up")
+	code, err := procs[cut.h.name].wait(30 * time.Second)
+	if err != nil {
+		t.Fatalf("the cut-off copy did not fence itself after the partition healed:\n%s", tail(procs[cut.h.name].log(), 20))
+	}
+	if code != supervisor.ExitSuperseded {
+		t.Fatalf("the cut-off copy exited %d, want %d", code, supervisor.ExitSuperseded)
+	}
+	if _, err := procs[stays.h.name].wait(time.Millisecond); err == nil {
+		t.Fatalf("the copy the client used fenced itself too:\n%s", tail(procs[stays.h.name].log(), 20))
+	}
+	if ps := cut.procs(t, p.name); len(ps) != 0 {
+		t.Fatalf("processes %s left in the fenced copy's cgroup", describe(ps))
+	}
+	waitWrites(t, w, during+10, 30*time.Second, "writes after the heal")
+	procs[cut.h.name] = p.start(t, cut)
+	if live, _ := p.live(t, "the fenced host restarted"); live.h.name != stays.h.name {
+		t.Fatalf("%s runs the program after the restart, want %s", live.h.name, stays.h.name)
+	}
+	n = checkPrefix(t, w, 3)
+	waitWrites(t, w, n+10, 20*time.Second, "writes while protected again")
+	acked, final, err := w.finish(t, p.outputEnv, p.port)
+	if err != nil {
+		t.Fatalf("the client's connection did not survive: %v", err)
+	}
+	if v := outputViolations(acked, final); len(v) > 0 {
+		t.Fatalf("%s", strings.Join(v, "; "))
+	}
+	t.Logf("%d writes acknowledged (%d during the partition), 0 lost, 0 doubled; the later take-over stayed", len(acked), during-before)
+}

@@ -33,16 +33,18 @@ type link struct {
 	clock   clockwork.Clock
 	log     *slog.Logger
 	timeout time.Duration
+	// liveSince is the epoch this copy took the service over from (0: it never did).
+	liveSince uint64
 
 	mu   sync.Mutex
 	next *checkpoint.Set
 	wake chan struct{}
 }
 
-func newLink(addr string, tlsConf *tls.Config, service, host string, clock clockwork.Clock, log *slog.Logger) *link {
+func newLink(addr string, tlsConf *tls.Config, service, host string, liveSince uint64, clock clockwork.Clock, log *slog.Logger) *link {
 	return &link{
-		addr: addr, tls: tlsConf, clock: clock, log: log, timeout: HeartbeatTimeout,
-		shipper: ship.New(ship.Config{Service: service, Host: host, Clock: clock, Logger: log}),
+		addr: addr, tls: tlsConf, clock: clock, log: log, timeout: HeartbeatTimeout, liveSince: liveSince,
+		shipper: ship.New(ship.Config{Service: service, Host: host, Clock: clock, Logger: log, LiveSince: liveSince}),
 		wake:    make(chan struct{}, 1),
 	}
 }
@@ -65,6 +67,15 @@ func (l *link) take() *checkpoint.Set {
 	l.next = nil
 	return s
 }
+
+// Yields is the rule between two live copies of a service that meet once a partition
+// heals (each one's link refused by the other's standby side): the copy that took
+// over later, from a newer epoch of the other's stream, is the one clients were using
+// while the other was cut off, so the other one stops (fences itself). own and peer
+// are the epochs each went live from, 0 for a copy that never took over (the
+// original primary, or one whose take-over this ftrun did not see); on a tie, or a
+// peer that states no epoch (an older ftrun), this copy stops, so at least one does.
+func Yields(own, peer uint64) bool { return peer == 0 || own <= peer }
 
 // linkEvent is what the link tells the loop.
 type linkEvent struct {
@@ -108,8 +119,16 @@ func (l *link) run(ctx context.Context, acked func(epoch uint64), report func(li
 			err := l.shipper.Dial(dctx, l.addr, l.tls)
 			cancel()
 			if errors.Is(err, ship.ErrPeerLive) {
-				report(linkEvent{superseded: true, why: fmt.Sprintf("standby %s: %v", l.addr, err)})
-				return
+				var pe *ship.PeerLiveError
+				var peerSince uint64
+				if errors.As(err, &pe) {
+					peerSince = pe.LiveSince
+				}
+				if Yields(l.liveSince, peerSince) {
+					report(linkEvent{superseded: true, why: fmt.Sprintf("standby %s: %v", l.addr, err)})
+					return
+				}
+				err = fmt.Errorf("%w: it went live from epoch %d, this copy took over from it later (epoch %d): it yields, not this copy", err, peerSince, l.liveSince)
 			}
 			if err != nil {
 				down(fmt.Sprintf("standby %s unreachable: %v", l.addr, err))

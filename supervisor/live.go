@@ -180,7 +180,7 @@ func liveSupervisor(cfg LiveConfig, h failover.Handoff) (*Supervisor, error) {
 	return New(Config{
 		Name: h.Service, Command: m.Command, StateDir: h.LiveDir, WorkDir: "/",
 		Interval: cfg.Interval, Criu: cfg.Criu, Clock: cfg.Clock, Log: cfg.Log.With("role", "live"),
-		Lease: h.Lease, Node: cfg.Host, Sync: m.SyncRoots, Net: spec, Failover: true,
+		Lease: h.Lease, Node: cfg.Host, Sync: m.SyncRoots, Net: spec, Failover: true, LiveSince: h.Set.Epoch,
 		Standby: cfg.Peer, StandbyTLS: cfg.PeerTLS,
 	})
 }

@@ -336,7 +336,7 @@ func (s *Supervisor) chooseRole(ctx context.Context) (stopped bool, err error) {
 		return false, err
 	}
 	s.nextEpoch = h.set.Epoch + 1
-	s.cfg.Failover, s.cfg.Discard = true, false
+	s.cfg.Failover, s.cfg.Discard, s.cfg.LiveSince = true, false, h.set.Epoch
 	if h.lease != nil {
 		s.cfg.Lease = h.lease
 	}

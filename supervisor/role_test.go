@@ -305,3 +305,18 @@ func TestExchangeAnswersAfterDecision(t *testing.T) {
 		t.Fatalf("a question about another service: %s, want no answer", ans)
 	}
 }
+
+// Two live copies meeting after a partition: the later take-over stays, the other
+// stops; a copy that never took over, or a tie, stops.
+func TestYields(t *testing.T) {
+	for _, c := range []struct {
+		own, peer uint64
+		want      bool
+	}{
+		{0, 5, true}, {0, 0, true}, {5, 5, true}, {4, 9, true}, {9, 4, false}, {1, 0, true},
+	} {
+		if got := Yields(c.own, c.peer); got != c.want {
+			t.Errorf("Yields(%d, %d) = %v, want %v", c.own, c.peer, got, c.want)
+		}
+	}
+}

@@ -125,6 +125,9 @@ type Config struct {
 	// restore keeps the program's TCP connections, since no peer saw the program die.
 	// Such a supervisor does not ask its peer at boot: it was decided already.
 	Failover bool
+	// LiveSince is the epoch a take-over restores (0: this copy did not take over),
+	// told to the peer so that two live copies that meet agree which one stops.
+	LiveSince uint64
 	// User runs the program as this user ("NAME[:GROUP]"; "" keeps root). Programs that
 	// drop privileges themselves need no --user.
 	User string
@@ -378,7 +381,7 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 	}
 	if s.cfg.Standby != "" {
 		host, _ := os.Hostname()
-		s.link = newLink(s.cfg.Standby, s.cfg.StandbyTLS, s.cfg.Name, host, s.clock, s.log.With("standby", s.cfg.Standby))
+		s.link = newLink(s.cfg.Standby, s.cfg.StandbyTLS, s.cfg.Name, host, s.cfg.LiveSince, s.clock, s.log.With("standby", s.cfg.Standby))
 		s.st.Peer = s.cfg.Standby
 		s.st.Protection = "unprotected: connecting to standby " + s.cfg.Standby
 		s.wg.Add(1)

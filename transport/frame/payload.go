@@ -86,6 +86,13 @@ const HelloRoleLive = "live"
 // ends after the answer.
 const HelloRoleBooting = "booting"
 
+// FeatureLiveSince starts a Feature of a live copy's Hello, a primary's or the
+// refusing standby's: "live-since=N", N the epoch that copy took the service over
+// from. When two live copies meet after a partition, the one that took over later
+// (from the other's stream, so from a newer epoch) is the one clients were using;
+// the other one yields. A copy that never took over states none (0).
+const FeatureLiveSince = "live-since="
+
 // FeatureBootClaim starts the Feature in which a booting host states its claim (see
 // supervisor.Claim). A standby ignores it and answers as to any primary.
 const FeatureBootClaim = "boot?"

@@ -12,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -39,6 +41,33 @@ var (
 	ErrPeerLive = errors.New("the service is live on the standby's host")
 )
 
+// PeerLiveError is the ErrPeerLive that Dial returns: what the refusing peer said.
+type PeerLiveError struct {
+	Host      string
+	Committed uint64
+	// LiveSince is the epoch the peer's copy went live from (0: it did not say).
+	LiveSince uint64
+}
+
+func (e *PeerLiveError) Error() string {
+	return fmt.Sprintf("%v (host %q, holding epoch %d, live since epoch %d)", ErrPeerLive, e.Host, e.Committed, e.LiveSince)
+}
+
+func (e *PeerLiveError) Is(target error) bool { return target == ErrPeerLive }
+
+// liveSince reads frame.FeatureLiveSince among a Hello's features (0 when absent).
+func liveSince(features []string) uint64 {
+	for _, f := range features {
+		if v, ok := strings.CutPrefix(f, frame.FeatureLiveSince); ok {
+			n, err := strconv.ParseUint(v, 10, 64)
+			if err == nil {
+				return n
+			}
+		}
+	}
+	return 0
+}
+
 // DefaultChunkSize is how much of an image one ImageData frame carries: well below
 // the frame limit, large enough that framing costs nothing measurable.
 const DefaultChunkSize = 1 << 20
@@ -60,6 +89,9 @@ type Config struct {
 	Limits frame.Limits
 	// HelloTimeout bounds the Hello exchange when ctx has no deadline.
 	HelloTimeout time.Duration
+	// LiveSince is the epoch this copy took the service over from (0: it never
+	// took over), stated in the Hello (frame.FeatureLiveSince).
+	LiveSince uint64
 	// ProgressEvery: an epoch that takes longer than this to send is reported in the
 	// log this often; default progress.Every.
 	ProgressEvery time.Duration
@@ -183,6 +215,9 @@ func (s *Shipper) hello(ctx context.Context, c net.Conn) error {
 		done:    make(chan struct{}),
 	}
 	hello := &frame.Hello{Version: frame.Version, Service: s.cfg.Service, Host: s.cfg.Host, Role: frame.RolePrimary.String(), LastCommitted: acked}
+	if s.cfg.LiveSince > 0 {
+		hello.Features = []string{frame.FeatureLiveSince + strconv.FormatUint(s.cfg.LiveSince, 10)}
+	}
 	if err := l.w.WritePayload(0, hello); err != nil {
 		return err
 	}
@@ -202,7 +237,7 @@ func (s *Shipper) hello(ctx context.Context, c net.Conn) error {
 		return fmt.Errorf("standby answered for service %q, not %q", h.Service, s.cfg.Service)
 	}
 	if h.Role == frame.HelloRoleLive {
-		return fmt.Errorf("%w (host %q, holding epoch %d)", ErrPeerLive, h.Host, h.LastCommitted)
+		return &PeerLiveError{Host: h.Host, Committed: h.LastCommitted, LiveSince: liveSince(h.Features)}
 	}
 	l.fileDelta = slices.Contains(h.Features, frame.FeatureFileDelta)
 	if !stop() {

@@ -38,7 +38,19 @@ func TestClaimRefusesOldPrimary(t *testing.T) {
 	if !errors.Is(err, ship.ErrPeerLive) {
 		t.Fatalf("dial after Claim: %v, want ErrPeerLive", err)
 	}
+	// The refusal says which epoch the copy here went live from: the one it held.
+	var pe *ship.PeerLiveError
+	if !errors.As(err, &pe) || pe.LiveSince != 1 {
+		t.Fatalf("dial after Claim: %v, want a PeerLiveError live since epoch 1", err)
+	}
 	srv.log.waitFor(t, "refusing the service's old primary")
+	// Unclaimed (the copy here ended), the service takes its primary again, and the
+	// old silence counts for nothing until it is heard.
+	srv.Unclaim("svc")
+	if srv.Live("svc") || !srv.LastHeard("svc").IsZero() {
+		t.Fatalf("after Unclaim: live %v, last heard %v; want not live, not heard", srv.Live("svc"), srv.LastHeard("svc"))
+	}
+	p.dial(t, srv.addr, c.primary.Client())
 	// Another service on the same standby is not affected.
 	q := newPrimary(t, "other")
 	q.dial(t, srv.addr, c.primary.Client())

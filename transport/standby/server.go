@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strconv"
 	"sync"
 	"time"
 
@@ -123,6 +124,9 @@ type Server struct {
 	// connections per service, closed when it is claimed.
 	live  map[string]bool
 	conns map[string]map[*conn]struct{}
+	// liveSince is the epoch each claimed service went live from (its newest
+	// committed epoch when claimed), stated to the refused (frame.FeatureLiveSince).
+	liveSince map[string]uint64
 }
 
 // NewServer returns a Server for cfg.
@@ -156,7 +160,7 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	return &Server{cfg: cfg, log: cfg.Logger, clk: cfg.Clock, stats: map[string]*Status{}, meters: map[string]*progress.Meter{},
 		unauthHost: map[string]int{}, quotas: newQuotas(cfg.Store, cfg.Quota),
-		live: map[string]bool{}, conns: map[string]map[*conn]struct{}{}}, nil
+		live: map[string]bool{}, conns: map[string]map[*conn]struct{}{}, liveSince: map[string]uint64{}}, nil
 }
 
 // Status reports every service known to the store or heard from since start.
@@ -295,6 +299,7 @@ func (s *Server) Claim(service string) error {
 		return fmt.Errorf("standby: an epoch of %q is being committed", service)
 	}
 	s.live[service] = true
+	s.liveSince[service] = s.cfg.Store.LastCommitted(service)
 	for cn := range s.conns[service] {
 		cn.c.Close()
 	}
@@ -309,9 +314,16 @@ func (s *Server) Unclaim(service string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.live, service)
+	delete(s.liveSince, service)
 	if st := s.stats[service]; st != nil {
 		st.LastHeard = time.Time{}
 	}
+}
+
+func (s *Server) liveSinceOf(service string) uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.liveSince[service]
 }
 
 // Live says whether service was claimed.
@@ -579,7 +591,8 @@ func (cn *conn) run() error {
 		// The copy that went live here is the only one: tell the old primary, which
 		// stops its own.
 		cn.s.log.Warn("standby: refusing the service's old primary: the service is live on this host", "service", cn.name, "peer", cn.peer, "remote", cn.c.RemoteAddr().String())
-		_ = cn.send(0, &frame.Hello{Version: frame.Version, Service: h.Service, Host: cn.s.cfg.Host, Role: frame.HelloRoleLive, LastCommitted: committed})
+		_ = cn.send(0, &frame.Hello{Version: frame.Version, Service: h.Service, Host: cn.s.cfg.Host, Role: frame.HelloRoleLive, LastCommitted: committed,
+			Features: []string{frame.FeatureLiveSince + strconv.FormatUint(cn.s.liveSinceOf(cn.name), 10)}})
 		if f := cn.s.cfg.OnRefused; f != nil {
 			f(cn.name)
 		}
