@@ -88,18 +88,23 @@ func (p *symPair) copies(t *testing.T) int {
 }
 
 // One command line for both hosts: started at the same instant with identical flags,
-// exactly one runs the program and the other protects it; the live host is killed,
-// the other takes over and keeps every acknowledged write on the client's one
-// connection; the dead host comes back with the same command and becomes the
-// standby, and the live copy is protected by it again.
+// exactly one runs the program and the other protects it. Then, cycle after cycle,
+// the live host is killed, the other takes over and keeps every acknowledged write on
+// the client's one connection, and the dead host comes back with the same command
+// and becomes the standby, protecting the live copy again (2 cycles; FTRUN_SOAK=1
+// runs 10).
 func TestSymmetricPair(t *testing.T) {
+	cycles := 2
+	if os.Getenv("FTRUN_SOAK") != "" {
+		cycles = 10
+	}
 	p := newSymPair(t, "f2-sym")
 	procs := map[string]*ftrunProc{}
 	procs[p.a.h.name] = p.start(t, p.a)
 	procs[p.b.h.name] = p.start(t, p.b)
-	first, other := p.live(t, "both started at once")
-	t.Logf("both started at once: %s runs the program, %s is its standby\n%s\n%s", first.h.name, other.h.name,
-		bootLine(procs[first.h.name].log()), bootLine(procs[other.h.name].log()))
+	live, other := p.live(t, "both started at once")
+	t.Logf("both started at once: %s runs the program, %s is its standby\n%s\n%s", live.h.name, other.h.name,
+		bootLine(procs[live.h.name].log()), bootLine(procs[other.h.name].log()))
 	if lg := procs[other.h.name].log(); strings.Contains(lg, `msg="program started`) || strings.Contains(lg, `msg="program restored`) {
 		t.Fatalf("the standby ran the program:\n%s", tail(lg, 30))
 	}
@@ -107,23 +112,32 @@ func TestSymmetricPair(t *testing.T) {
 	defer w.close()
 	waitWrites(t, w, 20, 20*time.Second, "first writes")
 
-	procs[first.h.name].kill9()
-	first.die(t)
-	n := checkPrefix(t, w, 1)
-	waitWrites(t, w, n+10, 30*time.Second, "writes after the take-over")
-	checkPrefix(t, w, 1)
+	for c := 1; c <= cycles; c++ {
+		killed := time.Now()
+		procs[live.h.name].kill9()
+		live.die(t)
+		n := checkPrefix(t, w, c)
+		waitWrites(t, w, n+10, 30*time.Second, fmt.Sprintf("cycle %d: writes after the take-over", c))
+		tookOver := time.Since(killed)
+		checkPrefix(t, w, c)
 
-	first.comeBack()
-	procs[first.h.name] = p.start(t, first)
-	live, back := p.live(t, "the dead host came back")
-	if live.h.name != other.h.name {
-		t.Fatalf("the returned host %s took the program back from the live copy on %s", back.h.name, other.h.name)
+		dead := live
+		dead.comeBack()
+		back := time.Now()
+		procs[dead.h.name] = p.start(t, dead)
+		now, standby := p.live(t, fmt.Sprintf("cycle %d: the dead host came back", c))
+		if now.h.name != other.h.name {
+			t.Fatalf("cycle %d: the returned host %s took the program back from the live copy on %s", c, standby.h.name, other.h.name)
+		}
+		if lg := procs[dead.h.name].log(); strings.Contains(lg, `msg="program started`) || strings.Contains(lg, `msg="program restored`) {
+			t.Fatalf("cycle %d: the returned host ran the program beside the live copy:\n%s", c, tail(lg, 30))
+		}
+		t.Logf("cycle %d: %s killed, %s live (10 more writes %s after the kill); %s protecting again %s after its return",
+			c, dead.h.name, now.h.name, tookOver.Round(time.Millisecond), dead.h.name, time.Since(back).Round(time.Millisecond))
+		n = checkPrefix(t, w, c)
+		waitWrites(t, w, n+10, 20*time.Second, fmt.Sprintf("cycle %d: writes while protected again", c))
+		live, other = now, dead
 	}
-	if lg := procs[back.h.name].log(); strings.Contains(lg, `msg="program started`) || strings.Contains(lg, `msg="program restored`) {
-		t.Fatalf("the returned host ran the program beside the live copy:\n%s", tail(lg, 30))
-	}
-	n = checkPrefix(t, w, 2)
-	waitWrites(t, w, n+10, 20*time.Second, "writes while protected again")
 	acked, final, err := w.finish(t, p.outputEnv, p.port)
 	if err != nil {
 		t.Fatalf("the client's connection did not survive: %v", err)
@@ -131,7 +145,7 @@ func TestSymmetricPair(t *testing.T) {
 	if v := outputViolations(acked, final); len(v) > 0 {
 		t.Fatalf("%s", strings.Join(v, "; "))
 	}
-	t.Logf("%d writes acknowledged, 0 lost, 0 doubled; one copy at every step", len(acked))
+	t.Logf("%d cycles, %d writes acknowledged, 0 lost, 0 doubled; one copy at every step", cycles, len(acked))
 }
 
 // Both hosts of a symmetric pair die and come back at once: the one holding the newer
