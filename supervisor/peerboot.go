@@ -24,6 +24,10 @@ import (
 // side: a peer that stalls it is treated as unreachable, never waited for.
 const exchangeTimeout = 2 * time.Second
 
+// maxAnswers bounds the answers under way at once: a pair has one peer, and anything
+// beyond a few connections is a flood, turned away.
+const maxAnswers = 8
+
 // exchange is this host's side of the boot of a symmetric pair (both hosts run the
 // same `ftrun run --standby PEER --listen ADDR`): it answers the peer on the listen
 // address while this host decides its role, and, once this host runs the program,
@@ -52,6 +56,7 @@ func listenExchange(addr string, conf *tls.Config, svc string, own Claim, log *s
 		return nil, fmt.Errorf("answer the peer on %q: %w", addr, err)
 	}
 	x := &exchange{svc: svc, own: own, log: log, ln: tls.NewListener(ln, conf), asked: make(chan struct{})}
+	slots := make(chan struct{}, maxAnswers)
 	x.wg.Add(1)
 	go func() {
 		defer x.wg.Done()
@@ -61,11 +66,20 @@ func listenExchange(addr string, conf *tls.Config, svc string, own Claim, log *s
 				if errors.Is(err, net.ErrClosed) {
 					return
 				}
+				// Out of descriptors, say: retry soon rather than spin.
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
+			select {
+			case slots <- struct{}{}:
+			default:
+				c.Close()
 				continue
 			}
 			x.wg.Add(1)
 			go func() {
 				defer x.wg.Done()
+				defer func() { <-slots }()
 				defer c.Close()
 				x.answer(c.(*tls.Conn))
 			}()

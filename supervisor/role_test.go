@@ -320,3 +320,47 @@ func TestYields(t *testing.T) {
 		}
 	}
 }
+
+// A flood of connections that never finish their handshake holds at most maxAnswers
+// answers; once they time out, a deciding peer is answered again, and close waits for
+// every answer without hanging.
+func TestExchangeFlood(t *testing.T) {
+	ka, kb := pairTLS(t)
+	addr := freeAddr(t)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	x, err := listenExchange(addr, ka.Server(), "f2-svc", Claim{Epoch: 3}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	for range 3 * maxAnswers {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	deadline := time.Now().Add(4 * exchangeTimeout)
+	for {
+		ans, claim, err := askOnce(context.Background(), addr, kb.Client(), "f2-svc", "b", Claim{})
+		if ans == PeerBooting && claim.Epoch == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no answer after the flood: %s %v", ans, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	done := make(chan struct{})
+	go func() { x.close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(2 * exchangeTimeout):
+		t.Fatal("close hung")
+	}
+}
