@@ -6,8 +6,12 @@
 // Before it restores or starts anything, a supervisor with a peer (--standby) asks it
 // whether the service is live there; if so it serves as that live copy's standby
 // (through package failover's loop) and takes over only once the live copy goes
-// silent. A copy the peer refuses because it went live meanwhile fences itself. A
-// standby's live copies (LiveCopy) are supervisors too, streaming to their peer.
+// silent. With --listen given (both hosts of a symmetric pair run the same command)
+// it also answers a peer that is deciding too, and the two compare claims (DecideRole).
+// A copy the peer refuses because it went live meanwhile fences itself, unless it
+// took over later than the peer's copy (Yields). A standby's live copies (LiveCopy)
+// are supervisors too, streaming to their peer, and a restarted standby adopts one
+// its predecessor left running (AdoptLive).
 //
 // Decisions — which rung of the ladder to climb, what to do on start-up with whatever a
 // previous ftrun left behind, which role to take at boot, whether a checkpoint may be
