@@ -9,7 +9,7 @@
 // silent. With --listen given (both hosts of a symmetric pair run the same command)
 // it also answers a peer that is deciding too, and the two compare claims (DecideRole).
 // A copy the peer refuses because it went live meanwhile fences itself, unless it
-// took over later than the peer's copy (Yields). A standby's live copies (LiveCopy)
+// took over later than the peer's copy (yields). A standby's live copies (LiveCopy)
 // are supervisors too, streaming to their peer, and a restarted standby adopts one
 // its predecessor left running (AdoptLive).
 //

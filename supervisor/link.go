@@ -68,14 +68,14 @@ func (l *link) take() *checkpoint.Set {
 	return s
 }
 
-// Yields is the rule between two live copies of a service that meet once a partition
+// yields is the rule between two live copies of a service that meet once a partition
 // heals (each one's link refused by the other's standby side): the copy that took
 // over later, from a newer epoch of the other's stream, is the one clients were using
 // while the other was cut off, so the other one stops (fences itself). own and peer
 // are the epochs each went live from, 0 for a copy that never took over (the
 // original primary, or one whose take-over this ftrun did not see); on a tie, or a
 // peer that states no epoch (an older ftrun), this copy stops, so at least one does.
-func Yields(own, peer uint64) bool { return peer == 0 || own <= peer }
+func yields(own, peer uint64) bool { return peer == 0 || own <= peer }
 
 // linkEvent is what the link tells the loop.
 type linkEvent struct {
@@ -124,7 +124,7 @@ func (l *link) run(ctx context.Context, acked func(epoch uint64), report func(li
 				if errors.As(err, &pe) {
 					peerSince = pe.LiveSince
 				}
-				if Yields(l.liveSince, peerSince) {
+				if yields(l.liveSince, peerSince) {
 					report(linkEvent{superseded: true, why: fmt.Sprintf("standby %s: %v", l.addr, err)})
 					return
 				}

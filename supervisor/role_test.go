@@ -315,8 +315,8 @@ func TestYields(t *testing.T) {
 	}{
 		{0, 5, true}, {0, 0, true}, {5, 5, true}, {4, 9, true}, {9, 4, false}, {1, 0, true},
 	} {
-		if got := Yields(c.own, c.peer); got != c.want {
-			t.Errorf("Yields(%d, %d) = %v, want %v", c.own, c.peer, got, c.want)
+		if got := yields(c.own, c.peer); got != c.want {
+			t.Errorf("yields(%d, %d) = %v, want %v", c.own, c.peer, got, c.want)
 		}
 	}
 }
