@@ -957,3 +957,49 @@ func TestDaemonPostgresGatedKeepsAcknowledgedCommits(t *testing.T) {
 		}
 	}
 }
+
+// A checkpoint that catches a program holding a file it later renames away (the
+// write-a-temporary-then-rename pattern, caught mid-write) names a file that is gone
+// at restore time. ftrun says so in one line, names the file and the fix, and goes
+// down the ladder (here: a fresh start), rather than passing CRIU an fd it cannot open.
+func TestDaemonRefusesCheckpointOfFileGoneSince(t *testing.T) {
+	requiresRoot(t, "python3")
+	name := "it-gone-file"
+	t.Cleanup(func() { killService(t, name) })
+	dir := t.TempDir()
+	tmp, final := filepath.Join(dir, "value.tmp"), filepath.Join(dir, "value")
+	ready := filepath.Join(dir, "ready")
+	// Opens the temporary file, says so, and keeps it open until told to finish.
+	script := `import os, sys, time
+f = open(sys.argv[1], "w"); f.write("1\n"); f.flush()
+open(sys.argv[2], "w").close()
+while True: time.sleep(0.05)
+`
+	state := t.TempDir()
+	p := startFtrun(t, state, nil, "--name", name, "--interval", "1h", "--discard", "--", "python3", "-c", script, tmp, ready)
+	waitAnswer(t, "the program holding its temporary file", 20*time.Second, func() (bool, error) {
+		_, err := os.Stat(ready)
+		return err == nil, err
+	})
+	p.checkpoint()
+	// After the checkpoint: the temporary file becomes the real one (as the program
+	// would do a moment later), and the program dies.
+	if err := os.Rename(tmp, final); err != nil {
+		t.Fatal(err)
+	}
+	before := p.waitFor("running", 5*time.Second, func(s supervisor.Status) bool { return s.Pid > 0 })
+	if err := syscall.Kill(before.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	p.waitFor("fresh start", 30*time.Second, func(s supervisor.Status) bool {
+		return s.FreshStarts > before.FreshStarts && s.State == supervisor.StateRunning
+	})
+	log := p.log()
+	want := fmt.Sprintf("%q, which the program writes (or works in) and --sync does not name, is gone (renamed or deleted after the checkpoint)", tmp)
+	if !strings.Contains(strings.ReplaceAll(log, `\"`, `"`), want) || !strings.Contains(log, "name its directory with --sync") {
+		t.Errorf("the refused restore does not name the file gone since the checkpoint:\n%s", tail(log, 20))
+	}
+	if strings.Contains(log, "Unable to open fd") {
+		t.Errorf("CRIU was handed the checkpoint anyway:\n%s", tail(log, 20))
+	}
+}

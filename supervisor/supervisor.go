@@ -981,9 +981,9 @@ func (s *Supervisor) restore(epoch uint64, takeover bool) error {
 	if err := s.killAll(); err != nil {
 		return err
 	}
-	if f, mt := staleFile(m.Unsynced, m.DumpStart); f != "" && !m.DumpStart.IsZero() {
-		return fmt.Errorf("checkpoint epoch %d: %q, which the program writes (or works in) and --sync does not name, changed at %s, after the checkpoint: "+
-			"restoring would run older memory over newer data (name it with --sync)", epoch, f, mt.Format(time.RFC3339Nano))
+	if f, how := staleFile(m.Unsynced, m.DumpStart); f != "" && !m.DumpStart.IsZero() {
+		return fmt.Errorf("checkpoint epoch %d: %q, which the program writes (or works in) and --sync does not name, %s: "+
+			"restoring would run older memory over newer data (name its directory with --sync)", epoch, f, how)
 	}
 	// The program's state files go back to epoch's before the program that has them
 	// open does: CRIU checks the size of every open file.
