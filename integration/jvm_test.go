@@ -184,14 +184,27 @@ func TestDaemonJVMCounter(t *testing.T) {
 // before fails to restore (CRIU: "Can't open file tmp/hsperfdata_root/1"). With
 // -XX:+PerfDisableSharedMem the counters live in the JVM's own memory: nothing in /tmp
 // is mapped (so nothing outside the checkpoint can go missing), and restores keep the
-// counter.
+// counter. This JVM also runs as another user (--user nobody) and as a single-file
+// source program (java Counter.java, compiled in the JVM at start).
 func TestDaemonJVMPerfDataNotInTmp(t *testing.T) {
 	requiresJVM(t)
-	classes := buildJavaCounter(t)
+	// t.TempDir's parent is private to root: nobody could not read the source there.
+	dir, err := os.MkdirTemp("", "m2-jvm-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	src := filepath.Join(dir, "Counter.java")
+	if err := os.WriteFile(src, []byte(javaCounter), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	port := freePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	d := startDaemon(t, "m2-jvm-perf", []string{"--interval", "1s"}, "java", "-XX:+PerfDisableSharedMem", "-cp", classes, "Counter", strconv.Itoa(port))
-	waitAnswer(t, "the JVM", 30*time.Second, func() (bool, error) { _, err := counterGet(addr, "get"); return err == nil, err })
+	d := startDaemon(t, "m2-jvm-perf", []string{"--interval", "1s", "--user", "nobody"}, "java", "-XX:+PerfDisableSharedMem", src, strconv.Itoa(port))
+	waitAnswer(t, "the JVM", 60*time.Second, func() (bool, error) { _, err := counterGet(addr, "get"); return err == nil, err })
 	for i := 1; i <= 50; i++ {
 		if v, err := counterGet(addr, "inc"); err != nil || v != i {
 			t.Fatalf("counter answered %d (%v), want %d", v, err, i)
@@ -201,18 +214,24 @@ func TestDaemonJVMPerfDataNotInTmp(t *testing.T) {
 	if maps := jvmMapsUnder(t, st.Pid, "/tmp/"); len(maps) != 0 {
 		t.Fatalf("with -XX:+PerfDisableSharedMem the JVM still maps %v", maps)
 	}
-	d.p.checkpoint()
-	killed, _ := d.kill9()
-	answered := waitAnswer(t, "the JVM after kill -9", 60*time.Second, func() (bool, error) {
-		v, err := counterGet(addr, "get")
-		return err == nil && v == 50, err
-	})
-	t.Logf("JVM -XX:+PerfDisableSharedMem: kill -9 -> the counter (50) answered in %s", answered.Sub(killed).Round(time.Millisecond))
-	if st, _ := status(d.state); st.FreshStarts != 1 || st.Restores != 1 {
-		t.Errorf("restores %d, fresh starts %d: want the restore of the first start", st.Restores, st.FreshStarts)
+	for round := 0; round < 2; round++ {
+		d.p.checkpoint()
+		killed, _ := d.kill9()
+		answered := waitAnswer(t, "the JVM after kill -9", 60*time.Second, func() (bool, error) {
+			v, err := counterGet(addr, "get")
+			return err == nil && v == 50, err
+		})
+		t.Logf("JVM as nobody, -XX:+PerfDisableSharedMem: kill -9 -> the counter (50) answered in %s", answered.Sub(killed).Round(time.Millisecond))
 	}
-	if ps := d.procs(); len(ps) != 1 {
-		t.Errorf("want exactly one JVM, got %+v", ps)
+	if st, _ := status(d.state); st.FreshStarts != 1 || st.Restores != 2 {
+		t.Errorf("restores %d, fresh starts %d: want 2 restores of the first start", st.Restores, st.FreshStarts)
+	}
+	ps := d.procs()
+	if len(ps) != 1 || ps[0].uid != uidOf(t, "nobody") {
+		t.Errorf("want exactly one JVM, run by nobody, got %+v", ps)
+	}
+	if maps := jvmMapsUnder(t, ps[0].pid, "/tmp/"); len(maps) != 0 {
+		t.Errorf("the restored JVM maps %v", maps)
 	}
 }
 
