@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -72,6 +73,25 @@ func buildJavaCounter(t testing.TB) string {
 		t.Fatalf("javac: %v\n%s", err, out)
 	}
 	return dir
+}
+
+// javaCounterSource writes javaCounter where any user can read it (t.TempDir's parent
+// is private to root) and returns its path, for `java Counter.java`.
+func javaCounterSource(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "m2-jvm-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	src := filepath.Join(dir, "Counter.java")
+	if err := os.WriteFile(src, []byte(javaCounter), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return src
 }
 
 // counterGet asks the counter at addr for path ("inc" or "get") and parses the value.
@@ -188,19 +208,7 @@ func TestDaemonJVMCounter(t *testing.T) {
 // source program (java Counter.java, compiled in the JVM at start).
 func TestDaemonJVMPerfDataNotInTmp(t *testing.T) {
 	requiresJVM(t)
-	// t.TempDir's parent is private to root: nobody could not read the source there.
-	dir, err := os.MkdirTemp("", "m2-jvm-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	src := filepath.Join(dir, "Counter.java")
-	if err := os.WriteFile(src, []byte(javaCounter), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	src := javaCounterSource(t)
 	port := freePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	d := startDaemon(t, "m2-jvm-perf", []string{"--interval", "1s", "--user", "nobody"}, "java", "-XX:+PerfDisableSharedMem", src, strconv.Itoa(port))
@@ -232,6 +240,55 @@ func TestDaemonJVMPerfDataNotInTmp(t *testing.T) {
 	}
 	if maps := jvmMapsUnder(t, ps[0].pid, "/tmp/"); len(maps) != 0 {
 		t.Errorf("the restored JVM maps %v", maps)
+	}
+}
+
+// The limit TestDaemonJVMPerfDataNotInTmp works around, as a user meets it: a JVM in
+// its default configuration whose perf-data file in /tmp is removed cannot be
+// restored from the checkpoints taken before. It must fail loudly (the file named in
+// the log) and the ladder must end in a fresh start that answers, never in a JVM
+// without its mapping.
+func TestDaemonJVMPerfDataFileGoneFailsLoudly(t *testing.T) {
+	requiresJVM(t)
+	src := javaCounterSource(t)
+	port := freePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	// As nobody, so the file is /tmp/hsperfdata_nobody/1, which only this test's JVM uses.
+	d := startDaemon(t, "m2-jvm-gone", []string{"--interval", "1s", "--user", "nobody"}, "java", src, strconv.Itoa(port))
+	waitAnswer(t, "the JVM", 60*time.Second, func() (bool, error) { _, err := counterGet(addr, "get"); return err == nil, err })
+	for i := 1; i <= 10; i++ {
+		if _, err := counterGet(addr, "inc"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.p.checkpoint()
+	st, _ := status(d.state)
+	maps := jvmMapsUnder(t, st.Pid, "/tmp/hsperfdata_")
+	if len(maps) != 1 {
+		t.Fatalf("the JVM maps %v, want its one perf-data file", maps)
+	}
+	if err := os.Remove(maps[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(st.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	d.p.waitFor("a fresh start", 60*time.Second, func(s supervisor.Status) bool {
+		return s.FreshStarts > st.FreshStarts && s.State == supervisor.StateRunning
+	})
+	waitAnswer(t, "the fresh JVM", 60*time.Second, func() (bool, error) {
+		v, err := counterGet(addr, "get")
+		return err == nil && v == 0, err
+	})
+	log := d.p.log()
+	if want := "Can't open file " + strings.TrimPrefix(maps[0], "/") + " on restore"; !strings.Contains(log, want) {
+		t.Errorf("the log does not name the missing file (%q): %s", want, tail(log, 15))
+	}
+	if !strings.Contains(log, "every checkpoint was tried") {
+		t.Errorf("the log does not say why the state was lost: %s", tail(log, 15))
+	}
+	if ps := d.procs(); len(ps) != 1 {
+		t.Errorf("want exactly one JVM, got %+v", ps)
 	}
 }
 
