@@ -957,3 +957,27 @@ func TestDaemonPostgresGatedKeepsAcknowledgedCommits(t *testing.T) {
 		}
 	}
 }
+
+// A daemon started as its distribution's init script would, forking into the
+// background (memcached -d): its first process exits 0, and the forked one dies with
+// the container. ftrun cannot keep it, but must say why and how to run it instead.
+func TestDaemonForkingIntoBackgroundNamedInLog(t *testing.T) {
+	requiresRoot(t, "memcached")
+	name := "m2-forking"
+	t.Cleanup(func() { killService(t, name) })
+	p := startFtrun(t, t.TempDir(), nil, "--name", name, "--discard", "--",
+		"memcached", "-d", "-u", "memcache", "-l", "127.0.0.1", "-p", strconv.Itoa(freePort(t)))
+	code, err := p.wait(30 * time.Second)
+	if err != nil {
+		t.Fatalf("ftrun under a program that forked into the background: %v", err)
+	}
+	if code != supervisor.ExitOK {
+		t.Errorf("ftrun exited %d, want %d (the program exited 0)", code, supervisor.ExitOK)
+	}
+	if log := p.log(); !strings.Contains(log, "run it in the foreground") || !strings.Contains(log, "memcached without -d") {
+		t.Errorf("the log does not say the program may have forked into the background: %s", tail(log, 10))
+	}
+	if ps := cgroupProcs(t, name); len(ps) != 0 {
+		t.Errorf("processes left in the cgroup: %v", ps)
+	}
+}
