@@ -420,7 +420,8 @@ type Client struct {
 
 	mu      sync.Mutex
 	c       *net.UnixConn
-	closing bool // Close or Quit was called: the connection's end is not a death
+	closing bool       // Close or Quit was called: the connection's end is not a death
+	direct  []*os.File // the pipes' ends ftrun reads itself when no relay could start
 }
 
 // Connect reaches the relay at sock and receives the pipes' ends.
@@ -493,11 +494,18 @@ func ConnectOrStart(sock, procs string) (*Client, error) {
 func (c *Client) Read(fn func(stream byte, at time.Time, data []byte)) {
 	for {
 		readFrames(c.conn(), fn)
-		if err := c.revive(); err != nil {
-			if err != errClosing {
-				fn(StreamNotice, time.Now(), []byte("output relay died and no new one could start: "+err.Error()+
-					"; the program's output has no reader once its pipe fills"))
-			}
+		err := c.revive()
+		switch {
+		case err == errClosing:
+			return
+		case err != nil && c.outR != nil:
+			fn(StreamNotice, time.Now(), []byte("output relay died and no new one could start ("+err.Error()+
+				"): ftrun reads the program's output itself, which then has no reader once ftrun is gone"))
+			c.readPipes(fn)
+			return
+		case err != nil:
+			fn(StreamNotice, time.Now(), []byte("output relay died and no new one could start: "+err.Error()+
+				"; the program's writes to stdout and stderr fail until ftrun is started again"))
 			return
 		}
 		fn(StreamNotice, time.Now(), []byte("output relay died: a new one reads the program's stdout and stderr on (lines the dead one had not passed on are lost)"))
@@ -505,6 +513,41 @@ func (c *Client) Read(fn func(stream byte, at time.Time, data []byte)) {
 }
 
 var errClosing = errors.New("closing")
+
+// readPipes reads the pipes as the relay would, until Close. It reads new read ends
+// of them, opened non-blocking through /proc (so that Close ends a pending read),
+// not the held ones: those share their open file with the relays, which need them
+// blocking.
+func (c *Client) readPipes(fn func(stream byte, at time.Time, data []byte)) {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return
+	}
+	for _, f := range []*os.File{c.outR, c.errR} {
+		r, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", f.Fd()), os.O_RDONLY|syscall.O_NONBLOCK, 0)
+		if err != nil {
+			c.mu.Unlock()
+			fn(StreamNotice, time.Now(), []byte("ftrun cannot read the program's output either: "+err.Error()))
+			return
+		}
+		c.direct = append(c.direct, r)
+	}
+	outR, errR := c.direct[0], c.direct[1]
+	c.mu.Unlock()
+	q := newQueue(2)
+	go read(outR, StreamStdout, q)
+	go read(errR, StreamStderr, q)
+	for {
+		ls, more := q.take(func() bool { return false })
+		for _, l := range ls {
+			fn(l.stream, l.at, l.data)
+		}
+		if !more {
+			return
+		}
+	}
+}
 
 func (c *Client) conn() *net.UnixConn {
 	c.mu.Lock()
@@ -577,6 +620,9 @@ func (c *Client) Close() error {
 	if c.outR != nil {
 		c.outR.Close()
 		c.errR.Close()
+	}
+	for _, f := range c.direct {
+		f.Close()
 	}
 	return c.c.Close()
 }
