@@ -21,10 +21,10 @@
 // once no ftrun has been connected for a while and the service's cgroup is empty.
 //
 // Wire format, relay to ftrun: first one byte 'H' carrying the write ends of stdout
-// and stderr, then their read ends, as ancillary data; then frames of stream (1 byte: 0 relay notice, 1
-// stdout, 2 stderr), the time the line was read (8 bytes, Unix ns, big-endian), its
-// length (4 bytes) and the line. ftrun to relay: 'q', "the program is gone: flush
-// and leave".
+// and stderr, then their read ends, as ancillary data; then frames of stream (1 byte:
+// 0 relay notice, 1 stdout, 2 stderr), the time the line was read (8 bytes, Unix ns,
+// big-endian), its length (4 bytes) and the line. ftrun to relay: 'q', "the program
+// is gone: flush and leave".
 package logrelay
 
 import (
