@@ -1066,3 +1066,51 @@ func TestDaemonOutputRelayKilled(t *testing.T) {
 	outputWhileFtrunDead(t, d, args, func(i int) error { return ask("dead=" + strconv.Itoa(i)) },
 		func(i int) string { return fmt.Sprintf("GET /x.txt?dead=%d ", i) })
 }
+
+// ftrun and its output relay die together (pkill ftrun matches both): the program's
+// writes fail until the next ftrun, which adopts it and puts its own pipes under a
+// new relay, so a later kill -9 of ftrun alone is survived as usual (it keeps
+// answering, and its lines reach the ftrun after).
+func TestDaemonFtrunAndRelayKilledTogether(t *testing.T) {
+	requiresRoot(t, "python3")
+	port := freePort(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "x.txt"), []byte("x\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	name := "m2-bothkilled"
+	args := []string{"--name", name, "--interval", "500ms", "--", "python3", "-m", "http.server", "--bind", "127.0.0.1", "--directory", dir, strconv.Itoa(port)}
+	t.Cleanup(func() { killService(t, name) })
+	d := &daemon{t: t, name: name, state: t.TempDir()}
+	d.p = startFtrun(t, d.state, nil, append([]string{"--discard"}, args...)...)
+	d.p.waitFor("first checkpoint", 30*time.Second, func(s supervisor.Status) bool { return s.Epoch > 0 })
+	ask := func(q string) error {
+		code, body, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d/x.txt?%s", port, q))
+		if err == nil && (code != 200 || body != "x\n") {
+			err = fmt.Errorf("answer %d %q", code, body)
+		}
+		return err
+	}
+	waitAnswer(t, "python", 10*time.Second, func() (bool, error) { err := ask("warmup"); return err == nil, err })
+	pid := d.p.waitFor("running", 5*time.Second, func(s supervisor.Status) bool { return s.Pid > 0 }).Pid
+	relay := relayOf(t, name)
+	if err := syscall.Kill(relay, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	d.p.kill9()
+	d.p = startFtrun(t, d.state, nil, args...)
+	d.p.waitFor("adopted", 20*time.Second, func(s supervisor.Status) bool { return s.State == supervisor.StateRunning && s.Pid == pid })
+	for i := 0; i < 10; i++ {
+		if err := ask("adopted=" + strconv.Itoa(i)); err != nil {
+			t.Fatalf("request %d after the adoption: %v", i, err)
+		}
+	}
+	if log := d.p.log(); !strings.Contains(log, "a new one reads its pipes") {
+		t.Errorf("the log does not say the relay was replaced: %s", tail(log, 10))
+	}
+	if again := relayOf(t, name); again == relay {
+		t.Fatalf("the dead relay %d is still the one", relay)
+	}
+	outputWhileFtrunDead(t, d, args, func(i int) error { return ask("dead=" + strconv.Itoa(i)) },
+		func(i int) string { return fmt.Sprintf("GET /x.txt?dead=%d ", i) })
+}

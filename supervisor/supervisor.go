@@ -569,7 +569,16 @@ func (s *Supervisor) boot() error {
 func (s *Supervisor) adopt(rec *RunRecord) {
 	// Relay the adopted program's output again. Its output relay outlived the previous
 	// ftrun and reads on; a program whose pipes are not the relay's (the relay died
-	// too) lost their reader, but a new read end of the same pipe opens through /proc.
+	// too) lost their reader, but new ends of the same pipes open through /proc: a
+	// new relay takes them, or else ftrun reads them itself.
+	if s.out != nil && !s.relayed(rec.Pid, 1) && !s.relayed(rec.Pid, 2) {
+		if err := s.out.Rehome(rec.Pid); err != nil {
+			s.log.Warn("the program's output relay died with the previous ftrun, and no new one takes its pipes: ftrun reads them itself", "err", err)
+		} else {
+			s.outW, s.errW = s.out.Stdout, s.out.Stderr
+			s.log.Warn("the program's output relay died with the previous ftrun: a new one reads its pipes (what it wrote meanwhile failed)")
+		}
+	}
 	for fd, stream := range map[int]string{1: "stdout", 2: "stderr"} {
 		if s.relayed(rec.Pid, fd) {
 			continue

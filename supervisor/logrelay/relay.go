@@ -37,6 +37,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -493,12 +494,16 @@ func ConnectOrStart(sock, procs string) (*Client, error) {
 // goes on with it.
 func (c *Client) Read(fn func(stream byte, at time.Time, data []byte)) {
 	for {
-		readFrames(c.conn(), fn)
+		conn := c.conn()
+		readFrames(conn, fn)
+		if c.conn() != conn {
+			continue // Rehome moved this client to another relay
+		}
 		err := c.revive()
 		switch {
 		case err == errClosing:
 			return
-		case err != nil && c.outR != nil:
+		case err != nil && c.holdsReadEnds():
 			fn(StreamNotice, time.Now(), []byte("output relay died and no new one could start ("+err.Error()+
 				"): ftrun reads the program's output itself, which then has no reader once ftrun is gone"))
 			c.readPipes(fn)
@@ -547,6 +552,67 @@ func (c *Client) readPipes(fn func(stream byte, at time.Time, data []byte)) {
 			return
 		}
 	}
+}
+
+// Rehome puts the program pid's own stdout and stderr pipes under a relay again, for
+// an adopted program whose relay died with the previous ftrun (ConnectOrStart then
+// started a relay on new pipes the program does not have). New ends of its pipes are
+// opened through /proc/PID/fd (read ends first: a pipe opens for writing only once it
+// has a reader), a relay is started on them, and this client moves to it; the relay
+// it leaves is told to quit.
+func (c *Client) Rehome(pid int) error {
+	var files []*os.File // outR, errR, outW, errW
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	for _, o := range []struct{ fd, flag int }{{1, os.O_RDONLY}, {2, os.O_RDONLY}, {1, os.O_WRONLY}, {2, os.O_WRONLY}} {
+		path := fmt.Sprintf("/proc/%d/fd/%d", pid, o.fd)
+		if target, err := os.Readlink(path); err != nil || !strings.HasPrefix(target, "pipe:") {
+			return fmt.Errorf("fd %d of %d is not a pipe (%q, %v)", o.fd, pid, target, err)
+		}
+		f, err := os.OpenFile(path, o.flag, 0)
+		if err != nil {
+			return fmt.Errorf("reopen fd %d of %d: %w", o.fd, pid, err)
+		}
+		files = append(files, f)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return errClosing
+	}
+	if err := startOn(c.sock, c.procs, files[0], files[2], files[1], files[3]); err != nil {
+		return err
+	}
+	nc, fds, err := dial(c.sock)
+	if err != nil {
+		return err
+	}
+	if len(fds) != 4 {
+		nc.Close()
+		return errors.New("the new relay did not pass the pipes' read ends")
+	}
+	// The left relay holds no program's output: once told, and once these (its
+	// pipes' last other writers) are closed, it sends what it has and leaves. Read
+	// drains its connection, then follows c.c to the new one.
+	_, _ = c.c.Write([]byte{'q'})
+	for _, f := range []*os.File{c.Stdout, c.Stderr, c.outR, c.errR} {
+		if f != nil {
+			f.Close()
+		}
+	}
+	c.c = nc
+	c.Stdout, c.Stderr = os.NewFile(uintptr(fds[0]), "stdout"), os.NewFile(uintptr(fds[1]), "stderr")
+	c.outR, c.errR = os.NewFile(uintptr(fds[2]), "stdout-r"), os.NewFile(uintptr(fds[3]), "stderr-r")
+	return nil
+}
+
+func (c *Client) holdsReadEnds() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.outR != nil
 }
 
 func (c *Client) conn() *net.UnixConn {
