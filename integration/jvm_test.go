@@ -94,6 +94,22 @@ func javaCounterSource(t testing.TB) string {
 	return src
 }
 
+// removePerfDataAfter removes, once the test is over, the perf-data file a JVM of
+// user left in /tmp (as PID 1 of its container), unless some JVM still maps it: that
+// one's restores would need it.
+func removePerfDataAfter(t testing.TB, user string) {
+	path := "/tmp/hsperfdata_" + user + "/1"
+	t.Cleanup(func() {
+		ents, _ := os.ReadDir("/proc")
+		for _, e := range ents {
+			if maps, err := os.ReadFile("/proc/" + e.Name() + "/maps"); err == nil && strings.Contains(string(maps), path) {
+				return
+			}
+		}
+		_ = os.Remove(path)
+	})
+}
+
 // counterGet asks the counter at addr for path ("inc" or "get") and parses the value.
 func counterGet(addr, path string) (int, error) {
 	code, body, err := httpGet("http://" + addr + "/" + path)
@@ -132,6 +148,7 @@ func TestDaemonJVMCounter(t *testing.T) {
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	name := "m2-jvm"
 	args := []string{"--name", name, "--interval", "1s", "--", "java", "-cp", classes, "Counter", strings.Split(addr, ":")[1]}
+	removePerfDataAfter(t, "root")
 	t.Cleanup(func() { killService(t, name) })
 	d := &daemon{t: t, name: name, state: t.TempDir()}
 	d.p = startFtrun(t, d.state, nil, append([]string{"--discard"}, args...)...)
@@ -254,6 +271,7 @@ func TestDaemonJVMPerfDataFileGoneFailsLoudly(t *testing.T) {
 	port := freePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	// As nobody, so the file is /tmp/hsperfdata_nobody/1, which only this test's JVM uses.
+	removePerfDataAfter(t, "nobody")
 	d := startDaemon(t, "m2-jvm-gone", []string{"--interval", "1s", "--user", "nobody"}, "java", src, strconv.Itoa(port))
 	waitAnswer(t, "the JVM", 60*time.Second, func() (bool, error) { _, err := counterGet(addr, "get"); return err == nil, err })
 	for i := 1; i <= 10; i++ {
