@@ -192,6 +192,8 @@ type Supervisor struct {
 	lastCkptErr  string // why the newest checkpoint failed or was skipped; "" when it committed
 	startedAt    time.Time
 	incSince     time.Time // when the current incarnation began
+	incFresh     bool      // the current incarnation is a fresh start of the command
+	incProtected bool      // a checkpoint of the current incarnation was committed
 	st           Status
 	shuttingDown bool
 	// durability runs behind the epoch loop: one fsync at a time, newest set next
@@ -567,7 +569,16 @@ func (s *Supervisor) boot() error {
 func (s *Supervisor) adopt(rec *RunRecord) {
 	// Relay the adopted program's output again. Its output relay outlived the previous
 	// ftrun and reads on; a program whose pipes are not the relay's (the relay died
-	// too) lost their reader, but a new read end of the same pipe opens through /proc.
+	// too) lost their reader, but new ends of the same pipes open through /proc: a
+	// new relay takes them, or else ftrun reads them itself.
+	if s.out != nil && !s.relayed(rec.Pid, 1) && !s.relayed(rec.Pid, 2) {
+		if err := s.out.Rehome(rec.Pid); err != nil {
+			s.log.Warn("the program's output relay died with the previous ftrun, and no new one takes its pipes: ftrun reads them itself", "err", err)
+		} else {
+			s.outW, s.errW = s.out.Stdout, s.out.Stderr
+			s.log.Warn("the program's output relay died with the previous ftrun: a new one reads its pipes (what it wrote meanwhile failed)")
+		}
+	}
 	for fd, stream := range map[int]string{1: "stdout", 2: "stderr"} {
 		if s.relayed(rec.Pid, fd) {
 			continue
@@ -589,6 +600,7 @@ func (s *Supervisor) incarnation(pid int, how string) {
 	s.inc++
 	s.pid, s.alive, s.killReason, s.healthFail = pid, true, "", 0
 	s.incSince = s.clock.Now()
+	s.incFresh, s.incProtected = how == "started", false
 	s.st.Pid, s.st.State = pid, StateRunning
 	s.metrics.up.Set(1)
 	ctx, cancel := context.WithCancel(s.ctx)
@@ -812,6 +824,13 @@ func (s *Supervisor) observeHealth(r watchdog.Result) {
 	}
 }
 
+// daemonizedHint is logged when a freshly started program exits 0 before its first
+// checkpoint.
+const daemonizedHint = "the program exited 0 before its first checkpoint: if it is a daemon that forks into " +
+	"the background, its forked process died with it (the program is PID 1 of its container, whose processes end " +
+	"with it); run it in the foreground (nginx -g 'daemon off;', memcached without -d, redis-server --daemonize no, " +
+	"postgres rather than pg_ctl)"
+
 // exited reacts to the end of the current incarnation.
 func (s *Supervisor) exited(st ExitStatus) error {
 	s.alive = false
@@ -825,6 +844,12 @@ func (s *Supervisor) exited(st ExitStatus) error {
 	// Anything the program left behind in its cgroup goes with it.
 	if err := s.killAll(); err != nil {
 		s.log.Warn("clean up after program", "err", err)
+	}
+	if st.Clean() && s.incFresh && !s.incProtected {
+		// The kernel kills a PID namespace's processes with its first one, so a daemon
+		// that forks into the background and exits ends here before any trace of its
+		// child is left: only the timing says it may have.
+		s.log.Warn(daemonizedHint)
 	}
 	switch {
 	case st.Clean() && s.cfg.Restart != RestartAlways:
@@ -1213,6 +1238,7 @@ func (s *Supervisor) committed(set checkpoint.Set, m *checkpoint.Manifest, stats
 		s.ckptStart[epoch] = start
 		s.link.offer(set)
 	}
+	s.incProtected = true
 	if !s.ready {
 		s.ready = true
 		s.log.Info("first checkpoint committed: program is protected", "epoch", epoch, "frozen", stats.Frozen, "bytes", m.Bytes())
