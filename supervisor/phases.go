@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"maps"
 	"time"
 
 	"github.com/ftrun/ftrun/supervisor/phase"
@@ -60,6 +61,16 @@ func (s *Supervisor) observePhases(b phase.Breakdown) {
 	for n, d := range b {
 		s.metrics.phase.WithLabelValues(string(n)).Observe(d.Seconds())
 	}
+	// The status handed out shares its maps: they are replaced here, never changed.
 	s.st.Phases = s.phases.Quantiles()
 	s.st.PhaseEpochs = s.phases.Len()
+	sums := maps.Clone(s.st.PhaseSums)
+	if sums == nil {
+		sums = map[phase.Name]time.Duration{}
+	}
+	for n, d := range b {
+		sums[n] += d
+	}
+	s.st.PhaseSums = sums
+	s.st.PhaseEpochsTotal++
 }

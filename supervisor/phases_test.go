@@ -63,9 +63,20 @@ func TestEpochAckedPhasesAddUpToCommitLatency(t *testing.T) {
 			t.Fatalf("phase %s observed %d times, want 1", n, c)
 		}
 	}
+	if s.st.PhaseEpochsTotal != 1 || s.st.PhaseSums[phase.Durable] != 9*time.Millisecond {
+		t.Fatalf("sums %v over %d epochs", s.st.PhaseSums, s.st.PhaseEpochsTotal)
+	}
+	handedOut := s.st.PhaseSums
+	s.epochMarked(6, marksAt(clk.Now()))
+	clk.Advance(100 * time.Millisecond)
+	s.epochAcked(linkEvent{up: true, shipped: 6, stats: ship.Stats{Standby: &frame.AckPhases{DurableNs: 1e6}}})
+	if handedOut[phase.Durable] != 9*time.Millisecond || s.st.PhaseSums[phase.Durable] != 10*time.Millisecond || s.st.PhaseEpochsTotal != 2 {
+		t.Fatalf("sums handed out changed to %v; now %v over %d epochs", handedOut, s.st.PhaseSums, s.st.PhaseEpochsTotal)
+	}
+
 	// A late ack for an epoch already settled counts nothing twice.
 	s.epochAcked(linkEvent{up: true, shipped: 4})
-	if s.st.PhaseEpochs != 1 || len(s.commitLats) != 1 {
+	if s.st.PhaseEpochs != 2 || len(s.commitLats) != 2 {
 		t.Fatalf("a late ack counted: %d epochs, %d latencies", s.st.PhaseEpochs, len(s.commitLats))
 	}
 }

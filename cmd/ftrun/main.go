@@ -609,12 +609,15 @@ func printPhases(st supervisor.Status) {
 	}
 	fmt.Printf("\nepoch phases over the last %d epochs:\n", st.PhaseEpochs)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "  PHASE\tP50\tP99\t")
+	fmt.Fprintln(tw, "  PHASE\tP50\tP99\tMEAN\t")
+	var total time.Duration
 	for _, n := range phase.All {
 		if q, ok := st.Phases[n]; ok {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t\n", n, ms(q.P50), ms(q.P99))
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t\n", n, ms(q.P50), ms(q.P99), ms(q.Mean))
+			total += q.Mean
 		}
 	}
+	fmt.Fprintf(tw, "  (sum of means)\t\t\t%s\t\n", ms(total))
 	tw.Flush()
 }
 

@@ -164,10 +164,12 @@ func Of(l Local, s Ship, observed time.Time) Breakdown {
 	return b
 }
 
-// Quantiles is a phase's median and 99th percentile over the window.
+// Quantiles is a phase's median, 99th percentile and mean over the window. The means
+// of all phases add up to the mean commit latency; the medians need not.
 type Quantiles struct {
-	P50 time.Duration `json:"p50_ns"`
-	P99 time.Duration `json:"p99_ns"`
+	P50  time.Duration `json:"p50_ns"`
+	P99  time.Duration `json:"p99_ns"`
+	Mean time.Duration `json:"mean_ns"`
 }
 
 // Window keeps the breakdowns of the last N epochs.
@@ -190,7 +192,7 @@ func (w *Window) Add(b Breakdown) {
 // Len is how many epochs the window holds.
 func (w *Window) Len() int { return len(w.last) }
 
-// Quantiles are each phase's p50 and p99 over the epochs in the window that went
+// Quantiles are each phase's p50, p99 and mean over the epochs in the window that went
 // through it; phases none went through are absent.
 func (w *Window) Quantiles() map[Name]Quantiles {
 	out := map[Name]Quantiles{}
@@ -205,7 +207,11 @@ func (w *Window) Quantiles() map[Name]Quantiles {
 			continue
 		}
 		slices.Sort(ds)
-		out[n] = Quantiles{P50: ds[len(ds)/2], P99: ds[min(len(ds)-1, len(ds)*99/100)]}
+		var sum time.Duration
+		for _, d := range ds {
+			sum += d
+		}
+		out[n] = Quantiles{P50: ds[len(ds)/2], P99: ds[min(len(ds)-1, len(ds)*99/100)], Mean: sum / time.Duration(len(ds))}
 	}
 	return out
 }

@@ -114,7 +114,7 @@ func TestWindowQuantiles(t *testing.T) {
 		t.Fatalf("window holds %d, want 100", w.Len())
 	}
 	q := w.Quantiles()
-	if q[Dump].P50 != 101*ms || q[Dump].P99 != 150*ms {
+	if q[Dump].P50 != 101*ms || q[Dump].P99 != 150*ms || q[Dump].Mean != 100500*time.Microsecond {
 		t.Fatalf("dump %+v: want the last 100 epochs (51..150)", q[Dump])
 	}
 	if q[Apply].P50 != 102*ms || q[Apply].P99 != 150*ms {
