@@ -23,6 +23,7 @@ import (
 	"github.com/ftrun/ftrun/supervisor/gate"
 	"github.com/ftrun/ftrun/supervisor/logrelay"
 	"github.com/ftrun/ftrun/supervisor/netplace"
+	"github.com/ftrun/ftrun/supervisor/phase"
 	"github.com/ftrun/ftrun/transport/ship"
 	"github.com/ftrun/ftrun/transport/svcname"
 	"github.com/ftrun/ftrun/watchdog"
@@ -209,9 +210,10 @@ type Supervisor struct {
 	// the newest committed set, whose unchanged state files the next one links
 	lastManifest *checkpoint.Manifest
 	lastSetDir   string
-	// when each epoch's checkpoint started, until the standby acks it
-	ckptStart  map[uint64]time.Time
+	// what each epoch's checkpoint recorded of its phases, until the standby acks it
+	marks      map[uint64]phase.Local
 	commitLats []time.Duration // recent checkpoint-start -> standby-ack latencies
+	phases     *phase.Window   // recent epochs' phases
 	// the program's own network (--net) and the gate that holds its output
 	place    *netplace.Place
 	gate     gate.Gate
@@ -710,19 +712,7 @@ func (s *Supervisor) linkChanged(ev linkEvent) {
 	if ev.shipped > 0 {
 		s.metrics.shipped.Add(float64(ev.stats.Bytes))
 		s.metrics.standbyEp.Set(float64(ev.shipped))
-		if t, ok := s.ckptStart[ev.shipped]; ok {
-			s.metrics.commitLat.Observe(s.clock.Since(t).Seconds())
-			s.commitLats = append(s.commitLats, s.clock.Since(t))
-			if len(s.commitLats) > 1000 {
-				s.commitLats = s.commitLats[len(s.commitLats)-1000:]
-			}
-			s.st.CommitLatencyP50, s.st.CommitLatencyP99 = percentiles(s.commitLats)
-		}
-		for e := range s.ckptStart {
-			if e <= ev.shipped {
-				delete(s.ckptStart, e)
-			}
-		}
+		s.epochAcked(ev)
 		s.st.StandbyEpoch = ev.shipped
 		s.st.LastShippedBytes = ev.stats.Bytes
 		s.st.LastShipFull = ev.stats.Full
@@ -1135,32 +1125,13 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 		return 0, s.checkpointFailed(epoch, err)
 	}
 	ext := s.outputKeys()
-	start := s.clock.Now()
+	marks := phase.Local{Start: s.clock.Now()}
 	var synced []checkpoint.SyncedFile
-	var postDump func() error
-	if s.stateFiles != nil || s.gate != nil {
-		postDump = func() (err error) {
-			// The program is frozen: whatever it sent so far is explained by this
-			// epoch, whatever it sends later by a later one.
-			if s.gate != nil {
-				s.gate.Cut(epoch)
-			}
-			if s.stateFiles != nil {
-				synced, err = s.stateFiles.capture(pending.Dir, s.lastManifest, s.lastSetDir)
-			}
-			return err
-		}
-	}
 	unsynced := s.unsynced(procs)
-	opts := checkpoint.Options{ImagesDir: pending.Dir, Pid: s.pid, LeaveRunning: !final,
-		TCPEstablished: true, Timeout: s.cfg.CriuTimeout, PostDump: postDump, Enter: s.enter(), MountNS: true}
-	if s.dumpLock != nil {
-		// ftrun holds the program's incoming TCP still itself, queued rather than
-		// dropped (see gate.DumpLock), from CRIU's start until it lets the program go.
-		opts.NetworkLockSkip = true
-		opts.PreDump = s.dumpLock.Lock
-	}
+	opts := s.dumpOptions(epoch, pending.Dir, final, &marks, &synced)
+	marks.CriuCalled = s.clock.Now()
 	stats, err := s.cfg.Criu.Dump(opts)
+	marks.CriuDone = s.clock.Now()
 	if s.dumpLock != nil {
 		if uerr := s.dumpLock.Unlock(); uerr != nil {
 			s.log.Error("let in the program's incoming TCP after the dump", "err", uerr)
@@ -1181,7 +1152,7 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 		_ = os.Remove(filepath.Join(pending.Dir, checkpoint.DumpLog))
 	}
 	m := &checkpoint.Manifest{Created: s.clock.Now(), Service: s.cfg.Name, Command: s.cfg.Command, Pid: s.pid, External: ext, Stats: stats,
-		Synced: synced, Net: placementOf(s.cfg.Net), Container: true, Unsynced: unsynced, DumpStart: start}
+		Synced: synced, Net: placementOf(s.cfg.Net), Container: true, Unsynced: unsynced, DumpStart: marks.Start}
 	if s.stateFiles != nil {
 		m.SyncRoots = s.stateFiles.roots
 	}
@@ -1192,15 +1163,51 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 		}
 		return 0, s.checkpointFailed(epoch, err)
 	}
-	return s.committed(set, m, stats, start, final)
+	marks.Committed, marks.Freezing, marks.Frozen = s.clock.Now(), stats.Freezing, stats.Frozen
+	return s.committed(set, m, stats, marks, final)
+}
+
+// dumpOptions are the dump of epoch into dir. Its hooks mark when CRIU announced the
+// dump and when it had the program frozen (see phase.Local); the post-dump one also
+// cuts the output and captures the state files into *synced.
+func (s *Supervisor) dumpOptions(epoch uint64, dir string, final bool, marks *phase.Local, synced *[]checkpoint.SyncedFile) checkpoint.Options {
+	opts := checkpoint.Options{ImagesDir: dir, Pid: s.pid, LeaveRunning: !final,
+		TCPEstablished: true, Timeout: s.cfg.CriuTimeout, Enter: s.enter(), MountNS: true}
+	opts.PostDump = func() (err error) {
+		marks.PostDump = s.clock.Now()
+		defer func() { marks.HooksDone = s.clock.Now() }()
+		// The program is frozen: whatever it sent so far is explained by this
+		// epoch, whatever it sends later by a later one.
+		if s.gate != nil {
+			s.gate.Cut(epoch)
+		}
+		if s.stateFiles != nil {
+			*synced, err = s.stateFiles.capture(dir, s.lastManifest, s.lastSetDir)
+		}
+		return err
+	}
+	opts.PreDump = func() error {
+		marks.PreDump = s.clock.Now()
+		return nil
+	}
+	if l := s.dumpLock; l != nil {
+		// ftrun holds the program's incoming TCP still itself, queued rather than
+		// dropped (see gate.DumpLock), from CRIU's start until it lets the program go.
+		opts.NetworkLockSkip = true
+		opts.PreDump = func() error {
+			marks.PreDump = s.clock.Now()
+			return l.Lock()
+		}
+	}
+	return opts
 }
 
 // committed records a checkpoint just committed: status, metrics, the ladder, the
 // background fsync (or, for the final one, an fsync now), the standby, systemd.
-func (s *Supervisor) committed(set checkpoint.Set, m *checkpoint.Manifest, stats checkpoint.DumpStats, start time.Time, final bool) (uint64, error) {
+func (s *Supervisor) committed(set checkpoint.Set, m *checkpoint.Manifest, stats checkpoint.DumpStats, marks phase.Local, final bool) (uint64, error) {
 	epoch := set.Epoch
 	s.lastManifest, s.lastSetDir = m, set.Dir
-	total := s.clock.Since(start)
+	total := s.clock.Since(marks.Start)
 	s.nextEpoch = epoch + 1
 	s.lastCkptErr = ""
 	s.checkpointsOK()
@@ -1231,11 +1238,8 @@ func (s *Supervisor) committed(set checkpoint.Set, m *checkpoint.Manifest, stats
 	} else {
 		s.syncLater(set)
 	}
+	s.epochMarked(epoch, marks)
 	if s.link != nil {
-		if s.ckptStart == nil {
-			s.ckptStart = map[uint64]time.Time{}
-		}
-		s.ckptStart[epoch] = start
 		s.link.offer(set)
 	}
 	s.incProtected = true
