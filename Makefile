@@ -4,7 +4,7 @@ BIN     := bin/ftrun
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 PKGS_UNIT := $(shell $(GO) list ./... | grep -v /integration)
 
-.PHONY: all build setup demo test unit root-test integration daemons lint bench bench-daemons fuzz soak clean
+.PHONY: all build setup demo test unit root-test integration daemons matrix lint bench bench-daemons fuzz soak clean
 
 all: build
 
@@ -26,6 +26,7 @@ test: setup lint unit integration
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags matrix ./integration/
 
 unit:
 	$(GO) test -race -count=1 $(PKGS_UNIT)
@@ -54,9 +55,18 @@ soak: setup build
 daemons: build
 	$(GO) test -race -count=1 -timeout 20m -v -run 'TestDaemon' ./integration/
 
+# The real-daemon matrix with its slow-to-install part: a JVM (scripts/setup --jvm
+# installs a JDK; the JVM tests build only with the matrix tag, so `make test` needs none).
+matrix: build
+	./scripts/setup --jvm
+	$(GO) test -tags matrix -race -count=1 -timeout 30m -v -run 'TestDaemon' ./integration/
+
 # The README's real-daemon table: kill -9 -> first correct answer, ftrun vs a plain restart.
+# BENCH_TAGS=matrix adds the JVM's row (and installs a JDK); BENCH_DAEMONS picks rows,
+# e.g. make bench-daemons BENCH_TAGS=matrix BENCH_DAEMONS='/(sqlite|jvm)'.
 bench-daemons: setup
-	$(GO) test -run '^$$' -bench BenchmarkDaemonRecovery -benchtime 3x -timeout 30m ./integration/
+	$(if $(filter matrix,$(BENCH_TAGS)),./scripts/setup --jvm)
+	$(GO) test -tags '$(BENCH_TAGS)' -run '^$$' -bench 'BenchmarkDaemonRecovery$(BENCH_DAEMONS)' -benchtime 3x -timeout 30m ./integration/
 
 # Benchmarks: every figure next to its baseline measured in the same run, written to a
 # report folder (Markdown, SVG plots, results.json). BENCH_FLAGS=--quick for the short run.

@@ -42,10 +42,28 @@ type Table struct {
 	Rows   [][]string `json:"rows"`
 }
 
-// NamedPlot is a plot and the file it is written to, relative to the report folder.
+// NamedPlot is a plot and the file it is written to, relative to the report folder:
+// an x/y Plot, or Bars where those are set.
 type NamedPlot struct {
 	File string `json:"file"`
 	Plot Plot   `json:"-"`
+	Bars *Bars  `json:"-"`
+}
+
+// Title is the plot's title.
+func (p NamedPlot) Title() string {
+	if p.Bars != nil {
+		return p.Bars.Title
+	}
+	return p.Plot.Title
+}
+
+// SVG draws the plot.
+func (p NamedPlot) SVG() ([]byte, error) {
+	if p.Bars != nil {
+		return p.Bars.SVG()
+	}
+	return p.Plot.SVG()
 }
 
 // Section is what one scenario reports.
@@ -235,7 +253,7 @@ func (r Report) Markdown() string {
 			b.WriteString("\n")
 		}
 		for _, p := range s.Plots {
-			fmt.Fprintf(&b, "![%s](%s)\n\n[%s](%s)\n\n", p.Plot.Title, p.File, p.File, p.File)
+			fmt.Fprintf(&b, "![%s](%s)\n\n[%s](%s)\n\n", p.Title(), p.File, p.File, p.File)
 		}
 		for _, n := range s.Notes {
 			fmt.Fprintf(&b, "- %s\n", n)
@@ -262,7 +280,7 @@ func Write(dir string, r Report) error {
 		s := &r.Sections[si]
 		var kept []NamedPlot
 		for _, p := range s.Plots {
-			data, err := p.Plot.SVG()
+			data, err := p.SVG()
 			if err != nil {
 				s.Notes = append(s.Notes, fmt.Sprintf("plot %s not drawn: %v", p.File, err))
 				continue

@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftrun/ftrun/supervisor"
+	"github.com/ftrun/ftrun/supervisor/phase"
 )
 
 func sampleReport() Report {
@@ -139,6 +142,30 @@ func TestScenarioReports(t *testing.T) {
 			scaleReport(s, ScaleResult{Many: ScaleRun{Primaries: 10, WindowS: 8, Services: []ScaleService{{Name: "a", Acked: 2, LatMs: []float64{300, 400}}}},
 				One: ScaleRun{Primaries: 1, WindowS: 8, Services: []ScaleService{{Name: "b", Acked: 2, LatMs: []float64{100, 120}}}}})
 		}, 2, 1, 3},
+		{"scale with phases", func(s *Section) {
+			ph := func(epochs int, dump float64) *Phases {
+				return &Phases{Epochs: epochs, MeanMs: map[string]float64{"dump": dump, "send": 1}, P50Ms: map[string]float64{"dump": dump}}
+			}
+			scaleReport(s, ScaleResult{Many: ScaleRun{Primaries: 2, WindowS: 8, Services: []ScaleService{
+				{Name: "a", Acked: 2, LatMs: []float64{300, 400}, Phases: ph(1, 10)}, {Name: "c", Acked: 2, LatMs: []float64{300}, Phases: ph(3, 30)}}},
+				One: ScaleRun{Primaries: 1, WindowS: 8, Services: []ScaleService{{Name: "b", Acked: 2, LatMs: []float64{100, 120}, Phases: ph(2, 5)}}}})
+			if got := s.Raw.(ScaleResult).Many.pooledPhases("x").MeanMs["dump"]; got != 25 {
+				t.Errorf("pooled dump mean %v, want 25 (weighted by epochs)", got)
+			}
+		}, 3, 2, 3},
+		{"output", func(s *Section) {
+			ph := func(label string, scale float64) *Phases {
+				before := supervisor.Status{PhaseEpochsTotal: 3, PhaseSums: map[phase.Name]time.Duration{phase.Dump: ms(30), phase.Send: ms(6)}}
+				after := supervisor.Status{PhaseEpochsTotal: 13, CommitLatencyP50: ms(40), PhaseSums: map[phase.Name]time.Duration{
+					phase.Dump: ms(30) + time.Duration(scale*float64(ms(100))), phase.Send: ms(26)},
+					Phases: map[phase.Name]phase.Quantiles{phase.Dump: {P50: ms(9), P99: ms(15)}}}
+				p := PhasesBetween(label, before, after)
+				return &p
+			}
+			outputReport(s, OutputResult{Rate: 50, BareLatMs: []float64{1}, Epochs: []EpochLatency{
+				{Interval: "50ms", IntervalMs: 50, LatMs: []float64{30, 40}, Phases: ph("50ms", 1)},
+				{Interval: "100ms", IntervalMs: 100, LatMs: []float64{60, 80}, Phases: ph("100ms", 2)}}})
+		}, 2, 2, 2},
 		{"gate", func(s *Section) {
 			gateReport(s, GateResult{Rate: 200, Runs: []GateRun{{Commit: "standby", LatMs: []float64{200, 300}}, {Commit: "off", LatMs: []float64{1, 2}}}})
 		}, 1, 1, 2},
@@ -151,7 +178,7 @@ func TestScenarioReports(t *testing.T) {
 				t.Fatalf("%d tables, %d plots, %d figures; want %d, %d, %d", len(s.Tables), len(s.Plots), len(s.Figures), c.tables, c.plots, c.figs)
 			}
 			for _, p := range s.Plots {
-				doc, err := p.Plot.SVG()
+				doc, err := p.SVG()
 				if err != nil {
 					t.Fatalf("%s: %v", p.File, err)
 				}
@@ -163,6 +190,28 @@ func TestScenarioReports(t *testing.T) {
 				t.Errorf("section does not encode: %v", err)
 			}
 		})
+	}
+}
+
+// The breakdown between two status readings is the means of the epochs in between,
+// and those add up to their mean commit latency.
+func TestPhasesBetween(t *testing.T) {
+	ms := func(d int) time.Duration { return time.Duration(d) * time.Millisecond }
+	before := supervisor.Status{PhaseEpochsTotal: 5, PhaseSums: map[phase.Name]time.Duration{phase.Dump: ms(50), phase.Ack: ms(10)}}
+	after := supervisor.Status{PhaseEpochsTotal: 15, PhaseSums: map[phase.Name]time.Duration{phase.Dump: ms(150), phase.Ack: ms(60), phase.Apply: ms(20)}}
+	p := PhasesBetween("x", before, after)
+	if p.Epochs != 10 || p.MeanMs["dump"] != 10 || p.MeanMs["ack"] != 5 || p.MeanMs["apply"] != 2 || p.Total() != 17 {
+		t.Fatalf("breakdown %+v total %v", p, p.Total())
+	}
+	if _, ok := p.MeanMs["send"]; ok {
+		t.Fatal("a phase no epoch went through has a mean")
+	}
+	tab := phasesTable("t", []Phases{p})
+	if len(tab.Rows) != 4 || tab.Rows[3][1] != FormatValue(17, "ms")+" ("+FormatValue(0, "ms")+" / "+FormatValue(0, "ms")+")" {
+		t.Fatalf("table %v", tab.Rows)
+	}
+	if none := PhasesBetween("y", after, after); none.Epochs != 0 || len(none.MeanMs) != 0 {
+		t.Fatalf("no epochs in between: %+v", none)
 	}
 }
 

@@ -16,6 +16,8 @@ type EpochLatency struct {
 	FrozenMs   float64   `json:"frozen_ms"`
 	RTTMs      float64   `json:"standby_rtt_ms"`
 	LatMs      []float64 `json:"latency_ms"`
+	// Phases is where the epochs acked during the latency run spent their time.
+	Phases *Phases `json:"phases,omitempty"`
 }
 
 // Bound is the latency the Output Rule adds at best: a request waits on average half an
@@ -127,12 +129,17 @@ func outputRun(ctx context.Context, env Env, keys string, iv time.Duration, rate
 	if e.RTTMs, err = connectRTT(g.net.Primary.NS(), net.JoinHostPort(g.net.Standby.Addr, "7946")); err != nil {
 		return e, nil, err
 	}
+	before, berr := g.svc.Status()
 	_, lat, err := OpenLoop(g.net.Client.NS(), g.addr, rate, window)
 	for _, l := range lat {
 		e.LatMs = append(e.LatMs, Ms(l))
 	}
 	if st, serr := g.svc.Status(); serr == nil {
 		e.FrozenMs = Ms(st.LastFrozen)
+		if berr == nil {
+			p := PhasesBetween(e.Interval, before, st)
+			e.Phases = &p
+		}
 	}
 	if err != nil {
 		return e, nil, errors.Join(err, g.check())
@@ -221,6 +228,21 @@ func ClosedLoop(ns, addr string, n int, d time.Duration) (float64, error) {
 	return float64(total) / time.Since(start).Seconds(), errors.Join(errs...)
 }
 
+// outputPhases adds the epoch commit's breakdown at each interval (pure).
+func outputPhases(sec *Section, epochs []EpochLatency) {
+	var runs []Phases
+	for _, e := range epochs {
+		if e.Phases != nil && e.Phases.Epochs > 0 {
+			runs = append(runs, *e.Phases)
+		}
+	}
+	if len(runs) == 0 {
+		return
+	}
+	sec.Tables = append(sec.Tables, phasesTable("Where an epoch's commit goes, by --interval (epochs acked during the latency run; p50 / p99 over the last 200 epochs)", runs))
+	sec.Plots = append(sec.Plots, NamedPlot{File: "output-phases.svg", Bars: phasesBars("Epoch commit by phase (mean per epoch), 10 MB redis", "--interval", runs)})
+}
+
 // outputReport fills the section from what was measured (pure).
 func outputReport(sec *Section, res OutputResult) {
 	sec.Raw = res
@@ -246,6 +268,7 @@ func outputReport(sec *Section, res OutputResult) {
 		sec.Plots = append(sec.Plots, NamedPlot{File: "output-latency-vs-epoch.svg", Plot: Plot{
 			Title: "Reply latency behind the output gate vs epoch length", XLabel: "epoch length --interval (ms)", YLabel: "reply latency (ms)",
 			YLog: true, Series: []Series{p50, p99, bound, bare}}})
+		outputPhases(sec, res.Epochs)
 	}
 	if len(res.Throughput) > 0 {
 		t := Table{Title: "Throughput, closed loop", Header: []string{"clients", "with ftrun (gate, --commit standby)", "bare redis", "ratio"}}

@@ -35,6 +35,8 @@ type ScaleService struct {
 	StatusP50 float64   `json:"status_commit_p50_ms"`
 	StatusP99 float64   `json:"status_commit_p99_ms"`
 	ImageMiB  float64   `json:"image_mib"`
+	// Phases is where the epochs acked in the window spent their time.
+	Phases *Phases `json:"phases,omitempty"`
 }
 
 // ScaleRun is one standby with some primaries.
@@ -162,6 +164,12 @@ func scaleRun(ctx context.Context, env Env, primary, stby Host, keys, script str
 	if err != nil {
 		return run, err
 	}
+	before := make([]*supervisor.Status, len(svcs))
+	for i, s := range svcs {
+		if st, err := s.Status(); err == nil {
+			before[i] = &st
+		}
+	}
 	from := time.Now()
 	if err := Sleep(ctx, window); err != nil {
 		return run, err
@@ -175,10 +183,14 @@ func scaleRun(ctx context.Context, env Env, primary, stby Host, keys, script str
 	run.IngestBytes = b1 - b0
 	run.IngestRate = float64(run.IngestBytes) / run.WindowS
 	var errs []error
-	for _, s := range svcs {
+	for i, s := range svcs {
 		ss := ScaleService{Name: s.Name}
 		if st, err := s.Status(); err == nil {
 			ss.StatusP50, ss.StatusP99, ss.ImageMiB = Ms(st.CommitLatencyP50), Ms(st.CommitLatencyP99), float64(st.ImageBytes)/(1<<20)
+			if before[i] != nil {
+				p := PhasesBetween(s.Name, *before[i], st)
+				ss.Phases = &p
+			}
 		}
 		f, err := os.Open(s.Log)
 		if err != nil {
@@ -242,6 +254,48 @@ func scaleReport(sec *Section, res ScaleResult) {
 		Title: "Epoch commit latency: ten primaries on one standby vs one", XLabel: "commit latency, checkpoint start -> standby ack (ms)",
 		YLabel: "epochs at or below (%)", XLog: true,
 		Series: []Series{CDF(fmt.Sprintf("%d primaries (all services)", n), res.Many.AllLatencies()), CDF("one primary alone", one)}}})
+	many, alone := res.Many.pooledPhases(fmt.Sprintf("%d primaries", n)), res.One.pooledPhases("one alone")
+	if many.Epochs > 0 && alone.Epochs > 0 {
+		runs := []Phases{many, alone}
+		sec.Tables = append(sec.Tables, phasesTable("Where an epoch's commit goes: every primary's epochs acked in the window pooled "+
+			"(p50 / p99: the median and the worst of the services' own, over their last 200 epochs)", runs))
+		sec.Plots = append(sec.Plots, NamedPlot{File: "scale-phases.svg", Bars: phasesBars(fmt.Sprintf("Epoch commit by phase (mean per epoch): %d primaries on one standby vs one", n),
+			"primaries on the standby", runs)})
+	}
+}
+
+// pooledPhases is every service's breakdown as one: means weighted by the epochs each
+// service had acked in the window, p50 the median of theirs, p99 the worst (pure).
+func (r ScaleRun) pooledPhases(label string) Phases {
+	out := Phases{Label: label, MeanMs: map[string]float64{}, P50Ms: map[string]float64{}, P99Ms: map[string]float64{}}
+	p50s, sums := map[string][]float64{}, map[string]float64{}
+	var commitP50s []float64
+	for _, s := range r.Services {
+		p := s.Phases
+		if p == nil || p.Epochs == 0 {
+			continue
+		}
+		out.Epochs += p.Epochs
+		for n, v := range p.MeanMs {
+			sums[n] += v * float64(p.Epochs)
+		}
+		for n, v := range p.P50Ms {
+			p50s[n] = append(p50s[n], v)
+		}
+		for n, v := range p.P99Ms {
+			out.P99Ms[n] = max(out.P99Ms[n], v)
+		}
+		commitP50s = append(commitP50s, p.CommitP50Ms)
+		out.CommitP99Ms = max(out.CommitP99Ms, p.CommitP99Ms)
+	}
+	for n, v := range sums {
+		out.MeanMs[n] = v / float64(out.Epochs)
+	}
+	for n, v := range p50s {
+		out.P50Ms[n] = Median(v)
+	}
+	out.CommitP50Ms = Median(commitP50s)
+	return out
 }
 
 func scaleRow(r ScaleRun) []string {

@@ -137,3 +137,30 @@ func TestTicks(t *testing.T) {
 		}
 	}
 }
+
+func TestBarsSVG(t *testing.T) {
+	b := Bars{Title: "phases", XLabel: "--interval", YLabel: "ms", Categories: []string{"50ms", "100ms"},
+		Segments: []Segment{{Name: "dump", Values: []float64{10, 12}}, {Name: "unused", Values: []float64{0, 0}},
+			{Name: "send", Values: []float64{3}}, {Name: "ack <1>", Values: []float64{5, -1}}}}
+	doc, err := b.SVG()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, data := svgShape(t, doc)
+	// dump twice, send once (missing in the second bar), ack once (negative in the second).
+	if data != 4 {
+		t.Errorf("%d bar segments, want 4", data)
+	}
+	s := string(doc)
+	for _, want := range []string{"phases", "50ms", "100ms", "dump", "send", "ack &lt;1&gt;"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("SVG lacks %q", want)
+		}
+	}
+	if strings.Contains(s, "unused") {
+		t.Error("a segment with no height is in the legend")
+	}
+	if _, err := (Bars{Title: "x", Categories: []string{"a"}}).SVG(); !errors.Is(err, ErrNoData) {
+		t.Fatalf("empty bars: %v", err)
+	}
+}

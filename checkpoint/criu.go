@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -348,7 +349,7 @@ func (c *Criu) Restore(o Options) (int, error) {
 // CriuError is a failed CRIU operation, told in CRIU's own Error lines.
 type CriuError struct {
 	Op    string   // "dump" or "restore"
-	Lines []string // the last Error lines of CRIU's log
+	Lines []string // Error lines of CRIU's log: the first (the cause) and the last
 	Log   string   // the log file (it may live in a directory that is removed later)
 	Err   error    // what go-criu reported
 	Full  bool     // the images' filesystem was (nearly) full when the operation failed
@@ -405,13 +406,17 @@ func nearlyFull(dir string) bool {
 	return fs.Bavail*uint64(fs.Bsize) < fullBelow
 }
 
-// benignErrors are Error lines CRIU prints on every run here and that explain nothing.
+// benignErrors are Error lines CRIU prints on every run here, or after every failed
+// restore (its cgroup helper losing its peer), and that explain nothing.
 var benignErrors = []string{
 	"Can't setup RLIMIT_NOFILE",
+	"cgroupd: recv req error",
 }
 
-// ErrorLines returns the last max "Error" lines of a CRIU log, without CRIU's
-// timestamps and without the lines it prints on every run.
+// ErrorLines returns max "Error" lines of a CRIU log: the first, which names the cause
+// (CRIU's later lines are its callers giving up: "Can't open vma", "Restoring FAILED"),
+// and the last max-1, without CRIU's timestamps and without the lines it prints on
+// every run.
 func ErrorLines(path string, max int) []string {
 	f, err := os.Open(path)
 	if err != nil {
@@ -434,9 +439,12 @@ scan:
 			}
 		}
 		out = append(out, strings.TrimSpace(line[i:]))
-		if len(out) > max {
-			out = out[1:]
+		if len(out) > max && max > 0 {
+			out = slices.Delete(out, 1, 2) // keep the first, drop the oldest after it
 		}
+	}
+	if max <= 0 {
+		return nil
 	}
 	return out
 }

@@ -165,8 +165,8 @@ func TestErrorLines(t *testing.T) {
 	}{
 		{"all of them", path, 10, all},
 		{"exactly max", path, 3, all},
-		{"last two", path, 2, all[1:]},
-		{"last one", path, 1, all[2:]},
+		{"the first and the last", path, 2, []string{all[0], all[2]}},
+		{"the first", path, 1, all[:1]},
 		{"none wanted", path, 0, nil},
 		{"missing log", filepath.Join(dir, "nope.log"), 3, nil},
 	}
@@ -182,6 +182,30 @@ func TestErrorLines(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A restore that cannot open a file the program mapped: CRIU's first Error line names
+// the file, the later ones only give up, and its cgroup helper's complaint is noise.
+func TestErrorLinesKeepTheCause(t *testing.T) {
+	path := filepath.Join(t.TempDir(), RestoreLog)
+	log := `(00.068034)      1: Error (criu/files-reg.c:2353): Can't open file tmp/hsperfdata_root/1 on restore: No such file or directory
+(00.068036)      1: Error (criu/files-reg.c:2267): Can't open file tmp/hsperfdata_root/1: No such file or directory
+(00.068038)      1: Error (criu/mem.c:1467): ` + "`" + `- Can't open vma
+(00.070000) Error (criu/cr-restore.c:2331): Restoring FAILED.
+(00.070100) Error (criu/cgroup.c:2055): cg: cgroupd: recv req error: No such file or directory
+`
+	if err := os.WriteFile(path, []byte(log), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got := ErrorLines(path, 3)
+	want := []string{
+		"Error (criu/files-reg.c:2353): Can't open file tmp/hsperfdata_root/1 on restore: No such file or directory",
+		"Error (criu/mem.c:1467): `- Can't open vma",
+		"Error (criu/cr-restore.c:2331): Restoring FAILED.",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("ErrorLines = %q\nwant %q", got, want)
 	}
 }
 

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -51,7 +52,9 @@ func TestArbiterPartitionOneLiveCopy(t *testing.T) {
 	etcd := startEtcd(t, rest[0])
 	sb := pr.startStandby(t, "--arbiter", "etcd:"+etcd)
 	script, out := writeCounter(t)
-	p := pr.run(t, name, "--arbiter", "etcd:"+etcd, "--", "ruby", script, out)
+	// Synced, as in TestFailoverToStandby: the take-over restores the one epoch the
+	// standby holds, and the counter's temporary file must be there for it.
+	p := pr.run(t, name, "--arbiter", "etcd:"+etcd, "--sync", filepath.Dir(out), "--", "ruby", script, out)
 	st := p.waitFor("protected", 30*time.Second, func(s supervisor.Status) bool {
 		return strings.HasPrefix(s.Protection, "protected") && s.StandbyEpoch >= 3
 	})

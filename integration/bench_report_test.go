@@ -56,6 +56,8 @@ func TestBenchQuickReport(t *testing.T) {
 		{"Latency with and without the output gate", "| --commit | answers | p50 | p90 | p99 |"},
 		{"What the Output Rule costs: latency vs epoch length, throughput", "| --interval | p50 | p99 | bound (interval/2 + frozen + RTT) |"},
 		{"What the Output Rule costs: latency vs epoch length, throughput", "| clients | with ftrun (gate, --commit standby) | bare redis | ratio |"},
+		{"What the Output Rule costs: latency vs epoch length, throughput", "| phase | 50ms: mean (p50 / p99), "},
+		{"One standby, ten primaries", "| phase | 4 primaries: mean (p50 / p99), "},
 	}
 	if !strings.Contains(readme, "## Summary\n\n| scenario | figure | ftrun | baseline (same run) | ratio |") {
 		t.Errorf("README has no summary table:\n%s", readme)
@@ -75,7 +77,7 @@ func TestBenchQuickReport(t *testing.T) {
 
 	// Every plot the README links exists, parses as XML and draws data.
 	links := regexp.MustCompile(`!\[[^\]]*\]\(([^)]+\.svg)\)`).FindAllStringSubmatch(readme, -1)
-	want := []string{"frozen.svg", "shipped.svg", "restart-latency.svg", "failover-timeline.svg", "scale-commit-latency.svg", "gate-latency.svg"}
+	want := []string{"frozen.svg", "shipped.svg", "restart-latency.svg", "failover-timeline.svg", "scale-commit-latency.svg", "scale-phases.svg", "gate-latency.svg", "output-phases.svg"}
 	linked := map[string]bool{}
 	for _, l := range links {
 		linked[l[1]] = true

@@ -24,9 +24,10 @@ import (
 //
 // Metrics: ms/answer is the mean time to the first correct answer; lost/op is how
 // much of the state the daemon held was gone afterwards (keys, the counter, rows).
+// Built with -tags matrix (after scripts/setup --jvm) it has a JVM case too.
 func BenchmarkDaemonRecovery(b *testing.B) {
-	requiresRoot(b, "memcached", "nginx", "psql", "runuser")
-	for _, dc := range daemonCases(b) {
+	requiresRoot(b, "memcached", "nginx", "psql", "runuser", "python3", "sqlite3")
+	for _, dc := range append(daemonCases(b), matrixDaemonCases...) {
 		for _, mode := range []string{"ftrun", "plain"} {
 			b.Run(dc.name+"/"+mode, func(b *testing.B) {
 				var total time.Duration
@@ -54,8 +55,14 @@ type daemonCase struct {
 	start func(b *testing.B) instance
 }
 
+// matrixDaemonCases are the cases whose daemons scripts/setup installs only with
+// --jvm; the files built with the matrix tag add them.
+var matrixDaemonCases []daemonCase
+
 // instance is one prepared daemon: its argv (a plain restart runs it as asUser when
 // set; ftrun adds flags), how to load its state, and how much of it an answer shows.
+// atKill, when set, is told when the kill happened (a writer's first answer is the
+// first row it commits afterwards).
 type instance struct {
 	argv   []string
 	asUser string
@@ -63,6 +70,7 @@ type instance struct {
 	load   func() error
 	kept   func() (int, error)
 	want   int
+	atKill func(time.Time)
 }
 
 func daemonCases(b *testing.B) []daemonCase {
@@ -181,7 +189,94 @@ func daemonCases(b *testing.B) []daemonCase {
 			}
 			return instance{argv: c.argv(), asUser: "postgres", flags: []string{"--user", "postgres", "--sync", c.data}, load: load, kept: kept, want: n}
 		}},
+		{name: "sqlite", unit: "rows", start: sqliteCase},
 	}
+}
+
+// sqliteTimedWriter is sqliteWriter with each row's commit time next to it: the
+// benchmark tells rows committed after the kill from those put back by a restore.
+const sqliteTimedWriter = `import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("CREATE TABLE IF NOT EXISTS t (n INTEGER, ts REAL)")
+n = 0
+while True:
+    n += 1
+    db.execute("BEGIN")
+    db.execute("INSERT INTO t VALUES (?, ?)", (n, time.time()))
+    db.execute("COMMIT")
+    time.sleep(0.005)
+`
+
+// sqliteCase is an SQLite writer under --sync, as TestDaemonSQLiteSyncNoGapNoDuplicate
+// runs it. Its answer is the first row committed after the kill; it is correct when
+// the rows are still 1, 2, 3, ... (memory and file agree). A plain restart keeps the
+// committed rows but not the writer's count: it commits 1, 2, ... again, duplicates.
+func sqliteCase(b *testing.B) instance {
+	dir := b.TempDir()
+	script := filepath.Join(dir, "writer.py")
+	if err := os.WriteFile(script, []byte(sqliteTimedWriter), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	data := filepath.Join(dir, "data")
+	if err := os.MkdirAll(data, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	db := filepath.Join(data, "rows.db")
+	const n = 200
+	type row struct {
+		n  int
+		ts float64
+	}
+	rows := func() ([]row, error) {
+		out, err := exec.Command("sqlite3", "-readonly", "-cmd", ".timeout 5000", db, "SELECT n, ts FROM t ORDER BY rowid").Output()
+		if err != nil {
+			return nil, fmt.Errorf("sqlite3: %w", err)
+		}
+		var rs []row
+		for _, l := range strings.Fields(string(out)) {
+			nf, tf, _ := strings.Cut(l, "|")
+			var r row
+			if r.n, err = strconv.Atoi(nf); err != nil {
+				return nil, err
+			}
+			if r.ts, err = strconv.ParseFloat(tf, 64); err != nil {
+				return nil, err
+			}
+			rs = append(rs, r)
+		}
+		return rs, nil
+	}
+	var killedAt float64 // 0 before the kill: the first answer is any row
+	load := func() error {
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			if rs, err := rows(); err == nil && len(rs) >= n {
+				return nil
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		return fmt.Errorf("the writer did not commit %d rows in 30s", n)
+	}
+	kept := func() (int, error) {
+		rs, err := rows()
+		if err != nil {
+			return 0, err
+		}
+		if len(rs) == 0 || rs[len(rs)-1].ts <= killedAt {
+			return 0, fmt.Errorf("no row committed since the kill (%d rows)", len(rs))
+		}
+		for i, r := range rs {
+			if r.n != i+1 {
+				return 0, nil // answering, but its count and the file disagree
+			}
+		}
+		if len(rs) < n {
+			return len(rs), nil
+		}
+		return n, nil
+	}
+	return instance{argv: []string{"python3", script, db}, flags: []string{"--sync", data}, load: load, kept: kept, want: n,
+		atKill: func(t time.Time) { killedAt = float64(t.UnixNano()) / 1e9 }}
 }
 
 // recoverOnce starts a fresh instance of dc, loads its state, kills it with -9 and
@@ -242,6 +337,10 @@ func recoverOnce(b *testing.B, dc daemonCase, withFtrun bool, i int) (time.Durat
 	b.StartTimer()
 	killed := time.Now()
 	kill()
+	if in.atKill != nil {
+		// After the signal: nothing the killed writer commits can be taken for an answer.
+		in.atKill(time.Now())
+	}
 	restart()
 	answered := waitAnswer(b, dc.name+" after kill -9", 60*time.Second, ready)
 	b.StopTimer()

@@ -957,3 +957,206 @@ func TestDaemonPostgresGatedKeepsAcknowledgedCommits(t *testing.T) {
 		}
 	}
 }
+
+// A checkpoint that catches a program holding a file it later renames away (the
+// write-a-temporary-then-rename pattern, caught mid-write) names a file that is gone
+// at restore time. ftrun says so in one line, names the file and the fix, and goes
+// down the ladder (here: a fresh start), rather than passing CRIU an fd it cannot open.
+func TestDaemonRefusesCheckpointOfFileGoneSince(t *testing.T) {
+	requiresRoot(t, "python3")
+	name := "it-gone-file"
+	t.Cleanup(func() { killService(t, name) })
+	dir := t.TempDir()
+	tmp, final := filepath.Join(dir, "value.tmp"), filepath.Join(dir, "value")
+	ready := filepath.Join(dir, "ready")
+	// Opens the temporary file, says so, and keeps it open until told to finish.
+	script := `import os, sys, time
+f = open(sys.argv[1], "w"); f.write("1\n"); f.flush()
+open(sys.argv[2], "w").close()
+while True: time.sleep(0.05)
+`
+	state := t.TempDir()
+	p := startFtrun(t, state, nil, "--name", name, "--interval", "1h", "--discard", "--", "python3", "-c", script, tmp, ready)
+	waitAnswer(t, "the program holding its temporary file", 20*time.Second, func() (bool, error) {
+		_, err := os.Stat(ready)
+		return err == nil, err
+	})
+	p.checkpoint()
+	// After the checkpoint: the temporary file becomes the real one (as the program
+	// would do a moment later), and the program dies.
+	if err := os.Rename(tmp, final); err != nil {
+		t.Fatal(err)
+	}
+	before := p.waitFor("running", 5*time.Second, func(s supervisor.Status) bool { return s.Pid > 0 })
+	if err := syscall.Kill(before.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	p.waitFor("fresh start", 30*time.Second, func(s supervisor.Status) bool {
+		return s.FreshStarts > before.FreshStarts && s.State == supervisor.StateRunning
+	})
+	log := p.log()
+	want := fmt.Sprintf("%q, which the program writes (or works in) and --sync does not name, is gone (renamed or deleted after the checkpoint)", tmp)
+	if !strings.Contains(strings.ReplaceAll(log, `\"`, `"`), want) || !strings.Contains(log, "name its directory with --sync") {
+		t.Errorf("the refused restore does not name the file gone since the checkpoint:\n%s", tail(log, 20))
+	}
+	if strings.Contains(log, "Unable to open fd") {
+		t.Errorf("CRIU was handed the checkpoint anyway:\n%s", tail(log, 20))
+	}
+}
+
+// A daemon started as its distribution's init script would, forking into the
+// background (memcached -d): its first process exits 0, and the forked one dies with
+// the container. ftrun cannot keep it, but must say why and how to run it instead.
+func TestDaemonForkingIntoBackgroundNamedInLog(t *testing.T) {
+	requiresRoot(t, "memcached")
+	name := "m2-forking"
+	t.Cleanup(func() { killService(t, name) })
+	p := startFtrun(t, t.TempDir(), nil, "--name", name, "--discard", "--",
+		"memcached", "-d", "-u", "memcache", "-l", "127.0.0.1", "-p", strconv.Itoa(freePort(t)))
+	code, err := p.wait(30 * time.Second)
+	if err != nil {
+		t.Fatalf("ftrun under a program that forked into the background: %v", err)
+	}
+	if code != supervisor.ExitOK {
+		t.Errorf("ftrun exited %d, want %d (the program exited 0)", code, supervisor.ExitOK)
+	}
+	if log := p.log(); !strings.Contains(log, "run it in the foreground") || !strings.Contains(log, "memcached without -d") {
+		t.Errorf("the log does not say the program may have forked into the background: %s", tail(log, 10))
+	}
+	if ps := cgroupProcs(t, name); len(ps) != 0 {
+		t.Errorf("processes left in the cgroup: %v", ps)
+	}
+}
+
+// relayOf finds the running output relay of service name (by the cgroup it watches).
+func relayOf(t testing.TB, name string) int {
+	t.Helper()
+	want := []byte(`"Stage":"run","Procs":"` + filepath.Join(cgroup2Mount(t), "ftrun", name, "cgroup.procs") + `"`)
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid)); err == nil && strings.Contains(string(env), string(want)) {
+			return pid
+		}
+	}
+	t.Fatalf("no output relay of %q runs", name)
+	return 0
+}
+
+// The output relay itself is killed (kill -9, as an OOM kill or a careless pkill
+// would): python's http.server, which logs every request to stderr, keeps answering
+// (its pipe still has a reader: ftrun), ftrun starts a new relay on the same pipes
+// and says so, the lines reach the log, and a kill -9 of ftrun afterwards is survived
+// as before. `killall ftrun` does not match the relay.
+func TestDaemonOutputRelayKilled(t *testing.T) {
+	requiresRoot(t, "python3")
+	port := freePort(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "x.txt"), []byte("x\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	name := "m2-relaykill"
+	args := []string{"--name", name, "--interval", "500ms", "--", "python3", "-m", "http.server", "--bind", "127.0.0.1", "--directory", dir, strconv.Itoa(port)}
+	t.Cleanup(func() { killService(t, name) })
+	d := &daemon{t: t, name: name, state: t.TempDir()}
+	d.p = startFtrun(t, d.state, nil, append([]string{"--discard"}, args...)...)
+	d.p.waitFor("first checkpoint", 30*time.Second, func(s supervisor.Status) bool { return s.Epoch > 0 })
+	ask := func(q string) error {
+		code, body, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d/x.txt?%s", port, q))
+		if err == nil && (code != 200 || body != "x\n") {
+			err = fmt.Errorf("answer %d %q", code, body)
+		}
+		return err
+	}
+	waitAnswer(t, "python", 10*time.Second, func() (bool, error) { err := ask("warmup"); return err == nil, err })
+	relay := relayOf(t, name)
+	if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", relay)); strings.TrimSpace(string(comm)) != "ftrun-relay" {
+		t.Errorf("the relay's comm is %q, want ftrun-relay (killall ftrun would take it)", comm)
+	}
+	pid := d.p.waitFor("running", 5*time.Second, func(s supervisor.Status) bool { return s.Pid > 0 }).Pid
+	if err := syscall.Kill(relay, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// Lines a dying relay still reads are lost with it (the notice says so): ask once
+	// it is gone.
+	waitAnswer(t, "the relay's death", 10*time.Second, func() (bool, error) {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", relay))
+		return err != nil || strings.Contains(string(stat), ") Z "), nil
+	})
+	for i := 0; i < 50; i++ {
+		if err := ask("norelay=" + strconv.Itoa(i)); err != nil {
+			t.Fatalf("request %d after the relay's death: %v", i, err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for i := 0; i < 50; i++ {
+		for !strings.Contains(d.p.log(), fmt.Sprintf("GET /x.txt?norelay=%d ", i)) {
+			if time.Now().After(deadline) {
+				t.Fatalf("request %d's log line never reached the log: %s", i, tail(d.p.log(), 10))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if !strings.Contains(d.p.log(), "output relay died: a new one reads") {
+		t.Errorf("the log does not say the relay died: %s", tail(d.p.log(), 10))
+	}
+	if st, _ := status(d.state); st.Pid != pid || st.Restores != 0 {
+		t.Errorf("after the relay's death: pid %d (was %d), restores %d: want the same program", st.Pid, pid, st.Restores)
+	}
+	if again := relayOf(t, name); again == relay {
+		t.Errorf("the dead relay %d is still the one", relay)
+	}
+	outputWhileFtrunDead(t, d, args, func(i int) error { return ask("dead=" + strconv.Itoa(i)) },
+		func(i int) string { return fmt.Sprintf("GET /x.txt?dead=%d ", i) })
+}
+
+// ftrun and its output relay die together (pkill ftrun matches both): the program's
+// writes fail until the next ftrun, which adopts it and puts its own pipes under a
+// new relay, so a later kill -9 of ftrun alone is survived as usual (it keeps
+// answering, and its lines reach the ftrun after).
+func TestDaemonFtrunAndRelayKilledTogether(t *testing.T) {
+	requiresRoot(t, "python3")
+	port := freePort(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "x.txt"), []byte("x\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	name := "m2-bothkilled"
+	args := []string{"--name", name, "--interval", "500ms", "--", "python3", "-m", "http.server", "--bind", "127.0.0.1", "--directory", dir, strconv.Itoa(port)}
+	t.Cleanup(func() { killService(t, name) })
+	d := &daemon{t: t, name: name, state: t.TempDir()}
+	d.p = startFtrun(t, d.state, nil, append([]string{"--discard"}, args...)...)
+	d.p.waitFor("first checkpoint", 30*time.Second, func(s supervisor.Status) bool { return s.Epoch > 0 })
+	ask := func(q string) error {
+		code, body, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d/x.txt?%s", port, q))
+		if err == nil && (code != 200 || body != "x\n") {
+			err = fmt.Errorf("answer %d %q", code, body)
+		}
+		return err
+	}
+	waitAnswer(t, "python", 10*time.Second, func() (bool, error) { err := ask("warmup"); return err == nil, err })
+	pid := d.p.waitFor("running", 5*time.Second, func(s supervisor.Status) bool { return s.Pid > 0 }).Pid
+	relay := relayOf(t, name)
+	if err := syscall.Kill(relay, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	d.p.kill9()
+	d.p = startFtrun(t, d.state, nil, args...)
+	d.p.waitFor("adopted", 20*time.Second, func(s supervisor.Status) bool { return s.State == supervisor.StateRunning && s.Pid == pid })
+	for i := 0; i < 10; i++ {
+		if err := ask("adopted=" + strconv.Itoa(i)); err != nil {
+			t.Fatalf("request %d after the adoption: %v", i, err)
+		}
+	}
+	if log := d.p.log(); !strings.Contains(log, "a new one reads its pipes") {
+		t.Errorf("the log does not say the relay was replaced: %s", tail(log, 10))
+	}
+	if again := relayOf(t, name); again == relay {
+		t.Fatalf("the dead relay %d is still the one", relay)
+	}
+	outputWhileFtrunDead(t, d, args, func(i int) error { return ask("dead=" + strconv.Itoa(i)) },
+		func(i int) string { return fmt.Sprintf("GET /x.txt?dead=%d ", i) })
+}

@@ -215,7 +215,11 @@ func TestFailoverToStandby(t *testing.T) {
 	series := func(m map[string]float64, metric string) float64 { return m[metric+`{service="`+name+`"}`] }
 	standbyState := pr.state
 	script, out := writeCounter(t)
-	p := pr.run(t, name, "--", "ruby", script, out)
+	// The counter's directory is synced: a checkpoint that catches the counter between
+	// writing its temporary file and renaming it holds that file open, and only --sync
+	// brings the file back with the memory (without it that one checkpoint cannot be
+	// restored, and the standby holds no older one).
+	p := pr.run(t, name, "--sync", filepath.Dir(out), "--", "ruby", script, out)
 	st := p.waitFor("protected", 30*time.Second, func(s supervisor.Status) bool {
 		return strings.HasPrefix(s.Protection, "protected") && s.StandbyEpoch >= 8
 	})

@@ -104,6 +104,12 @@ func bootSystemd(t *testing.T, unified bool) *container {
 				removeCgroupTree(t, legacy)
 			}
 		}
+		// The container may write the host's v1 controller hierarchies, and its units'
+		// groups land at their roots: left there, every later CRIU dump on this host
+		// walks them.
+		for _, d := range v1FtrunSlices() {
+			removeCgroupTree(t, d)
+		}
 	})
 
 	logf, err := os.Create(c.log)
@@ -223,6 +229,31 @@ func (c *container) shutdown() {
 }
 
 // removeCgroupTree removes an (emptied) cgroup and everything below it.
+// v1FtrunSlices are the system-ftrun.slice groups in the host's v1 controller
+// hierarchies, wherever below their roots they were made.
+func v1FtrunSlices() []string {
+	var out []string
+	roots, _ := filepath.Glob("/sys/fs/cgroup/*")
+	for _, root := range roots {
+		if filepath.Base(root) == "unified" {
+			continue
+		}
+		_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+			switch {
+			case err != nil || !d.IsDir():
+				return nil
+			case d.Name() == "system-ftrun.slice":
+				out = append(out, p)
+				return filepath.SkipDir
+			case strings.Count(strings.TrimPrefix(p, root), "/") > 4:
+				return filepath.SkipDir
+			}
+			return nil
+		})
+	}
+	return out
+}
+
 func removeCgroupTree(t *testing.T, root string) {
 	var dirs []string
 	_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {

@@ -86,12 +86,14 @@ type linkEvent struct {
 	superseded bool
 	shipped    uint64 // epoch acknowledged by the standby (0: none in this event)
 	stats      ship.Stats
-	err        error // a ship that failed
+	released   time.Duration // how long letting out the output shipped explains took
+	err        error         // a ship that failed
 }
 
 // run keeps the link up until ctx ends. acked is called on this goroutine the moment
-// the standby acknowledges an epoch, before the event that reports it.
-func (l *link) run(ctx context.Context, acked func(epoch uint64), report func(linkEvent)) {
+// the standby acknowledges an epoch, before the event that reports it; it returns how
+// long it took.
+func (l *link) run(ctx context.Context, acked func(epoch uint64) time.Duration, report func(linkEvent)) {
 	defer l.shipper.Close()
 	up := false
 	// Heartbeats have a goroutine of their own, so that a long ship (a whole epoch
@@ -176,10 +178,11 @@ func (l *link) run(ctx context.Context, acked func(epoch uint64), report func(li
 				}
 				continue
 			}
+			var released time.Duration
 			if acked != nil {
-				acked(set.Epoch)
+				released = acked(set.Epoch)
 			}
-			report(linkEvent{up: true, shipped: set.Epoch, stats: l.shipper.LastStats()})
+			report(linkEvent{up: true, shipped: set.Epoch, stats: l.shipper.LastStats(), released: released})
 		}
 	}
 }

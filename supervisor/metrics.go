@@ -14,6 +14,7 @@ type metrics struct {
 	frozen      prometheus.Histogram
 	ckptTime    prometheus.Histogram
 	commitLat   prometheus.Histogram
+	phase       *prometheus.HistogramVec
 	dumped      prometheus.Counter
 	shipped     prometheus.Counter
 	imageBytes  prometheus.Gauge
@@ -63,13 +64,17 @@ func newMetrics(service string) *metrics {
 		recoveries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ftrun_recoveries_total", ConstLabels: c,
 			Help: "Recovery ladder steps taken, by step (restore, fresh-start, give-up)."}, []string{"step"}),
 	}
+	m.phase = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "ftrun_epoch_phase_seconds", ConstLabels: c,
+		Buckets: []float64{.0001, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		Help: "Time each epoch spent in each phase, from the checkpoint's start to the loop hearing the standby's ack " +
+			"(they add up to ftrun_epoch_commit_latency_seconds; apply, verify and durable are the standby's own figures)."}, []string{"phase"})
 	m.heldPkts = prometheus.NewGauge(prometheus.GaugeOpts{Name: "ftrun_held_output_packets", ConstLabels: c,
 		Help: "Packets the program sent that wait for the epoch explaining them to be committed."})
 	m.heldBytes = prometheus.NewGauge(prometheus.GaugeOpts{Name: "ftrun_held_output_bytes", ConstLabels: c,
 		Help: "Bytes of held output."})
 	m.heldAge = prometheus.NewGauge(prometheus.GaugeOpts{Name: "ftrun_held_output_oldest_seconds", ConstLabels: c,
 		Help: "Age of the oldest held packet."})
-	m.reg.MustRegister(m.checkpoints, m.frozen, m.ckptTime, m.commitLat, m.dumped, m.shipped, m.imageBytes,
+	m.reg.MustRegister(m.checkpoints, m.frozen, m.ckptTime, m.commitLat, m.phase, m.dumped, m.shipped, m.imageBytes,
 		m.epoch, m.standbyEp, m.lag, m.protected, m.failing, m.up, m.recoveries, m.heldPkts, m.heldBytes, m.heldAge)
 	for _, r := range []string{"ok", "failed", "skipped"} {
 		m.checkpoints.WithLabelValues(r)

@@ -178,8 +178,13 @@ func (s *Supervisor) releaseSafe(mode CommitMode, epoch uint64) {
 	}
 }
 
-// releaseAcked is releaseSafe for the link: the standby acknowledged epoch.
-func (s *Supervisor) releaseAcked(epoch uint64) { s.releaseSafe(CommitStandby, epoch) }
+// releaseAcked is releaseSafe for the link: the standby acknowledged epoch. It
+// returns how long the release took (the epoch's release phase).
+func (s *Supervisor) releaseAcked(epoch uint64) time.Duration {
+	t := s.clock.Now()
+	s.releaseSafe(CommitStandby, epoch)
+	return s.clock.Since(t)
+}
 
 // dropNet ends the current incarnation's network: held output is dropped with its
 // gate (the state that sent it is gone) and the namespace is freed.

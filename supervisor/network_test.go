@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"testing"
 
+	"github.com/jonboulle/clockwork"
+
 	"github.com/ftrun/ftrun/supervisor/gate"
 )
 
@@ -102,7 +104,7 @@ func (g *recordingGate) Close() error { g.closed = true; return nil }
 // when the loop gets round to it; once the gate is closed, an ack releases nothing.
 func TestReleaseAcked(t *testing.T) {
 	g := &recordingGate{}
-	s := &Supervisor{cfg: Config{Commit: CommitStandby}, log: slog.New(slog.DiscardHandler), gate: g, metrics: newMetrics("t")}
+	s := &Supervisor{cfg: Config{Commit: CommitStandby}, log: slog.New(slog.DiscardHandler), gate: g, metrics: newMetrics("t"), clock: clockwork.NewFakeClock()}
 	s.ackGate.Store(&gateRef{g: g})
 	s.releaseAcked(4)
 	s.releaseSafe(CommitLocal, 9) // durable is not enough under --commit standby

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/ftrun/ftrun/supervisor/gate"
+	"github.com/ftrun/ftrun/supervisor/phase"
 	"github.com/ftrun/ftrun/transport/progress"
 )
 
@@ -37,16 +38,24 @@ type Status struct {
 	LastShippedBytes int64    `json:"last_shipped_bytes"`
 	LastShipFull     bool     `json:"last_ship_full"`
 	// Epoch commit latency, checkpoint start -> standby ack, over recent epochs.
-	CommitLatencyP50   time.Duration `json:"commit_latency_p50_ns"`
-	CommitLatencyP99   time.Duration `json:"commit_latency_p99_ns"`
-	LastCheckpoint     time.Time     `json:"last_checkpoint,omitzero"`
-	LastCheckpointAge  time.Duration `json:"last_checkpoint_age_ns"`
-	LastFrozen         time.Duration `json:"last_frozen_ns"`
-	LastCheckpointTime time.Duration `json:"last_checkpoint_total_ns"`
-	ImageBytes         int64         `json:"image_bytes"`
-	Checkpoints        int           `json:"checkpoints"`
-	CheckpointFailures int           `json:"checkpoint_failures"`
-	LastError          string        `json:"last_error,omitempty"`
+	CommitLatencyP50 time.Duration `json:"commit_latency_p50_ns"`
+	CommitLatencyP99 time.Duration `json:"commit_latency_p99_ns"`
+	// Phases splits the commit latency of the last PhaseEpochs epochs (without a
+	// standby: up to the local commit), each phase's p50 and p99 (see package phase).
+	Phases      map[phase.Name]phase.Quantiles `json:"phases,omitempty"`
+	PhaseEpochs int                            `json:"phase_epochs,omitempty"`
+	// PhaseSums is each phase's time summed over all PhaseEpochsTotal epochs so far:
+	// two readings give exact means over the time between them.
+	PhaseSums          map[phase.Name]time.Duration `json:"phase_sums_ns,omitempty"`
+	PhaseEpochsTotal   int                          `json:"phase_epochs_total,omitempty"`
+	LastCheckpoint     time.Time                    `json:"last_checkpoint,omitzero"`
+	LastCheckpointAge  time.Duration                `json:"last_checkpoint_age_ns"`
+	LastFrozen         time.Duration                `json:"last_frozen_ns"`
+	LastCheckpointTime time.Duration                `json:"last_checkpoint_total_ns"`
+	ImageBytes         int64                        `json:"image_bytes"`
+	Checkpoints        int                          `json:"checkpoints"`
+	CheckpointFailures int                          `json:"checkpoint_failures"`
+	LastError          string                       `json:"last_error,omitempty"`
 	// FailingSince is the first of the checkpoints failing (or skipped) in a row now,
 	// FailingCause why the newest failed: the program is unprotected since then.
 	FailingSince   time.Time `json:"checkpoints_failing_since,omitzero"`

@@ -23,6 +23,7 @@ import (
 	"github.com/ftrun/ftrun/supervisor/gate"
 	"github.com/ftrun/ftrun/supervisor/logrelay"
 	"github.com/ftrun/ftrun/supervisor/netplace"
+	"github.com/ftrun/ftrun/supervisor/phase"
 	"github.com/ftrun/ftrun/transport/ship"
 	"github.com/ftrun/ftrun/transport/svcname"
 	"github.com/ftrun/ftrun/watchdog"
@@ -203,6 +204,8 @@ type Supervisor struct {
 	lastCkptErr  string // why the newest checkpoint failed or was skipped; "" when it committed
 	startedAt    time.Time
 	incSince     time.Time // when the current incarnation began
+	incFresh     bool      // the current incarnation is a fresh start of the command
+	incProtected bool      // a checkpoint of the current incarnation was committed
 	st           Status
 	shuttingDown bool
 	// durability runs behind the epoch loop: one fsync at a time, newest set next
@@ -218,9 +221,10 @@ type Supervisor struct {
 	// the newest committed set, whose unchanged state files the next one links
 	lastManifest *checkpoint.Manifest
 	lastSetDir   string
-	// when each epoch's checkpoint started, until the standby acks it
-	ckptStart  map[uint64]time.Time
+	// what each epoch's checkpoint recorded of its phases, until the standby acks it
+	marks      map[uint64]phase.Local
 	commitLats []time.Duration // recent checkpoint-start -> standby-ack latencies
+	phases     *phase.Window   // recent epochs' phases
 	// the program's own network (--net) and the gate that holds its output
 	place    *netplace.Place
 	gate     gate.Gate
@@ -596,7 +600,16 @@ func (s *Supervisor) runningProgram() (*RunRecord, bool) {
 func (s *Supervisor) adopt(rec *RunRecord) {
 	// Relay the adopted program's output again. Its output relay outlived the previous
 	// ftrun and reads on; a program whose pipes are not the relay's (the relay died
-	// too) lost their reader, but a new read end of the same pipe opens through /proc.
+	// too) lost their reader, but new ends of the same pipes open through /proc: a
+	// new relay takes them, or else ftrun reads them itself.
+	if s.out != nil && !s.relayed(rec.Pid, 1) && !s.relayed(rec.Pid, 2) {
+		if err := s.out.Rehome(rec.Pid); err != nil {
+			s.log.Warn("the program's output relay died with the previous ftrun, and no new one takes its pipes: ftrun reads them itself", "err", err)
+		} else {
+			s.outW, s.errW = s.out.Stdout, s.out.Stderr
+			s.log.Warn("the program's output relay died with the previous ftrun: a new one reads its pipes (what it wrote meanwhile failed)")
+		}
+	}
 	for fd, stream := range map[int]string{1: "stdout", 2: "stderr"} {
 		if s.relayed(rec.Pid, fd) {
 			continue
@@ -618,6 +631,7 @@ func (s *Supervisor) incarnation(pid int, how string) {
 	s.inc++
 	s.pid, s.alive, s.killReason, s.healthFail = pid, true, "", 0
 	s.incSince = s.clock.Now()
+	s.incFresh, s.incProtected = how == "started", false
 	s.st.Pid, s.st.State = pid, StateRunning
 	s.metrics.up.Set(1)
 	ctx, cancel := context.WithCancel(s.ctx)
@@ -727,19 +741,7 @@ func (s *Supervisor) linkChanged(ev linkEvent) {
 	if ev.shipped > 0 {
 		s.metrics.shipped.Add(float64(ev.stats.Bytes))
 		s.metrics.standbyEp.Set(float64(ev.shipped))
-		if t, ok := s.ckptStart[ev.shipped]; ok {
-			s.metrics.commitLat.Observe(s.clock.Since(t).Seconds())
-			s.commitLats = append(s.commitLats, s.clock.Since(t))
-			if len(s.commitLats) > 1000 {
-				s.commitLats = s.commitLats[len(s.commitLats)-1000:]
-			}
-			s.st.CommitLatencyP50, s.st.CommitLatencyP99 = percentiles(s.commitLats)
-		}
-		for e := range s.ckptStart {
-			if e <= ev.shipped {
-				delete(s.ckptStart, e)
-			}
-		}
+		s.epochAcked(ev)
 		s.st.StandbyEpoch = ev.shipped
 		s.st.LastShippedBytes = ev.stats.Bytes
 		s.st.LastShipFull = ev.stats.Full
@@ -841,6 +843,13 @@ func (s *Supervisor) observeHealth(r watchdog.Result) {
 	}
 }
 
+// daemonizedHint is logged when a freshly started program exits 0 before its first
+// checkpoint.
+const daemonizedHint = "the program exited 0 before its first checkpoint: if it is a daemon that forks into " +
+	"the background, its forked process died with it (the program is PID 1 of its container, whose processes end " +
+	"with it); run it in the foreground (nginx -g 'daemon off;', memcached without -d, redis-server --daemonize no, " +
+	"postgres rather than pg_ctl)"
+
 // exited reacts to the end of the current incarnation.
 func (s *Supervisor) exited(st ExitStatus) error {
 	s.alive = false
@@ -854,6 +863,12 @@ func (s *Supervisor) exited(st ExitStatus) error {
 	// Anything the program left behind in its cgroup goes with it.
 	if err := s.killAll(); err != nil {
 		s.log.Warn("clean up after program", "err", err)
+	}
+	if st.Clean() && s.incFresh && !s.incProtected {
+		// The kernel kills a PID namespace's processes with its first one, so a daemon
+		// that forks into the background and exits ends here before any trace of its
+		// child is left: only the timing says it may have.
+		s.log.Warn(daemonizedHint)
 	}
 	switch {
 	case st.Clean() && s.cfg.Restart != RestartAlways:
@@ -1010,9 +1025,9 @@ func (s *Supervisor) restore(epoch uint64, takeover bool) error {
 	if err := s.killAll(); err != nil {
 		return err
 	}
-	if f, mt := staleFile(m.Unsynced, m.DumpStart); f != "" && !m.DumpStart.IsZero() {
-		return fmt.Errorf("checkpoint epoch %d: %q, which the program writes (or works in) and --sync does not name, changed at %s, after the checkpoint: "+
-			"restoring would run older memory over newer data (name it with --sync)", epoch, f, mt.Format(time.RFC3339Nano))
+	if f, how := staleFile(m.Unsynced, m.DumpStart); f != "" && !m.DumpStart.IsZero() {
+		return fmt.Errorf("checkpoint epoch %d: %q, which the program writes (or works in) and --sync does not name, %s: "+
+			"restoring would run older memory over newer data (name its directory with --sync)", epoch, f, how)
 	}
 	// The program's state files go back to epoch's before the program that has them
 	// open does: CRIU checks the size of every open file.
@@ -1142,32 +1157,13 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 		return 0, s.checkpointFailed(epoch, err)
 	}
 	ext := s.outputKeys()
-	start := s.clock.Now()
+	marks := phase.Local{Start: s.clock.Now()}
 	var synced []checkpoint.SyncedFile
-	var postDump func() error
-	if s.stateFiles != nil || s.gate != nil {
-		postDump = func() (err error) {
-			// The program is frozen: whatever it sent so far is explained by this
-			// epoch, whatever it sends later by a later one.
-			if s.gate != nil {
-				s.gate.Cut(epoch)
-			}
-			if s.stateFiles != nil {
-				synced, err = s.stateFiles.capture(pending.Dir, s.lastManifest, s.lastSetDir)
-			}
-			return err
-		}
-	}
 	unsynced := s.unsynced(procs)
-	opts := checkpoint.Options{ImagesDir: pending.Dir, Pid: s.pid, LeaveRunning: !final,
-		TCPEstablished: true, Timeout: s.cfg.CriuTimeout, PostDump: postDump, Enter: s.enter(), MountNS: true}
-	if s.dumpLock != nil {
-		// ftrun holds the program's incoming TCP still itself, queued rather than
-		// dropped (see gate.DumpLock), from CRIU's start until it lets the program go.
-		opts.NetworkLockSkip = true
-		opts.PreDump = s.dumpLock.Lock
-	}
+	opts := s.dumpOptions(epoch, pending.Dir, final, &marks, &synced)
+	marks.CriuCalled = s.clock.Now()
 	stats, err := s.cfg.Criu.Dump(opts)
+	marks.CriuDone = s.clock.Now()
 	if s.dumpLock != nil {
 		if uerr := s.dumpLock.Unlock(); uerr != nil {
 			s.log.Error("let in the program's incoming TCP after the dump", "err", uerr)
@@ -1188,7 +1184,7 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 		_ = os.Remove(filepath.Join(pending.Dir, checkpoint.DumpLog))
 	}
 	m := &checkpoint.Manifest{Created: s.clock.Now(), Service: s.cfg.Name, Command: s.cfg.Command, Pid: s.pid, External: ext, Stats: stats,
-		Synced: synced, Net: placementOf(s.cfg.Net), Container: true, Unsynced: unsynced, DumpStart: start}
+		Synced: synced, Net: placementOf(s.cfg.Net), Container: true, Unsynced: unsynced, DumpStart: marks.Start}
 	if s.stateFiles != nil {
 		m.SyncRoots = s.stateFiles.roots
 	}
@@ -1199,15 +1195,51 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 		}
 		return 0, s.checkpointFailed(epoch, err)
 	}
-	return s.committed(set, m, stats, start, final)
+	marks.Committed, marks.Freezing, marks.Frozen = s.clock.Now(), stats.Freezing, stats.Frozen
+	return s.committed(set, m, stats, marks, final)
+}
+
+// dumpOptions are the dump of epoch into dir. Its hooks mark when CRIU announced the
+// dump and when it had the program frozen (see phase.Local); the post-dump one also
+// cuts the output and captures the state files into *synced.
+func (s *Supervisor) dumpOptions(epoch uint64, dir string, final bool, marks *phase.Local, synced *[]checkpoint.SyncedFile) checkpoint.Options {
+	opts := checkpoint.Options{ImagesDir: dir, Pid: s.pid, LeaveRunning: !final,
+		TCPEstablished: true, Timeout: s.cfg.CriuTimeout, Enter: s.enter(), MountNS: true}
+	opts.PostDump = func() (err error) {
+		marks.PostDump = s.clock.Now()
+		defer func() { marks.HooksDone = s.clock.Now() }()
+		// The program is frozen: whatever it sent so far is explained by this
+		// epoch, whatever it sends later by a later one.
+		if s.gate != nil {
+			s.gate.Cut(epoch)
+		}
+		if s.stateFiles != nil {
+			*synced, err = s.stateFiles.capture(dir, s.lastManifest, s.lastSetDir)
+		}
+		return err
+	}
+	opts.PreDump = func() error {
+		marks.PreDump = s.clock.Now()
+		return nil
+	}
+	if l := s.dumpLock; l != nil {
+		// ftrun holds the program's incoming TCP still itself, queued rather than
+		// dropped (see gate.DumpLock), from CRIU's start until it lets the program go.
+		opts.NetworkLockSkip = true
+		opts.PreDump = func() error {
+			marks.PreDump = s.clock.Now()
+			return l.Lock()
+		}
+	}
+	return opts
 }
 
 // committed records a checkpoint just committed: status, metrics, the ladder, the
 // background fsync (or, for the final one, an fsync now), the standby, systemd.
-func (s *Supervisor) committed(set checkpoint.Set, m *checkpoint.Manifest, stats checkpoint.DumpStats, start time.Time, final bool) (uint64, error) {
+func (s *Supervisor) committed(set checkpoint.Set, m *checkpoint.Manifest, stats checkpoint.DumpStats, marks phase.Local, final bool) (uint64, error) {
 	epoch := set.Epoch
 	s.lastManifest, s.lastSetDir = m, set.Dir
-	total := s.clock.Since(start)
+	total := s.clock.Since(marks.Start)
 	s.nextEpoch = epoch + 1
 	s.lastCkptErr = ""
 	s.checkpointsOK()
@@ -1238,13 +1270,11 @@ func (s *Supervisor) committed(set checkpoint.Set, m *checkpoint.Manifest, stats
 	} else {
 		s.syncLater(set)
 	}
+	s.epochMarked(epoch, marks)
 	if s.link != nil {
-		if s.ckptStart == nil {
-			s.ckptStart = map[uint64]time.Time{}
-		}
-		s.ckptStart[epoch] = start
 		s.link.offer(set)
 	}
+	s.incProtected = true
 	if !s.ready {
 		s.ready = true
 		s.log.Info("first checkpoint committed: program is protected", "epoch", epoch, "frozen", stats.Frozen, "bytes", m.Bytes())

@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -131,11 +132,16 @@ func workDirs(pids []int, roots, written []string) []string {
 const maxStaleWalk = 200000
 
 // staleFile returns the first of paths (files, or directories looked at whole)
-// modified after since (the epoch's dump began): restoring that epoch would run the
-// program's older memory over newer data.
-func staleFile(paths []string, since time.Time) (string, time.Time) {
+// modified after since (the epoch's dump began), or gone since (a file the program
+// had open at the checkpoint, renamed or deleted afterwards: CRIU cannot reopen it),
+// and how it changed: restoring that epoch would run the program's older memory over
+// newer data, or could not be done at all.
+func staleFile(paths []string, since time.Time) (string, string) {
 	n := 0
 	for _, p := range paths {
+		if _, err := os.Lstat(p); errors.Is(err, fs.ErrNotExist) {
+			return p, "is gone (renamed or deleted after the checkpoint)"
+		}
 		var found string
 		var mt time.Time
 		_ = filepath.WalkDir(p, func(q string, d fs.DirEntry, err error) error {
@@ -152,8 +158,8 @@ func staleFile(paths []string, since time.Time) (string, time.Time) {
 			return nil
 		})
 		if found != "" {
-			return found, mt
+			return found, "changed at " + mt.Format(time.RFC3339Nano) + ", after the checkpoint"
 		}
 	}
-	return "", time.Time{}
+	return "", ""
 }

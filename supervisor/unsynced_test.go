@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -73,8 +74,11 @@ func TestWrittenFilesAndStale(t *testing.T) {
 	if _, err := f.WriteString("newer"); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := staleFile([]string{p, filepath.Join(dir, "missing")}, since); got != p {
-		t.Errorf("staleFile = %q, want %q", got, p)
+	if got, how := staleFile([]string{filepath.Join(dir, "missing"), p}, since); got != filepath.Join(dir, "missing") || !strings.Contains(how, "gone") {
+		t.Errorf("staleFile = %q (%s), want the file gone since the checkpoint", got, how)
+	}
+	if got, how := staleFile([]string{p}, since); got != p || !strings.Contains(how, "changed at") {
+		t.Errorf("staleFile = %q (%s), want %q", got, how, p)
 	}
 	// A directory is looked at whole: a file changed anywhere below it counts.
 	sub := filepath.Join(dir, "base", "5")

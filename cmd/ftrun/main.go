@@ -29,6 +29,7 @@ import (
 	"github.com/ftrun/ftrun/failover"
 	"github.com/ftrun/ftrun/supervisor"
 	"github.com/ftrun/ftrun/supervisor/netplace"
+	"github.com/ftrun/ftrun/supervisor/phase"
 	"github.com/ftrun/ftrun/transport/auth"
 	"github.com/ftrun/ftrun/transport/standby"
 	"github.com/ftrun/ftrun/watchdog"
@@ -604,12 +605,38 @@ func printStatus(st supervisor.Status) {
 	if st.LastError != "" {
 		rows = append(rows, [2]string{"last error", st.LastError})
 	}
+	if st.CommitLatencyP50 > 0 {
+		rows = append(rows, [2]string{"epoch commit latency", fmt.Sprintf("p50 %s, p99 %s", ms(st.CommitLatencyP50), ms(st.CommitLatencyP99))})
+	}
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s:\t%s\n", r[0], r[1])
 	}
 	tw.Flush()
+	printPhases(st)
 	fmt.Println()
 }
+
+// printPhases shows where the recent epochs' time went, phase by phase in order.
+func printPhases(st supervisor.Status) {
+	if len(st.Phases) == 0 {
+		return
+	}
+	fmt.Printf("\nepoch phases over the last %d epochs:\n", st.PhaseEpochs)
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  PHASE\tP50\tP99\tMEAN\t")
+	var total time.Duration
+	for _, n := range phase.All {
+		if q, ok := st.Phases[n]; ok {
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t\n", n, ms(q.P50), ms(q.P99), ms(q.Mean))
+			total += q.Mean
+		}
+	}
+	fmt.Fprintf(tw, "  (sum of means)\t\t\t%s\t\n", ms(total))
+	tw.Flush()
+}
+
+// ms shows d in milliseconds with a precision that suits epoch phases.
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
 
 func humanBytes(n int64) string {
 	switch {

@@ -108,7 +108,10 @@ func RunResults(ctx context.Context, opt Options) ([]Result, error) {
 	} else if err := os.MkdirAll(opt.WorkDir, 0o755); err != nil {
 		return nil, err
 	}
-	r := &run{opt: opt, start: time.Now(), state: filepath.Join(opt.WorkDir, "state"), counter: filepath.Join(opt.WorkDir, "counter.txt")}
+	r := &run{opt: opt, start: time.Now(), state: filepath.Join(opt.WorkDir, "state"), counter: filepath.Join(opt.WorkDir, "counter", "counter.txt")}
+	if err := os.MkdirAll(filepath.Dir(r.counter), 0o755); err != nil {
+		return nil, err
+	}
 	script := filepath.Join(opt.WorkDir, "counter.rb")
 	if err := os.WriteFile(script, counterRB, 0o644); err != nil {
 		return nil, err
@@ -191,6 +194,7 @@ func (r *run) startFtrun(script string, extra ...string) error {
 		"--health-cmd", fmt.Sprintf(`[ $(( $(date +%%s) - $(stat -c %%Y %s) )) -le 2 ]`, r.counter),
 		"--health-interval", "500ms", "--health-threshold", "3", "--health-timeout", "1s"}
 	args = append(args, extra...)
+	args = append(args, r.syncArgs()...)
 	args = append(args, "--", "ruby", script, r.counter, strconv.FormatFloat(Tick.Seconds(), 'f', -1, 64))
 	cmd := exec.Command(r.opt.Ftrun, args...)
 	cmd.Stdout, cmd.Stderr = r.ftrunLog, r.ftrunLog
@@ -256,6 +260,11 @@ func (r *run) waitStatus(ctx context.Context, timeout time.Duration, ok func(sup
 	}
 	return supervisor.Status{}, fmt.Errorf("timed out after %s: %v", timeout, last)
 }
+
+// syncArgs keeps the counter's file with its memory: a checkpoint that catches the
+// counter between writing its temporary file and renaming it holds a file that is
+// gone a moment later, and only --sync brings it back with that checkpoint.
+func (r *run) syncArgs() []string { return []string{"--sync", filepath.Dir(r.counter)} }
 
 func (r *run) readCounter() int64 {
 	data, err := os.ReadFile(r.counter)

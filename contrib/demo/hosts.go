@@ -159,7 +159,7 @@ func (h *hostsRun) start(x dhost, log string, args ...string) (*exec.Cmd, error)
 }
 
 func (h *hostsRun) counterArgs() []string {
-	return []string{"--", "ruby", h.script, h.counter, strconv.FormatFloat(Tick.Seconds(), 'f', -1, 64)}
+	return append(h.syncArgs(), "--", "ruby", h.script, h.counter, strconv.FormatFloat(Tick.Seconds(), 'f', -1, 64))
 }
 
 // runA starts `ftrun run --standby B` on host A, with the same command line every time.

@@ -1,14 +1,18 @@
 package logrelay
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // collect reads lines from c until it ends or until n lines came.
@@ -105,6 +109,136 @@ func TestRelayOutlivesItsClient(t *testing.T) {
 		c4.Close()
 		t.Error("the relay still answers after quit")
 	}
+}
+
+// relayPid finds the running relay of the service whose cgroup.procs is procs (the
+// socket's peer credentials name whoever listened, which is the relay's starter).
+func relayPid(t *testing.T, procs string) int {
+	t.Helper()
+	want := []byte(`"Stage":"run","Procs":"` + procs + `"`)
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid)); err == nil && bytes.Contains(env, want) {
+			return pid
+		}
+	}
+	t.Fatalf("no relay for %q runs", procs)
+	return 0
+}
+
+// The relay dies (kill -9) while its client runs: the program's pipes keep a reader
+// (the client holds their read ends), a new relay is started on them, and what the
+// program writes afterwards, more than a pipe holds, arrives, after a notice.
+func TestRelayDeathRevivesOnTheSamePipes(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "relay.sock")
+	procs := filepath.Join(dir, "cgroup.procs")
+	if err := os.WriteFile(procs, []byte("1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := ConnectOrStart(sock, procs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := relayPid(t, procs)
+	if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); strings.TrimSpace(string(comm)) != Comm {
+		t.Errorf("the relay's comm is %q, want %q", comm, Comm)
+	}
+	if err := unix.Kill(pid, unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// Lines a dying relay still reads are lost with it: write once it is gone.
+	waitDead(t, pid)
+	const n = 2000 // about 200 KiB: more than a pipe's buffer
+	go func() {
+		for i := 0; i < n; i++ {
+			if _, err := fmt.Fprintf(c.Stdout, "after the relay's death %d %s\n", i, strings.Repeat("x", 80)); err != nil {
+				t.Errorf("write %d after the relay's death: %v", i, err)
+				return
+			}
+		}
+	}()
+	got := collect(t, c, n+1)
+	if len(got) != n+1 || !strings.Contains(got[0], "output relay died: a new one reads") ||
+		!strings.HasPrefix(got[1], "1:after the relay's death 0 ") || !strings.HasPrefix(got[n], fmt.Sprintf("1:after the relay's death %d ", n-1)) {
+		t.Fatalf("got %d lines, first %q, last %q", len(got), got[0], got[len(got)-1])
+	}
+	c2, err := Connect(sock)
+	if err != nil {
+		t.Fatalf("the new relay: %v", err)
+	}
+	if relayPid(t, procs) == pid {
+		t.Error("the dead relay answers")
+	}
+	c2.CloseWriters()
+	c2.Quit()
+	c2.Read(func(byte, time.Time, []byte) {})
+	c2.Close()
+}
+
+// waitDead waits until pid has died (it is reaped by init, or a zombie).
+func waitDead(t *testing.T, pid int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil || strings.Contains(string(stat), ") Z ") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d did not die of SIGKILL", pid)
+		}
+	}
+}
+
+// The relay dies and no new one can start (its socket's directory is gone): the
+// client reads the pipes itself, so the program's output still arrives, and Close
+// still ends Read.
+func TestRelayDeathWithoutANewOneClientReads(t *testing.T) {
+	dir := t.TempDir()
+	sub := filepath.Join(dir, "state")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(sub, "relay.sock")
+	procs := filepath.Join(dir, "cgroup.procs")
+	if err := os.WriteFile(procs, []byte("1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := ConnectOrStart(sock, procs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := relayPid(t, procs)
+	// No socket can be made where the relay listened.
+	if err := os.RemoveAll(sub); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(sub, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Kill(pid, unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitDead(t, pid)
+	const n = 1000
+	go func() {
+		for i := 0; i < n; i++ {
+			if _, err := fmt.Fprintf(c.Stderr, "no relay %d %s\n", i, strings.Repeat("y", 80)); err != nil {
+				t.Errorf("write %d: %v", i, err)
+				return
+			}
+		}
+	}()
+	got := collect(t, c, n+1)
+	if len(got) != n+1 || !strings.Contains(got[0], "ftrun reads the program's output itself") ||
+		!strings.HasPrefix(got[1], "2:no relay 0 ") || !strings.HasPrefix(got[n], fmt.Sprintf("2:no relay %d ", n-1)) {
+		t.Fatalf("got %d lines, first %q, last %q", len(got), got[0], got[len(got)-1])
+	}
+	c.CloseWriters()
 }
 
 func TestQueueDropsOldestBeyondItsBound(t *testing.T) {

@@ -489,10 +489,25 @@ func (p *EpochCommit) UnmarshalBinary(b []byte) error {
 	return nil
 }
 
+// FeatureAckPhases in a primary's Hello says that it reads the standby's phase
+// durations in an Ack (AckPhases); a standby sends them only to a primary that says
+// so, since an older primary refuses an Ack longer than its epoch.
+const FeatureAckPhases = "ack-phases"
+
 // Ack tells the primary that Epoch is durably committed on the standby: the output
 // it covers may now be released.
 type Ack struct {
 	Epoch uint64
+	// Phases is how long the standby's commit of the epoch took, part by part; nil
+	// from a standby that does not report them (or to a primary that did not ask).
+	Phases *AckPhases
+}
+
+// AckPhases is what the standby measured of one commit, in nanoseconds: rebuilding
+// the set from its base and the delta, checking it against the manifest, and making
+// it durable. It travels after the epoch as three u64s.
+type AckPhases struct {
+	ApplyNs, VerifyNs, DurableNs uint64
 }
 
 func (*Ack) Type() Type                       { return TypeAck }
@@ -500,6 +515,11 @@ func (p *Ack) MarshalBinary() ([]byte, error) { return marshal(p) }
 func (p *Ack) AppendBinary(b []byte) ([]byte, error) {
 	e := newEnc(b)
 	e.u64(p.Epoch)
+	if ph := p.Phases; ph != nil {
+		e.u64(ph.ApplyNs)
+		e.u64(ph.VerifyNs)
+		e.u64(ph.DurableNs)
+	}
 	return e.result(TypeAck)
 }
 
@@ -507,6 +527,11 @@ func (p *Ack) UnmarshalBinary(b []byte) error {
 	d := dec{b: b}
 	var v Ack
 	v.Epoch = d.u64("Epoch")
+	if d.err == nil && len(d.b) > 0 {
+		// The only optional part of any payload: an Ack of exactly 8 bytes is a
+		// plain one, of 32 one with phases; anything else is refused by done.
+		v.Phases = &AckPhases{ApplyNs: d.u64("ApplyNs"), VerifyNs: d.u64("VerifyNs"), DurableNs: d.u64("DurableNs")}
+	}
 	if err := d.done(TypeAck); err != nil {
 		return err
 	}

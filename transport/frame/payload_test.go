@@ -26,6 +26,7 @@ func samplePayloads() []Payload {
 		&FileDelta{Path: "/tmp/gone", Deleted: true},
 		&EpochCommit{Manifest: []byte(`{"version":1,"epoch":42}`)},
 		&Ack{Epoch: 42},
+		&Ack{Epoch: 42, Phases: &AckPhases{ApplyNs: 1, VerifyNs: 2e6, DurableNs: 3e9}},
 		&Nack{Epoch: 43, Code: NackDiskFull, Reason: "no space left on device"},
 		&Heartbeat{SentUnixNano: -5, Committed: 42},
 		&ResyncRequest{Reason: "base epoch 40 lost", HaveEpoch: 39},
@@ -57,6 +58,10 @@ func TestPayloadRoundTrip(t *testing.T) {
 			}
 			// Strictness: every shorter prefix and any trailing byte is refused.
 			for i := range len(b) {
+				if a, ok := p.(*Ack); ok && a.Phases != nil && i == 8 {
+					// The Ack's phases are optional: its first 8 bytes are a plain Ack.
+					continue
+				}
 				if _, err := DecodePayload(p.Type(), b[:i]); !errors.Is(err, ErrMalformed) {
 					t.Fatalf("decode of %d/%d bytes: err = %v, want ErrMalformed", i, len(b), err)
 				}
@@ -194,6 +199,28 @@ func TestPayloadDecodeBounds(t *testing.T) {
 	}
 	if _, err := DecodePayload(0, nil); !errors.Is(err, ErrUnknownType) {
 		t.Fatalf("DecodePayload(type 0) = %v, want ErrUnknownType", err)
+	}
+}
+
+func TestAckPhasesOptional(t *testing.T) {
+	// What an older standby sends, and what an older primary accepts: the epoch alone.
+	plain, err := (&Ack{Epoch: 9}).MarshalBinary()
+	if err != nil || len(plain) != 8 {
+		t.Fatalf("plain Ack = %d bytes, %v; want the 8 bytes older peers speak", len(plain), err)
+	}
+	var a Ack
+	if err := a.UnmarshalBinary(plain); err != nil || a.Phases != nil || a.Epoch != 9 {
+		t.Fatalf("plain Ack decoded as %+v, %v", a, err)
+	}
+	long, err := (&Ack{Epoch: 9, Phases: &AckPhases{ApplyNs: 5}}).MarshalBinary()
+	if err != nil || len(long) != 32 {
+		t.Fatalf("Ack with phases = %d bytes, %v", len(long), err)
+	}
+	for _, n := range []int{9, 16, 31, 33} {
+		b := append(append([]byte{}, long...), 0)[:n]
+		if err := a.UnmarshalBinary(b); !errors.Is(err, ErrMalformed) {
+			t.Errorf("Ack of %d bytes: err = %v, want ErrMalformed", n, err)
+		}
 	}
 }
 

@@ -107,6 +107,11 @@ type Stats struct {
 	BlockBytes int64
 	Full       bool
 	Duration   time.Duration
+	// When the Ship started, its delta was computed, its last frame written, and the
+	// standby's answer came: where the epoch's time went on this side.
+	Started, Diffed, Sent, Answered time.Time
+	// Standby is what the standby measured of its commit (nil: it did not say).
+	Standby *frame.AckPhases
 }
 
 // Shipper sends one service's epochs to one standby. Ship calls are serialised;
@@ -146,8 +151,9 @@ type link struct {
 }
 
 type result struct {
-	epoch uint64
-	nack  *frame.Nack
+	epoch  uint64
+	nack   *frame.Nack
+	phases *frame.AckPhases
 }
 
 // New returns a Shipper that is not connected yet.
@@ -214,9 +220,10 @@ func (s *Shipper) hello(ctx context.Context, c net.Conn) error {
 		closing: make(chan struct{}),
 		done:    make(chan struct{}),
 	}
-	hello := &frame.Hello{Version: frame.Version, Service: s.cfg.Service, Host: s.cfg.Host, Role: frame.RolePrimary.String(), LastCommitted: acked}
+	hello := &frame.Hello{Version: frame.Version, Service: s.cfg.Service, Host: s.cfg.Host, Role: frame.RolePrimary.String(), LastCommitted: acked,
+		Features: []string{frame.FeatureAckPhases}}
 	if s.cfg.LiveSince > 0 {
-		hello.Features = []string{frame.FeatureLiveSince + strconv.FormatUint(s.cfg.LiveSince, 10)}
+		hello.Features = append(hello.Features, frame.FeatureLiveSince+strconv.FormatUint(s.cfg.LiveSince, 10))
 	}
 	if err := l.w.WritePayload(0, hello); err != nil {
 		return err
@@ -295,7 +302,7 @@ func (s *Shipper) read(l *link, r *frame.Reader) {
 			s.mu.Unlock()
 		case *frame.Ack:
 			select {
-			case l.results <- result{epoch: p.Epoch}:
+			case l.results <- result{epoch: p.Epoch, phases: p.Phases}:
 			case <-l.closing:
 				return
 			}
@@ -467,7 +474,7 @@ func (s *Shipper) Ship(ctx context.Context, epoch uint64, setDir string) error {
 	// A cancelled ctx interrupts a write or the wait for the ack by expiring the
 	// connection's deadlines; the link is then dropped, never reused half-written.
 	stop := context.AfterFunc(ctx, func() { l.conn.SetDeadline(time.Now()) })
-	st := Stats{Epoch: epoch, Full: full}
+	st := Stats{Epoch: epoch, Full: full, Started: start, Diffed: s.clk.Now()}
 	s.meter.Start(epoch, full, deltaSize(setDir, delta))
 	err = s.send(ctx, l, epoch, full, base.Epoch, setDir, delta, raw, &st)
 	if tr, long := s.meter.Finish(); long && err == nil {
@@ -475,7 +482,9 @@ func (s *Shipper) Ship(ctx context.Context, epoch uint64, setDir string) error {
 	}
 	var res result
 	if err == nil {
+		st.Sent = s.clk.Now()
 		res, err = s.await(ctx, l, epoch)
+		st.Answered, st.Standby = s.clk.Now(), res.phases
 	}
 	if !stop() && err == nil {
 		err = ctx.Err()

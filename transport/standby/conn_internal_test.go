@@ -393,3 +393,36 @@ func TestReceivingProgress(t *testing.T) {
 
 // rawIdentity is what a raw peer's certificate would say: a primary of any service.
 var rawIdentity = auth.Identity{Name: "raw", Roles: []string{auth.RolePrimary}, Services: []string{auth.AnyService}}
+
+// A primary that asks for them (FeatureAckPhases) gets the commit's phases in its
+// Acks; one that does not, an older one, gets the plain 8-byte Ack it can read.
+func TestAckCarriesPhasesOnlyWhenAsked(t *testing.T) {
+	for _, asks := range []bool{false, true} {
+		store := openStore(t)
+		p := newRaw(t, store, frame.Limits{})
+		h := &frame.Hello{Version: frame.Version, Service: "svc", Host: "raw", Role: "primary"}
+		if asks {
+			h.Features = []string{frame.FeatureAckPhases}
+		}
+		p.send(0, h)
+		p.expect(frame.TypeHello)
+		fx1 := makeFixture(t, 1, map[string][]byte{"a.img": bytes.Repeat([]byte{1}, 64<<10), "b.img": []byte("bee")})
+		p.sendEpoch(1, 0, fx1)
+		p.expect(frame.TypeAck)
+		fx2 := makeFixture(t, 2, map[string][]byte{"a.img": bytes.Repeat([]byte{2}, 64<<10), "b.img": []byte("bee")})
+		p.sendEpoch(2, 1, fx2, "a.img")
+		f := p.expect(frame.TypeAck)
+		var a frame.Ack
+		if err := a.UnmarshalBinary(f.Payload); err != nil || a.Epoch != 2 {
+			t.Fatalf("ack %+v, %v", a, err)
+		}
+		switch {
+		case !asks && (a.Phases != nil || len(f.Payload) != 8):
+			t.Fatalf("a primary that did not ask got %d bytes, phases %+v", len(f.Payload), a.Phases)
+		case asks && a.Phases == nil:
+			t.Fatal("a primary that asked got no phases")
+		case asks && (a.Phases.VerifyNs == 0 || a.Phases.DurableNs == 0):
+			t.Fatalf("phases %+v: verify and durable took no time at all", *a.Phases)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/ftrun/ftrun/checkpoint"
 	"github.com/ftrun/ftrun/checkpoint/delta"
@@ -109,6 +110,19 @@ type incoming struct {
 	chain   *chain
 	tried   bool // retireOlder ran
 	fail    *epochError
+	// now times the commit's phases (nil: the phases are not timed); took is what
+	// build measured, for the Ack of a primary that asks for it.
+	now  func() time.Time
+	took frame.AckPhases
+}
+
+// since is the time from t to now in nanoseconds, with the time now as it was read.
+func (in *incoming) since(t time.Time) (uint64, time.Time) {
+	if in.now == nil {
+		return 0, t
+	}
+	n := in.now()
+	return uint64(max(n.Sub(t), 0)), n
 }
 
 // beginEpoch checks that the epoch can be received (for a delta: its base is this
@@ -492,11 +506,16 @@ func (in *incoming) nextChain() *chain {
 // only the files written for it.
 func (in *incoming) build(m *checkpoint.Manifest, listed map[string]bool, manifest []byte) *epochError {
 	origins := map[string]origin{}
+	var t time.Time
+	if in.now != nil {
+		t = in.now()
+	}
 	if !in.begin.Full {
 		if e := in.fromBase(listed, origins); e != nil {
 			return e
 		}
 	}
+	in.took.ApplyNs, t = in.since(t)
 	if err := writeFile(filepath.Join(in.pending.Dir, checkpoint.ManifestName), manifest); err != nil {
 		return classify("write manifest", err)
 	}
@@ -507,12 +526,14 @@ func (in *incoming) build(m *checkpoint.Manifest, listed map[string]bool, manife
 	if err != nil {
 		return classify("verify", err)
 	}
+	in.took.VerifyNs, t = in.since(t)
 	p := in.pending
 	in.pending = nil // CommitDurable removes the directory itself on failure
 	if _, err := p.CommitDurable(verified, written(m, origins)); err != nil {
 		// Not durable means not committed: the primary must not release output on it.
 		return classify("commit", err)
 	}
+	in.took.DurableNs, _ = in.since(t)
 	return nil
 }
 

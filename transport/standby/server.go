@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -518,7 +519,9 @@ type conn struct {
 	in      *incoming
 	resync  bool // a full epoch was asked for; deltas until then are dropped
 	started bool
-	meter   *progress.Meter
+	// ackPhases: the primary's Hello asked for the commit's phases in each Ack.
+	ackPhases bool
+	meter     *progress.Meter
 }
 
 // serveConn runs the protocol on an authenticated connection. Any frame that does
@@ -599,6 +602,7 @@ func (cn *conn) run() error {
 		return fmt.Errorf("refused primary of %q: %w", cn.name, err)
 	}
 	cn.started = true
+	cn.ackPhases = slices.Contains(h.Features, frame.FeatureAckPhases)
 	cn.meter = cn.s.attachMeter(cn.name)
 	cn.s.heard(cn.name, frame.HeaderSize+len(f.Payload)+frame.TrailerSize)
 	if h.LastCommitted != committed {
@@ -636,6 +640,16 @@ func (cn *conn) run() error {
 	}
 }
 
+// ack is the Ack for epoch, with the commit's phases for a primary that asked for
+// them: an older one refuses an Ack longer than the epoch.
+func (cn *conn) ack(epoch uint64, took frame.AckPhases) *frame.Ack {
+	a := &frame.Ack{Epoch: epoch}
+	if cn.ackPhases {
+		a.Phases = &took
+	}
+	return a
+}
+
 // step acts on one frame the Sequencer accepted.
 func (cn *conn) step(epoch uint64, p frame.Payload) error {
 	switch p := p.(type) {
@@ -650,6 +664,7 @@ func (cn *conn) step(epoch uint64, p frame.Payload) error {
 		name := cn.name
 		cn.in.charge = func(n int64) error { return cn.s.quotas.charge(name, n) }
 		cn.in.onEnd = func() { cn.s.quotas.end(name) }
+		cn.in.now = cn.s.clk.Now
 		cn.meter.Start(epoch, p.Full, 0)
 		if cn.resync {
 			// Already asked for a full epoch: this delta was sent before the primary
@@ -689,7 +704,7 @@ func (cn *conn) step(epoch uint64, p frame.Payload) error {
 		cn.s.endCommit(cn.name)
 		if e == nil {
 			cn.s.commitTook(cn.name, time.Since(start))
-			return cn.send(epoch, &frame.Ack{Epoch: epoch})
+			return cn.send(epoch, cn.ack(epoch, in.took))
 		}
 		cn.s.log.Warn("standby: epoch not committed", "service", cn.name, "epoch", epoch, "code", e.code.String(), "err", e.err)
 		if e.resync && !alreadyAsked {

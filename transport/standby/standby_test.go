@@ -520,3 +520,24 @@ func assertOnlyEpoch1(t *testing.T, store *standby.Store, root, dir1 string) {
 	assertNoPending(t, root, "svc")
 	sameSet(t, dir1, setDir(t, store, "svc", 1))
 }
+
+// The Shipper learns the standby's commit phases from its Ack and records where the
+// epoch's time went on its own side, in order.
+func TestShipStatsCarryPhases(t *testing.T) {
+	_, _, _, p := connectedPrimary(t)
+	for e := uint64(1); e <= 2; e++ {
+		if err := p.shipSet(t, e, p.commit(t, e, map[string][]byte{"a.img": pattern(100<<10, byte(e))})); err != nil {
+			t.Fatal(err)
+		}
+		st := p.ship.LastStats()
+		if st.Standby == nil || st.Standby.VerifyNs == 0 {
+			t.Fatalf("epoch %d: standby phases %+v", e, st.Standby)
+		}
+		marks := []time.Time{st.Started, st.Diffed, st.Sent, st.Answered}
+		for i := 1; i < len(marks); i++ {
+			if marks[i].IsZero() || marks[i].Before(marks[i-1]) {
+				t.Fatalf("epoch %d: marks out of order: %v", e, marks)
+			}
+		}
+	}
+}
