@@ -448,29 +448,36 @@ func outputWhileFtrunDead(t testing.TB, d *daemon, args []string, ask func(i int
 // answering (no EPIPE), and the lines come back with ftrun.
 func TestDaemonPythonLogsWhileFtrunDead(t *testing.T) {
 	requiresRoot(t, "python3")
+	d, args, ask := startPythonServer(t, "dm-pylog")
+	outputWhileFtrunDead(t, d, args, func(i int) error { return ask("dead=" + strconv.Itoa(i)) },
+		func(i int) string { return fmt.Sprintf("GET /x.txt?dead=%d ", i) })
+}
+
+// startPythonServer runs python's http.server (it logs every request to stderr)
+// under ftrun as service name, serving one file, and waits for its first checkpoint
+// and its first answer. It returns the ftrun arguments it ran (without --discard), and
+// ask, which fetches the file with query q and checks the answer.
+func startPythonServer(t *testing.T, name string) (d *daemon, args []string, ask func(q string) error) {
+	t.Helper()
 	port := freePort(t)
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "x.txt"), []byte("x\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	name := "dm-pylog"
-	args := []string{"--name", name, "--interval", "500ms", "--", "python3", "-m", "http.server", "--bind", "127.0.0.1", "--directory", dir, strconv.Itoa(port)}
+	args = []string{"--name", name, "--interval", "500ms", "--", "python3", "-m", "http.server", "--bind", "127.0.0.1", "--directory", dir, strconv.Itoa(port)}
 	t.Cleanup(func() { killService(t, name) })
-	d := &daemon{t: t, name: name, state: t.TempDir()}
+	d = &daemon{t: t, name: name, state: t.TempDir()}
 	d.p = startFtrun(t, d.state, nil, append([]string{"--discard"}, args...)...)
 	d.p.waitFor("first checkpoint", 30*time.Second, func(s supervisor.Status) bool { return s.Epoch > 0 })
-	base := fmt.Sprintf("http://127.0.0.1:%d/x.txt?dead=", port)
-	waitAnswer(t, "python", 10*time.Second, func() (bool, error) {
-		code, _, err := httpGet(base + "warmup")
-		return code == 200, err
-	})
-	outputWhileFtrunDead(t, d, args, func(i int) error {
-		code, body, err := httpGet(base + strconv.Itoa(i))
+	ask = func(q string) error {
+		code, body, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d/x.txt?%s", port, q))
 		if err == nil && (code != 200 || body != "x\n") {
 			err = fmt.Errorf("answer %d %q", code, body)
 		}
 		return err
-	}, func(i int) string { return fmt.Sprintf("GET /x.txt?dead=%d ", i) })
+	}
+	waitAnswer(t, "python", 10*time.Second, func() (bool, error) { err := ask("warmup"); return err == nil, err })
+	return d, args, ask
 }
 
 const goServer = `package main
@@ -1053,25 +1060,8 @@ func relayOf(t testing.TB, name string) int {
 // as before. `killall ftrun` does not match the relay.
 func TestDaemonOutputRelayKilled(t *testing.T) {
 	requiresRoot(t, "python3")
-	port := freePort(t)
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "x.txt"), []byte("x\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	name := "m2-relaykill"
-	args := []string{"--name", name, "--interval", "500ms", "--", "python3", "-m", "http.server", "--bind", "127.0.0.1", "--directory", dir, strconv.Itoa(port)}
-	t.Cleanup(func() { killService(t, name) })
-	d := &daemon{t: t, name: name, state: t.TempDir()}
-	d.p = startFtrun(t, d.state, nil, append([]string{"--discard"}, args...)...)
-	d.p.waitFor("first checkpoint", 30*time.Second, func(s supervisor.Status) bool { return s.Epoch > 0 })
-	ask := func(q string) error {
-		code, body, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d/x.txt?%s", port, q))
-		if err == nil && (code != 200 || body != "x\n") {
-			err = fmt.Errorf("answer %d %q", code, body)
-		}
-		return err
-	}
-	waitAnswer(t, "python", 10*time.Second, func() (bool, error) { err := ask("warmup"); return err == nil, err })
+	d, args, ask := startPythonServer(t, name)
 	relay := relayOf(t, name)
 	if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", relay)); strings.TrimSpace(string(comm)) != "ftrun-relay" {
 		t.Errorf("the relay's comm is %q, want ftrun-relay (killall ftrun would take it)", comm)
@@ -1119,25 +1109,8 @@ func TestDaemonOutputRelayKilled(t *testing.T) {
 // answering, and its lines reach the ftrun after).
 func TestDaemonFtrunAndRelayKilledTogether(t *testing.T) {
 	requiresRoot(t, "python3")
-	port := freePort(t)
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "x.txt"), []byte("x\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	name := "m2-bothkilled"
-	args := []string{"--name", name, "--interval", "500ms", "--", "python3", "-m", "http.server", "--bind", "127.0.0.1", "--directory", dir, strconv.Itoa(port)}
-	t.Cleanup(func() { killService(t, name) })
-	d := &daemon{t: t, name: name, state: t.TempDir()}
-	d.p = startFtrun(t, d.state, nil, append([]string{"--discard"}, args...)...)
-	d.p.waitFor("first checkpoint", 30*time.Second, func(s supervisor.Status) bool { return s.Epoch > 0 })
-	ask := func(q string) error {
-		code, body, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d/x.txt?%s", port, q))
-		if err == nil && (code != 200 || body != "x\n") {
-			err = fmt.Errorf("answer %d %q", code, body)
-		}
-		return err
-	}
-	waitAnswer(t, "python", 10*time.Second, func() (bool, error) { err := ask("warmup"); return err == nil, err })
+	d, args, ask := startPythonServer(t, name)
 	pid := d.p.waitFor("running", 5*time.Second, func(s supervisor.Status) bool { return s.Pid > 0 }).Pid
 	relay := relayOf(t, name)
 	if err := syscall.Kill(relay, syscall.SIGKILL); err != nil {
