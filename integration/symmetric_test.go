@@ -66,6 +66,27 @@ func (p *symPair) live(t *testing.T, what string) (live, standby node) {
 	}
 }
 
+// failedOverOnce starts both nodes at once and a client writing on one connection,
+// kills the live host (the other takes over, and the client's writes go on there)
+// and brings it back with the same command. It returns each node's ftrun and the
+// writer.
+func (p *symPair) failedOverOnce(t *testing.T) (procs map[string]*ftrunProc, w *writer) {
+	t.Helper()
+	procs = map[string]*ftrunProc{}
+	procs[p.a.h.name] = p.start(t, p.a)
+	procs[p.b.h.name] = p.start(t, p.b)
+	first, _ := p.live(t, "both started at once")
+	w = startWriter(t, p.outputEnv, redisService, p.port, 20*time.Second)
+	waitWrites(t, w, 20, 20*time.Second, "first writes")
+	procs[first.h.name].kill9()
+	first.die(t)
+	n := checkPrefix(t, w, 1)
+	waitWrites(t, w, n+10, 30*time.Second, "writes after the take-over")
+	first.comeBack()
+	procs[first.h.name] = p.start(t, first)
+	return procs, w
+}
+
 // bootLine is the line in which ftrun's log states its role decision.
 func bootLine(lg string) string {
 	for _, l := range strings.Split(lg, "\n") {
@@ -199,19 +220,8 @@ func TestSymmetricBothRestart(t *testing.T) {
 // one copy, the client's connection survives, no acknowledged write is lost.
 func TestSymmetricLiveFtrunRestart(t *testing.T) {
 	p := newSymPair(t, "f2-adopt")
-	procs := map[string]*ftrunProc{}
-	procs[p.a.h.name] = p.start(t, p.a)
-	procs[p.b.h.name] = p.start(t, p.b)
-	first, _ := p.live(t, "both started at once")
-	w := startWriter(t, p.outputEnv, redisService, p.port, 20*time.Second)
+	procs, w := p.failedOverOnce(t)
 	defer w.close()
-	waitWrites(t, w, 20, 20*time.Second, "first writes")
-	procs[first.h.name].kill9()
-	first.die(t)
-	n := checkPrefix(t, w, 1)
-	waitWrites(t, w, n+10, 30*time.Second, "writes after the take-over")
-	first.comeBack()
-	procs[first.h.name] = p.start(t, first)
 	live, _ := p.live(t, "the dead host came back")
 	// live is the former standby: its ftrun runs the live copy it took over.
 	st, _ := status(live.state)
@@ -220,7 +230,7 @@ func TestSymmetricLiveFtrunRestart(t *testing.T) {
 	if os.Getenv("FTRUN_SOAK") != "" {
 		rounds = 10
 	}
-	adopted := 0
+	adopted, n := 0, 0
 	for r := 1; r <= rounds; r++ {
 		n = checkPrefix(t, w, 2+r)
 		procs[live.h.name].kill9()
@@ -285,23 +295,12 @@ func TestSymmetricLiveFtrunRestart(t *testing.T) {
 // command, the fenced host becomes the standby.
 func TestSymmetricHealedPartitionLaterTakeoverStays(t *testing.T) {
 	p := newSymPair(t, "f2-heal2")
-	procs := map[string]*ftrunProc{}
-	procs[p.a.h.name] = p.start(t, p.a)
-	procs[p.b.h.name] = p.start(t, p.b)
-	first, _ := p.live(t, "both started at once")
-	w := startWriter(t, p.outputEnv, redisService, p.port, 20*time.Second)
+	procs, w := p.failedOverOnce(t)
 	defer w.close()
-	waitWrites(t, w, 20, 20*time.Second, "first writes")
-	procs[first.h.name].kill9()
-	first.die(t)
-	n := checkPrefix(t, w, 1)
-	waitWrites(t, w, n+10, 30*time.Second, "writes after the first take-over")
-	first.comeBack()
-	procs[first.h.name] = p.start(t, first)
 	cut, stays := p.live(t, "the dead host came back")
 
 	run(t, "ip", "-n", cut.h.name, "link", "set", "eth0", "down")
-	n = checkPrefix(t, w, 2)
+	n := checkPrefix(t, w, 2)
 	before := n
 	waitWrites(t, w, n+15, 30*time.Second, "writes on the second take-over's copy during the partition")
 	if len(cut.procs(t, p.name)) == 0 {
