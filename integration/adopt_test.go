@@ -22,17 +22,12 @@ func TestStandbyLiveCopyRestart(t *testing.T) {
 	w := startWriter(t, e.outputEnv, redisService, e.port, 20*time.Second)
 	defer w.close()
 	waitWrites(t, w, 20, 20*time.Second, "first writes")
-	pa.kill9()
-	e.a.die(t)
-	n := checkPrefix(t, w, 1)
-	waitWrites(t, w, n+10, 30*time.Second, "writes on B's live copy")
-	e.a.comeBack()
-	pa = e.runA(t)
+	pa = e.aDiesAndReturns(t, pa, w)
 	st := waitStatus(t, e.liveB(), "B's live copy protected by A", 60*time.Second, protectedBy(e.a.h.addr))
 	pid := st.Pid
 
 	// Restarted at once: adopted.
-	n = checkPrefix(t, w, 2)
+	n := checkPrefix(t, w, 2)
 	sb.kill()
 	sb = e.standbyB(t)
 	st = waitStatus(t, e.liveB(), "the adopted live copy protected by A", 60*time.Second, func(s supervisor.Status) bool {

@@ -200,6 +200,19 @@ func (e *pairEnv) standbyB(t *testing.T) *standbyProc {
 // liveB is the state dir of the copy B's standby runs after a take-over.
 func (e *pairEnv) liveB() string { return filepath.Join(e.b.state, e.name, "live") }
 
+// aDiesAndReturns kills host A with pa, its ftrun, while B holds its epochs, waits
+// for the client's writes to go on on B's live copy, and brings A back with the same
+// command; it returns A's new ftrun.
+func (e *pairEnv) aDiesAndReturns(t *testing.T, pa *ftrunProc, w *writer) *ftrunProc {
+	t.Helper()
+	pa.kill9()
+	e.a.die(t)
+	n := checkPrefix(t, w, 1)
+	waitWrites(t, w, n+10, 30*time.Second, "writes on B's live copy")
+	e.a.comeBack()
+	return e.runA(t)
+}
+
 func protectedBy(peer string) func(supervisor.Status) bool {
 	return func(s supervisor.Status) bool {
 		return s.Pid > 0 && strings.HasPrefix(s.Protection, "protected by standby "+peer) && s.StandbyEpoch > 0
@@ -549,12 +562,7 @@ func TestFormerStandbyWaitsForUnreachablePeer(t *testing.T) {
 	w := startWriter(t, e.outputEnv, redisService, e.port, 20*time.Second)
 	defer w.close()
 	waitWrites(t, w, 10, 20*time.Second, "first writes")
-	pa.kill9()
-	e.a.die(t)
-	n := checkPrefix(t, w, 1)
-	waitWrites(t, w, n+10, 30*time.Second, "writes on B")
-	e.a.comeBack()
-	pa = e.runA(t)
+	pa = e.aDiesAndReturns(t, pa, w)
 	waitStatus(t, e.liveB(), "B's live copy protected by A", 60*time.Second, protectedBy(e.a.h.addr))
 
 	// A's ftrun dies and comes back while it cannot reach B (B and the client go on).
@@ -567,7 +575,7 @@ func TestFormerStandbyWaitsForUnreachablePeer(t *testing.T) {
 	if !strings.Contains(pa.log(), "this host was its standby: waiting for the live copy") {
 		t.Errorf("A's log does not say why it waits:\n%s", tail(pa.log(), 10))
 	}
-	n = checkPrefix(t, w, 2)
+	n := checkPrefix(t, w, 2)
 	waitWrites(t, w, n+10, 30*time.Second, "writes on B while A waits")
 	if ps := e.a.procs(t, e.name); len(ps) != 0 {
 		t.Fatalf("A started the program although the live copy may run on B: %s", describe(ps))
