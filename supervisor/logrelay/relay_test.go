@@ -3,6 +3,7 @@ package logrelay
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -154,15 +155,7 @@ func TestRelayDeathRevivesOnTheSamePipes(t *testing.T) {
 	// Lines a dying relay still reads are lost with it: write once it is gone.
 	waitDead(t, pid)
 	const n = 2000 // about 200 KiB: more than a pipe's buffer
-	go func() {
-		for i := 0; i < n; i++ {
-			if _, err := fmt.Fprintf(c.Stdout, "after the relay's death %d %s\n", i, strings.Repeat("x", 80)); err != nil {
-				t.Errorf("write %d after the relay's death: %v", i, err)
-				return
-			}
-		}
-	}()
-	got := collect(t, c, n+1)
+	got := writeAndCollect(t, c, c.Stdout, n, "after the relay's death", "x")
 	if len(got) != n+1 || !strings.Contains(got[0], "output relay died: a new one reads") ||
 		!strings.HasPrefix(got[1], "1:after the relay's death 0 ") || !strings.HasPrefix(got[n], fmt.Sprintf("1:after the relay's death %d ", n-1)) {
 		t.Fatalf("got %d lines, first %q, last %q", len(got), got[0], got[len(got)-1])
@@ -225,15 +218,7 @@ func TestRelayDeathWithoutANewOneClientReads(t *testing.T) {
 	}
 	waitDead(t, pid)
 	const n = 1000
-	go func() {
-		for i := 0; i < n; i++ {
-			if _, err := fmt.Fprintf(c.Stderr, "no relay %d %s\n", i, strings.Repeat("y", 80)); err != nil {
-				t.Errorf("write %d: %v", i, err)
-				return
-			}
-		}
-	}()
-	got := collect(t, c, n+1)
+	got := writeAndCollect(t, c, c.Stderr, n, "no relay", "y")
 	if len(got) != n+1 || !strings.Contains(got[0], "ftrun reads the program's output itself") ||
 		!strings.HasPrefix(got[1], "2:no relay 0 ") || !strings.HasPrefix(got[n], fmt.Sprintf("2:no relay %d ", n-1)) {
 		t.Fatalf("got %d lines, first %q, last %q", len(got), got[0], got[len(got)-1])
@@ -256,4 +241,25 @@ func TestQueueDropsOldestBeyondItsBound(t *testing.T) {
 	if ls, more := q.take(func() bool { return false }); len(ls) != 0 || more {
 		t.Errorf("after the last reader: %d lines, more %v", len(ls), more)
 	}
+}
+
+// writeAndCollect writes n lines "what I FILL..." to w (the program's end of a pipe)
+// while it collects n+1 lines from c (ftrun's notice first), and waits for the writer.
+func writeAndCollect(t *testing.T, c *Client, w io.Writer, n int, what, fill string) []string {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		for i := 0; i < n; i++ {
+			if _, err := fmt.Fprintf(w, "%s %d %s\n", what, i, strings.Repeat(fill, 80)); err != nil {
+				done <- fmt.Errorf("write %d (%s): %w", i, what, err)
+				return
+			}
+		}
+		done <- nil
+	}()
+	got := collect(t, c, n+1)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	return got
 }
