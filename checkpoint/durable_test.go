@@ -3,6 +3,7 @@ package checkpoint
 import (
 	"errors"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -119,6 +120,53 @@ func TestCommitDurable(t *testing.T) {
 		}
 		if got := dirNames(t, s.Dir()); !slices.Equal(got, []string{epochName(1), epochName(2)}) {
 			t.Errorf("store holds %v", got)
+		}
+	}
+}
+
+// CommitCached commits a set as complete and readable as CommitDurable's, and waits
+// for no disk: it fsyncs nothing, where CommitDurable fsyncs what is new.
+func TestCommitCachedSyncsNothing(t *testing.T) {
+	var syncs int
+	fsync = func(f *os.File) error { syncs++; return f.Sync() }
+	t.Cleanup(func() { fsync = (*os.File).Sync })
+	for _, cached := range []bool{false, true} {
+		s := openStore(t)
+		base := commitSet(t, s, 1, sampleImages)
+		p, err := s.Begin(2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeFiles(t, p.Dir, sampleImages)
+		m, err := ReadManifest(base.Dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Epoch = 2
+		if err := writeManifest(p.Dir, m); err != nil {
+			t.Fatal(err)
+		}
+		if m, err = VerifyDir(p.Dir); err != nil {
+			t.Fatal(err)
+		}
+		syncs = 0
+		var set Set
+		if cached {
+			set, err = p.CommitCached(m)
+		} else {
+			set, err = p.CommitDurable(m, slices.Collect(maps.Keys(sampleImages)))
+		}
+		if err != nil {
+			t.Fatalf("cached=%v: %v", cached, err)
+		}
+		if _, err := VerifyDir(set.Dir); err != nil {
+			t.Errorf("cached=%v: %v", cached, err)
+		}
+		switch {
+		case cached && syncs != 0:
+			t.Errorf("CommitCached fsynced %d times", syncs)
+		case !cached && syncs < len(sampleImages)+2:
+			t.Errorf("CommitDurable fsynced %d times, want every new file, the manifest and two directories", syncs)
 		}
 	}
 }

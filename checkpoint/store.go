@@ -140,7 +140,19 @@ func (p *Pending) commit(m *Manifest) (Set, error) {
 // at any point leaves either no set of this epoch or a complete one. On any error the
 // set is removed, pending or committed, and no other set changes.
 func (p *Pending) CommitDurable(m *Manifest, written []string) (Set, error) {
-	set, err := p.commitDurable(m, written)
+	return p.commitSet(m, written, true)
+}
+
+// CommitCached commits the set as CommitDurable does, but leaves it to the kernel to
+// write out: it is complete and readable at once, and survives this process, but a
+// power loss before the kernel writes it back may tear it (Verify then refuses it).
+// It serves a standby that acks from memory.
+func (p *Pending) CommitCached(m *Manifest) (Set, error) {
+	return p.commitSet(m, nil, false)
+}
+
+func (p *Pending) commitSet(m *Manifest, written []string, durable bool) (Set, error) {
+	set, err := p.place(m, written, durable && !p.store.NoSync)
 	if err != nil {
 		_ = p.Abort()
 		return Set{}, wrapNoSpace(err)
@@ -148,11 +160,13 @@ func (p *Pending) CommitDurable(m *Manifest, written []string) (Set, error) {
 	return set, nil
 }
 
-func (p *Pending) commitDurable(m *Manifest, written []string) (Set, error) {
+// place renames the pending set into the store, fsyncing what is new first (and the
+// store's directory after) when durable.
+func (p *Pending) place(m *Manifest, written []string, durable bool) (Set, error) {
 	if m.Epoch != p.Epoch {
 		return Set{}, fmt.Errorf("%w: manifest is for epoch %d, not %d", ErrCorrupt, m.Epoch, p.Epoch)
 	}
-	if !p.store.NoSync {
+	if durable {
 		for _, name := range append(written, ManifestName) {
 			if name != filepath.Base(name) {
 				return Set{}, fmt.Errorf("sync %q: not a file of the set", name)
@@ -170,7 +184,7 @@ func (p *Pending) commitDurable(m *Manifest, written []string) (Set, error) {
 		return Set{}, fmt.Errorf("commit image set: %w", err)
 	}
 	set := Set{Epoch: p.Epoch, Dir: final}
-	if !p.store.NoSync {
+	if durable {
 		if err := syncDir(p.store.dir); err != nil {
 			// Its name may not survive a power loss: not durable, so not committed.
 			_ = os.RemoveAll(final)
@@ -207,7 +221,7 @@ func syncDir(dir string) error {
 		return err
 	}
 	defer f.Close()
-	if err := f.Sync(); err != nil {
+	if err := fsync(f); err != nil {
 		return fmt.Errorf("fsync dir %q: %w", dir, err)
 	}
 	return nil

@@ -489,3 +489,41 @@ func TestOneStandbyThreePrimaries(t *testing.T) {
 		}
 	}
 }
+
+// --standby-durability memory: the primary asks its standby to ack epochs before they
+// are on its disk, and says so in its status; the standby says so in its log. A
+// take-over then restores the epoch the standby acked from memory, and the counter
+// goes on from it.
+func TestStandbyAcksFromMemory(t *testing.T) {
+	requiresRoot(t, "ruby")
+	name := "it-memack"
+	pr, _ := newPair(t, name, 0)
+	sb := pr.startStandby(t)
+	script, out := writeCounter(t)
+	p := pr.run(t, name, "--standby-durability", "memory", "--sync", filepath.Dir(out), "--", "ruby", script, out)
+	st := p.waitFor("protected from memory", 30*time.Second, func(s supervisor.Status) bool {
+		return strings.HasPrefix(s.Protection, "protected by standby") && strings.Contains(s.Protection, "(acks from memory)") && s.StandbyEpoch >= 5
+	})
+	if !strings.Contains(sb.logs.String(), "the primary asks for acks from memory") {
+		t.Errorf("the standby does not say it acks from memory:\n%s", tail(sb.logs.String(), 10))
+	}
+	p.kill9()
+	killService(t, name)
+	before := readInt(t, out)
+	t0 := time.Now()
+	for {
+		if fi, err := os.Stat(out); err == nil && fi.ModTime().After(t0.Add(50*time.Millisecond)) && readInt(t, out) > 0 {
+			break
+		}
+		if time.Since(t0) > 20*time.Second {
+			t.Fatalf("the standby did not take over from the epoch it acked from memory:\n%s", tail(sb.logs.String(), 20))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if after := readInt(t, out); after < 10 || before-after > 40 {
+		t.Fatalf("counter %d at the kill, %d after the take-over (standby had epoch %d): not continued from the acked epoch", before, after, st.StandbyEpoch)
+	}
+	if n := countCounters(t, script); n != 1 {
+		t.Errorf("%d copies after the take-over, want 1", n)
+	}
+}

@@ -41,10 +41,11 @@ type link struct {
 	wake chan struct{}
 }
 
-func newLink(addr string, tlsConf *tls.Config, service, host string, liveSince uint64, clock clockwork.Clock, log *slog.Logger) *link {
+// newLink ships to addr as sc says (its Clock and Logger serve the link too).
+func newLink(addr string, tlsConf *tls.Config, sc ship.Config) *link {
 	return &link{
-		addr: addr, tls: tlsConf, clock: clock, log: log, timeout: HeartbeatTimeout, liveSince: liveSince,
-		shipper: ship.New(ship.Config{Service: service, Host: host, Clock: clock, Logger: log, LiveSince: liveSince}),
+		addr: addr, tls: tlsConf, clock: sc.Clock, log: sc.Logger, timeout: HeartbeatTimeout, liveSince: sc.LiveSince,
+		shipper: ship.New(sc),
 		wake:    make(chan struct{}, 1),
 	}
 }

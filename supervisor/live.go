@@ -35,6 +35,8 @@ type LiveConfig struct {
 	// mutual TLS. "" leaves a live copy with local checkpoints only.
 	Peer    string
 	PeerTLS *tls.Config
+	// AckFromMemory is Config.AckFromMemory of a live copy's stream to its peer.
+	AckFromMemory bool
 }
 
 // LiveCopy is failover's GoLive for `ftrun standby`: it restores the handed-over epoch
@@ -130,7 +132,7 @@ func adoptSupervisor(cfg LiveConfig, svc, dir string) (*Supervisor, error) {
 		Name: svc, Command: m.Command, StateDir: dir, WorkDir: "/",
 		Interval: cfg.Interval, Criu: cfg.Criu, Clock: cfg.Clock, Log: cfg.Log.With("role", "live"),
 		Node: cfg.Host, Sync: m.SyncRoots, Net: spec, Failover: true,
-		Standby: cfg.Peer, StandbyTLS: cfg.PeerTLS,
+		Standby: cfg.Peer, StandbyTLS: cfg.PeerTLS, AckFromMemory: cfg.AckFromMemory,
 	})
 }
 

@@ -97,6 +97,9 @@ type Config struct {
 	// the client side of the mutual TLS it requires.
 	Standby    string
 	StandbyTLS *tls.Config
+	// AckFromMemory lets the standby ack an epoch once it holds it complete and
+	// verified, before it is on its disk (`--standby-durability memory`).
+	AckFromMemory bool
 	// Arbiter decides who may run the program (nil: no arbiter). Lease, when set, is
 	// one already held (a standby going live); otherwise Run acquires one first.
 	Arbiter arbiter.Arbiter
@@ -385,7 +388,8 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 	}
 	if s.cfg.Standby != "" {
 		host, _ := os.Hostname()
-		s.link = newLink(s.cfg.Standby, s.cfg.StandbyTLS, s.cfg.Name, host, s.cfg.LiveSince, s.clock, s.log.With("standby", s.cfg.Standby))
+		s.link = newLink(s.cfg.Standby, s.cfg.StandbyTLS, ship.Config{Service: s.cfg.Name, Host: host, LiveSince: s.cfg.LiveSince,
+			AckFromMemory: s.cfg.AckFromMemory, Clock: s.clock, Logger: s.log.With("standby", s.cfg.Standby)})
 		s.st.Peer = s.cfg.Standby
 		s.st.Protection = "unprotected: connecting to standby " + s.cfg.Standby
 		s.wg.Add(1)
@@ -748,6 +752,9 @@ func (s *Supervisor) linkChanged(ev linkEvent) {
 		s.log.Debug("epoch acked by standby", "epoch", ev.shipped, "bytes", ev.stats.Bytes, "full", ev.stats.Full, "took", ev.stats.Duration)
 	}
 	protection := "protected by standby " + s.cfg.Standby
+	if s.cfg.AckFromMemory {
+		protection += " (acks from memory)"
+	}
 	switch {
 	case ev.err != nil && errors.Is(ev.err, ship.ErrStandbyFull):
 		protection = "unprotected: the standby's disk is full (it keeps its last epoch; free space there)"

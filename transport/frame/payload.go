@@ -93,6 +93,12 @@ const HelloRoleBooting = "booting"
 // the other one yields. A copy that never took over states none (0).
 const FeatureLiveSince = "live-since="
 
+// FeatureAckFromMemory in a primary's Hello asks the standby to ack each epoch once it
+// is complete and verified in memory (the page cache), without waiting for the disk:
+// see `ftrun run --standby-durability`. A standby that does not know it acks from
+// disk, which is never less.
+const FeatureAckFromMemory = "ack-from-memory"
+
 // FeatureBootClaim starts the Feature in which a booting host states its claim (see
 // supervisor.Claim). A standby ignores it and answers as to any primary.
 const FeatureBootClaim = "boot?"

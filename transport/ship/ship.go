@@ -92,6 +92,9 @@ type Config struct {
 	// LiveSince is the epoch this copy took the service over from (0: it never
 	// took over), stated in the Hello (frame.FeatureLiveSince).
 	LiveSince uint64
+	// AckFromMemory asks the standby to ack epochs before they are on its disk
+	// (frame.FeatureAckFromMemory).
+	AckFromMemory bool
 	// ProgressEvery: an epoch that takes longer than this to send is reported in the
 	// log this often; default progress.Every.
 	ProgressEvery time.Duration
@@ -224,6 +227,9 @@ func (s *Shipper) hello(ctx context.Context, c net.Conn) error {
 		Features: []string{frame.FeatureAckPhases}}
 	if s.cfg.LiveSince > 0 {
 		hello.Features = append(hello.Features, frame.FeatureLiveSince+strconv.FormatUint(s.cfg.LiveSince, 10))
+	}
+	if s.cfg.AckFromMemory {
+		hello.Features = append(hello.Features, frame.FeatureAckFromMemory)
 	}
 	if err := l.w.WritePayload(0, hello); err != nil {
 		return err

@@ -81,6 +81,8 @@ type incoming struct {
 	base    *checkpoint.Manifest
 	pending *checkpoint.Pending
 	applier PageApplier
+	// cached: commit without waiting for the disk (the primary acks from memory).
+	cached bool
 
 	// received names every file that arrived, whole or as a FileDelta.
 	received map[string]bool
@@ -528,9 +530,13 @@ func (in *incoming) build(m *checkpoint.Manifest, listed map[string]bool, manife
 	}
 	in.took.VerifyNs, t = in.since(t)
 	p := in.pending
-	in.pending = nil // CommitDurable removes the directory itself on failure
-	if _, err := p.CommitDurable(verified, written(m, origins)); err != nil {
-		// Not durable means not committed: the primary must not release output on it.
+	in.pending = nil // a failed commit removes the directory itself
+	commit := func() (checkpoint.Set, error) { return p.CommitDurable(verified, written(m, origins)) }
+	if in.cached {
+		commit = func() (checkpoint.Set, error) { return p.CommitCached(verified) }
+	}
+	if _, err := commit(); err != nil {
+		// Not committed as asked: the primary must not release output on it.
 		return classify("commit", err)
 	}
 	in.took.DurableNs, _ = in.since(t)

@@ -521,7 +521,10 @@ type conn struct {
 	started bool
 	// ackPhases: the primary's Hello asked for the commit's phases in each Ack.
 	ackPhases bool
-	meter     *progress.Meter
+	// fromMemory: the primary's Hello asked for acks once an epoch is complete and
+	// verified, before it is on disk (frame.FeatureAckFromMemory).
+	fromMemory bool
+	meter      *progress.Meter
 }
 
 // serveConn runs the protocol on an authenticated connection. Any frame that does
@@ -603,6 +606,10 @@ func (cn *conn) run() error {
 	}
 	cn.started = true
 	cn.ackPhases = slices.Contains(h.Features, frame.FeatureAckPhases)
+	cn.fromMemory = slices.Contains(h.Features, frame.FeatureAckFromMemory)
+	if cn.fromMemory {
+		cn.s.log.Info("standby: the primary asks for acks from memory: its epochs are acked before they are on this disk", "service", cn.name, "peer", cn.peer)
+	}
 	cn.meter = cn.s.attachMeter(cn.name)
 	cn.s.heard(cn.name, frame.HeaderSize+len(f.Payload)+frame.TrailerSize)
 	if h.LastCommitted != committed {
@@ -661,6 +668,7 @@ func (cn *conn) step(epoch uint64, p frame.Payload) error {
 		}
 		cn.s.quotas.begin(cn.name)
 		cn.in = beginEpoch(cn.svc, epoch, *p, cn.s.cfg.Pages)
+		cn.in.cached = cn.fromMemory
 		name := cn.name
 		cn.in.charge = func(n int64) error { return cn.s.quotas.charge(name, n) }
 		cn.in.onEnd = func() { cn.s.quotas.end(name) }
