@@ -131,7 +131,7 @@ type gatedRedis struct {
 	stop    func()
 }
 
-func startGatedRedis(ctx context.Context, env Env, keys, label, commit, interval string) (*gatedRedis, error) {
+func startGatedRedis(ctx context.Context, env Env, keys, label, commit, interval string, extra ...string) (*gatedRedis, error) {
 	snet, err := env.NewServiceNet()
 	if err != nil {
 		return nil, err
@@ -146,8 +146,8 @@ func startGatedRedis(ctx context.Context, env Env, keys, label, commit, interval
 	if err != nil {
 		return nil, err
 	}
-	svc, err := env.RunFtrun(name, snet.Primary.NS(), []string{"--interval", interval, "--discard", "--no-final-checkpoint",
-		"--standby", snet.Standby.Addr + ":7946", "--keys", keys, "--net", "--addr", snet.Addr + "/24", "--commit", commit},
+	svc, err := env.RunFtrun(name, snet.Primary.NS(), append([]string{"--interval", interval, "--discard", "--no-final-checkpoint",
+		"--standby", snet.Standby.Addr + ":7946", "--keys", keys, "--net", "--addr", snet.Addr + "/24", "--commit", commit}, extra...),
 		RedisArgs("0.0.0.0", 6379, data)...)
 	if err != nil {
 		return nil, err

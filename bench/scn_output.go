@@ -38,6 +38,9 @@ type OutputResult struct {
 	BareLatMs  []float64      `json:"bare_latency_ms"`
 	Epochs     []EpochLatency `json:"epochs"`
 	Throughput []Throughput   `json:"throughput"`
+	// FromMemory is the run at --interval 100ms with `--standby-durability memory`,
+	// next to the same interval's run in Epochs (full bench only).
+	FromMemory *EpochLatency `json:"from_memory,omitempty"`
 }
 
 // Output measures what the Output Rule costs a client: reply latency behind the gate
@@ -103,7 +106,7 @@ func Output(ctx context.Context, env Env) (sec Section, err error) {
 		Percentile(res.BareLatMs, 50), Percentile(res.BareLatMs, 99), bareTP[1], bareTP[10], bareTP[50])
 
 	for _, iv := range intervals {
-		e, tp, err := outputRun(ctx, env, keys, iv, rate, window, tpWindow, iv == tpInterval)
+		e, tp, err := outputRun(ctx, env, keys, iv, rate, window, tpWindow, iv == tpInterval, false)
 		if len(e.LatMs) > 0 {
 			res.Epochs = append(res.Epochs, e)
 		}
@@ -116,12 +119,29 @@ func Output(ctx context.Context, env Env) (sec Section, err error) {
 		}
 		env.Logf("--interval %s: p50 %.1f ms, p99 %.1f ms (bound %.1f ms)", iv, Percentile(e.LatMs, 50), Percentile(e.LatMs, 99), e.Bound())
 	}
+	if !env.Quick {
+		e, _, err := outputRun(ctx, env, keys, tpInterval, rate, window, tpWindow, false, true)
+		if len(e.LatMs) > 0 {
+			res.FromMemory = &e
+		}
+		if err != nil {
+			return sec, fmt.Errorf("--standby-durability memory: %w", err)
+		}
+		env.Logf("--interval %s, acks from memory: p50 %.1f ms, p99 %.1f ms", tpInterval, Percentile(e.LatMs, 50), Percentile(e.LatMs, 99))
+	}
 	return sec, nil
 }
 
-func outputRun(ctx context.Context, env Env, keys string, iv time.Duration, rate int, window, tpWindow time.Duration, throughput bool) (EpochLatency, []Throughput, error) {
+// outputRun is one latency run at iv (and the throughput runs if asked), with the
+// standby acking from its disk or, fromMemory, from its memory.
+func outputRun(ctx context.Context, env Env, keys string, iv time.Duration, rate int, window, tpWindow time.Duration, throughput, fromMemory bool) (EpochLatency, []Throughput, error) {
 	e := EpochLatency{Interval: iv.String(), IntervalMs: Ms(iv)}
-	g, err := startGatedRedis(ctx, env, keys, fmt.Sprintf("out%d", iv.Milliseconds()), "standby", iv.String())
+	label, extra := fmt.Sprintf("out%d", iv.Milliseconds()), []string{}
+	if fromMemory {
+		e.Interval += ", acks from memory"
+		label, extra = label+"m", []string{"--standby-durability", "memory"}
+	}
+	g, err := startGatedRedis(ctx, env, keys, label, "standby", iv.String(), extra...)
 	if err != nil {
 		return e, nil, err
 	}
@@ -269,6 +289,7 @@ func outputReport(sec *Section, res OutputResult) {
 			Title: "Reply latency behind the output gate vs epoch length", XLabel: "epoch length --interval (ms)", YLabel: "reply latency (ms)",
 			YLog: true, Series: []Series{p50, p99, bound, bare}}})
 		outputPhases(sec, res.Epochs)
+		durabilityTable(sec, res)
 	}
 	if len(res.Throughput) > 0 {
 		t := Table{Title: "Throughput, closed loop", Header: []string{"clients", "with ftrun (gate, --commit standby)", "bare redis", "ratio"}}
@@ -287,4 +308,37 @@ func outputReport(sec *Section, res OutputResult) {
 			Title: "Closed-loop throughput with and without ftrun", XLabel: "concurrent clients", YLabel: "requests per second",
 			XLog: true, YLog: true, Series: []Series{with, without}}})
 	}
+}
+
+// durabilityTable sets the run acking from memory next to the same interval's run
+// acking from disk: reply latency, commit latency and the standby's durable phase.
+func durabilityTable(sec *Section, res OutputResult) {
+	m := res.FromMemory
+	if m == nil {
+		return
+	}
+	var disk *EpochLatency
+	for i := range res.Epochs {
+		if res.Epochs[i].IntervalMs == m.IntervalMs {
+			disk = &res.Epochs[i]
+		}
+	}
+	if disk == nil {
+		return
+	}
+	t := Table{Title: fmt.Sprintf("Standby durability at --interval %s: acks from disk (the default) vs from memory", disk.Interval),
+		Header: []string{"standby acks", "reply p50", "reply p99", "commit latency p50", "standby durable phase, mean"}}
+	for _, r := range []struct {
+		name string
+		e    *EpochLatency
+	}{{"from disk (fsync)", disk}, {"from memory", m}} {
+		commit, durable := "-", "-"
+		if p := r.e.Phases; p != nil {
+			commit, durable = FormatValue(p.CommitP50Ms, "ms"), FormatValue(p.MeanMs["durable"], "ms")
+		}
+		t.Rows = append(t.Rows, []string{r.name, FormatValue(Percentile(r.e.LatMs, 50), "ms"), FormatValue(Percentile(r.e.LatMs, 99), "ms"), commit, durable})
+	}
+	sec.Tables = append(sec.Tables, t)
+	sec.Figures = append(sec.Figures, Figure{Name: fmt.Sprintf("reply latency p50 with the standby acking from memory, --interval %s", disk.Interval),
+		Value: Percentile(m.LatMs, 50), Baseline: Percentile(disk.LatMs, 50), Unit: "ms", BaselineName: "acking from disk"})
 }
