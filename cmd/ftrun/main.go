@@ -757,6 +757,12 @@ func keygenCmd() *cli.Command {
 			"    ftrun keygen issue --ca /etc/ftrun/ca --role standby --out standby.crt node.csr\n" +
 			"    ftrun keygen issue --ca /etc/ftrun/ca --role primary --service redis --out host-a.crt node.csr\n" +
 			"Copy the certificate back as /etc/ftrun/keys/node.crt, with /etc/ftrun/ca/ca.crt as /etc/ftrun/keys/ca.crt.",
+		Action: func(c *cli.Context) error {
+			if c.NArg() == 0 {
+				return cli.ShowSubcommandHelp(c)
+			}
+			return usage("keygen: no command %q: want ca, request or issue (see `ftrun keygen --help`)", c.Args().First())
+		},
 		Subcommands: []*cli.Command{
 			{
 				Name: "ca", Usage: "make the deployment's CA (ca.crt, ca.key) in DIR", ArgsUsage: "DIR",

@@ -1,8 +1,13 @@
 package main
 
 import (
+	"errors"
 	"strings"
 	"testing"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/ftrun/ftrun/supervisor"
 )
 
 func TestUnescape(t *testing.T) {
@@ -27,5 +32,16 @@ func TestUnescape(t *testing.T) {
 		case err != nil || got != tt.want:
 			t.Errorf("unescape(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
 		}
+	}
+}
+
+// `ftrun keygen DIR` (the form before keygen had commands) is a usage error that
+// names the commands, not cli's "No help topic" with exit 3.
+func TestKeygenWithoutCommandIsUsage(t *testing.T) {
+	app := &cli.App{Name: "ftrun", Commands: []*cli.Command{keygenCmd()}, ExitErrHandler: func(*cli.Context, error) {}}
+	err := app.Run([]string{"ftrun", "keygen", t.TempDir()})
+	var ee *supervisor.ExitErr
+	if !errors.As(err, &ee) || ee.Code != supervisor.ExitUsage || !strings.Contains(err.Error(), "want ca, request or issue") {
+		t.Fatalf("ftrun keygen DIR: %v", err)
 	}
 }
