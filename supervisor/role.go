@@ -340,7 +340,9 @@ func (s *Supervisor) chooseRole(ctx context.Context) (stopped bool, err error) {
 	if h.lease != nil {
 		s.cfg.Lease = h.lease
 	}
-	s.st.Role, s.st.Protection = RolePrimary, "unprotected: connecting to standby "+s.cfg.Standby
+	// What this host held as the standby is no epoch its own standby holds: that
+	// count starts again at the first ack.
+	s.st.Role, s.st.Protection, s.st.StandbyEpoch = RolePrimary, "unprotected: connecting to standby "+s.cfg.Standby, 0
 	return false, writeRole(s.cfg.StateDir, RolePrimary)
 }
 
