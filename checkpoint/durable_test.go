@@ -85,18 +85,7 @@ func TestCommitDurable(t *testing.T) {
 			writeFiles(t, p.Dir, map[string]string{name: sampleImages[name]})
 			written = append(written, name)
 		}
-		m, err := ReadManifest(base.Dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		m.Epoch = 2
-		if err := writeManifest(p.Dir, m); err != nil {
-			t.Fatal(err)
-		}
-		m, err = VerifyDir(p.Dir)
-		if err != nil {
-			t.Fatal(err)
-		}
+		m := manifestAs(t, base, p)
 		set, err := p.CommitDurable(m, written)
 		if err != nil {
 			t.Fatalf("NoSync=%v: %v", nosync, err)
@@ -138,17 +127,7 @@ func TestCommitCachedSyncsNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 		writeFiles(t, p.Dir, sampleImages)
-		m, err := ReadManifest(base.Dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		m.Epoch = 2
-		if err := writeManifest(p.Dir, m); err != nil {
-			t.Fatal(err)
-		}
-		if m, err = VerifyDir(p.Dir); err != nil {
-			t.Fatal(err)
-		}
+		m := manifestAs(t, base, p)
 		syncs = 0
 		var set Set
 		if cached {
@@ -243,4 +222,22 @@ func TestRetire(t *testing.T) {
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("retired set survived OpenStore: %v", err)
 	}
+}
+
+// manifestAs writes base's manifest, as of p's epoch, into p (which holds the same
+// files) and returns it verified against them.
+func manifestAs(t *testing.T, base Set, p *Pending) *Manifest {
+	t.Helper()
+	m, err := ReadManifest(base.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Epoch = p.Epoch
+	if err := writeManifest(p.Dir, m); err != nil {
+		t.Fatal(err)
+	}
+	if m, err = VerifyDir(p.Dir); err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
