@@ -49,15 +49,8 @@ func collect(t *testing.T, c *Client, n int) []string {
 // to the next client, with the same pipes; told to quit, it flushes and leaves.
 func TestRelayOutlivesItsClient(t *testing.T) {
 	dir := t.TempDir()
-	sock := filepath.Join(dir, "relay.sock")
-	procs := filepath.Join(dir, "cgroup.procs")
-	if err := os.WriteFile(procs, []byte("1\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	c, err := ConnectOrStart(sock, procs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sock, procs := filepath.Join(dir, "relay.sock"), filepath.Join(dir, "cgroup.procs")
+	c := startRelay(t, sock, procs)
 	fmt.Fprintln(c.Stdout, "one")
 	fmt.Fprintln(c.Stderr, "two")
 	// Two pipes: their lines are ordered within a stream, not across.
@@ -136,15 +129,8 @@ func relayPid(t *testing.T, procs string) int {
 // program writes afterwards, more than a pipe holds, arrives, after a notice.
 func TestRelayDeathRevivesOnTheSamePipes(t *testing.T) {
 	dir := t.TempDir()
-	sock := filepath.Join(dir, "relay.sock")
-	procs := filepath.Join(dir, "cgroup.procs")
-	if err := os.WriteFile(procs, []byte("1\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	c, err := ConnectOrStart(sock, procs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sock, procs := filepath.Join(dir, "relay.sock"), filepath.Join(dir, "cgroup.procs")
+	c := startRelay(t, sock, procs)
 	pid := relayPid(t, procs)
 	if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); strings.TrimSpace(string(comm)) != Comm {
 		t.Errorf("the relay's comm is %q, want %q", comm, Comm)
@@ -196,15 +182,8 @@ func TestRelayDeathWithoutANewOneClientReads(t *testing.T) {
 	if err := os.Mkdir(sub, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	sock := filepath.Join(sub, "relay.sock")
-	procs := filepath.Join(dir, "cgroup.procs")
-	if err := os.WriteFile(procs, []byte("1\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	c, err := ConnectOrStart(sock, procs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sock, procs := filepath.Join(sub, "relay.sock"), filepath.Join(dir, "cgroup.procs")
+	c := startRelay(t, sock, procs)
 	pid := relayPid(t, procs)
 	// No socket can be made where the relay listened.
 	if err := os.RemoveAll(sub); err != nil {
@@ -262,4 +241,18 @@ func writeAndCollect(t *testing.T, c *Client, w io.Writer, n int, what, fill str
 		t.Fatal(err)
 	}
 	return got
+}
+
+// startRelay starts a relay at sock for a group whose cgroup.procs (procs, written
+// here) names one process, and connects to it.
+func startRelay(t *testing.T, sock, procs string) *Client {
+	t.Helper()
+	if err := os.WriteFile(procs, []byte("1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := ConnectOrStart(sock, procs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
