@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -491,9 +493,10 @@ func TestOneStandbyThreePrimaries(t *testing.T) {
 }
 
 // --standby-durability memory: the primary asks its standby to ack epochs before they
-// are on its disk, and says so in its status; the standby says so in its log. A
-// take-over then restores the epoch the standby acked from memory, and the counter
-// goes on from it.
+// are on its disk, and says so in its status; the standby says so in its log. The
+// standby's ftrun is then killed (kill -9) right after an ack from memory and started
+// again: the epochs it acked are still there (the kernel holds them), the primary is
+// protected by it again, and a take-over restores from them, the counter going on.
 func TestStandbyAcksFromMemory(t *testing.T) {
 	requiresRoot(t, "ruby")
 	name := "it-memack"
@@ -507,6 +510,21 @@ func TestStandbyAcksFromMemory(t *testing.T) {
 	if !strings.Contains(sb.logs.String(), "the primary asks for acks from memory") {
 		t.Errorf("the standby does not say it acks from memory:\n%s", tail(sb.logs.String(), 10))
 	}
+	sb.kill()
+	sb = pr.startStandby(t)
+	held := regexp.MustCompile(`holding committed epoch.* epoch=(\d+)`)
+	deadline := time.Now().Add(10 * time.Second)
+	for held.FindStringSubmatch(sb.logs.String()) == nil && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if m := held.FindStringSubmatch(sb.logs.String()); m == nil {
+		t.Fatalf("the restarted standby does not say what it holds:\n%s", tail(sb.logs.String(), 10))
+	} else if n, _ := strconv.ParseUint(m[1], 10, 64); n < st.StandbyEpoch {
+		t.Fatalf("the restarted standby holds epoch %d, but epoch %d had been acked from memory", n, st.StandbyEpoch)
+	}
+	st = p.waitFor("protected again by the restarted standby", 30*time.Second, func(s supervisor.Status) bool {
+		return strings.HasPrefix(s.Protection, "protected by standby") && s.StandbyEpoch > st.StandbyEpoch
+	})
 	p.kill9()
 	killService(t, name)
 	before := readInt(t, out)
