@@ -173,6 +173,24 @@ type Criu struct {
 
 	lockOnce sync.Once
 	lock     rpc.CriuNetworkLockMethod
+
+	kdatOnce sync.Once
+	kdat     string // where CRIU keeps its kernel probe, or why it cannot
+}
+
+// KernelProbe says where CRIU keeps its kernel probe between runs, or why it probes
+// the kernel anew each time. The first call (and the first dump or restore) mounts
+// the cache's tmpfs when needed (see KeepKernelProbe).
+func (c *Criu) KernelProbe() string {
+	c.kdatOnce.Do(func() {
+		path, err := KeepKernelProbe(c.Path)
+		if err != nil {
+			c.kdat = "not cached: " + err.Error()
+			return
+		}
+		c.kdat = "cached in " + path
+	})
+	return c.kdat
 }
 
 // lockMethod is how CRIU holds TCP connections still while it dumps or restores them:
@@ -208,6 +226,7 @@ func (c *Criu) opts(o Options, imagesFd, workFd int, logFile string) *rpc.CriuOp
 }
 
 func (c *Criu) client() *criu.Criu {
+	c.KernelProbe()
 	cl := criu.MakeCriu()
 	if c.Path != "" {
 		cl.SetCriuPath(c.Path)

@@ -169,7 +169,10 @@ func (p Prober) Probe() []Finding {
 		fs = append(fs, Finding{Name: "network lock", OK: false, Detail: "iptables (CRIU built without libnftables)",
 			Fix: "optional: scripts/setup rebuilds CRIU with libnftables; iptables-restore adds ~45 ms per TCP connection to the frozen time of a program with several"})
 	}
-	fs = append(fs, kdatFinding(runIsTmpfs()))
+	if bin, err := criuBinary(p.Path); err == nil {
+		dir := kdatDir(bin)
+		fs = append(fs, kdatFinding(dir, isTmpfs(dir)))
+	}
 	vout, _ := p.run("--version")
 	fs = append(fs, otherUIDFinding(hasCapability(unix.CAP_SYS_RESOURCE), RlimitsFromProc(vout)))
 	return fs
@@ -224,23 +227,19 @@ func otherUIDFinding(capSysResource, fromProc bool) Finding {
 		Fix: "run scripts/setup: it builds CRIU with scripts/criu-patches (rlimits read from /proc/PID/limits); or grant CAP_SYS_RESOURCE to ftrun's host or container"}
 }
 
-// kdatRunDir is where CRIU keeps the result of probing the kernel (criu.kdat), and
-// only on a tmpfs, so that a reboot into another kernel forgets it.
-const kdatRunDir = "/run"
-
-func runIsTmpfs() bool {
-	var st unix.Statfs_t
-	return unix.Statfs(kdatRunDir, &st) == nil && st.Type == unix.TMPFS_MAGIC
-}
-
-// kdatFinding says whether CRIU can cache its kernel probe between runs (pure).
-func kdatFinding(tmpfs bool) Finding {
-	if tmpfs {
-		return Finding{Name: "CRIU kernel probe cache", OK: true, Detail: kdatRunDir + " is a tmpfs: CRIU probes the kernel once per boot"}
+// kdatFinding says whether CRIU can cache its kernel probe between runs, given the
+// cache directory compiled into it and whether that is a tmpfs (pure).
+func kdatFinding(dir string, tmpfs bool) Finding {
+	const name = "CRIU kernel probe cache"
+	mount, why := kdatPlan(dir, tmpfs)
+	switch {
+	case why == "" && !mount:
+		return Finding{Name: name, OK: true, Detail: dir + " is a tmpfs: CRIU probes the kernel once per boot"}
+	case why == "":
+		return Finding{Name: name, OK: true, Detail: dir + " is not a tmpfs yet: ftrun mounts one there when it first runs CRIU, which then probes the kernel once per boot"}
 	}
-	return Finding{Name: "CRIU kernel probe cache", Detail: kdatRunDir + " is not a tmpfs, so CRIU cannot keep " + kdatRunDir +
-		"/criu.kdat: every checkpoint and restore probes the kernel anew (tens of milliseconds each)",
-		Fix: "optional: mount a tmpfs on " + kdatRunDir + " (systemd does); restores, and the time a checkpoint takes, shrink by that much"}
+	return Finding{Name: name, Detail: why + ", so CRIU cannot keep its criu.kdat: every checkpoint and restore probes the kernel anew (tens of milliseconds each)",
+		Fix: "optional: run scripts/setup (it builds CRIU with RUNDIR=/run/criu, where ftrun mounts a tmpfs), or mount a tmpfs on /run (systemd does)"}
 }
 
 // NFTablesLock reports whether CRIU can lock TCP connections with nftables, in its

@@ -201,7 +201,7 @@ func TestProberProbe(t *testing.T) {
 		{"too old stops early", "Version: 3.17.1", "Looks good.", 0, []finding{{"criu", false}}},
 	}
 	// The last finding is about the host's /run, whatever CRIU says.
-	kdat := finding{"CRIU kernel probe cache", runIsTmpfs()}
+	kdat := finding{"CRIU kernel probe cache", false} // the fake CRIU names no cache
 	// The fake CRIU has no GitID: programs of other users depend on the host's caps.
 	others := finding{"programs of other users", hasCapability(unix.CAP_SYS_RESOURCE)}
 	for i := range cases[:2] {
@@ -290,12 +290,54 @@ func TestMissingFiles(t *testing.T) {
 }
 
 func TestKdatFinding(t *testing.T) {
-	if f := kdatFinding(true); !f.OK {
+	if f := kdatFinding("/run", true); !f.OK {
 		t.Errorf("tmpfs /run reported as a problem: %+v", f)
 	}
-	f := kdatFinding(false)
-	if f.OK || f.Required || !strings.Contains(f.Fix, "tmpfs") {
-		t.Errorf("non-tmpfs /run: %+v, want an optional finding whose fix names a tmpfs", f)
+	if f := kdatFinding("/run/criu", false); !f.OK || !strings.Contains(f.Detail, "mounts one") {
+		t.Errorf("CRIU's own directory, not a tmpfs yet: %+v, want OK: ftrun mounts one", f)
+	}
+	for _, dir := range []string{"/run", ""} {
+		f := kdatFinding(dir, false)
+		if f.OK || f.Required || !strings.Contains(f.Fix, "tmpfs") {
+			t.Errorf("cache dir %q, no tmpfs: %+v, want an optional finding whose fix names a tmpfs", dir, f)
+		}
+	}
+}
+
+func TestKdatDirIn(t *testing.T) {
+	for bin, want := range map[string]string{
+		"\x00junk\x00/run/criu.kdat\x00more":                        "/run",
+		"\x00%s/%s\x00criu.kdat\x00/run/criu/criu.kdat\x00":         "/run/criu",
+		"\x00relative/criu.kdat\x00\x00/var/run/criu/criu.kdat\x00": "/var/run/criu",
+		"no cache here":  "",
+		"/run/criu.kdat": "", // not NUL-terminated: not a C string
+	} {
+		if got := kdatDirIn([]byte(bin)); got != want {
+			t.Errorf("kdatDirIn(%q) = %q, want %q", bin, got, want)
+		}
+	}
+}
+
+// The CRIU scripts/setup builds keeps its probe in a directory of its own, and
+// KeepKernelProbe leaves a tmpfs there (as root).
+func TestKeepKernelProbe(t *testing.T) {
+	bin, err := criuBinary("")
+	if err != nil || os.Geteuid() != 0 {
+		t.Skip("needs root and criu")
+	}
+	dir := kdatDir(bin)
+	if dir != "/run/criu" {
+		t.Fatalf("criu at %s keeps its probe in %q; scripts/setup builds it with RUNDIR=/run/criu", bin, dir)
+	}
+	path, err := KeepKernelProbe("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if path != "/run/criu/criu.kdat" || !isTmpfs(dir) {
+		t.Fatalf("KeepKernelProbe = %q, tmpfs %v; want /run/criu/criu.kdat on a tmpfs", path, isTmpfs(dir))
+	}
+	if _, err := KeepKernelProbe(""); err != nil { // a second time: nothing to do
+		t.Fatal(err)
 	}
 }
 

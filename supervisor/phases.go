@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/ftrun/ftrun/supervisor/phase"
+	"github.com/ftrun/ftrun/transport/ship"
 )
 
 // phaseWindow is how many recent epochs `ftrun status` takes its phase percentiles over.
@@ -23,9 +24,11 @@ func (s *Supervisor) epochMarked(epoch uint64, l phase.Local) {
 	s.marks[epoch] = l
 }
 
-// epochAcked records an acked epoch's commit latency and its phases, measured to the
-// same instant, so that the phases add up to the latency. The marks of epochs the link
-// skipped (a newer one was ready before they were sent) go with it.
+// epochAcked records an acked epoch's commit latency, checkpoint start to the ack and
+// the release of the output it explains, and its phases, which add up to it. The
+// latency ends where the link released, not where the loop hears of it: the loop may
+// be inside the next checkpoint by then (the epochs are pipelined). The marks of
+// epochs the link skipped (a newer one was ready before they were sent) go with it.
 func (s *Supervisor) epochAcked(ev linkEvent) {
 	l, ok := s.marks[ev.shipped]
 	for e := range s.marks {
@@ -36,20 +39,26 @@ func (s *Supervisor) epochAcked(ev linkEvent) {
 	if !ok {
 		return
 	}
-	now := s.clock.Now()
-	lat := now.Sub(l.Start)
+	st := ev.stats
+	b := phase.Of(l, phase.Ship{Started: st.Started, Diffed: st.Diffed, Sent: st.Sent, Acked: st.Answered, Released: ev.released, Standby: standbyPhases(st)})
+	lat := st.Answered.Sub(l.Start) + ev.released
 	s.metrics.commitLat.Observe(lat.Seconds())
 	s.commitLats = append(s.commitLats, lat)
 	if len(s.commitLats) > 1000 {
 		s.commitLats = s.commitLats[len(s.commitLats)-1000:]
 	}
 	s.st.CommitLatencyP50, s.st.CommitLatencyP99 = percentiles(s.commitLats)
-	st := ev.stats
-	sh := phase.Ship{Started: st.Started, Diffed: st.Diffed, Sent: st.Sent, Acked: st.Answered, Released: ev.released}
-	if p := st.Standby; p != nil {
-		sh.Standby = &phase.Standby{Apply: time.Duration(p.ApplyNs), Verify: time.Duration(p.VerifyNs), Durable: time.Duration(p.DurableNs)}
+	s.observePhases(b)
+}
+
+// standbyPhases is what the standby measured of its commit, nil from one that does
+// not say.
+func standbyPhases(st ship.Stats) *phase.Standby {
+	p := st.Standby
+	if p == nil {
+		return nil
 	}
-	s.observePhases(phase.Of(l, sh, now))
+	return &phase.Standby{Apply: time.Duration(p.ApplyNs), Verify: time.Duration(p.VerifyNs), Durable: time.Duration(p.DurableNs)}
 }
 
 // observePhases counts one epoch's breakdown in the metrics and the status.

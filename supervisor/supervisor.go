@@ -490,6 +490,11 @@ func (s *Supervisor) open() error {
 		return &ExitErr{Code: ExitSetup, Err: err}
 	}
 	s.cg = cg
+	if kp := s.cfg.Criu.KernelProbe(); strings.HasPrefix(kp, "not cached") {
+		s.log.Warn("CRIU's kernel probe is " + kp + ": every checkpoint probes the kernel anew (see ftrun check)")
+	} else {
+		s.log.Debug("CRIU's kernel probe is " + kp)
+	}
 	if pl := cg.Placement; pl.Note != "" {
 		s.log.Warn(pl.Note)
 	} else if pl.Unit != "" {

@@ -1,6 +1,6 @@
-// Package phase splits one epoch's commit latency (checkpoint start -> the loop
-// hearing the standby's ack) into the phases it went through, and keeps a recent
-// window of them for percentiles.
+// Package phase splits one epoch's commit latency (checkpoint start -> the standby's
+// ack, and the output it explains let out) into the phases it went through, and keeps
+// a recent window of them for percentiles.
 //
 // The split is computed from instants the supervisor, the shipper and CRIU's own
 // statistics record, so that the phases are disjoint and add up to the commit
@@ -56,16 +56,15 @@ const (
 	// Ack: the rest of the wait for the ack (the network both ways, the standby's
 	// reading and checks outside apply/verify/durable, its queueing).
 	Ack Name = "ack"
-	// Release: letting out the output the epoch explains (the gate's verdicts).
+	// Release: letting out the output the epoch explains (the gate's verdicts). The
+	// commit ends here: when the supervisor's loop hears of it later (it may be inside
+	// the next checkpoint) is no part of the epoch's latency.
 	Release Name = "release"
-	// Report: the link's report waiting for the supervisor's loop (busy with a
-	// checkpoint, say).
-	Report Name = "report"
 )
 
 // All lists the phases in order.
 var All = []Name{Scan, CriuStart, CriuInit, Freeze, Dump, Hooks, CriuFinish, Manifest,
-	Queue, Delta, Send, Apply, Verify, Durable, Ack, Release, Report}
+	Queue, Delta, Send, Apply, Verify, Durable, Ack, Release}
 
 // Local is what the primary records of an epoch up to its local commit.
 type Local struct {
@@ -147,8 +146,8 @@ func OfLocal(l Local) Breakdown {
 	return b
 }
 
-// Of splits a shipped epoch from its start to observed, when the loop heard of the ack.
-func Of(l Local, s Ship, observed time.Time) Breakdown {
+// Of splits a shipped epoch from its start to the end of its release.
+func Of(l Local, s Ship) Breakdown {
 	b := OfLocal(l)
 	b[Queue] = gap(l.Committed, s.Started)
 	b[Delta] = gap(s.Started, s.Diffed)
@@ -160,7 +159,6 @@ func Of(l Local, s Ship, observed time.Time) Breakdown {
 	}
 	b[Ack] = wait
 	b[Release] = s.Released
-	b[Report] = max(gap(s.Acked, observed)-s.Released, 0)
 	return b
 }
 
