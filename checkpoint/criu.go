@@ -59,6 +59,16 @@ type Options struct {
 	// step, and a root given there nests a level deeper with every restore (CRIU
 	// then walks the whole grown tree in every later dump).
 	SystemdMirror bool
+	// OwnCgroupsOnly, on dump, takes only the program's own groups into the images:
+	// the cgroup2 hierarchy (and name=systemd with SystemdMirror). The v1 resource
+	// controllers it sits at the root of are the host's, and CRIU would walk and dump
+	// every group of each (tens of milliseconds, frozen); a restore leaves the program
+	// in those of the ftrun restoring it, as a fresh start does.
+	OwnCgroupsOnly bool
+	// CgroupYard, on dump, is a directory where CRIU finds the cgroup hierarchies it
+	// dumps already mounted (unified, and NAME for name=NAME), rather than mounting
+	// each anew while the program is frozen.
+	CgroupYard string
 	// Inherit hands CRIU replacements for resources outside the tree, keyed the way
 	// CRIU names them in the images ("pipe:[123]").
 	Inherit map[string]*os.File
@@ -141,6 +151,16 @@ func (o Options) rpcOpts(imagesFd, workFd int, logFile string) *rpc.CriuOpts {
 		opts.CgRoot = []*rpc.CgroupRoot{{Ctrl: ptr(""), Path: ptr(o.CgroupRoot)}}
 		if o.SystemdMirror {
 			opts.CgRoot = append(opts.CgRoot, &rpc.CgroupRoot{Ctrl: ptr("name=systemd"), Path: ptr(o.CgroupRoot)})
+		}
+	}
+	if o.CgroupYard != "" && o.Pid != 0 {
+		opts.CgroupYard = ptr(o.CgroupYard)
+	}
+	if o.OwnCgroupsOnly && o.Pid != 0 {
+		// CRIU names the cgroup2 hierarchy "" in /proc/PID/cgroup's controller field.
+		opts.CgroupDumpController = []string{""}
+		if o.SystemdMirror {
+			opts.CgroupDumpController = append(opts.CgroupDumpController, "name=systemd")
 		}
 	}
 	if o.Timeout > 0 {

@@ -110,6 +110,21 @@ func TestRPCOpts(t *testing.T) {
 				t.Errorf("timeout = %v, want 1", o.Timeout)
 			}
 		}},
+		{name: "own cgroups only", opts: Options{Pid: 42, OwnCgroupsOnly: true}, workFd: -1, check: func(t *testing.T, o *rpc.CriuOpts) {
+			if got := o.GetCgroupDumpController(); len(got) != 1 || got[0] != "" {
+				t.Errorf("dump controllers %q, want only cgroup2's \"\"", got)
+			}
+		}},
+		{name: "own cgroups under a unit", opts: Options{Pid: 42, OwnCgroupsOnly: true, SystemdMirror: true}, workFd: -1, check: func(t *testing.T, o *rpc.CriuOpts) {
+			if got := o.GetCgroupDumpController(); len(got) != 2 || got[0] != "" || got[1] != "name=systemd" {
+				t.Errorf("dump controllers %q, want cgroup2's and name=systemd", got)
+			}
+		}},
+		{name: "every cgroup by default", opts: Options{Pid: 42}, workFd: -1, check: func(t *testing.T, o *rpc.CriuOpts) {
+			if got := o.GetCgroupDumpController(); got != nil {
+				t.Errorf("dump controllers %q, want none named (all)", got)
+			}
+		}},
 		{name: "one nanosecond over", opts: Options{Timeout: time.Second + 1}, workFd: -1, check: func(t *testing.T, o *rpc.CriuOpts) {
 			if o.GetTimeout() != 2 {
 				t.Errorf("timeout = %d, want 2", o.GetTimeout())

@@ -305,3 +305,55 @@ func (c *Cgroup) Frozen() bool {
 	data, err := os.ReadFile(filepath.Join(c.Path(), "cgroup.freeze"))
 	return err == nil && len(data) > 0 && data[0] == '1'
 }
+
+// cgroupYardLinks is what a CRIU cgroup yard for dumps holds: CRIU reads each
+// hierarchy the program is in from YARD/unified (cgroup2) and YARD/NAME (name=NAME),
+// and, given no yard, mounts a fresh cgroup file system for each on every dump,
+// several milliseconds of the program's frozen time. The links point at the
+// hierarchies mounted on this host (pure: from mountinfo's text); only the ones
+// CRIU is asked to dump need be there (checkpoint.Options.OwnCgroupsOnly).
+func cgroupYardLinks(mountinfo, cg2 string) map[string]string {
+	links := map[string]string{"unified": cg2}
+	for _, line := range strings.Split(mountinfo, "\n") {
+		pre, post, ok := strings.Cut(line, " - ")
+		if !ok {
+			continue
+		}
+		f, pf := strings.Fields(post), strings.Fields(pre)
+		if len(f) < 3 || f[0] != "cgroup" || len(pf) < 5 {
+			continue
+		}
+		for _, o := range strings.Split(f[2], ",") {
+			if name, ok := strings.CutPrefix(o, "name="); ok && name != "" {
+				links[name] = pf[4]
+			}
+		}
+	}
+	return links
+}
+
+// makeCgroupYard makes (or refreshes) the dump yard in dir: a directory of symlinks
+// (see cgroupYardLinks); withSystemd asks for name=systemd too. It returns "" when it
+// cannot, and CRIU then mounts its own.
+func makeCgroupYard(dir, cg2 string, withSystemd bool) string {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return ""
+	}
+	links := cgroupYardLinks(string(data), cg2)
+	if _, ok := links["systemd"]; withSystemd && !ok {
+		return ""
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return ""
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return ""
+	}
+	for name, target := range links {
+		if err := os.Symlink(target, filepath.Join(dir, name)); err != nil {
+			return ""
+		}
+	}
+	return dir
+}

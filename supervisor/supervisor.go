@@ -179,6 +179,7 @@ type Supervisor struct {
 	state  *stateDir
 	store  *checkpoint.Store
 	cg     *Cgroup
+	cgYard string // CRIU's cgroup yard for dumps, "" for none (see makeCgroupYard)
 	ladder *Ladder
 	events chan event
 
@@ -490,6 +491,7 @@ func (s *Supervisor) open() error {
 		return &ExitErr{Code: ExitSetup, Err: err}
 	}
 	s.cg = cg
+	s.cgYard = makeCgroupYard(st.path(cgroupYardDir), cg.Mount, cg.Placement.Unit != "")
 	if kp := s.cfg.Criu.KernelProbe(); strings.HasPrefix(kp, "not cached") {
 		s.log.Warn("CRIU's kernel probe is " + kp + ": every checkpoint probes the kernel anew (see ftrun check)")
 	} else {
@@ -1216,7 +1218,8 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 // cuts the output and captures the state files into *synced.
 func (s *Supervisor) dumpOptions(epoch uint64, dir string, final bool, marks *phase.Local, synced *[]checkpoint.SyncedFile) checkpoint.Options {
 	opts := checkpoint.Options{ImagesDir: dir, Pid: s.pid, LeaveRunning: !final,
-		TCPEstablished: true, Timeout: s.cfg.CriuTimeout, Enter: s.enter(), MountNS: true}
+		TCPEstablished: true, Timeout: s.cfg.CriuTimeout, Enter: s.enter(), MountNS: true,
+		OwnCgroupsOnly: true, SystemdMirror: s.cg.Placement.Unit != "", CgroupYard: s.cgYard}
 	opts.PostDump = func() (err error) {
 		marks.PostDump = s.clock.Now()
 		defer func() { marks.HooksDone = s.clock.Now() }()
@@ -1338,6 +1341,8 @@ func (s *Supervisor) checkpointFailed(epoch uint64, err error) error {
 
 // CRIU's log of the newest dump, and of the newest one that failed, in the state dir.
 const (
+	// cgroupYardDir holds the links CRIU finds the cgroup hierarchies by (see makeCgroupYard).
+	cgroupYardDir = "cgroup-yard"
 	lastDumpLog   = "last-dump.log"
 	failedDumpLog = "last-failed-dump.log"
 )
