@@ -1133,3 +1133,63 @@ func TestDaemonFtrunAndRelayKilledTogether(t *testing.T) {
 	outputWhileFtrunDead(t, d, args, func(i int) error { return ask("dead=" + strconv.Itoa(i)) },
 		func(i int) string { return fmt.Sprintf("GET /x.txt?dead=%d ", i) })
 }
+
+// A /dev/shm emptied again after holding files is dumped as an empty tmpfs (the
+// project's CRIU patch writes its archive without running tar): the restore gives the
+// program an empty /dev/shm with the mode it had, not the files of an older epoch.
+func TestDaemonContainerShmEmptiedRestoresEmpty(t *testing.T) {
+	requiresRoot(t, "python3")
+	script := filepath.Join(t.TempDir(), "shm-empty.py")
+	// Each connection sends one letter: w writes a file in /dev/shm, d deletes it,
+	// anything else asks what /dev/shm holds and its mode.
+	err := os.WriteFile(script, []byte(`import os, sys, socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(16)
+while True:
+    c, _ = s.accept()
+    op = c.recv(1)
+    if op == b"w":
+        open("/dev/shm/dm-empty", "w").write("x")
+    elif op == b"d":
+        os.unlink("/dev/shm/dm-empty")
+    c.sendall(("%s %o\n" % (",".join(sorted(os.listdir("/dev/shm"))) or "-", os.stat("/dev/shm").st_mode & 0o7777)).encode())
+    c.close()
+`), 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	d := startDaemon(t, "dm-shm-empty", nil, "python3", script, strconv.Itoa(port))
+	ask := func(op string) (string, error) {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := c.Write([]byte(op)); err != nil {
+			return "", err
+		}
+		s, err := bufio.NewReader(c).ReadString('\n')
+		return strings.TrimSpace(s), err
+	}
+	var got string
+	step := func(what, op, want string) {
+		t.Helper()
+		waitAnswer(t, what, 20*time.Second, func() (bool, error) {
+			var err error
+			got, err = ask(op)
+			return err == nil, err
+		})
+		if got != want {
+			t.Fatalf("%s: /dev/shm holds %q, want %q", what, got, want)
+		}
+	}
+	step("write a file", "w", "dm-empty 1777")
+	d.p.checkpoint() // an epoch with the file in /dev/shm
+	step("delete it", "d", "- 1777")
+	d.p.checkpoint() // the newest epoch: /dev/shm empty again
+	d.kill9()
+	step("after kill -9", "s", "- 1777")
+}
