@@ -42,3 +42,12 @@ func TestMayCheckpoint(t *testing.T) {
 		})
 	}
 }
+
+func TestDumpLogLevel(t *testing.T) {
+	if got := dumpLogLevel(false); got != 3 {
+		t.Errorf("dumps that succeed log at %d, want 3 (info: no debug lines while frozen)", got)
+	}
+	if got := dumpLogLevel(true); got != 4 {
+		t.Errorf("the dump after a failure logs at %d, want 4 (debug: the whole story)", got)
+	}
+}
