@@ -114,7 +114,8 @@ func (g *recordingGate) String() string {
 func gated(t *testing.T, mode CommitMode, g *recordingGate) *Supervisor {
 	t.Helper()
 	s := &Supervisor{cfg: Config{Commit: mode, Standby: "b:7000"}, log: slog.New(slog.DiscardHandler), gate: g,
-		metrics: newMetrics("t"), clock: clockwork.NewFakeClock(), rule: newOutputRule(mode, true), nextEpoch: 1, events: make(chan event, 8)}
+		metrics: newMetrics("t"), clock: clockwork.NewFakeClock(), rule: newOutputRule(mode, true), nextEpoch: 1, events: make(chan event, 8),
+		cg: &Cgroup{}}
 	s.step(epochs.Incarnation{})
 	s.rule.setGate(g)
 	return s
