@@ -16,5 +16,7 @@
 // Decisions — which rung of the ladder to climb, what to do on start-up with whatever a
 // previous ftrun left behind, which role to take at boot, whether a checkpoint may be
 // taken now — are pure functions, table-tested. The loop in Supervisor.Run only
-// carries them out.
+// carries them out. When the program's held output may leave is one state machine
+// (package epochs) that the loop, the standby link and the background fsync all
+// step, so that each lets output out the moment it learns an epoch is safe.
 package supervisor

@@ -12,6 +12,7 @@ import (
 	"github.com/jonboulle/clockwork"
 
 	"github.com/ftrun/ftrun/checkpoint"
+	"github.com/ftrun/ftrun/supervisor/epochs"
 	"github.com/ftrun/ftrun/transport/ship"
 	"github.com/ftrun/ftrun/watchdog"
 )
@@ -89,12 +90,16 @@ type linkEvent struct {
 	stats      ship.Stats
 	released   time.Duration // how long letting out the output shipped explains took
 	err        error         // a ship that failed
+	failed     uint64        // the epoch whose ship failed
+	// protection is what the output rule made of this event, nil: no change. report
+	// fills it in, with released.
+	protection *epochs.Protection
 }
 
-// run keeps the link up until ctx ends. acked is called on this goroutine the moment
-// the standby acknowledges an epoch, before the event that reports it; it returns how
-// long it took.
-func (l *link) run(ctx context.Context, acked func(epoch uint64) time.Duration, report func(linkEvent)) {
+// run keeps the link up until ctx ends. report is called on this goroutine the moment
+// the link learns something (the standby acknowledged an epoch, the link went up or
+// down), and must not block for long: the output an ack explains is let out there.
+func (l *link) run(ctx context.Context, report func(linkEvent)) {
 	defer l.shipper.Close()
 	up := false
 	// Heartbeats have a goroutine of their own, so that a long ship (a whole epoch
@@ -168,7 +173,7 @@ func (l *link) run(ctx context.Context, acked func(epoch uint64) time.Duration, 
 			}
 			err := l.shipper.Ship(ctx, set.Epoch, set.Dir)
 			if err != nil {
-				report(linkEvent{up: up, err: fmt.Errorf("ship epoch %d: %w", set.Epoch, err)})
+				report(linkEvent{up: up, err: fmt.Errorf("ship epoch %d: %w", set.Epoch, err), failed: set.Epoch})
 				if errors.Is(err, ship.ErrNotConnected) {
 					why := fmt.Sprintf("lost standby %s: %v", l.addr, err)
 					select {
@@ -179,11 +184,7 @@ func (l *link) run(ctx context.Context, acked func(epoch uint64) time.Duration, 
 				}
 				continue
 			}
-			var released time.Duration
-			if acked != nil {
-				released = acked(set.Epoch)
-			}
-			report(linkEvent{up: true, shipped: set.Epoch, stats: l.shipper.LastStats(), released: released})
+			report(linkEvent{up: true, shipped: set.Epoch, stats: l.shipper.LastStats()})
 		}
 	}
 }

@@ -3,9 +3,11 @@ package supervisor
 import (
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/ftrun/ftrun/checkpoint"
+	"github.com/ftrun/ftrun/supervisor/epochs"
 	"github.com/ftrun/ftrun/supervisor/gate"
 	"github.com/ftrun/ftrun/supervisor/netplace"
 )
@@ -67,22 +69,6 @@ func keepConnections(hasNet bool, mode CommitMode, takeover, newest bool) bool {
 	return hasNet && newest && (mode == CommitStandby || mode == CommitLocal || takeover)
 }
 
-// releaseTarget is the pure rule for how far held output may go: up to the newest
-// epoch the standby acknowledged, or, while the standby is unreachable (the program is
-// unprotected and says so), up to the newest epoch durable on local disk, so that the
-// service goes on rather than stalling behind a dead standby.
-func releaseTarget(mode CommitMode, standbyUp bool, acked, durable uint64) uint64 {
-	switch {
-	case mode == CommitLocal:
-		return durable
-	case mode == CommitStandby && standbyUp:
-		return acked
-	case mode == CommitStandby:
-		return durable
-	}
-	return 0
-}
-
 // NetSpec turns a manifest's placement back into a spec for this host's bridge.
 func NetSpec(service string, p *checkpoint.NetPlacement, bridge string) (*netplace.Spec, error) {
 	if p == nil {
@@ -117,12 +103,14 @@ func (s *Supervisor) enter() func(func() error) error {
 // placeNet gives the next incarnation a network: a new namespace for a program about
 // to be started or restored (nothing of a dead incarnation's sockets survives into it),
 // or the running program's own for an adopted one (adoptPid > 0). The gate is bound
-// and its rule in place before the program can send anything.
-func (s *Supervisor) placeNet(adoptPid int) error {
+// and its rule in place before the program can send anything. The incarnation begins
+// here for the Output Rule too (takeover: this host's copy takes the service over).
+func (s *Supervisor) placeNet(adoptPid int, takeover bool) error {
+	s.dropNet()
+	s.step(epochs.Incarnation{After: s.nextEpoch - 1, Takeover: takeover})
 	if s.cfg.Net == nil {
 		return nil
 	}
-	s.dropNet()
 	var (
 		p   *netplace.Place
 		err error
@@ -154,36 +142,8 @@ func (s *Supervisor) placeNet(adoptPid int) error {
 		return fmt.Errorf("output gate: %w", err)
 	}
 	s.gate = g
-	s.ackGate.Store(&gateRef{g: g})
+	s.rule.setGate(g)
 	return nil
-}
-
-// releaseSafe lets out at once, from the goroutine that learnt it, the output that
-// epoch explains, when epoch has just become safe under the configured --commit
-// mode: acked by the standby (the link calls it with CommitStandby) or durable on
-// local disk (the background fsync, with CommitLocal). The loop releases it too when
-// it hears of it (releaseOutput); this only saves the wait for the loop, which may be
-// inside a checkpoint. Epochs only grow within one ftrun, so news that arrives late
-// never releases a newer incarnation's output that no safe epoch explains.
-func (s *Supervisor) releaseSafe(mode CommitMode, epoch uint64) {
-	if mode != s.cfg.Commit {
-		return
-	}
-	r := s.ackGate.Load()
-	if r == nil {
-		return
-	}
-	if err := r.g.Release(epoch); err != nil && !errors.Is(err, gate.ErrClosed) {
-		s.log.Warn("release held output", "epoch", epoch, "safe", string(mode), "err", err)
-	}
-}
-
-// releaseAcked is releaseSafe for the link: the standby acknowledged epoch. It
-// returns how long the release took (the epoch's release phase).
-func (s *Supervisor) releaseAcked(epoch uint64) time.Duration {
-	t := s.clock.Now()
-	s.releaseSafe(CommitStandby, epoch)
-	return s.clock.Since(t)
 }
 
 // dropNet ends the current incarnation's network: held output is dropped with its
@@ -201,7 +161,7 @@ func (s *Supervisor) dropNet() {
 
 // closeGate drops held output with the gate, then the dump lock.
 func (s *Supervisor) closeGate() {
-	s.ackGate.Store(nil)
+	s.rule.setGate(nil)
 	if s.gate != nil {
 		if err := s.gate.Close(); err != nil {
 			s.log.Warn("close output gate", "err", err)
@@ -273,26 +233,6 @@ func (s *Supervisor) nudgePeers(dir string, resend bool) {
 	}
 }
 
-// releasable is the newest epoch whose output may leave (see releaseTarget).
-func (s *Supervisor) releasable() uint64 {
-	return releaseTarget(s.cfg.Commit, s.link != nil && s.linkUp, s.st.StandbyEpoch, s.durable)
-}
-
-// releaseOutput lets out what the newest safe epoch explains.
-func (s *Supervisor) releaseOutput() {
-	if s.gate == nil {
-		return
-	}
-	to := s.releasable()
-	if to == 0 {
-		return
-	}
-	if err := s.gate.Release(to); err != nil {
-		s.log.Error("release held output", "epoch", to, "err", err)
-	}
-	s.gateStats()
-}
-
 // gateStats copies the gate's figures into status and metrics.
 func (s *Supervisor) gateStats() {
 	if s.gate == nil {
@@ -308,4 +248,85 @@ func (s *Supervisor) pressured() <-chan struct{} {
 		return nil
 	}
 	return s.gate.Pressured()
+}
+
+// outputRule is the Output Rule's machine (package epochs) and the gate whose output
+// it releases. The loop, the link and the background fsync all step it, each on its
+// own goroutine, and each carries out the release its step made due at once: an ack
+// lets out its epoch's output while the loop is inside the next checkpoint.
+type outputRule struct {
+	mu   sync.Mutex
+	m    *epochs.Machine
+	gate gate.Gate // the current incarnation's; nil while there is none
+}
+
+func newOutputRule(mode CommitMode, hasStandby bool) *outputRule {
+	return &outputRule{m: epochs.New(epochs.Config{Mode: epochs.Mode(mode), Standby: hasStandby})}
+}
+
+// setGate makes g the gate that releases go to.
+func (r *outputRule) setGate(g gate.Gate) {
+	r.mu.Lock()
+	r.gate = g
+	r.mu.Unlock()
+}
+
+func (r *outputRule) step(ev epochs.Event) (epochs.Ready, gate.Gate, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rd, err := r.m.Step(ev)
+	return rd, r.gate, err
+}
+
+// safe is the newest epoch whose output may leave (see epochs.Machine.Safe).
+func (r *outputRule) safe() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.m.Safe()
+}
+
+// pins are the epochs pruning must keep.
+func (r *outputRule) pins() epochs.Pins {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.m.Pins()
+}
+
+func (r *outputRule) protection() epochs.Protection {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.m.Protection()
+}
+
+// step feeds ev to the output rule and lets out, on the calling goroutine, the held
+// output the step made safe. Gate releases are cumulative and the gate serializes
+// them, so two goroutines releasing at once need no order between them; a release
+// that reaches a gate closed meanwhile had nothing left to let out.
+func (s *Supervisor) step(ev epochs.Event) epochs.Ready {
+	rd, g, err := s.rule.step(ev)
+	if err != nil {
+		s.log.Warn("output rule", "event", fmt.Sprintf("%T%+v", ev, ev), "err", err)
+	}
+	if rd.Release > 0 && g != nil {
+		if err := g.Release(rd.Release); err != nil && !errors.Is(err, gate.ErrClosed) {
+			s.log.Error("release held output", "epoch", rd.Release, "err", err)
+		}
+	}
+	return rd
+}
+
+// protectionText is what status says of p.
+func (s *Supervisor) protectionText(p epochs.Protection) string {
+	switch p.Kind {
+	case epochs.LocalOnly:
+		return "local checkpoints"
+	case epochs.StandbyFull:
+		return "unprotected: the standby's disk is full (it keeps its last epoch; free space there)"
+	case epochs.Unreachable:
+		return "unprotected: " + p.Why
+	}
+	if s.cfg.AckFromMemory {
+		return "protected by standby " + s.cfg.Standby + " (acks from memory)"
+	}
+	return "protected by standby " + s.cfg.Standby
 }

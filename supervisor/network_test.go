@@ -1,13 +1,20 @@
 package supervisor
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"sync"
 	"testing"
 
 	"github.com/jonboulle/clockwork"
 
+	"github.com/ftrun/ftrun/checkpoint"
+	"github.com/ftrun/ftrun/supervisor/epochs"
 	"github.com/ftrun/ftrun/supervisor/gate"
+	"github.com/ftrun/ftrun/supervisor/phase"
+	"github.com/ftrun/ftrun/transport/ship"
 )
 
 func TestResolveCommit(t *testing.T) {
@@ -29,25 +36,6 @@ func TestResolveCommit(t *testing.T) {
 		got, err := resolveCommit(c.mode, c.net, c.standby)
 		if got != c.want || (err != nil) != c.wantErr {
 			t.Errorf("resolveCommit(%q, net=%v, standby=%v) = %q, %v; want %q, error %v", c.mode, c.net, c.standby, got, err, c.want, c.wantErr)
-		}
-	}
-}
-
-func TestReleaseTarget(t *testing.T) {
-	for _, c := range []struct {
-		mode           CommitMode
-		up             bool
-		acked, durable uint64
-		want           uint64
-	}{
-		{CommitStandby, true, 4, 7, 4},  // only what the standby holds
-		{CommitStandby, false, 4, 7, 7}, // standby gone: unprotected, local durability
-		{CommitLocal, true, 4, 7, 7},
-		{CommitLocal, false, 0, 0, 0},
-		{CommitOff, true, 4, 7, 0},
-	} {
-		if got := releaseTarget(c.mode, c.up, c.acked, c.durable); got != c.want {
-			t.Errorf("releaseTarget(%q, up=%v, acked=%d, durable=%d) = %d, want %d", c.mode, c.up, c.acked, c.durable, got, c.want)
 		}
 	}
 }
@@ -81,14 +69,24 @@ func TestParseCommitMode(t *testing.T) {
 	}
 }
 
-// recordingGate is a Gate that records releases.
+// recordingGate is a Gate that records cuts and releases.
 type recordingGate struct {
 	gate.Gate // unused methods panic
+	mu        sync.Mutex
+	cuts      []uint64
 	released  []uint64
 	closed    bool
 }
 
+func (g *recordingGate) Cut(epoch uint64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.cuts = append(g.cuts, epoch)
+}
+
 func (g *recordingGate) Release(epoch uint64) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
 	if g.closed {
 		return gate.ErrClosed
 	}
@@ -98,23 +96,120 @@ func (g *recordingGate) Release(epoch uint64) error {
 
 func (g *recordingGate) Stats() gate.Stats { return gate.Stats{} }
 
-func (g *recordingGate) Close() error { g.closed = true; return nil }
+func (g *recordingGate) Close() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.closed = true
+	return nil
+}
 
-// Under --commit standby the link releases output the moment the standby acks, not
-// when the loop gets round to it; once the gate is closed, an ack releases nothing.
-func TestReleaseAcked(t *testing.T) {
-	g := &recordingGate{}
-	s := &Supervisor{cfg: Config{Commit: CommitStandby}, log: slog.New(slog.DiscardHandler), gate: g, metrics: newMetrics("t"), clock: clockwork.NewFakeClock()}
-	s.ackGate.Store(&gateRef{g: g})
-	s.releaseAcked(4)
-	s.releaseSafe(CommitLocal, 9) // durable is not enough under --commit standby
-	s.releaseAcked(5)
-	if fmt.Sprint(g.released) != "[4 5]" {
-		t.Errorf("released %v, want [4 5]", g.released)
+func (g *recordingGate) String() string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return fmt.Sprintf("cuts %v, released %v", g.cuts, g.released)
+}
+
+// gated is a supervisor under mode with a standby, whose program's output g holds,
+// in its first incarnation.
+func gated(t *testing.T, mode CommitMode, g *recordingGate) *Supervisor {
+	t.Helper()
+	s := &Supervisor{cfg: Config{Commit: mode, Standby: "b:7000"}, log: slog.New(slog.DiscardHandler), gate: g,
+		metrics: newMetrics("t"), clock: clockwork.NewFakeClock(), rule: newOutputRule(mode, true), nextEpoch: 1, events: make(chan event, 8),
+		cg: &Cgroup{}}
+	s.step(epochs.Incarnation{})
+	s.rule.setGate(g)
+	return s
+}
+
+// dump runs what the dump of epoch does to the gate: its post-dump hook, which cuts.
+func dump(t *testing.T, s *Supervisor, epoch uint64) {
+	t.Helper()
+	var marks phase.Local
+	var synced []checkpoint.SyncedFile
+	if err := s.dumpOptions(epoch, t.TempDir(), false, &marks, &synced).PostDump(); err != nil {
+		t.Fatal(err)
 	}
+}
+
+// Under --commit standby, the standby's ack of epoch 1 lets its output out on the
+// link's goroutine while the dump of epoch 2 is in progress (cut, not committed) and
+// the loop, inside that checkpoint, reads no event: the pipelining that keeps an
+// epoch's output from waiting for the next one's checkpoint.
+func TestAckReleasesDuringNextDump(t *testing.T) {
+	g := &recordingGate{}
+	s := gated(t, CommitStandby, g)
+	s.linkStep(linkEvent{up: true})
+	dump(t, s, 1)
+	if rd := s.step(epochs.Committed{Epoch: 1}); rd.Ship != 1 {
+		t.Fatalf("epoch 1 committed: %v, want it shipped", rd)
+	}
+	dump(t, s, 2)
+	done := make(chan linkEvent)
+	go func() { done <- s.linkStep(linkEvent{up: true, shipped: 1}) }()
+	<-done
+	if got := g.String(); got != "cuts [1 2], released [1]" {
+		t.Errorf("after epoch 1's ack, during epoch 2's dump: %s; want epoch 1 released", got)
+	}
+	if len(s.events) != 0 {
+		t.Errorf("the release went through the loop's events")
+	}
+	// Durable here is not enough under --commit standby while the link is up.
+	s.step(epochs.Committed{Epoch: 2})
+	s.step(epochs.Durable{Epoch: 2})
+	if got := g.String(); got != "cuts [1 2], released [1]" {
+		t.Errorf("epoch 2 durable, not acked: %s", got)
+	}
+	// Once the gate is closed (the incarnation ended), an ack releases nothing.
 	s.closeGate()
-	s.releaseAcked(6)
-	if fmt.Sprint(g.released) != "[4 5]" || !g.closed {
-		t.Errorf("after close: released %v, closed %v", g.released, g.closed)
+	s.linkStep(linkEvent{up: true, shipped: 2})
+	if got := g.String(); got != "cuts [1 2], released [1]" || !g.closed {
+		t.Errorf("after close: %s, closed %v", got, g.closed)
+	}
+}
+
+// Under --commit local, the background fsync lets out what it made durable itself,
+// on its own goroutine, while the loop is inside the next dump.
+func TestDurableReleasesDuringNextDump(t *testing.T) {
+	g := &recordingGate{}
+	s := gated(t, CommitLocal, g)
+	dump(t, s, 1)
+	s.step(epochs.Committed{Epoch: 1})
+	dump(t, s, 2)
+	s.linkStep(linkEvent{up: true})
+	s.linkStep(linkEvent{up: true, shipped: 1}) // an ack is not enough under --commit local
+	if got := g.String(); got != "cuts [1 2], released []" {
+		t.Fatalf("acked, not durable: %s", got)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.step(epochs.Durable{Epoch: 1})
+	}()
+	<-done
+	if got := g.String(); got != "cuts [1 2], released [1]" {
+		t.Errorf("epoch 1 durable, during epoch 2's dump: %s; want epoch 1 released", got)
+	}
+}
+
+// The link's events carry the protection the rule decided, as status words it.
+func TestLinkProtection(t *testing.T) {
+	s := gated(t, CommitStandby, &recordingGate{})
+	s.cfg.AckFromMemory = true
+	var got []string
+	for _, ev := range []linkEvent{
+		{up: true},
+		{up: true, err: fmt.Errorf("ship epoch 1: %w", ship.ErrStandbyFull), failed: 1},
+		{up: true, err: errors.New("ship epoch 2: reset"), failed: 2},
+		{why: "lost standby b:7000: EOF"},
+	} {
+		if p := s.linkStep(ev).protection; p != nil {
+			got = append(got, s.protectionText(*p))
+		}
+	}
+	want := []string{"protected by standby b:7000 (acks from memory)",
+		"unprotected: the standby's disk is full (it keeps its last epoch; free space there)",
+		"unprotected: lost standby b:7000: EOF"}
+	if !slices.Equal(got, want) {
+		t.Errorf("protection %q, want %q", got, want)
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jonboulle/clockwork"
@@ -20,6 +19,7 @@ import (
 	"github.com/ftrun/ftrun/checkpoint"
 	"github.com/ftrun/ftrun/internal/promserve"
 	"github.com/ftrun/ftrun/supervisor/container"
+	"github.com/ftrun/ftrun/supervisor/epochs"
 	"github.com/ftrun/ftrun/supervisor/gate"
 	"github.com/ftrun/ftrun/supervisor/logrelay"
 	"github.com/ftrun/ftrun/supervisor/netplace"
@@ -215,7 +215,6 @@ type Supervisor struct {
 	// durability runs behind the epoch loop: one fsync at a time, newest set next
 	syncing    bool
 	syncNext   *checkpoint.Set
-	durable    uint64
 	link       *link
 	stateFiles *syncedFiles
 	// aside are the state files kept as the program left them at its crash, until a
@@ -233,15 +232,11 @@ type Supervisor struct {
 	place    *netplace.Place
 	gate     gate.Gate
 	dumpLock *gate.DumpLock
-	linkUp   bool
-	ctlPath  string // the control socket
-	// ackGate is s.gate, for the goroutine that learns an epoch is safe to release its
-	// output without waiting for the loop (see releaseSafe).
-	ackGate atomic.Pointer[gateRef]
+	// rule decides when held output may leave; the loop, the link and the fsync
+	// goroutine step it (see outputRule)
+	rule    *outputRule
+	ctlPath string // the control socket
 }
-
-// gateRef holds a gate for atomic.Pointer.
-type gateRef struct{ g gate.Gate }
 
 // New checks the configuration and fills in defaults.
 func New(cfg Config) (*Supervisor, error) {
@@ -331,6 +326,7 @@ func New(cfg Config) (*Supervisor, error) {
 		metrics: newMetrics(cfg.Name),
 		aside:   map[string]bool{},
 		user:    cred,
+		rule:    newOutputRule(cfg.Commit, cfg.Standby != ""),
 	}, nil
 }
 
@@ -392,11 +388,12 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 		s.link = newLink(s.cfg.Standby, s.cfg.StandbyTLS, ship.Config{Service: s.cfg.Name, Host: host, LiveSince: s.cfg.LiveSince,
 			AckFromMemory: s.cfg.AckFromMemory, Clock: s.clock, Logger: s.log.With("standby", s.cfg.Standby)})
 		s.st.Peer = s.cfg.Standby
-		s.st.Protection = "unprotected: connecting to standby " + s.cfg.Standby
+		s.step(epochs.LinkDown{Why: "connecting to standby " + s.cfg.Standby})
+		s.st.Protection = s.protectionText(s.rule.protection())
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			s.link.run(s.ctx, s.releaseAcked, func(ev linkEvent) { s.send(s.ctx, event{kind: "link", link: ev}) })
+			s.link.run(s.ctx, func(ev linkEvent) { s.send(s.ctx, event{kind: "link", link: s.linkStep(ev)}) })
 		}()
 	}
 	var lost <-chan struct{}
@@ -569,7 +566,7 @@ func (s *Supervisor) boot() error {
 	}
 	switch d.Action {
 	case BootAdopt:
-		if err := s.placeNet(rec.Pid); err != nil {
+		if err := s.placeNet(rec.Pid, false); err != nil {
 			s.log.Error("cannot take back the running program's network; restoring it instead", "err", err)
 			if err := s.killAll(); err != nil {
 				return err
@@ -740,15 +737,41 @@ func (s *Supervisor) handle(ev event) error {
 				errors.New("superseded: the service went live on the peer"))
 		}
 		s.linkChanged(ev.link)
-		s.releaseOutput()
+		s.gateStats()
 	}
 	return nil
 }
 
+// linkStep feeds what the link learnt to the output rule, on the link's goroutine,
+// and carries out the release it makes due there and then: the loop may be inside the
+// next checkpoint. It returns ev with what the loop reports of it.
+func (s *Supervisor) linkStep(ev linkEvent) linkEvent {
+	var e epochs.Event
+	switch {
+	case ev.superseded:
+		return ev
+	case ev.err != nil:
+		e = epochs.Nacked{Epoch: ev.failed, Full: errors.Is(ev.err, ship.ErrStandbyFull)}
+	case ev.shipped > 0:
+		e = epochs.Acked{Epoch: ev.shipped}
+	case ev.up:
+		e = epochs.LinkUp{}
+	default:
+		e = epochs.LinkDown{Why: ev.why}
+	}
+	t := s.clock.Now()
+	rd := s.step(e)
+	if ev.shipped > 0 {
+		ev.released = s.clock.Since(t)
+	}
+	ev.protection = rd.Protection
+	return ev
+}
+
 // linkChanged follows the standby link: whether the program is protected by a
-// standby, and how far the standby is behind.
+// standby (as the output rule decided when the link stepped it), and how far the
+// standby is behind.
 func (s *Supervisor) linkChanged(ev linkEvent) {
-	s.linkUp = ev.up
 	if ev.shipped > 0 {
 		s.metrics.shipped.Add(float64(ev.stats.Bytes))
 		s.metrics.standbyEp.Set(float64(ev.shipped))
@@ -758,24 +781,11 @@ func (s *Supervisor) linkChanged(ev linkEvent) {
 		s.st.LastShipFull = ev.stats.Full
 		s.log.Debug("epoch acked by standby", "epoch", ev.shipped, "bytes", ev.stats.Bytes, "full", ev.stats.Full, "took", ev.stats.Duration)
 	}
-	protection := "protected by standby " + s.cfg.Standby
-	if s.cfg.AckFromMemory {
-		protection += " (acks from memory)"
-	}
-	switch {
-	case ev.err != nil && errors.Is(ev.err, ship.ErrStandbyFull):
-		protection = "unprotected: the standby's disk is full (it keeps its last epoch; free space there)"
-	case ev.err != nil:
+	if ev.err != nil && !errors.Is(ev.err, ship.ErrStandbyFull) {
 		s.log.Warn("epoch not shipped; the next one will be", "err", ev.err)
-		if !ev.up {
-			protection = "unprotected: " + ev.why
-		} else {
-			protection = s.st.Protection
-		}
-	case !ev.up:
-		protection = "unprotected: " + ev.why
 	}
-	if protection != s.st.Protection {
+	if ev.protection != nil {
+		protection := s.protectionText(*ev.protection)
 		if strings.HasPrefix(protection, "unprotected") {
 			s.log.Error("program is "+protection+"; it keeps running, checkpoints stay local", "epoch", s.st.Epoch)
 		} else {
@@ -815,7 +825,8 @@ func (s *Supervisor) syncLater(set checkpoint.Set) {
 		defer s.wg.Done()
 		err := s.store.Sync(set)
 		if err == nil {
-			s.releaseSafe(CommitLocal, set.Epoch)
+			// Released from here, at once: the loop may be inside the next checkpoint.
+			s.step(epochs.Durable{Epoch: set.Epoch})
 		}
 		s.send(s.ctx, event{kind: "durable", set: set, err: err})
 	}()
@@ -826,15 +837,15 @@ func (s *Supervisor) synced(set checkpoint.Set, err error) {
 	if err != nil {
 		s.log.Error("checkpoint is committed but could not be made durable", "epoch", set.Epoch, "err", err)
 	} else {
-		s.durable = set.Epoch
 		s.st.DurableEpoch = set.Epoch
-		if dropped, err := s.store.Prune(s.cfg.Keep, s.durable, s.st.StandbyEpoch); err != nil {
+		pins := s.rule.pins()
+		if dropped, err := s.store.Prune(s.cfg.Keep, pins.Durable, pins.Acked); err != nil {
 			s.log.Warn("prune old checkpoints", "err", err)
 		} else if len(dropped) > 0 {
 			s.log.Debug("pruned old checkpoints", "count", len(dropped))
 		}
 	}
-	s.releaseOutput()
+	s.gateStats()
 	if next := s.syncNext; next != nil {
 		s.syncNext = nil
 		s.syncLater(*next)
@@ -1006,7 +1017,7 @@ func (s *Supervisor) fresh() error {
 		return err
 	}
 	defer cg.Close()
-	if err := s.placeNet(0); err != nil {
+	if err := s.placeNet(0, false); err != nil {
 		return err
 	}
 	// Clients may remember another MAC for the address (an earlier --mac, another
@@ -1057,7 +1068,7 @@ func (s *Supervisor) restore(epoch uint64, takeover bool) error {
 		s.stateFiles.markAll()
 		s.lastManifest = nil
 	}
-	if err := s.placeNet(0); err != nil {
+	if err := s.placeNet(0, takeover); err != nil {
 		return err
 	}
 	start := s.clock.Now()
@@ -1082,10 +1093,11 @@ func (s *Supervisor) restore(epoch uint64, takeover bool) error {
 	s.st.Restores++
 	s.incarnation(pid, fmt.Sprintf("restored from epoch %d in %s", epoch, s.clock.Since(start).Round(time.Millisecond)))
 	if keepTCP {
-		resend := takeover || epoch <= s.releasable()
-		if !resend && s.cfg.Commit == CommitLocal {
-			// The epoch may still be on its way to disk; once there, its output may go.
-			resend = s.store.Sync(checkpoint.Set{Epoch: epoch, Dir: dir}) == nil
+		resend := takeover || epoch <= s.rule.safe()
+		if !resend && s.cfg.Commit == CommitLocal && s.store.Sync(checkpoint.Set{Epoch: epoch, Dir: dir}) == nil {
+			// The epoch was still on its way to disk; there now, its output may go.
+			s.step(epochs.Durable{Epoch: epoch})
+			resend = true
 		}
 		s.nudgePeers(dir, resend)
 	}
@@ -1229,6 +1241,7 @@ func (s *Supervisor) dumpOptions(epoch uint64, dir string, final bool, marks *ph
 		if s.gate != nil {
 			s.gate.Cut(epoch)
 		}
+		s.step(epochs.Cut{Epoch: epoch})
 		if s.stateFiles != nil {
 			*synced, err = s.stateFiles.capture(dir, s.lastManifest, s.lastSetDir)
 		}
@@ -1266,6 +1279,8 @@ func dumpLogLevel(lastFailed bool) int {
 // background fsync (or, for the final one, an fsync now), the standby, systemd.
 func (s *Supervisor) committed(set checkpoint.Set, m *checkpoint.Manifest, stats checkpoint.DumpStats, marks phase.Local, final bool) (uint64, error) {
 	epoch := set.Epoch
+	// Before the fsync starts: the rule hears of the commit before its durability.
+	ready := s.step(epochs.Committed{Epoch: epoch})
 	s.lastManifest, s.lastSetDir = m, set.Dir
 	total := s.clock.Since(marks.Start)
 	s.nextEpoch = epoch + 1
@@ -1295,11 +1310,13 @@ func (s *Supervisor) committed(set checkpoint.Set, m *checkpoint.Manifest, stats
 		if err := s.store.Sync(set); err != nil {
 			return 0, s.checkpointFailed(epoch, fmt.Errorf("final checkpoint not durable: %w", err))
 		}
+		s.step(epochs.Durable{Epoch: epoch})
+		s.st.DurableEpoch = epoch
 	} else {
 		s.syncLater(set)
 	}
 	s.epochMarked(epoch, marks)
-	if s.link != nil {
+	if ready.Ship == epoch && s.link != nil {
 		s.link.offer(set)
 	}
 	s.incProtected = true
