@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -82,12 +83,22 @@ func startProgram(argv []string, dir string, env []string, cg *os.File, stdout, 
 		attr.UseCgroupFD = true
 		attr.CgroupFD = int(cg.Fd())
 	}
+	// The container's first process is ftrun's own binary until it has set the
+	// container up and exec'd the program: a checkpoint taken before then would hold
+	// that half-made process (its fd 0 still the host's /dev/null, which CRIU cannot
+	// find in the container's mounts). It holds the write end of this pipe, as the
+	// descriptor after the preserved ones, until its exec closes it.
+	execd, execdW, err := os.Pipe()
+	if err != nil {
+		return 0, fmt.Errorf("pipe: %w", err)
+	}
+	defer execd.Close()
 	var proc *os.Process
 	start := func() (err error) {
 		proc, err = os.StartProcess(path, args, &os.ProcAttr{
 			Dir:   dir,
 			Env:   env,
-			Files: append([]*os.File{devnull, stdout, stderr}, extra...),
+			Files: append(append([]*os.File{devnull, stdout, stderr}, extra...), execdW),
 			Sys:   attr,
 		})
 		return err
@@ -97,14 +108,44 @@ func startProgram(argv []string, dir string, env []string, cg *os.File, stdout, 
 	} else {
 		err = start()
 	}
+	execdW.Close()
 	if err != nil {
 		return 0, fmt.Errorf("start %q: %w", argv[0], err)
 	}
 	pid := proc.Pid
+	if err := awaitExec(execd, execTimeout); err != nil {
+		_ = proc.Kill()
+		_, _ = proc.Wait()
+		return 0, fmt.Errorf("start %q: %w", argv[0], err)
+	}
 	// We wait with pidfd/wait4 ourselves so that started, restored and adopted programs
 	// are watched the same way.
 	_ = proc.Release()
 	return pid, nil
+}
+
+// execTimeout bounds how long the container's first process may take to set the
+// container up and exec the program.
+const execTimeout = 30 * time.Second
+
+// awaitExec waits for the end of file on r: the container's first process has
+// exec'd the program, or exited (which the program's watcher reports).
+func awaitExec(r *os.File, timeout time.Duration) error {
+	if err := r.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+		return err
+	}
+	var b [64]byte
+	for {
+		_, err := r.Read(b[:])
+		switch {
+		case errors.Is(err, io.EOF):
+			return nil
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return fmt.Errorf("the container was not set up within %s (its first process never exec'd the program)", timeout)
+		case err != nil:
+			return fmt.Errorf("waiting for the container's first process to exec the program: %w", err)
+		}
+	}
 }
 
 // waitExit blocks until pid ends or ctx is done. For our own children it reaps them

@@ -3,8 +3,12 @@ package supervisor
 import (
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // statLine builds a /proc/PID/stat line as the kernel writes it (52 fields), with comm
@@ -113,5 +117,31 @@ func TestExitStatus(t *testing.T) {
 				t.Errorf("Clean() = %v, want %v", got, tc.wantClean)
 			}
 		})
+	}
+}
+
+// startProgram returns once the container's first process has become the program:
+// a checkpoint from then on never sees ftrun's own binary still setting it up (whose
+// fd 0, the host's /dev/null, CRIU cannot find among the container's mounts).
+func TestStartProgramReturnsOnceExecd(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the container needs root (new PID, mount and IPC namespaces)")
+	}
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("no sleep")
+	}
+	want, _ := filepath.EvalSymlinks(sleep)
+	for i := 0; i < 5; i++ {
+		pid, err := startProgram([]string{"sleep", "30"}, "/", os.Environ(), nil, os.Stdout, os.Stderr, nil, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+		_ = unix.Kill(pid, unix.SIGKILL)
+		reap(pid)
+		if err != nil || exe != want {
+			t.Fatalf("right after startProgram, PID %d runs %q (%v), want the program %q", pid, exe, err, want)
+		}
 	}
 }

@@ -200,7 +200,9 @@ func Init(data string) error {
 		}
 	}
 	// Whatever ftrun inherited without CLOEXEC must not reach the program (a flock on
-	// such an fd would make every restore wait forever).
+	// such an fd would make every restore wait forever). The descriptor just after the
+	// preserved ones is the starter's pipe: its closing at the exec tells the starter
+	// that the program runs.
 	if err := unix.CloseRange(uint(3+spec.Fds), ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
 		return fmt.Errorf("close inherited fds: %w", err)
 	}
