@@ -127,7 +127,7 @@ func TestScenarioReports(t *testing.T) {
 			frozenReport(s, []FrozenRow{{DataMB: 16, ImageMiB: 20, FtrunFrozen: []float64{60, 70}, CLIFrozen: []float64{55}, FtrunTotal: []float64{90}, CLITotal: []float64{85}}})
 		}, 1, 1, 2},
 		{"shipped", func(s *Section) {
-			shippedReport(s, []ShippedRow{{Pages: 64, Shipped: []int64{300 << 10}, FullImage: 100 << 20, TargetByte: Target(64)}})
+			shippedReport(s, []ShippedRow{{Pages: 64, Shipped: []int64{300 << 10}, FullImage: 100 << 20, TargetByte: ShippedTarget(64)}})
 		}, 1, 1, 1},
 		{"restart", func(s *Section) {
 			restartReport(s, RestartResult{Rate: 2000, Interval: "1s", LatFtrun: []float64{0.1, 0.2}, LatPlain: []float64{0.1},
@@ -174,6 +174,9 @@ func TestScenarioReports(t *testing.T) {
 			md := s.Tables[1].Markdown()
 			if !strings.Contains(md, "| 50 x 16 | 1500 req/s | 300 ms / 600 ms | 800 | 700000 req/s | - | 200000 | 0.0021 |") {
 				t.Errorf("pipelined table:\n%s", md)
+			}
+			if len(s.Targets) != 1 || s.Targets[0].Met {
+				t.Errorf("targets %+v", s.Targets)
 			}
 		}, 2, 1, 2},
 		{"gate", func(s *Section) {

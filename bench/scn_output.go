@@ -381,6 +381,7 @@ func outputReport(sec *Section, res OutputResult) {
 			XLog: true, YLog: true, Series: []Series{with, without}}})
 	}
 	pipelinedTable(sec, res)
+	sec.Targets = outputTargets(res)
 }
 
 // pipelinedTable shows redis-benchmark's pipelined clients behind the gate and against
