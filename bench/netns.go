@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -75,9 +76,10 @@ func (e Env) Hosts(n int) ([]Host, error) {
 	return hosts, nil
 }
 
-// Cmd is name run in the host's network namespace.
-func (h Host) Cmd(name string, args ...string) *exec.Cmd {
-	return exec.Command("nsenter", append([]string{"--net=" + h.NS(), "--", name}, args...)...)
+// Cmd is name run in the host's network namespace, killed when ctx ends. nsenter
+// becomes the program (it only enters a network namespace), so the kill reaches it.
+func (h Host) Cmd(ctx context.Context, name string, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + h.NS(), "--", name}, args...)...)
 }
 
 // DialIn opens a TCP connection from inside the network namespace at ns ("" for this

@@ -68,16 +68,19 @@ func (p NamedPlot) SVG() ([]byte, error) {
 
 // Section is what one scenario reports.
 type Section struct {
-	Name    string        `json:"name"`
-	Title   string        `json:"title"`
-	About   string        `json:"about"`
-	Figures []Figure      `json:"figures"`
-	Tables  []Table       `json:"tables"`
-	Plots   []NamedPlot   `json:"plots"`
-	Notes   []string      `json:"notes,omitempty"`
-	Raw     any           `json:"raw,omitempty"`
-	Err     string        `json:"error,omitempty"`
-	Elapsed time.Duration `json:"elapsed_ns"`
+	Name    string      `json:"name"`
+	Title   string      `json:"title"`
+	About   string      `json:"about"`
+	Figures []Figure    `json:"figures"`
+	Tables  []Table     `json:"tables"`
+	Plots   []NamedPlot `json:"plots"`
+	// Targets are the section's figures held to their targets; the README shows them
+	// in the section and all of them under the summary.
+	Targets []TargetResult `json:"targets,omitempty"`
+	Notes   []string       `json:"notes,omitempty"`
+	Raw     any            `json:"raw,omitempty"`
+	Err     string         `json:"error,omitempty"`
+	Elapsed time.Duration  `json:"elapsed_ns"`
 }
 
 // Report is a whole `ftrun bench` run.
@@ -238,6 +241,9 @@ func (r Report) Markdown() string {
 	}
 	b.WriteString("## Summary\n\n")
 	b.WriteString(r.SummaryTable().Markdown())
+	if t := r.TargetsTable(); len(t.Rows) > 0 {
+		b.WriteString("\n" + t.Markdown())
+	}
 	for i, s := range r.Sections {
 		fmt.Fprintf(&b, "\n## %d. %s\n\n", i+1, s.Title)
 		if s.About != "" {
@@ -250,6 +256,10 @@ func (r Report) Markdown() string {
 		}
 		for _, t := range s.Tables {
 			b.WriteString(t.Markdown())
+			b.WriteString("\n")
+		}
+		if len(s.Targets) > 0 {
+			b.WriteString(targetsTable(s.Targets).Markdown())
 			b.WriteString("\n")
 		}
 		for _, p := range s.Plots {

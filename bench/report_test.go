@@ -127,7 +127,7 @@ func TestScenarioReports(t *testing.T) {
 			frozenReport(s, []FrozenRow{{DataMB: 16, ImageMiB: 20, FtrunFrozen: []float64{60, 70}, CLIFrozen: []float64{55}, FtrunTotal: []float64{90}, CLITotal: []float64{85}}})
 		}, 1, 1, 2},
 		{"shipped", func(s *Section) {
-			shippedReport(s, []ShippedRow{{Pages: 64, Shipped: []int64{300 << 10}, FullImage: 100 << 20, TargetByte: Target(64)}})
+			shippedReport(s, []ShippedRow{{Pages: 64, Shipped: []int64{300 << 10}, FullImage: 100 << 20, TargetByte: ShippedTarget(64)}})
 		}, 1, 1, 1},
 		{"restart", func(s *Section) {
 			restartReport(s, RestartResult{Rate: 2000, Interval: "1s", LatFtrun: []float64{0.1, 0.2}, LatPlain: []float64{0.1},
@@ -166,6 +166,19 @@ func TestScenarioReports(t *testing.T) {
 				{Interval: "50ms", IntervalMs: 50, LatMs: []float64{30, 40}, Phases: ph("50ms", 1)},
 				{Interval: "100ms", IntervalMs: 100, LatMs: []float64{60, 80}, Phases: ph("100ms", 2)}}})
 		}, 2, 2, 2},
+		{"output with pipelined clients", func(s *Section) {
+			outputReport(s, OutputResult{Rate: 50, ThroughputInterval: "100ms", ThroughputIntervalMs: 100,
+				Throughput: []Throughput{{Clients: 1, Ftrun: 9, Bare: 30000}},
+				Pipelined: []Pipelined{{PipeSpec: PipeSpec{Clients: 50, Pipeline: 16}, Ftrun: RedisBenchmark{Requests: 800, RPS: 1500, P50Ms: 300, P99Ms: 600},
+					Bare: RedisBenchmark{Requests: 200000, RPS: 700000}}}})
+			md := s.Tables[1].Markdown()
+			if !strings.Contains(md, "| 50 x 16 | 1500 req/s | 300 ms / 600 ms | 800 | 700000 req/s | - | 200000 | 0.0021 |") {
+				t.Errorf("pipelined table:\n%s", md)
+			}
+			if len(s.Targets) != 1 || s.Targets[0].Met {
+				t.Errorf("targets %+v", s.Targets)
+			}
+		}, 2, 1, 2},
 		{"gate", func(s *Section) {
 			gateReport(s, GateResult{Rate: 200, Runs: []GateRun{{Commit: "standby", LatMs: []float64{200, 300}}, {Commit: "off", LatMs: []float64{1, 2}}}})
 		}, 1, 1, 2},

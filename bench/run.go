@@ -37,7 +37,7 @@ func Scenarios() []Scenario {
 		{Name: "pingpong", Title: "Two failovers, A -> B -> A, and protection regained", Tools: []string{"redis-server", "iptables"}, Run: PingPong},
 		{Name: "scale", Title: "One standby, ten primaries", Tools: []string{"ruby"}, Run: Scale},
 		{Name: "gate", Title: "Latency with and without the output gate", Tools: []string{"redis-server", "iptables"}, Run: Gate},
-		{Name: "output", Title: "What the Output Rule costs: latency vs epoch length, throughput", Tools: []string{"redis-server", "iptables"}, Run: Output},
+		{Name: "output", Title: "What the Output Rule costs: latency vs epoch length, throughput", Tools: []string{"redis-server", "redis-benchmark", "iptables"}, Run: Output},
 	}
 }
 

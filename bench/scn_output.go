@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"time"
 )
@@ -38,75 +39,73 @@ type OutputResult struct {
 	BareLatMs  []float64      `json:"bare_latency_ms"`
 	Epochs     []EpochLatency `json:"epochs"`
 	Throughput []Throughput   `json:"throughput"`
+	// ThroughputInterval is the --interval the throughput runs (closed loop and
+	// pipelined) were measured at.
+	ThroughputInterval   string  `json:"throughput_interval"`
+	ThroughputIntervalMs float64 `json:"throughput_interval_ms"`
+	// Pipelined is redis-benchmark with pipelined clients, behind the gate and bare.
+	Pipelined []Pipelined `json:"pipelined"`
 	// FromMemory is the run at --interval 100ms with `--standby-durability memory`,
 	// next to the same interval's run in Epochs (full bench only).
 	FromMemory *EpochLatency `json:"from_memory,omitempty"`
 }
 
+// outputPlan is how much an output run measures.
+type outputPlan struct {
+	rate             int
+	window, tpWindow time.Duration
+	// pipes are the redis-benchmark loads, each pipeRounds pipelines per client behind
+	// the gate and bareRequests SETs against the bare redis (which answers a
+	// thousand times faster: the same count would be over in a millisecond).
+	pipes        []PipeSpec
+	pipeRounds   int
+	bareRequests int
+	pipeTimeout  time.Duration
+}
+
+func newOutputPlan(quick bool) outputPlan {
+	p := outputPlan{rate: 50, window: 8 * time.Second, tpWindow: 5 * time.Second,
+		pipes: []PipeSpec{{Clients: 1, Pipeline: 16}, {Clients: 50, Pipeline: 16}}, pipeRounds: 16, bareRequests: 200000, pipeTimeout: time.Minute}
+	if quick {
+		// The pipelined clients run in --quick too, shorter: 6 pipelines per client
+		// take two epochs' commit each at most, a few seconds in all.
+		p.window, p.tpWindow, p.pipeRounds, p.bareRequests = 3*time.Second, 2*time.Second, 6, 100000
+	}
+	return p
+}
+
 // Output measures what the Output Rule costs a client: reply latency behind the gate
 // (`--commit standby`) at several epoch lengths, next to the bound epoch/2 + frozen time
-// + one standby round trip and to a bare redis; and closed-loop throughput with 1, 10
-// and 50 clients, with and without ftrun.
+// + one standby round trip and to a bare redis; closed-loop throughput with 1, 10 and 50
+// clients and redis-benchmark's pipelined clients, with and without ftrun; and holds
+// them to their targets.
 func Output(ctx context.Context, env Env) (sec Section, err error) {
 	intervals := []time.Duration{20 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond}
-	window, tpWindow, rate := 8*time.Second, 5*time.Second, 50
+	plan := newOutputPlan(env.Quick)
 	if env.Quick {
 		intervals = []time.Duration{50 * time.Millisecond, 100 * time.Millisecond}
-		window, tpWindow = 3*time.Second, 2*time.Second
 	}
 	const tpInterval = 100 * time.Millisecond
-	res := OutputResult{Rate: rate}
+	res := OutputResult{Rate: plan.rate, ThroughputInterval: tpInterval.String(), ThroughputIntervalMs: Ms(tpInterval)}
 	sec = Section{About: fmt.Sprintf("redis-server (10 MB of data) under `ftrun run --net --standby --commit standby` on a primary host, "+
 		"`ftrun standby` on a second host, a client on a third. Latency: the client sends SETs on one connection at %d a second for %s "+
 		"(pipelined), once per `--interval`; the bound is interval/2 + the frozen time of a checkpoint + one TCP round trip to the standby "+
 		"(all measured in the same run); the baseline is a bare redis-server on the primary host. Throughput: 1, 10 and 50 clients, each on "+
-		"its own connection sending SETs one at a time for %s, against redis under ftrun (interval %s) and against the bare redis.",
-		rate, window, tpWindow, tpInterval)}
+		"its own connection sending SETs one at a time for %s, against redis under ftrun (interval %s) and against the bare redis. "+
+		"Pipelined: `redis-benchmark -t set -r 100000 --csv` from the client host with %s, %d pipelines per client behind the gate "+
+		"(interval %s; its time counts the connections' handshakes, which wait for an epoch too) and %d SETs against the bare redis.",
+		plan.rate, plan.window, plan.tpWindow, tpInterval, pipeSpecsText(plan.pipes), plan.pipeRounds, tpInterval, plan.bareRequests)}
 	defer func() { outputReport(&sec, res) }()
 	keys, err := env.Keys()
 	if err != nil {
 		return sec, err
 	}
-
-	// Baseline: a bare redis on the primary host of its own network.
-	hosts, err := env.Hosts(2)
+	bareTP, barePipes, err := outputBare(ctx, env, plan, &res)
 	if err != nil {
 		return sec, err
 	}
-	data, err := env.Dir("redis-bare")
-	if err != nil {
-		return sec, err
-	}
-	bare, err := env.Start("redis-bare", hosts[0].NS(), RedisArgs("0.0.0.0", 6379, data)...)
-	if err != nil {
-		return sec, err
-	}
-	defer bare.Stop(10 * time.Second)
-	bareAddr := net.JoinHostPort(hosts[0].Addr, "6379")
-	if _, _, err := WaitRedis(ctx, hosts[1].NS(), bareAddr); err != nil {
-		return sec, err
-	}
-	if err := Populate(ctx, hosts[1].NS(), bareAddr, 10); err != nil {
-		return sec, err
-	}
-	_, lat, err := OpenLoop(hosts[1].NS(), bareAddr, rate, window)
-	if err != nil {
-		return sec, fmt.Errorf("bare redis: %w", err)
-	}
-	for _, l := range lat {
-		res.BareLatMs = append(res.BareLatMs, Ms(l))
-	}
-	bareTP := map[int]float64{}
-	for _, n := range []int{1, 10, 50} {
-		if bareTP[n], err = ClosedLoop(hosts[1].NS(), bareAddr, n, tpWindow); err != nil {
-			return sec, fmt.Errorf("bare redis, %d clients: %w", n, err)
-		}
-	}
-	env.Logf("bare redis: p50 %.1f ms, p99 %.1f ms; %.0f / %.0f / %.0f requests/s with 1 / 10 / 50 clients",
-		Percentile(res.BareLatMs, 50), Percentile(res.BareLatMs, 99), bareTP[1], bareTP[10], bareTP[50])
-
 	for _, iv := range intervals {
-		e, tp, err := outputRun(ctx, env, keys, iv, rate, window, tpWindow, iv == tpInterval, false)
+		e, tp, pipes, err := outputRun(ctx, env, keys, iv, plan, iv == tpInterval, false)
 		if len(e.LatMs) > 0 {
 			res.Epochs = append(res.Epochs, e)
 		}
@@ -114,13 +113,18 @@ func Output(ctx context.Context, env Env) (sec Section, err error) {
 			t.Bare = bareTP[t.Clients]
 			res.Throughput = append(res.Throughput, t)
 		}
+		for i, p := range pipes {
+			res.Pipelined = append(res.Pipelined, Pipelined{PipeSpec: plan.pipes[i], Ftrun: p, Bare: barePipes[i]})
+			env.Logf("redis-benchmark -c %d -P %d: %.0f req/s behind the gate (p50 %.0f ms), %.0f bare", plan.pipes[i].Clients, plan.pipes[i].Pipeline,
+				p.RPS, p.P50Ms, barePipes[i].RPS)
+		}
 		if err != nil {
 			return sec, fmt.Errorf("--interval %s: %w", iv, err)
 		}
 		env.Logf("--interval %s: p50 %.1f ms, p99 %.1f ms (bound %.1f ms)", iv, Percentile(e.LatMs, 50), Percentile(e.LatMs, 99), e.Bound())
 	}
 	if !env.Quick {
-		e, _, err := outputRun(ctx, env, keys, tpInterval, rate, window, tpWindow, false, true)
+		e, _, _, err := outputRun(ctx, env, keys, tpInterval, plan, false, true)
 		if len(e.LatMs) > 0 {
 			res.FromMemory = &e
 		}
@@ -132,9 +136,68 @@ func Output(ctx context.Context, env Env) (sec Section, err error) {
 	return sec, nil
 }
 
-// outputRun is one latency run at iv (and the throughput runs if asked), with the
-// standby acking from its disk or, fromMemory, from its memory.
-func outputRun(ctx context.Context, env Env, keys string, iv time.Duration, rate int, window, tpWindow time.Duration, throughput, fromMemory bool) (EpochLatency, []Throughput, error) {
+func pipeSpecsText(specs []PipeSpec) string {
+	var parts []string
+	for _, s := range specs {
+		parts = append(parts, fmt.Sprintf("`-c %d -P %d`", s.Clients, s.Pipeline))
+	}
+	return strings.Join(parts, " and ")
+}
+
+// outputBare is the baseline: a bare redis on the primary host of its own network,
+// measured with the open-loop writer (into res), the closed-loop clients and
+// redis-benchmark.
+func outputBare(ctx context.Context, env Env, plan outputPlan, res *OutputResult) (map[int]float64, []RedisBenchmark, error) {
+	hosts, err := env.Hosts(2)
+	if err != nil {
+		return nil, nil, err
+	}
+	data, err := env.Dir("redis-bare")
+	if err != nil {
+		return nil, nil, err
+	}
+	bare, err := env.Start("redis-bare", hosts[0].NS(), RedisArgs("0.0.0.0", 6379, data)...)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer bare.Stop(10 * time.Second)
+	addr := net.JoinHostPort(hosts[0].Addr, "6379")
+	if _, _, err := WaitRedis(ctx, hosts[1].NS(), addr); err != nil {
+		return nil, nil, err
+	}
+	if err := Populate(ctx, hosts[1].NS(), addr, 10); err != nil {
+		return nil, nil, err
+	}
+	_, lat, err := OpenLoop(hosts[1].NS(), addr, plan.rate, plan.window)
+	if err != nil {
+		return nil, nil, fmt.Errorf("bare redis: %w", err)
+	}
+	for _, l := range lat {
+		res.BareLatMs = append(res.BareLatMs, Ms(l))
+	}
+	tp := map[int]float64{}
+	for _, n := range []int{1, 10, 50} {
+		if tp[n], err = ClosedLoop(hosts[1].NS(), addr, n, plan.tpWindow); err != nil {
+			return nil, nil, fmt.Errorf("bare redis, %d clients: %w", n, err)
+		}
+	}
+	var pipes []RedisBenchmark
+	for _, p := range plan.pipes {
+		r, err := RunRedisBenchmark(ctx, hosts[1], addr, p, plan.bareRequests, plan.pipeTimeout)
+		if err != nil {
+			return nil, nil, fmt.Errorf("bare redis: %w", err)
+		}
+		pipes = append(pipes, r)
+	}
+	env.Logf("bare redis: p50 %.1f ms, p99 %.1f ms; %.0f / %.0f / %.0f requests/s with 1 / 10 / 50 clients",
+		Percentile(res.BareLatMs, 50), Percentile(res.BareLatMs, 99), tp[1], tp[10], tp[50])
+	return tp, pipes, nil
+}
+
+// outputRun is one latency run at iv (and the throughput runs, closed loop and
+// pipelined, if asked), with the standby acking from its disk or, fromMemory, from its
+// memory.
+func outputRun(ctx context.Context, env Env, keys string, iv time.Duration, plan outputPlan, throughput, fromMemory bool) (EpochLatency, []Throughput, []RedisBenchmark, error) {
 	e := EpochLatency{Interval: iv.String(), IntervalMs: Ms(iv)}
 	label, extra := fmt.Sprintf("out%d", iv.Milliseconds()), []string{}
 	if fromMemory {
@@ -143,14 +206,14 @@ func outputRun(ctx context.Context, env Env, keys string, iv time.Duration, rate
 	}
 	g, err := startGatedRedis(ctx, env, keys, label, "standby", iv.String(), extra...)
 	if err != nil {
-		return e, nil, err
+		return e, nil, nil, err
 	}
 	defer g.stop()
 	if e.RTTMs, err = connectRTT(g.net.Primary.NS(), net.JoinHostPort(g.net.Standby.Addr, "7946")); err != nil {
-		return e, nil, err
+		return e, nil, nil, err
 	}
 	before, berr := g.svc.Status()
-	_, lat, err := OpenLoop(g.net.Client.NS(), g.addr, rate, window)
+	_, lat, err := OpenLoop(g.net.Client.NS(), g.addr, plan.rate, plan.window)
 	for _, l := range lat {
 		e.LatMs = append(e.LatMs, Ms(l))
 	}
@@ -162,19 +225,28 @@ func outputRun(ctx context.Context, env Env, keys string, iv time.Duration, rate
 		}
 	}
 	if err != nil {
-		return e, nil, errors.Join(err, g.check())
+		return e, nil, nil, errors.Join(err, g.check())
+	}
+	if !throughput {
+		return e, nil, nil, g.check()
 	}
 	var tps []Throughput
-	if throughput {
-		for _, n := range []int{1, 10, 50} {
-			v, err := ClosedLoop(g.net.Client.NS(), g.addr, n, tpWindow)
-			if err != nil {
-				return e, tps, fmt.Errorf("%d clients: %w", n, err)
-			}
-			tps = append(tps, Throughput{Clients: n, Ftrun: v})
+	for _, n := range []int{1, 10, 50} {
+		v, err := ClosedLoop(g.net.Client.NS(), g.addr, n, plan.tpWindow)
+		if err != nil {
+			return e, tps, nil, fmt.Errorf("%d clients: %w", n, err)
 		}
+		tps = append(tps, Throughput{Clients: n, Ftrun: v})
 	}
-	return e, tps, g.check()
+	var pipes []RedisBenchmark
+	for _, p := range plan.pipes {
+		r, err := RunRedisBenchmark(ctx, g.net.Client, g.addr, p, p.Requests(plan.pipeRounds), plan.pipeTimeout)
+		if err != nil {
+			return e, tps, pipes, errors.Join(err, g.check())
+		}
+		pipes = append(pipes, r)
+	}
+	return e, tps, pipes, g.check()
 }
 
 // connectRTT is the median time of five TCP handshakes from ns to addr: one round trip.
@@ -297,7 +369,7 @@ func outputReport(sec *Section, res OutputResult) {
 		with.Name, without.Name = "redis under ftrun, behind the gate", "bare redis"
 		for _, tp := range res.Throughput {
 			t.Rows = append(t.Rows, []string{fmt.Sprint(tp.Clients), fmt.Sprintf("%.0f req/s", tp.Ftrun), fmt.Sprintf("%.0f req/s", tp.Bare),
-				fmt.Sprintf("%.3f", Ratio(tp.Ftrun, tp.Bare))})
+				ratioCell(Ratio(tp.Ftrun, tp.Bare))})
 			with.Points = append(with.Points, Point{X: float64(tp.Clients), Y: tp.Ftrun})
 			without.Points = append(without.Points, Point{X: float64(tp.Clients), Y: tp.Bare})
 			sec.Figures = append(sec.Figures, Figure{Name: fmt.Sprintf("throughput, %d client(s), behind the gate", tp.Clients),
@@ -308,6 +380,32 @@ func outputReport(sec *Section, res OutputResult) {
 			Title: "Closed-loop throughput with and without ftrun", XLabel: "concurrent clients", YLabel: "requests per second",
 			XLog: true, YLog: true, Series: []Series{with, without}}})
 	}
+	pipelinedTable(sec, res)
+	sec.Targets = outputTargets(res)
+}
+
+// pipelinedTable shows redis-benchmark's pipelined clients behind the gate and against
+// the bare redis (pure).
+func pipelinedTable(sec *Section, res OutputResult) {
+	if len(res.Pipelined) == 0 {
+		return
+	}
+	t := Table{Title: fmt.Sprintf("Throughput, pipelined clients (redis-benchmark -t set), gate at --interval %s", res.ThroughputInterval),
+		Header: []string{"clients x pipeline", "with ftrun", "latency p50 / p99 with ftrun", "requests", "bare redis", "latency p50 / p99 bare", "requests", "ratio"}}
+	lat := func(r RedisBenchmark) string {
+		if r.P50Ms == 0 && r.P99Ms == 0 {
+			return "-"
+		}
+		return FormatValue(r.P50Ms, "ms") + " / " + FormatValue(r.P99Ms, "ms")
+	}
+	for _, p := range res.Pipelined {
+		t.Rows = append(t.Rows, []string{fmt.Sprintf("%d x %d", p.Clients, p.Pipeline), fmt.Sprintf("%.0f req/s", p.Ftrun.RPS), lat(p.Ftrun),
+			fmt.Sprint(p.Ftrun.Requests), fmt.Sprintf("%.0f req/s", p.Bare.RPS), lat(p.Bare), fmt.Sprint(p.Bare.Requests),
+			ratioCell(Ratio(p.Ftrun.RPS, p.Bare.RPS))})
+		sec.Figures = append(sec.Figures, Figure{Name: fmt.Sprintf("throughput, redis-benchmark -c %d -P %d, behind the gate", p.Clients, p.Pipeline),
+			Value: p.Ftrun.RPS, Baseline: p.Bare.RPS, Unit: "req/s", BaselineName: "bare redis"})
+	}
+	sec.Tables = append(sec.Tables, t)
 }
 
 // durabilityTable sets the run acking from memory next to the same interval's run
@@ -341,4 +439,12 @@ func durabilityTable(sec *Section, res OutputResult) {
 	sec.Tables = append(sec.Tables, t)
 	sec.Figures = append(sec.Figures, Figure{Name: fmt.Sprintf("reply latency p50 with the standby acking from memory, --interval %s", disk.Interval),
 		Value: Percentile(m.LatMs, 50), Baseline: Percentile(disk.LatMs, 50), Unit: "ms", BaselineName: "acking from disk"})
+}
+
+// ratioCell writes a ratio with two significant digits when it is small.
+func ratioCell(r float64) string {
+	if r < 0.1 {
+		return fmt.Sprintf("%.2g", r)
+	}
+	return fmt.Sprintf("%.2f", r)
 }

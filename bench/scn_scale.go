@@ -241,13 +241,14 @@ func scaleReport(sec *Section, res ScaleResult) {
 	if len(res.One.Services) == 0 {
 		return
 	}
+	sec.Targets = scaleTargets(res)
 	one := res.One.AllLatencies()
 	n := res.Many.Primaries
 	sec.Figures = append(sec.Figures,
 		Figure{Name: fmt.Sprintf("epoch commit latency p50, each of %d primaries on one standby (median over services)", n), Value: Median(p50s),
 			Baseline: Percentile(one, 50), Unit: "ms", BaselineName: "one primary alone"},
 		Figure{Name: fmt.Sprintf("epoch commit latency p99, worst of %d primaries", n), Value: worstP99,
-			Baseline: Percentile(one, 99), Unit: "ms", BaselineName: "one primary alone"},
+			Baseline: Percentile(one, 99), Unit: "ms", BaselineName: "one primary alone", Verdict: sec.Targets[0].Short()},
 		Figure{Name: fmt.Sprintf("standby ingest rate, %d primaries", n), Value: res.Many.IngestRate / 1024, Baseline: res.One.IngestRate / 1024,
 			Unit: "KiB/s", BaselineName: "one primary", Verdict: fmt.Sprintf("%d x one primary = %.0f KiB/s", n, float64(n)*res.One.IngestRate/1024)})
 	sec.Plots = append(sec.Plots, NamedPlot{File: "scale-commit-latency.svg", Plot: Plot{

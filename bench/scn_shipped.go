@@ -21,8 +21,8 @@ type ShippedRow struct {
 	TargetByte int64   `json:"target_bytes"`
 }
 
-// Target is the most an epoch that dirtied n pages may cost on the wire.
-func Target(n int) int64 { return int64(1.1*float64(n)*4096) + 64*1024 }
+// ShippedTarget is the most an epoch that dirtied n pages may cost on the wire.
+func ShippedTarget(n int) int64 { return int64(1.1*float64(n)*4096) + 64*1024 }
 
 // Shipped measures the bytes an epoch costs on the wire as a function of the pages the
 // program dirtied in it: a 100 MiB heap under `ftrun run --standby` to a real
@@ -49,7 +49,7 @@ func Shipped(ctx context.Context, env Env) (sec Section, err error) {
 		return sec, err
 	}
 	for _, n := range counts {
-		row := ShippedRow{Pages: n, TargetByte: Target(n)}
+		row := ShippedRow{Pages: n, TargetByte: ShippedTarget(n)}
 		err := shippedOne(ctx, env, bin, keys, heapMiB, reps, &row)
 		if len(row.Shipped) > 0 {
 			rows = append(rows, row)

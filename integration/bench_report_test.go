@@ -57,10 +57,15 @@ func TestBenchQuickReport(t *testing.T) {
 		{"What the Output Rule costs: latency vs epoch length, throughput", "| --interval | p50 | p99 | bound (interval/2 + frozen + RTT) |"},
 		{"What the Output Rule costs: latency vs epoch length, throughput", "| clients | with ftrun (gate, --commit standby) | bare redis | ratio |"},
 		{"What the Output Rule costs: latency vs epoch length, throughput", "| phase | 50ms: mean (p50 / p99), "},
+		{"What the Output Rule costs: latency vs epoch length, throughput", "| clients x pipeline | with ftrun | latency p50 / p99 with ftrun |"},
+		{"What the Output Rule costs: latency vs epoch length, throughput", "| target | measured | limit | verdict | largest phase (when not met) |"},
 		{"One standby, ten primaries", "| phase | 4 primaries: mean (p50 / p99), "},
 	}
 	if !strings.Contains(readme, "## Summary\n\n| scenario | figure | ftrun | baseline (same run) | ratio |") {
 		t.Errorf("README has no summary table:\n%s", readme)
+	}
+	if !regexp.MustCompile(`\*\*Targets: \d+ of \d+ met\*\*\n\n\| scenario \| target \|`).MatchString(readme) {
+		t.Errorf("README has no targets table under the summary")
 	}
 	summary, _, _ := strings.Cut(readme[strings.Index(readme, "## Summary"):], "\n## 1.")
 	for _, s := range sections {
