@@ -3,7 +3,6 @@ package bench
 import (
 	"fmt"
 	"math"
-	"slices"
 
 	"github.com/ftrun/ftrun/supervisor/phase"
 )
@@ -16,24 +15,17 @@ type Target struct {
 	AtLeast bool    `json:"at_least,omitempty"`
 	// Rule is how the limit follows from the run, when it does ("interval/2 + 30 ms").
 	Rule string `json:"rule,omitempty"`
-	// NotWaited are the phases the figure does not wait for: they are never named
-	// as what holds it.
-	NotWaited []phase.Name `json:"-"`
 }
-
-// replyNotWaited: a reply leaves at the release, on the standby's ack; the report to
-// the supervisor's loop comes after it.
-var replyNotWaited = []phase.Name{phase.Report}
 
 // The targets (pure data). The scenarios' ...Targets functions hold their
 // measurements to them with Evaluate.
 var (
 	// TargetCommitP50 is the epoch commit latency (checkpoint start -> the standby's
-	// ack heard), p50, of the 10 MB redis of the output scenario, at every --interval.
+	// ack and the release), p50, of the 10 MB redis of the output scenario, at every --interval.
 	TargetCommitP50 = Target{Name: "epoch commit p50, 10 MB redis", Limit: 25, Unit: "ms"}
 	// TargetOneClient and TargetFiftyClients are closed-loop throughput behind the gate.
-	TargetOneClient    = Target{Name: "throughput, 1 closed-loop client", Limit: 25, Unit: "req/s", AtLeast: true, NotWaited: replyNotWaited}
-	TargetFiftyClients = Target{Name: "throughput, 50 closed-loop clients", Limit: 1000, Unit: "req/s", AtLeast: true, NotWaited: replyNotWaited}
+	TargetOneClient    = Target{Name: "throughput, 1 closed-loop client", Limit: 25, Unit: "req/s", AtLeast: true}
+	TargetFiftyClients = Target{Name: "throughput, 50 closed-loop clients", Limit: 1000, Unit: "req/s", AtLeast: true}
 	// TargetFrozen is ftrun's frozen time over the `criu dump` command line's, same program.
 	TargetFrozen = Target{Name: "frozen time, ftrun / criu dump CLI", Limit: 1.3, Unit: "x"}
 	// TargetScaleP99 is the worst commit p99 of the primaries sharing one standby over
@@ -48,7 +40,7 @@ const replySlackMs = 30
 // ReplyTarget is the reply latency target at one --interval (pure).
 func ReplyTarget(interval string, intervalMs float64) Target {
 	return Target{Name: "reply latency p50 behind the gate, --interval " + interval, Limit: intervalMs/2 + replySlackMs, Unit: "ms",
-		Rule: fmt.Sprintf("interval/2 + %d ms", replySlackMs), NotWaited: replyNotWaited}
+		Rule: fmt.Sprintf("interval/2 + %d ms", replySlackMs)}
 }
 
 // At is t for one case of the run ("--interval 50ms").
@@ -83,20 +75,16 @@ func Evaluate(t Target, value float64, valueText string, ph *Phases) TargetResul
 		r.Met = value >= t.Limit
 	}
 	if !r.Met && ph != nil && ph.Epochs > 0 {
-		if name, ms, ok := LargestPhase(*ph, t.NotWaited...); ok {
+		if name, ms, ok := LargestPhase(*ph); ok {
 			r.Largest = fmt.Sprintf("%s: %s of %s mean commit", name, FormatValue(ms, "ms"), FormatValue(ph.Total(), "ms"))
 		}
 	}
 	return r
 }
 
-// LargestPhase is the phase with the largest mean, but for those left out (the first
-// in phase order on a tie).
-func LargestPhase(p Phases, leaveOut ...phase.Name) (name string, ms float64, ok bool) {
+// LargestPhase is the phase with the largest mean (the first in phase order on a tie).
+func LargestPhase(p Phases) (name string, ms float64, ok bool) {
 	for _, n := range phase.All {
-		if slices.Contains(leaveOut, n) {
-			continue
-		}
 		if v, has := p.MeanMs[string(n)]; has && (!ok || v > ms) {
 			name, ms, ok = string(n), v, true
 		}

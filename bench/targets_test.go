@@ -8,7 +8,7 @@ import (
 )
 
 func TestEvaluate(t *testing.T) {
-	ph := &Phases{Epochs: 4, MeanMs: map[string]float64{"dump": 40, "report": 70, "send": 2}}
+	ph := &Phases{Epochs: 4, MeanMs: map[string]float64{"dump": 40, "durable": 70, "send": 2}}
 	atMost := Target{Name: "commit", Limit: 25, Unit: "ms"}
 	atLeast := Target{Name: "rate", Limit: 25, Unit: "req/s", AtLeast: true}
 	cases := []struct {
@@ -21,11 +21,11 @@ func TestEvaluate(t *testing.T) {
 		measured bool
 	}{
 		{"at most, met", atMost, 25, ph, "met", "", true},
-		{"at most, missed names the largest phase", atMost, 112, ph, "not met", "report: 70.0 ms of 112 ms mean commit", true},
+		{"at most, missed names the largest phase", atMost, 112, ph, "not met", "durable: 70.0 ms of 112 ms mean commit", true},
 		{"at most, missed without phases", atMost, 30, nil, "not met", "", true},
 		{"at most, missed with no epochs", atMost, 30, &Phases{}, "not met", "", true},
 		{"at least, met", atLeast, 25, ph, "met", "", true},
-		{"at least, missed", atLeast, 9.3, ph, "not met", "report: 70.0 ms of 112 ms mean commit", true},
+		{"at least, missed", atLeast, 9.3, ph, "not met", "durable: 70.0 ms of 112 ms mean commit", true},
 		{"nothing measured", atMost, math.NaN(), ph, "not measured", "", false},
 		{"a ratio over a zero baseline", atMost, math.Inf(1), ph, "not measured", "", false},
 	}
@@ -49,7 +49,7 @@ func TestEvaluate(t *testing.T) {
 func TestLargestPhase(t *testing.T) {
 	// A tie goes to the first phase in phase order, whatever the map's order.
 	for i := 0; i < 20; i++ {
-		name, ms, ok := LargestPhase(Phases{MeanMs: map[string]float64{"report": 50, "dump": 50, "criu_start": 10}})
+		name, ms, ok := LargestPhase(Phases{MeanMs: map[string]float64{"release": 50, "dump": 50, "criu_start": 10}})
 		if !ok || name != "dump" || ms != 50 {
 			t.Fatalf("LargestPhase = %q %v %v", name, ms, ok)
 		}
@@ -69,8 +69,8 @@ func TestReplyTarget(t *testing.T) {
 }
 
 func TestOutputTargets(t *testing.T) {
-	ph := func(commit, report float64) *Phases {
-		return &Phases{Epochs: 10, CommitP50Ms: commit, MeanMs: map[string]float64{"dump": 10, "report": report}}
+	ph := func(commit, durable float64) *Phases {
+		return &Phases{Epochs: 10, CommitP50Ms: commit, MeanMs: map[string]float64{"dump": 10, "durable": durable}}
 	}
 	res := OutputResult{ThroughputInterval: "100ms", ThroughputIntervalMs: 100, Epochs: []EpochLatency{
 		{Interval: "20ms", IntervalMs: 20, LatMs: []float64{30, 35, 90}, Phases: ph(20, 5)},
@@ -83,17 +83,16 @@ func TestOutputTargets(t *testing.T) {
 		got[r.Name] = r
 		names = append(names, r.Name)
 	}
-	// A reply does not wait for the report after its release: its misses name another phase.
 	want := map[string]struct {
 		verdict, largest string
 	}{
 		"epoch commit p50, 10 MB redis, --interval 20ms":                        {"met", ""},
-		"epoch commit p50, 10 MB redis, --interval 100ms":                       {"not met", "report: 150 ms of 160 ms mean commit"},
+		"epoch commit p50, 10 MB redis, --interval 100ms":                       {"not met", "durable: 150 ms of 160 ms mean commit"},
 		"epoch commit p50, 10 MB redis, --interval 200ms":                       {"not measured", ""},
 		"reply latency p50 behind the gate, --interval 20ms":                    {"met", ""},
-		"reply latency p50 behind the gate, --interval 100ms":                   {"not met", "dump: 10.0 ms of 160 ms mean commit"},
+		"reply latency p50 behind the gate, --interval 100ms":                   {"not met", "durable: 150 ms of 160 ms mean commit"},
 		"reply latency p50 behind the gate, --interval 200ms":                   {"met", ""},
-		"throughput, 1 closed-loop client, behind the gate, --interval 100ms":   {"not met", "dump: 10.0 ms of 160 ms mean commit"},
+		"throughput, 1 closed-loop client, behind the gate, --interval 100ms":   {"not met", "durable: 150 ms of 160 ms mean commit"},
 		"throughput, 50 closed-loop clients, behind the gate, --interval 100ms": {"met", ""},
 	}
 	if len(got) != len(want) {
@@ -136,7 +135,7 @@ func TestTargetsMarkdown(t *testing.T) {
 	rep := sampleReport()
 	rep.Sections[0].Targets = []TargetResult{
 		Evaluate(TargetFrozen.At("redis"), 1.1, "1.10x (66 ms / 60 ms)", nil),
-		Evaluate(TargetCommitP50, 190, "", &Phases{Epochs: 1, MeanMs: map[string]float64{"report": 150}}),
+		Evaluate(TargetCommitP50, 190, "", &Phases{Epochs: 1, MeanMs: map[string]float64{"durable": 150}}),
 	}
 	md := rep.Markdown()
 	for _, want := range []string{
@@ -144,7 +143,7 @@ func TestTargetsMarkdown(t *testing.T) {
 		"| scenario | target | measured | limit | verdict | largest phase (when not met) |",
 		"| Frozen time | frozen time, ftrun / criu dump CLI, redis | 1.10x (66 ms / 60 ms) | <= 1.3x | met |  |",
 		"**Targets**\n\n| target | measured | limit | verdict | largest phase (when not met) |",
-		"| epoch commit p50, 10 MB redis | 190 ms | <= 25 ms | not met | report: 150 ms of 150 ms mean commit |",
+		"| epoch commit p50, 10 MB redis | 190 ms | <= 25 ms | not met | durable: 150 ms of 150 ms mean commit |",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("README lacks %q:\n%s", want, md)
@@ -154,7 +153,7 @@ func TestTargetsMarkdown(t *testing.T) {
 		t.Error("the targets are not under the summary")
 	}
 	js, err := rep.JSON()
-	if err != nil || !strings.Contains(string(js), `"largest_phase": "report: 150 ms of 150 ms mean commit"`) {
+	if err != nil || !strings.Contains(string(js), `"largest_phase": "durable: 150 ms of 150 ms mean commit"`) {
 		t.Errorf("results.json: %v\n%s", err, js)
 	}
 }
