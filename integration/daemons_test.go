@@ -291,9 +291,8 @@ func TestDaemonUserFlag(t *testing.T) {
 // namespaces and a /dev/shm of its own, whose files come back with every restore.
 func TestDaemonContainerShmTravels(t *testing.T) {
 	requiresRoot(t, "python3")
-	script := filepath.Join(t.TempDir(), "shm.py")
 	// Writes a counter into /dev/shm and keeps it in memory too; prints both on request.
-	err := os.WriteFile(script, []byte(`import os, sys, time, socket
+	d, ask := startPythonLineServer(t, "dm-shm", `import os, sys, time, socket
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(16)
 n = 0
@@ -305,27 +304,12 @@ while True:
     procs = len([p for p in os.listdir("/proc") if p.isdigit()])
     c.sendall(("%d %s %d %d\n" % (n, open("/dev/shm/dm-counter").read(), os.getpid(), procs)).encode())
     c.close()
-`), 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := freePort(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	d := startDaemon(t, "dm-shm", nil, "python3", script, strconv.Itoa(port))
-	ask := func() (string, error) {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err != nil {
-			return "", err
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-		return bufio.NewReader(c).ReadString('\n')
-	}
+`)
 	var last string
 	for i := 0; i < 3; i++ {
 		waitAnswer(t, "shm counter", 10*time.Second, func() (bool, error) {
 			var err error
-			last, err = ask()
+			last, err = ask("")
 			return err == nil, err
 		})
 	}
@@ -350,7 +334,7 @@ while True:
 	d.kill9()
 	waitAnswer(t, "shm counter after kill -9", 20*time.Second, func() (bool, error) {
 		var err error
-		last, err = ask()
+		last, err = ask("")
 		return err == nil, err
 	})
 	if f := strings.Fields(last); len(f) != 4 || f[0] != "4" || f[1] != "4" || f[2] != "1" {
@@ -1139,10 +1123,9 @@ func TestDaemonFtrunAndRelayKilledTogether(t *testing.T) {
 // program an empty /dev/shm with the mode it had, not the files of an older epoch.
 func TestDaemonContainerShmEmptiedRestoresEmpty(t *testing.T) {
 	requiresRoot(t, "python3")
-	script := filepath.Join(t.TempDir(), "shm-empty.py")
 	// Each connection sends one letter: w writes a file in /dev/shm, d deletes it,
 	// anything else asks what /dev/shm holds and its mode.
-	err := os.WriteFile(script, []byte(`import os, sys, socket
+	d, ask := startPythonLineServer(t, "dm-shm-empty", `import os, sys, socket
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(16)
 while True:
@@ -1154,32 +1137,14 @@ while True:
         os.unlink("/dev/shm/dm-empty")
     c.sendall(("%s %o\n" % (",".join(sorted(os.listdir("/dev/shm"))) or "-", os.stat("/dev/shm").st_mode & 0o7777)).encode())
     c.close()
-`), 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := freePort(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	d := startDaemon(t, "dm-shm-empty", nil, "python3", script, strconv.Itoa(port))
-	ask := func(op string) (string, error) {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err != nil {
-			return "", err
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-		if _, err := c.Write([]byte(op)); err != nil {
-			return "", err
-		}
-		s, err := bufio.NewReader(c).ReadString('\n')
-		return strings.TrimSpace(s), err
-	}
+`)
 	var got string
 	step := func(what, op, want string) {
 		t.Helper()
 		waitAnswer(t, what, 20*time.Second, func() (bool, error) {
 			var err error
 			got, err = ask(op)
+			got = strings.TrimSpace(got)
 			return err == nil, err
 		})
 		if got != want {
@@ -1192,4 +1157,32 @@ while True:
 	d.p.checkpoint() // the newest epoch: /dev/shm empty again
 	d.kill9()
 	step("after kill -9", "s", "- 1777")
+}
+
+// startPythonLineServer runs the python program src under ftrun, on a free port
+// (its argv[1]), and returns ask: one connection that sends req (if any) and reads
+// one line of answer.
+func startPythonLineServer(t *testing.T, name, src string) (*daemon, func(req string) (string, error)) {
+	t.Helper()
+	script := filepath.Join(t.TempDir(), name+".py")
+	if err := os.WriteFile(script, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	d := startDaemon(t, name, nil, "python3", script, strconv.Itoa(port))
+	return d, func(req string) (string, error) {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		if req != "" {
+			if _, err := c.Write([]byte(req)); err != nil {
+				return "", err
+			}
+		}
+		return bufio.NewReader(c).ReadString('\n')
+	}
 }
