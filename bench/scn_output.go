@@ -48,7 +48,20 @@ type OutputResult struct {
 	// FromMemory is the run at --interval 100ms with `--standby-durability memory`,
 	// next to the same interval's run in Epochs (full bench only).
 	FromMemory *EpochLatency `json:"from_memory,omitempty"`
+	// OnOutput is the run at --interval 100ms with `--epoch-on-output`, its closed-loop
+	// throughput in OnOutputThroughput (full bench only).
+	OnOutput           *EpochLatency `json:"on_output,omitempty"`
+	OnOutputThroughput []Throughput  `json:"on_output_throughput,omitempty"`
 }
+
+// outputVariant is how a gated run differs from the default one.
+type outputVariant int
+
+const (
+	variantDefault    outputVariant = iota
+	variantFromMemory               // --standby-durability memory
+	variantOnOutput                 // --epoch-on-output
+)
 
 // outputPlan is how much an output run measures.
 type outputPlan struct {
@@ -105,7 +118,7 @@ func Output(ctx context.Context, env Env) (sec Section, err error) {
 		return sec, err
 	}
 	for _, iv := range intervals {
-		e, tp, pipes, err := outputRun(ctx, env, keys, iv, plan, iv == tpInterval, false)
+		e, tp, pipes, err := outputRun(ctx, env, keys, iv, plan, iv == tpInterval, variantDefault)
 		if len(e.LatMs) > 0 {
 			res.Epochs = append(res.Epochs, e)
 		}
@@ -124,7 +137,7 @@ func Output(ctx context.Context, env Env) (sec Section, err error) {
 		env.Logf("--interval %s: p50 %.1f ms, p99 %.1f ms (bound %.1f ms)", iv, Percentile(e.LatMs, 50), Percentile(e.LatMs, 99), e.Bound())
 	}
 	if !env.Quick {
-		e, _, _, err := outputRun(ctx, env, keys, tpInterval, plan, false, true)
+		e, _, _, err := outputRun(ctx, env, keys, tpInterval, plan, false, variantFromMemory)
 		if len(e.LatMs) > 0 {
 			res.FromMemory = &e
 		}
@@ -132,6 +145,15 @@ func Output(ctx context.Context, env Env) (sec Section, err error) {
 			return sec, fmt.Errorf("--standby-durability memory: %w", err)
 		}
 		env.Logf("--interval %s, acks from memory: p50 %.1f ms, p99 %.1f ms", tpInterval, Percentile(e.LatMs, 50), Percentile(e.LatMs, 99))
+		plan.pipes = nil // the pipelined clients run once, in the default run
+		e, tp, _, err := outputRun(ctx, env, keys, tpInterval, plan, true, variantOnOutput)
+		if len(e.LatMs) > 0 {
+			res.OnOutput, res.OnOutputThroughput = &e, tp
+		}
+		if err != nil {
+			return sec, fmt.Errorf("--epoch-on-output: %w", err)
+		}
+		env.Logf("--interval %s, --epoch-on-output: p50 %.1f ms, p99 %.1f ms; closed loop %v", tpInterval, Percentile(e.LatMs, 50), Percentile(e.LatMs, 99), tp)
 	}
 	return sec, nil
 }
@@ -197,12 +219,16 @@ func outputBare(ctx context.Context, env Env, plan outputPlan, res *OutputResult
 // outputRun is one latency run at iv (and the throughput runs, closed loop and
 // pipelined, if asked), with the standby acking from its disk or, fromMemory, from its
 // memory.
-func outputRun(ctx context.Context, env Env, keys string, iv time.Duration, plan outputPlan, throughput, fromMemory bool) (EpochLatency, []Throughput, []RedisBenchmark, error) {
+func outputRun(ctx context.Context, env Env, keys string, iv time.Duration, plan outputPlan, throughput bool, v outputVariant) (EpochLatency, []Throughput, []RedisBenchmark, error) {
 	e := EpochLatency{Interval: iv.String(), IntervalMs: Ms(iv)}
 	label, extra := fmt.Sprintf("out%d", iv.Milliseconds()), []string{}
-	if fromMemory {
+	switch v {
+	case variantFromMemory:
 		e.Interval += ", acks from memory"
 		label, extra = label+"m", []string{"--standby-durability", "memory"}
+	case variantOnOutput:
+		e.Interval += ", --epoch-on-output"
+		label, extra = label+"o", []string{"--epoch-on-output"}
 	}
 	g, err := startGatedRedis(ctx, env, keys, label, "standby", iv.String(), extra...)
 	if err != nil {
@@ -362,6 +388,7 @@ func outputReport(sec *Section, res OutputResult) {
 			YLog: true, Series: []Series{p50, p99, bound, bare}}})
 		outputPhases(sec, res.Epochs)
 		durabilityTable(sec, res)
+		onOutputTable(sec, res)
 	}
 	if len(res.Throughput) > 0 {
 		t := Table{Title: "Throughput, closed loop", Header: []string{"clients", "with ftrun (gate, --commit standby)", "bare redis", "ratio"}}
@@ -439,6 +466,58 @@ func durabilityTable(sec *Section, res OutputResult) {
 	sec.Tables = append(sec.Tables, t)
 	sec.Figures = append(sec.Figures, Figure{Name: fmt.Sprintf("reply latency p50 with the standby acking from memory, --interval %s", disk.Interval),
 		Value: Percentile(m.LatMs, 50), Baseline: Percentile(disk.LatMs, 50), Unit: "ms", BaselineName: "acking from disk"})
+}
+
+// onOutputTable sets the run with --epoch-on-output next to the same interval's
+// default run: reply and commit latency, and closed-loop throughput (pure).
+func onOutputTable(sec *Section, res OutputResult) {
+	o := res.OnOutput
+	if o == nil {
+		return
+	}
+	var def *EpochLatency
+	for i := range res.Epochs {
+		if res.Epochs[i].IntervalMs == o.IntervalMs {
+			def = &res.Epochs[i]
+		}
+	}
+	if def == nil {
+		return
+	}
+	tps := func(ts []Throughput) string {
+		var parts []string
+		for _, t := range ts {
+			parts = append(parts, fmt.Sprintf("%.0f", t.Ftrun))
+		}
+		if len(parts) == 0 {
+			return "-"
+		}
+		return strings.Join(parts, " / ") + " req/s"
+	}
+	t := Table{Title: fmt.Sprintf("Epochs on output at --interval %s: the next epoch starts once output waits and the previous epoch's output is out", def.Interval),
+		Header: []string{"epochs", "reply p50", "reply p99", "commit latency p50", "closed loop, 1 / 10 / 50 clients"}}
+	for _, r := range []struct {
+		name string
+		e    *EpochLatency
+		tp   []Throughput
+	}{{"every --interval (the default)", def, res.Throughput}, {"--epoch-on-output", o, res.OnOutputThroughput}} {
+		commit := "-"
+		if p := r.e.Phases; p != nil {
+			commit = FormatValue(p.CommitP50Ms, "ms")
+		}
+		t.Rows = append(t.Rows, []string{r.name, FormatValue(Percentile(r.e.LatMs, 50), "ms"), FormatValue(Percentile(r.e.LatMs, 99), "ms"), commit, tps(r.tp)})
+	}
+	sec.Tables = append(sec.Tables, t)
+	sec.Figures = append(sec.Figures, Figure{Name: fmt.Sprintf("reply latency p50 with --epoch-on-output, --interval %s", def.Interval),
+		Value: Percentile(o.LatMs, 50), Baseline: Percentile(def.LatMs, 50), Unit: "ms", BaselineName: "epochs every --interval"})
+	for i, tp := range res.OnOutputThroughput {
+		var base float64
+		if i < len(res.Throughput) {
+			base = res.Throughput[i].Ftrun
+		}
+		sec.Figures = append(sec.Figures, Figure{Name: fmt.Sprintf("throughput, %d client(s), behind the gate, --epoch-on-output", tp.Clients),
+			Value: tp.Ftrun, Baseline: base, Unit: "req/s", BaselineName: "epochs every --interval"})
+	}
 }
 
 // ratioCell writes a ratio with two significant digits when it is small.

@@ -605,3 +605,33 @@ func TestGatedProgramAdoptedAfterFtrunDies(t *testing.T) {
 // nudgeLogLine is what ftrun logs once it has asked the peers of restored
 // connections to resend (ICMP soft errors and the program's unacknowledged output).
 const nudgeLogLine = `msg="asked the peers of restored connections to resend now"`
+
+// --epoch-on-output: with an --interval far longer than the test, the program's
+// output alone starts the epochs that let it out, one in flight at a time. Every
+// write is answered only once the epoch that explains it is durable (--commit local),
+// so after a kill -9 and the restore none that was acknowledged is lost.
+func TestEpochOnOutputLetsRepliesOutWithoutTheInterval(t *testing.T) {
+	e := newOutputEnv(t)
+	name := "it-epoch-on-output"
+	t.Cleanup(func() { killService(t, name) })
+	state := t.TempDir()
+	args := append([]string{"--name", name, "--interval", "1h", "--epoch-on-output", "--discard", "--net", "--addr", e.svc + "/24",
+		"--commit", "local", "--"}, redisService.argv(6379, t.TempDir())...)
+	p := startFtrunIn(t, e.primary.nsPath(), state, nil, args...)
+	w := startWriter(t, e, redisService, 6379, 15*time.Second)
+	waitAcked(t, w, 20)
+	st := p.waitFor("epochs", time.Second, func(s supervisor.Status) bool { return s.Epoch > 0 })
+	syscall.Kill(st.Pid, syscall.SIGKILL)
+	p.waitFor("restored", 20*time.Second, func(s supervisor.Status) bool { return s.Restores == 1 && s.State == supervisor.StateRunning })
+	n := len(mustSnapshot(w))
+	waitAcked(t, w, n+10)
+	acked, final, err := w.finish(t, e, 6379)
+	if err != nil {
+		t.Fatalf("the client's connection did not survive the local restore: %v", err)
+	}
+	if v := outputViolations(acked, final); len(v) > 0 {
+		t.Fatalf("%d acknowledged writes, violations:\n%s", len(acked), strings.Join(v, "\n"))
+	}
+	end := p.waitFor("status", time.Second, func(supervisor.Status) bool { return true })
+	t.Logf("%d writes acknowledged with --interval 1h over %d epochs, none lost or doubled across a kill -9", len(acked), end.Epoch)
+}

@@ -37,6 +37,8 @@ type LiveConfig struct {
 	PeerTLS *tls.Config
 	// AckFromMemory is Config.AckFromMemory of a live copy's stream to its peer.
 	AckFromMemory bool
+	// EpochOnOutput is Config.EpochOnOutput of the live copy.
+	EpochOnOutput bool
 }
 
 // LiveCopy is failover's GoLive for `ftrun standby`: it restores the handed-over epoch
@@ -132,7 +134,7 @@ func adoptSupervisor(cfg LiveConfig, svc, dir string) (*Supervisor, error) {
 		Name: svc, Command: m.Command, StateDir: dir, WorkDir: "/",
 		Interval: cfg.Interval, Criu: cfg.Criu, Clock: cfg.Clock, Log: cfg.Log.With("role", "live"),
 		Node: cfg.Host, Sync: m.SyncRoots, Net: spec, Failover: true,
-		Standby: cfg.Peer, StandbyTLS: cfg.PeerTLS, AckFromMemory: cfg.AckFromMemory,
+		Standby: cfg.Peer, StandbyTLS: cfg.PeerTLS, AckFromMemory: cfg.AckFromMemory, EpochOnOutput: cfg.EpochOnOutput,
 	})
 }
 

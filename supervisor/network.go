@@ -243,6 +243,28 @@ func (s *Supervisor) gateStats() {
 	s.metrics.gate(g)
 }
 
+// epochOnOutput is the pure rule for starting an epoch before --interval is up: with
+// --epoch-on-output, as soon as output is held that no epoch explains yet and every
+// earlier epoch's output is out. Epochs then follow the commits, one in flight at a
+// time, while the program talks, and the interval while it is silent.
+func epochOnOutput(enabled, uncut, drained bool) bool {
+	return enabled && uncut && drained
+}
+
+// outputWaiting is where the gate says it holds a packet (nil without a gate or
+// without --epoch-on-output).
+func (s *Supervisor) outputWaiting() <-chan struct{} {
+	if s.gate == nil || !s.cfg.EpochOnOutput {
+		return nil
+	}
+	return s.gate.Waiting()
+}
+
+// epochDue says whether the output held now starts an epoch at once.
+func (s *Supervisor) epochDue() bool {
+	return s.gate != nil && s.alive && epochOnOutput(s.cfg.EpochOnOutput, s.gate.Uncut(), s.rule.drained())
+}
+
 func (s *Supervisor) pressured() <-chan struct{} {
 	if s.gate == nil {
 		return nil
@@ -283,6 +305,13 @@ func (r *outputRule) safe() uint64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.m.Safe()
+}
+
+// drained: every cut epoch's output is out (see epochs.Machine.Drained).
+func (r *outputRule) drained() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.m.Drained()
 }
 
 // pins are the epochs pruning must keep.

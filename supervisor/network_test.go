@@ -213,3 +213,16 @@ func TestLinkProtection(t *testing.T) {
 		t.Errorf("protection %q, want %q", got, want)
 	}
 }
+
+func TestEpochOnOutput(t *testing.T) {
+	for _, c := range []struct{ enabled, uncut, drained, want bool }{
+		{true, true, true, true},
+		{true, true, false, false}, // an epoch is still in flight: its ack starts the next
+		{true, false, true, false}, // nothing waits
+		{false, true, true, false}, // the interval alone starts epochs
+	} {
+		if got := epochOnOutput(c.enabled, c.uncut, c.drained); got != c.want {
+			t.Errorf("epochOnOutput(enabled %v, uncut %v, drained %v) = %v, want %v", c.enabled, c.uncut, c.drained, got, c.want)
+		}
+	}
+}

@@ -100,6 +100,10 @@ type Config struct {
 	// AckFromMemory lets the standby ack an epoch once it holds it complete and
 	// verified, before it is on its disk (`--standby-durability memory`).
 	AckFromMemory bool
+	// EpochOnOutput starts an epoch as soon as the gate holds output no epoch
+	// explains and every earlier epoch's output is out, rather than at the next
+	// --interval tick (`--epoch-on-output`).
+	EpochOnOutput bool
 	// Arbiter decides who may run the program (nil: no arbiter). Lease, when set, is
 	// one already held (a standby going live); otherwise Run acquires one first.
 	Arbiter arbiter.Arbiter
@@ -445,6 +449,10 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 				s.log.Debug("output gate nearly full: checkpointing early")
 				s.tryCheckpoint(false)
 			}
+		case <-s.outputWaiting():
+			if s.epochDue() {
+				s.tryCheckpoint(false)
+			}
 		case <-wdog:
 			s.pingWatchdog()
 		case <-s.retryChan():
@@ -460,6 +468,11 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 		case ev := <-s.events:
 			if err := s.handle(ev); err != nil {
 				return err
+			}
+			// An ack (or, under --commit local, a durable epoch) may have let the
+			// last epoch in flight out while output waits for the next.
+			if (ev.kind == "link" || ev.kind == "durable") && s.epochDue() {
+				s.tryCheckpoint(false)
 			}
 		}
 	}

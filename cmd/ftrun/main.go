@@ -150,7 +150,7 @@ func runCmd() *cli.Command {
 			&cli.DurationFlag{Name: "stop-timeout", Value: supervisor.DefaultStopTimeout, Usage: "on stop without a final checkpoint: time between SIGTERM to the program and SIGKILL", EnvVars: env("STOP_TIMEOUT")},
 			&cli.IntFlag{Name: "preserve-fds", Value: -1, DefaultText: "LISTEN_FDS under systemd socket activation, else 0", Usage: "pass N descriptors from 3 on to the program (every other inherited descriptor is closed for it)", EnvVars: env("PRESERVE_FDS")},
 			&cli.StringFlag{Name: "standby", Usage: "HOST:PORT of the peer: an `ftrun standby` to stream every checkpoint to, or (after it took the service over) the live copy this host serves as standby of", EnvVars: env("STANDBY")},
-			durabilityFlag(),
+			durabilityFlag(), epochOnOutputFlag(),
 			&cli.StringFlag{Name: "listen", Value: ":7946", Usage: "with --standby: where this host serves as the standby of the service's live copy on the peer, when the peer took it over (\"\": exit 156 instead); given explicitly, also where it answers the peer while it decides its role at boot and while it runs the program, so that both hosts of a pair can run this same command (see --priority)", EnvVars: env("LISTEN")},
 			&cli.IntFlag{Name: "priority", Value: 0, Usage: "with --standby and --listen: when both hosts boot with no copy running and hold the same epoch, the one with the higher priority runs the program (then the smaller certificate name, then the smaller --node)", EnvVars: env("PRIORITY")},
 			&cli.StringFlag{Name: "node", DefaultText: "the host name", Usage: "this host's name towards the arbiter and its peer", EnvVars: env("NODE")},
@@ -257,7 +257,7 @@ func runCmd() *cli.Command {
 			wd, _ := os.Getwd()
 			sup, err := supervisor.New(supervisor.Config{
 				Net: netSpec, Commit: commit,
-				Standby: c.String("standby"), StandbyTLS: standbyTLS, AckFromMemory: fromMemory, Listen: c.String("listen"), ListenTLS: listenTLS,
+				Standby: c.String("standby"), StandbyTLS: standbyTLS, AckFromMemory: fromMemory, EpochOnOutput: c.Bool("epoch-on-output"), Listen: c.String("listen"), ListenTLS: listenTLS,
 				PeerWait: c.Duration("peer-wait"), TakeoverTimeout: c.Duration("takeover-timeout"), ForcePrimary: c.Bool("force-primary"),
 				Symmetric: c.IsSet("listen") && c.String("listen") != "", Priority: c.Int("priority"),
 				Arbiter: arb, Node: node, Sync: c.StringSlice("sync"), MetricsAddr: c.String("metrics"),
@@ -391,7 +391,7 @@ func standbyCmd() *cli.Command {
 			&cli.StringFlag{Name: "quota-bytes", Value: "0", Usage: "disk one certificate's services may take here, committed and in flight, e.g. 20GiB (0: no limit; set it so that the quotas of all certificates fit the disk)", EnvVars: env("QUOTA_BYTES")},
 			&cli.IntFlag{Name: "quota-conns", Value: 32, Usage: "connections one certificate may hold open here; each may hold up to two frames of 16 MiB in memory (0: no limit)", EnvVars: env("QUOTA_CONNS")},
 			&cli.StringFlag{Name: "peer", Usage: "HOST:PORT where a program taken over here streams its checkpoints: the old primary's `ftrun run --listen`, which serves as its standby once back (\"\": local checkpoints only)", EnvVars: env("PEER")},
-			durabilityFlag(),
+			durabilityFlag(), epochOnOutputFlag(),
 		},
 		Action: func(c *cli.Context) error {
 			log, err := newLogger(c)
@@ -424,7 +424,8 @@ func standbyCmd() *cli.Command {
 				return err
 			}
 			live := supervisor.LiveConfig{Interval: c.Duration("interval"), Log: log, Host: host,
-				Bridge: c.String("bridge"), Peer: c.String("peer"), PeerTLS: keys.Client(), AckFromMemory: fromMemory, Criu: criuFromFlags(c)}
+				Bridge: c.String("bridge"), Peer: c.String("peer"), PeerTLS: keys.Client(), AckFromMemory: fromMemory,
+				EpochOnOutput: c.Bool("epoch-on-output"), Criu: criuFromFlags(c)}
 			var adopt func(string, string) (failover.Live, bool)
 			if arb == nil {
 				// With an arbiter a copy runs only under the service's key, which
@@ -444,6 +445,12 @@ func standbyCmd() *cli.Command {
 			})
 		},
 	}
+}
+
+// epochOnOutputFlag is --epoch-on-output, of `ftrun run` and of `ftrun standby` (for
+// the copy it takes over).
+func epochOnOutputFlag() cli.Flag {
+	return &cli.BoolFlag{Name: "epoch-on-output", Usage: "behind the output gate, start an epoch as soon as the program's output waits and the previous epoch's output is out, not at the next --interval: replies wait for about two commits instead of up to an interval and a commit, for more checkpoints while the program talks", EnvVars: env("EPOCH_ON_OUTPUT")}
 }
 
 // durabilityFlag is --standby-durability, of `ftrun run` and of `ftrun standby` (for

@@ -259,6 +259,10 @@ func (m *Machine) Safe() uint64 {
 	return 0
 }
 
+// Drained reports whether every epoch cut in the current gate has had its output
+// released: nothing is on its way, so a new epoch now would be the only one in flight.
+func (m *Machine) Drained() bool { return m.released >= m.cut }
+
 // Pins are the epochs the local store must keep now.
 func (m *Machine) Pins() Pins { return Pins{Durable: m.durable, Acked: m.acked} }
 

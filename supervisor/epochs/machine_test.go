@@ -181,3 +181,27 @@ func parseEvent(f []string) (Event, error) {
 	}
 	return nil, fmt.Errorf("unknown command %q", f[0])
 }
+
+// Drained: every cut epoch's output is out; a cut makes it false until its release.
+func TestDrained(t *testing.T) {
+	m := New(Config{Mode: Local})
+	step := func(ev Event) {
+		t.Helper()
+		if _, err := m.Step(ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	step(Incarnation{})
+	if !m.Drained() {
+		t.Fatal("a new incarnation has output in flight")
+	}
+	step(Cut{Epoch: 1})
+	step(Committed{Epoch: 1})
+	if m.Drained() {
+		t.Fatal("drained with epoch 1 cut and not yet durable")
+	}
+	step(Durable{Epoch: 1})
+	if !m.Drained() {
+		t.Fatal("not drained once epoch 1's output is out")
+	}
+}

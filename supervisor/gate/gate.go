@@ -27,6 +27,12 @@ type Gate interface {
 	// Pressured returns a channel that gets a value (non-blocking send, buffered 1)
 	// when Pressure becomes true.
 	Pressured() <-chan struct{}
+	// Uncut reports whether a held packet has no epoch yet: output that the next
+	// checkpoint's cut will explain.
+	Uncut() bool
+	// Waiting returns a channel that gets a value (non-blocking send, buffered 1)
+	// whenever a packet is held.
+	Waiting() <-chan struct{}
 	Close() error
 }
 

@@ -127,6 +127,12 @@ func (l *ledger) cut(epoch uint64) uint64 {
 	return epoch
 }
 
+// uncut reports whether a held packet has no epoch yet.
+func (l *ledger) uncut() bool {
+	n := len(l.segs)
+	return n > 0 && !l.segs[n-1].cut
+}
+
 // planRelease computes the batch verdict that lets out every packet assigned to an
 // epoch <= epoch. Packets not yet cut are never included.
 func (l *ledger) planRelease(epoch uint64) verdictPlan {

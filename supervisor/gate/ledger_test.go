@@ -331,3 +331,35 @@ func TestLedgerAbandonedDiscard(t *testing.T) {
 		t.Fatalf("plan = %+v, want %+v", p, want)
 	}
 }
+
+// Uncut is true from the first packet after a cut (or the first at all) until the
+// next cut; a release leaves later arrivals uncut.
+func TestLedgerUncut(t *testing.T) {
+	l := newLedger(clockwork.NewFakeClock(), 100, 1<<20)
+	if l.uncut() {
+		t.Fatal("an empty ledger has uncut packets")
+	}
+	mustArrive := func(id uint32) {
+		if _, err := l.arrive(id, 100); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustArrive(1)
+	if !l.uncut() {
+		t.Fatal("a held packet without an epoch is not uncut")
+	}
+	l.cut(1)
+	if l.uncut() {
+		t.Fatal("uncut after a cut")
+	}
+	mustArrive(2)
+	l.commit(l.planRelease(1))
+	if !l.uncut() {
+		t.Fatal("a packet that arrived after the cut is not uncut once the cut epoch is released")
+	}
+	l.cut(2)
+	l.commit(l.planRelease(2))
+	if l.uncut() {
+		t.Fatal("uncut with nothing held")
+	}
+}

@@ -68,6 +68,7 @@ type NFQueue struct {
 	closing   atomic.Bool
 	done      chan struct{} // closed when the reader returns
 	pressured chan struct{}
+	waiting   chan struct{}
 }
 
 var _ Gate = (*NFQueue)(nil)
@@ -131,6 +132,7 @@ func openQueue(cfg Config, withRules bool) (*NFQueue, error) {
 		pending:   make(map[uint32]chan error),
 		done:      make(chan struct{}),
 		pressured: make(chan struct{}, 1),
+		waiting:   make(chan struct{}, 1),
 	}
 	go q.read()
 
@@ -369,6 +371,10 @@ func (q *NFQueue) handle(m netlink.Message) {
 			default:
 			}
 		}
+		select {
+		case q.waiting <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -484,6 +490,16 @@ func (q *NFQueue) Pressure() bool {
 
 // Pressured implements Gate.
 func (q *NFQueue) Pressured() <-chan struct{} { return q.pressured }
+
+// Uncut implements Gate.
+func (q *NFQueue) Uncut() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.led.uncut()
+}
+
+// Waiting implements Gate.
+func (q *NFQueue) Waiting() <-chan struct{} { return q.waiting }
 
 // Close unbinds the queue, which makes the kernel drop every packet still held, stops
 // and awaits the reader, closes the socket, and only then removes the rules (in
