@@ -246,9 +246,11 @@ func (s *Supervisor) gateStats() {
 // epochOnOutput is the pure rule for starting an epoch before --interval is up: with
 // --epoch-on-output, as soon as output is held that no epoch explains yet and every
 // earlier epoch's output is out. Epochs then follow the commits, one in flight at a
-// time, while the program talks, and the interval while it is silent.
-func epochOnOutput(enabled, uncut, drained bool) bool {
-	return enabled && uncut && drained
+// time, while the program talks, and the interval while it is silent. After a
+// checkpoint that failed or was skipped (lastFailed) only the interval starts one, so
+// that a failing dump is not retried for every packet.
+func epochOnOutput(enabled, uncut, drained, lastFailed bool) bool {
+	return enabled && uncut && drained && !lastFailed
 }
 
 // outputWaiting is where the gate says it holds a packet (nil without a gate or
@@ -262,7 +264,7 @@ func (s *Supervisor) outputWaiting() <-chan struct{} {
 
 // epochDue says whether the output held now starts an epoch at once.
 func (s *Supervisor) epochDue() bool {
-	return s.gate != nil && s.alive && epochOnOutput(s.cfg.EpochOnOutput, s.gate.Uncut(), s.rule.drained())
+	return s.gate != nil && s.alive && epochOnOutput(s.cfg.EpochOnOutput, s.gate.Uncut(), s.rule.drained(), s.lastCkptErr != "")
 }
 
 func (s *Supervisor) pressured() <-chan struct{} {

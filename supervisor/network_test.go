@@ -215,14 +215,15 @@ func TestLinkProtection(t *testing.T) {
 }
 
 func TestEpochOnOutput(t *testing.T) {
-	for _, c := range []struct{ enabled, uncut, drained, want bool }{
-		{true, true, true, true},
-		{true, true, false, false}, // an epoch is still in flight: its ack starts the next
-		{true, false, true, false}, // nothing waits
-		{false, true, true, false}, // the interval alone starts epochs
+	for _, c := range []struct{ enabled, uncut, drained, failed, want bool }{
+		{true, true, true, false, true},
+		{true, true, false, false, false}, // an epoch is still in flight: its ack starts the next
+		{true, false, true, false, false}, // nothing waits
+		{false, true, true, false, false}, // the interval alone starts epochs
+		{true, true, true, true, false},   // the last checkpoint failed: not once per packet
 	} {
-		if got := epochOnOutput(c.enabled, c.uncut, c.drained); got != c.want {
-			t.Errorf("epochOnOutput(enabled %v, uncut %v, drained %v) = %v, want %v", c.enabled, c.uncut, c.drained, got, c.want)
+		if got := epochOnOutput(c.enabled, c.uncut, c.drained, c.failed); got != c.want {
+			t.Errorf("epochOnOutput(enabled %v, uncut %v, drained %v, last failed %v) = %v, want %v", c.enabled, c.uncut, c.drained, c.failed, got, c.want)
 		}
 	}
 }
