@@ -82,6 +82,11 @@ func KeepKernelProbe(path string) (string, error) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return "", fmt.Errorf("CRIU's kernel probe cache: %w", err)
 		}
+		// A directory made just now on a tmpfs (/run/criu on a systemd host, after a
+		// boot) needs no mount of its own.
+		if isTmpfs(dir) {
+			return filepath.Join(dir, kdatName), nil
+		}
 		if err := unix.Mount("ftrun-criu", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size=1m,mode=0700"); err != nil && !isTmpfs(dir) {
 			return "", fmt.Errorf("mount a tmpfs on %s for CRIU's kernel probe cache: %w", dir, err)
 		}

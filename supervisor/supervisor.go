@@ -501,7 +501,8 @@ func (s *Supervisor) open() error {
 		return &ExitErr{Code: ExitSetup, Err: err}
 	}
 	s.cg = cg
-	s.cgYard = makeCgroupYard(st.path(cgroupYardDir), cg.Mount, cg.Placement.Unit != "")
+	// name=systemd is dumped only under a unit, and it exists only on hybrid hosts.
+	s.cgYard = makeCgroupYard(st.path(cgroupYardDir), cg.Mount, cg.Placement.Unit != "" && CgroupMode() != "v2")
 	if kp := s.cfg.Criu.KernelProbe(); strings.HasPrefix(kp, "not cached") {
 		s.log.Warn("CRIU's kernel probe is " + kp + ": every checkpoint probes the kernel anew (see ftrun check)")
 	} else {

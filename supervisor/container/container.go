@@ -387,14 +387,16 @@ func parseMountinfo(line string) (mountEntry, bool) {
 // container's mounts are private (nothing the host does later reaches them), so a
 // checkpoint would still carry a mount the host has removed, and CRIU can neither
 // dump nor restore that. Whole filesystems where a system keeps them (the root,
-// /home, /run, a data disk) stay where the program expects them.
+// /home, /run, a data disk) stay where the program expects them. CRIU's own
+// directory, /run/criu (its kernel probe cache, on a tmpfs ftrun may have mounted),
+// goes too: a checkpoint that carried it would restore only where it exists.
 func transientMounts(mi []mountEntry) []string {
 	var out []string
 	for i := len(mi) - 1; i >= 0; i-- {
 		m := mi[i]
 		api := underAny(m.point, "/dev", "/sys", "/proc")
 		switch {
-		case m.fstype == "nsfs":
+		case m.fstype == "nsfs" || m.point == criuRunDir:
 			out = append(out, m.point)
 		case m.root != "/" && !api:
 			out = append(out, m.point)
@@ -404,6 +406,9 @@ func transientMounts(mi []mountEntry) []string {
 	}
 	return out
 }
+
+// criuRunDir is where the CRIU scripts/setup builds keeps its kernel probe.
+const criuRunDir = "/run/criu"
 
 // below reports p strictly inside dir.
 func below(p, dir string) bool { return strings.HasPrefix(p, dir+"/") }
