@@ -435,6 +435,16 @@ func pipelinedTable(sec *Section, res OutputResult) {
 	sec.Tables = append(sec.Tables, t)
 }
 
+// defaultRunAt is the default run at the --interval of ms, nil if none was measured.
+func defaultRunAt(res OutputResult, ms float64) *EpochLatency {
+	for i := range res.Epochs {
+		if res.Epochs[i].IntervalMs == ms {
+			return &res.Epochs[i]
+		}
+	}
+	return nil
+}
+
 // durabilityTable sets the run acking from memory next to the same interval's run
 // acking from disk: reply latency, commit latency and the standby's durable phase.
 func durabilityTable(sec *Section, res OutputResult) {
@@ -442,12 +452,7 @@ func durabilityTable(sec *Section, res OutputResult) {
 	if m == nil {
 		return
 	}
-	var disk *EpochLatency
-	for i := range res.Epochs {
-		if res.Epochs[i].IntervalMs == m.IntervalMs {
-			disk = &res.Epochs[i]
-		}
-	}
+	disk := defaultRunAt(res, m.IntervalMs)
 	if disk == nil {
 		return
 	}
@@ -475,12 +480,7 @@ func onOutputTable(sec *Section, res OutputResult) {
 	if o == nil {
 		return
 	}
-	var def *EpochLatency
-	for i := range res.Epochs {
-		if res.Epochs[i].IntervalMs == o.IntervalMs {
-			def = &res.Epochs[i]
-		}
-	}
+	def := defaultRunAt(res, o.IntervalMs)
 	if def == nil {
 		return
 	}
