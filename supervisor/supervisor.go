@@ -501,8 +501,13 @@ func (s *Supervisor) open() error {
 		return &ExitErr{Code: ExitSetup, Err: err}
 	}
 	s.cg = cg
-	// name=systemd is dumped only under a unit, and it exists only on hybrid hosts.
-	s.cgYard = makeCgroupYard(st.path(cgroupYardDir), cg.Mount, cg.Placement.Unit != "" && CgroupMode() != "v2")
+	// Only on hosts with v1 hierarchies (hybrid), where it was measured and tested: on
+	// a pure cgroup2 host under systemd, with the yard, the systemd suite's unit
+	// stopped pinging its watchdog right after its first checkpoint, for a reason not
+	// yet known.
+	if CgroupMode() != "v2" {
+		s.cgYard = makeCgroupYard(st.path(cgroupYardDir), cg.Mount, cg.Placement.Unit != "")
+	}
 	if kp := s.cfg.Criu.KernelProbe(); strings.HasPrefix(kp, "not cached") {
 		s.log.Warn("CRIU's kernel probe is " + kp + ": every checkpoint probes the kernel anew (see ftrun check)")
 	} else {
