@@ -38,7 +38,7 @@ func hostNet(t *testing.T, n int) []host {
 	run(t, "ip", "link", "set", br, "up")
 	var hosts []host
 	for i := 1; i <= n; i++ {
-		h := host{name: fmt.Sprintf("ft%dh%d", id, i), addr: fmt.Sprintf("198.18.%d.%d", id, i)}
+		h := host{name: fmt.Sprintf("ft%dh%d", id, i), addr: netAddr(id, i)}
 		veth, peer := fmt.Sprintf("ft%dv%d", id, i), fmt.Sprintf("ft%dp%d", id, i)
 		run(t, "ip", "netns", "add", h.name)
 		t.Cleanup(func() { exec.Command("ip", "netns", "del", h.name).Run() })
@@ -55,6 +55,14 @@ func hostNet(t *testing.T, n int) []host {
 		hosts = append(hosts, h)
 	}
 	return hosts
+}
+
+// netAddr is host i's address on network id: network id is the id-th /24 of
+// 198.18.0.0/15, wrapping around its 512, so that a long run's ids never make an
+// address that is none (198.18.256.1).
+func netAddr(id int32, i int) string {
+	n := int(id) % 512
+	return fmt.Sprintf("198.%d.%d.%d", 18+n/256, n%256, i)
 }
 
 func run(t *testing.T, name string, args ...string) string {
@@ -155,5 +163,13 @@ func TestRedisInHostNamespace(t *testing.T) {
 	heal()
 	if out, err := cli("PING"); err != nil || out != "PONG" {
 		t.Fatalf("after healing: %q %v", out, err)
+	}
+}
+
+func TestNetAddrStaysInRange(t *testing.T) {
+	for id, want := range map[int32]string{1: "198.18.1.2", 255: "198.18.255.2", 256: "198.19.0.2", 511: "198.19.255.2", 513: "198.18.1.2"} {
+		if got := netAddr(id, 2); got != want {
+			t.Errorf("netAddr(%d, 2) = %s, want %s", id, got, want)
+		}
 	}
 }
