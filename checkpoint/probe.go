@@ -78,13 +78,9 @@ type Prober struct {
 }
 
 func (p Prober) run(args ...string) (string, error) {
-	path := p.Path
-	if path == "" {
-		lp, err := exec.LookPath("criu")
-		if err != nil {
-			return "", fmt.Errorf("%w in PATH", ErrCriuMissing)
-		}
-		path = lp
+	path, err := criuBinary(p.Path)
+	if err != nil {
+		return "", err
 	}
 	timeout := p.Timeout
 	if timeout == 0 {
@@ -95,7 +91,7 @@ func (p Prober) run(args ...string) (string, error) {
 	var out bytes.Buffer
 	cmd := exec.CommandContext(ctx, path, args...)
 	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
+	err = cmd.Run()
 	if errors.Is(err, exec.ErrNotFound) || errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
 		err = fmt.Errorf("%w: %v", ErrCriuMissing, err)
 	}
