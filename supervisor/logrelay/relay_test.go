@@ -159,12 +159,18 @@ func TestRelayDeathRevivesOnTheSamePipes(t *testing.T) {
 	c2.Close()
 }
 
-// waitDead waits until pid has died (it is reaped by init, or a zombie).
+// waitDead waits until pid has died (it is reaped by init, or a zombie) with all
+// its threads. A leader turns zombie before its other threads are gone, and one of
+// those, woken in a read of the pipe by the SIGKILL, may still take what is written
+// then.
 func waitDead(t *testing.T, pid int) {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
 		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil || strings.Contains(string(stat), ") Z ") {
+		if err != nil {
+			return
+		}
+		if tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid)); strings.Contains(string(stat), ") Z ") && (err != nil || len(tasks) <= 1) {
 			return
 		}
 		if time.Now().After(deadline) {
