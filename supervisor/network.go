@@ -108,6 +108,7 @@ func (s *Supervisor) enter() func(func() error) error {
 func (s *Supervisor) placeNet(adoptPid int, takeover bool) error {
 	s.dropNet()
 	s.step(epochs.Incarnation{After: s.nextEpoch - 1, Takeover: takeover})
+	s.resumeOnOutput()
 	if s.cfg.Net == nil {
 		return nil
 	}
@@ -246,11 +247,43 @@ func (s *Supervisor) gateStats() {
 // epochOnOutput is the pure rule for starting an epoch before --interval is up: with
 // --epoch-on-output, as soon as output is held that no epoch explains yet and every
 // earlier epoch's output is out. Epochs then follow the commits, one in flight at a
-// time, while the program talks, and the interval while it is silent. After a
-// checkpoint that failed or was skipped (lastFailed) only the interval starts one, so
-// that a failing dump is not retried for every packet.
-func epochOnOutput(enabled, uncut, drained, lastFailed bool) bool {
-	return enabled && uncut && drained && !lastFailed
+// time, while the program talks, and the interval while it is silent. For a while
+// after a checkpoint that failed or was skipped (paused, see onOutputPause) output
+// starts none, so that a failing dump is not retried for every packet.
+func epochOnOutput(enabled, uncut, drained, paused bool) bool {
+	return enabled && uncut && drained && !paused
+}
+
+// onOutputPause is how long, after a checkpoint that failed or was skipped, held
+// output waits before it may start an epoch again. Not until the interval: a dump
+// that failed because the program died under it would otherwise hold the restored
+// program's replies for a whole --interval.
+const onOutputPause = time.Second
+
+// pauseOnOutput starts (or restarts) that pause, when --epoch-on-output is on.
+func (s *Supervisor) pauseOnOutput() {
+	if !s.cfg.EpochOnOutput {
+		return
+	}
+	s.resumeOnOutput()
+	s.onOutputPaused = s.clock.NewTimer(onOutputPause)
+}
+
+// resumeOnOutput ends the pause: a checkpoint committed, a new incarnation began
+// (the failure was its predecessor's), or the pause ran out.
+func (s *Supervisor) resumeOnOutput() {
+	if s.onOutputPaused != nil {
+		s.onOutputPaused.Stop()
+		s.onOutputPaused = nil
+	}
+}
+
+// onOutputResumes fires when the pause runs out (nil without one).
+func (s *Supervisor) onOutputResumes() <-chan time.Time {
+	if s.onOutputPaused == nil {
+		return nil
+	}
+	return s.onOutputPaused.Chan()
 }
 
 // outputWaiting is where the gate says it holds a packet (nil without a gate or
@@ -264,7 +297,7 @@ func (s *Supervisor) outputWaiting() <-chan struct{} {
 
 // epochDue says whether the output held now starts an epoch at once.
 func (s *Supervisor) epochDue() bool {
-	return s.gate != nil && s.alive && epochOnOutput(s.cfg.EpochOnOutput, s.gate.Uncut(), s.rule.drained(), s.lastCkptErr != "")
+	return s.gate != nil && s.alive && epochOnOutput(s.cfg.EpochOnOutput, s.gate.Uncut(), s.rule.drained(), s.onOutputPaused != nil)
 }
 
 func (s *Supervisor) pressured() <-chan struct{} {

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jonboulle/clockwork"
 
@@ -215,15 +216,50 @@ func TestLinkProtection(t *testing.T) {
 }
 
 func TestEpochOnOutput(t *testing.T) {
-	for _, c := range []struct{ enabled, uncut, drained, failed, want bool }{
+	for _, c := range []struct{ enabled, uncut, drained, paused, want bool }{
 		{true, true, true, false, true},
 		{true, true, false, false, false}, // an epoch is still in flight: its ack starts the next
 		{true, false, true, false, false}, // nothing waits
 		{false, true, true, false, false}, // the interval alone starts epochs
-		{true, true, true, true, false},   // the last checkpoint failed: not once per packet
+		{true, true, true, true, false},   // a checkpoint failed just now: not once per packet
 	} {
-		if got := epochOnOutput(c.enabled, c.uncut, c.drained, c.failed); got != c.want {
-			t.Errorf("epochOnOutput(enabled %v, uncut %v, drained %v, last failed %v) = %v, want %v", c.enabled, c.uncut, c.drained, c.failed, got, c.want)
+		if got := epochOnOutput(c.enabled, c.uncut, c.drained, c.paused); got != c.want {
+			t.Errorf("epochOnOutput(enabled %v, uncut %v, drained %v, paused %v) = %v, want %v", c.enabled, c.uncut, c.drained, c.paused, got, c.want)
 		}
+	}
+}
+
+// uncutGate is a gate that always holds output no epoch explains yet.
+type uncutGate struct{ gate.Gate }
+
+func (uncutGate) Uncut() bool { return true }
+
+// A checkpoint that fails (the program died under it, say) pauses epochs on output
+// for onOutputPause, not until the interval; a new incarnation ends the pause at once.
+func TestEpochOnOutputPausesAfterAFailureOnlyBriefly(t *testing.T) {
+	clk := clockwork.NewFakeClock()
+	s := &Supervisor{cfg: Config{EpochOnOutput: true, Interval: time.Hour}, clock: clk, gate: uncutGate{}, alive: true,
+		rule: newOutputRule(CommitLocal, false)}
+	if !s.epochDue() {
+		t.Fatal("held output starts no epoch")
+	}
+	s.pauseOnOutput()
+	if s.epochDue() {
+		t.Fatal("a failed checkpoint is retried for every packet")
+	}
+	clk.Advance(onOutputPause)
+	select {
+	case <-s.onOutputResumes():
+		s.onOutputPaused = nil
+	case <-time.After(5 * time.Second):
+		t.Fatal("the pause did not end")
+	}
+	if !s.epochDue() {
+		t.Fatal("held output waits for the interval after a failed checkpoint")
+	}
+	s.pauseOnOutput()
+	s.resumeOnOutput() // as placeNet does for a new incarnation
+	if !s.epochDue() || s.onOutputResumes() != nil {
+		t.Fatal("a new incarnation inherits its predecessor's pause")
 	}
 }

@@ -194,6 +194,7 @@ type Supervisor struct {
 	adoptedOut             []*os.File // read ends reopened for an adopted program
 	relays                 relay
 	retry                  clockwork.Timer
+	onOutputPaused         clockwork.Timer // a checkpoint failed: held output starts no epoch until it fires
 
 	wg     sync.WaitGroup // every goroutine the supervisor starts
 	ctx    context.Context
@@ -450,6 +451,11 @@ func (s *Supervisor) Run(ctx context.Context) (err error) {
 				s.tryCheckpoint(false)
 			}
 		case <-s.outputWaiting():
+			if s.epochDue() {
+				s.tryCheckpoint(false)
+			}
+		case <-s.onOutputResumes():
+			s.onOutputPaused = nil
 			if s.epochDue() {
 				s.tryCheckpoint(false)
 			}
@@ -1304,6 +1310,7 @@ func (s *Supervisor) committed(set checkpoint.Set, m *checkpoint.Manifest, stats
 	total := s.clock.Since(marks.Start)
 	s.nextEpoch = epoch + 1
 	s.lastCkptErr = ""
+	s.resumeOnOutput()
 	s.checkpointsOK()
 	s.dropAside()
 	s.ladder.Committed()
@@ -1355,6 +1362,7 @@ func (s *Supervisor) committed(set checkpoint.Set, m *checkpoint.Manifest, stats
 // counts against the watchdog's tolerance like a failed one (see watchdog.ShouldPing).
 func (s *Supervisor) checkpointSkipped(why string) error {
 	s.lastCkptErr = "checkpoint skipped: " + why
+	s.pauseOnOutput()
 	s.checkpointsFailing("checkpoint skipped: " + why)
 	s.metrics.checkpoints.WithLabelValues("skipped").Inc()
 	s.log.Warn("checkpoint skipped: " + why)
@@ -1376,6 +1384,7 @@ func (s *Supervisor) outputKeys() map[string]string {
 
 func (s *Supervisor) checkpointFailed(epoch uint64, err error) error {
 	s.lastCkptErr = err.Error()
+	s.pauseOnOutput()
 	s.metrics.checkpoints.WithLabelValues("failed").Inc()
 	s.st.CheckpointFailures++
 	s.st.LastError = err.Error()
