@@ -232,14 +232,15 @@ func TestEpochOnOutput(t *testing.T) {
 // uncutGate is a gate that always holds output no epoch explains yet.
 type uncutGate struct{ gate.Gate }
 
-func (uncutGate) Uncut() bool { return true }
+func (uncutGate) Uncut() bool  { return true }
+func (uncutGate) Close() error { return nil }
 
 // A checkpoint that fails (the program died under it, say) pauses epochs on output
 // for onOutputPause, not until the interval; a new incarnation ends the pause at once.
 func TestEpochOnOutputPausesAfterAFailureOnlyBriefly(t *testing.T) {
 	clk := clockwork.NewFakeClock()
 	s := &Supervisor{cfg: Config{EpochOnOutput: true, Interval: time.Hour}, clock: clk, gate: uncutGate{}, alive: true,
-		rule: newOutputRule(CommitLocal, false)}
+		rule: newOutputRule(CommitLocal, false), nextEpoch: 1, log: slog.New(slog.DiscardHandler)}
 	if !s.epochDue() {
 		t.Fatal("held output starts no epoch")
 	}
@@ -258,8 +259,10 @@ func TestEpochOnOutputPausesAfterAFailureOnlyBriefly(t *testing.T) {
 		t.Fatal("held output waits for the interval after a failed checkpoint")
 	}
 	s.pauseOnOutput()
-	s.resumeOnOutput() // as placeNet does for a new incarnation
-	if !s.epochDue() || s.onOutputResumes() != nil {
+	if err := s.placeNet(0, false); err != nil { // a restore's new incarnation
+		t.Fatal(err)
+	}
+	if s.onOutputResumes() != nil {
 		t.Fatal("a new incarnation inherits its predecessor's pause")
 	}
 }
