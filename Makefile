@@ -45,11 +45,11 @@ integration: build
 # The long variants: SOAK_FAULTS random faults (kill -9 of ftrun, the program, CRIU
 # mid-dump and mid-restore, the standby mid-commit; disk full, read-only state dir, link
 # cut, host death, partition and heal), each followed by the acknowledged-writes check,
-# and the ping-pong failover for 10 cycles. `make integration` runs every fault kind
-# once and two ping-pong cycles.
+# the ping-pong failover for 10 cycles and 20 host kills under a writing client.
+# `make integration` runs every fault kind once, two ping-pong cycles and 6 host kills.
 SOAK_FAULTS ?= 60
 soak: setup build
-	FTRUN_SOAK=1 FTRUN_SOAK_FAULTS=$(SOAK_FAULTS) $(GO) test -count=1 -timeout 3h -v -run '^(TestFaultSoak|TestPingPongFailover)$$' ./integration/ 2>&1 | tee /tmp/ftrun-soak.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\|)|_test.go' ; exit $${PIPESTATUS[0]}
+	FTRUN_SOAK=1 FTRUN_SOAK_FAULTS=$(SOAK_FAULTS) $(GO) test -count=1 -timeout 3h -v -run '^(TestFaultSoak|TestPingPongFailover|TestOutputCommitFailover)$$' ./integration/ 2>&1 | tee /tmp/ftrun-soak.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\|)|_test.go' ; exit $${PIPESTATUS[0]}
 
 # The real-daemon matrix alone (also part of integration).
 daemons: build

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -430,13 +431,17 @@ func mustSnapshot(w *writer) []ackedWrite {
 }
 
 // The Output Rule, end to end: a client on its own host writes to redis on one TCP
-// connection while everything on the primary host is killed at a random moment, 20
-// times. After each failover, on the same connection, every write whose reply the
-// client saw is there, none is applied twice, and the connection still works.
+// connection while everything on the primary host is killed at a random moment, 6
+// times (20 under `make soak`). After each failover, on the same connection, every
+// write whose reply the client saw is there, none is applied twice, and the
+// connection still works.
 func TestOutputCommitFailover(t *testing.T) {
 	e := newOutputEnv(t)
-	rounds := 20
-	if testing.Short() {
+	rounds := 6
+	switch {
+	case os.Getenv("FTRUN_SOAK") != "":
+		rounds = 20
+	case testing.Short():
 		rounds = 3
 	}
 	var pauses []time.Duration

@@ -207,10 +207,14 @@ func soakOne(t *testing.T, e outputEnv, name string, f soakFault, etcd string) (
 	r.w = startWriter(t, e, redisService, 6379, soakDeadline)
 	waitAcked(t, r.w, 10)
 	time.Sleep(time.Duration(rand.IntN(1000)) * time.Millisecond)
+	f.inject(r)
+	// The client's writes go on, on the same connection, within the deadline, counted
+	// from the end of the injection: a fault that waits for protection again before it
+	// kills the host (the standby's) lets the client write meanwhile, and counting from
+	// its start would take those writes for the take-over's and look for the live copy
+	// while the standby is still taking over.
 	before := len(mustSnapshot(r.w))
 	faultAt := time.Now()
-	f.inject(r)
-	// The client's writes go on, on the same connection, within the deadline.
 	for len(mustSnapshot(r.w)) < before+10 {
 		if _, err := r.w.snapshot(); err != nil {
 			break
