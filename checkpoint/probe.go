@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ftrun/ftrun/checkpoint/dirty"
 )
 
 // MinVersion is the oldest CRIU ftrun accepts: 3.x cannot dump on current kernels
@@ -159,6 +161,7 @@ func (p Prober) Probe() []Finding {
 		fs = append(fs, Finding{Name: "memory dirty tracking", OK: false, Detail: "unavailable (" + firstLine(lastErrorOr(out)) + ")",
 			Fix: "optional: ftrun hashes pages of full dumps instead (CONFIG_MEM_SOFT_DIRTY enables CRIU's own tracking)"})
 	}
+	fs = append(fs, writeProtectFinding(dirty.Probe()))
 	if p.NFTablesLock() {
 		fs = append(fs, Finding{Name: "network lock", OK: true, Detail: "nftables, in-process"})
 	} else {
@@ -264,4 +267,16 @@ func lastErrorOr(out string) string {
 		}
 	}
 	return out
+}
+
+// writeProtectFinding reports the kernel's other way to tell written pages, the one
+// that needs no soft-dirty bits: ftrun's probe runs it on memory of its own.
+func writeProtectFinding(r dirty.ProbeResult) Finding {
+	if !r.OK {
+		return Finding{Name: "write-protect tracking", Detail: r.Detail,
+			Fix: "optional: Linux 6.7 or later has userfaultfd async write-protection and PAGEMAP_SCAN"}
+	}
+	return Finding{Name: "write-protect tracking", OK: true,
+		Detail: fmt.Sprintf("%s (protect %s, scan %s; epochs still dump in full)", r.Detail,
+			r.Protect.Round(time.Microsecond), r.Scan.Round(time.Microsecond))}
 }
