@@ -640,3 +640,35 @@ func TestEpochOnOutputLetsRepliesOutWithoutTheInterval(t *testing.T) {
 	end := p.waitFor("status", time.Second, func(supervisor.Status) bool { return true })
 	t.Logf("%d writes acknowledged with --interval 1h over %d epochs, none lost or doubled across a kill -9", len(acked), end.Epoch)
 }
+
+// With --epoch-on-output and no interval to fall back on, checkpoints that fail (the
+// state dir read-only) hold the client's replies only while they fail: once the disk
+// is writable again, the next output starts an epoch within about a second, and
+// every write the client saw acknowledged is there.
+func TestEpochOnOutputResumesAfterFailedCheckpoints(t *testing.T) {
+	e := newOutputEnv(t)
+	name := "it-epoch-on-output-ro"
+	t.Cleanup(func() { killService(t, name) })
+	state := tmpfsDir(t, name)
+	args := append([]string{"--name", name, "--interval", "1h", "--epoch-on-output", "--discard", "--net", "--addr", e.svc + "/24",
+		"--commit", "local", "--"}, redisService.argv(6379, t.TempDir())...)
+	p := startFtrunIn(t, e.primary.nsPath(), state, nil, args...)
+	w := startWriter(t, e, redisService, 6379, 15*time.Second)
+	waitAcked(t, w, 20)
+	r := &soakRound{t: t, state: state}
+	r.remount("ro")
+	p.waitFor("checkpoints failing", 20*time.Second, func(s supervisor.Status) bool { return !s.FailingSince.IsZero() })
+	time.Sleep(1500 * time.Millisecond)
+	r.remount("rw")
+	n := len(mustSnapshot(w))
+	waitAcked(t, w, n+10)
+	acked, final, err := w.finish(t, e, 6379)
+	if err != nil {
+		t.Fatalf("the client's connection did not survive the failing checkpoints: %v", err)
+	}
+	if v := outputViolations(acked, final); len(v) > 0 {
+		t.Fatalf("%d acknowledged writes, violations:\n%s", len(acked), strings.Join(v, "\n"))
+	}
+	end, _ := status(state)
+	t.Logf("%d writes acknowledged with --interval 1h, checkpoints failing for a while (%d failures), none lost", len(acked), end.CheckpointFailures)
+}

@@ -245,8 +245,8 @@ func (s *Supervisor) gateStats() {
 }
 
 // epochOnOutput is the pure rule for starting an epoch before --interval is up: with
-// --epoch-on-output, as soon as output is held that no epoch explains yet and every
-// earlier epoch's output is out. Epochs then follow the commits, one in flight at a
+// --epoch-on-output, as soon as output is held that no epoch explains yet (uncut, or
+// cut for a dump that failed) and every earlier epoch's output is out. Epochs then follow the commits, one in flight at a
 // time, while the program talks, and the interval while it is silent. For a while
 // after a checkpoint that failed or was skipped (paused, see onOutputPause) output
 // starts none, so that a failing dump is not retried for every packet.
@@ -297,7 +297,8 @@ func (s *Supervisor) outputWaiting() <-chan struct{} {
 
 // epochDue says whether the output held now starts an epoch at once.
 func (s *Supervisor) epochDue() bool {
-	return s.gate != nil && s.alive && epochOnOutput(s.cfg.EpochOnOutput, s.gate.Uncut(), s.rule.drained(), s.onOutputPaused != nil)
+	waiting := s.gate != nil && (s.gate.Uncut() || s.rule.stalled())
+	return waiting && s.alive && epochOnOutput(s.cfg.EpochOnOutput, waiting, s.rule.drained(), s.onOutputPaused != nil)
 }
 
 func (s *Supervisor) pressured() <-chan struct{} {
@@ -347,6 +348,13 @@ func (r *outputRule) drained() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.m.Drained()
+}
+
+// stalled says output is held for a dump that failed after its cut.
+func (r *outputRule) stalled() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.m.Stalled()
 }
 
 // pins are the epochs pruning must keep.

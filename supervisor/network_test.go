@@ -16,6 +16,7 @@ import (
 	"github.com/ftrun/ftrun/supervisor/gate"
 	"github.com/ftrun/ftrun/supervisor/phase"
 	"github.com/ftrun/ftrun/transport/ship"
+	"github.com/ftrun/ftrun/watchdog"
 )
 
 func TestResolveCommit(t *testing.T) {
@@ -264,5 +265,40 @@ func TestEpochOnOutputPausesAfterAFailureOnlyBriefly(t *testing.T) {
 	}
 	if s.onOutputResumes() != nil {
 		t.Fatal("a new incarnation inherits its predecessor's pause")
+	}
+}
+
+// cutGate is a gate whose held output has all been cut.
+type cutGate struct{ gate.Gate }
+
+func (cutGate) Uncut() bool          { return false }
+func (cutGate) Cut(uint64)           {}
+func (cutGate) Close() error         { return nil }
+func (cutGate) Release(uint64) error { return nil }
+func (cutGate) Stats() gate.Stats    { return gate.Stats{HeldPackets: 1} }
+
+// A dump that fails after its cut leaves the output it cut waiting for the next dump:
+// that output starts one once the pause is over, though the gate has nothing uncut
+// (it waited for --interval, an hour here, before).
+func TestEpochOnOutputAfterADumpFailedPastItsCut(t *testing.T) {
+	clk := clockwork.NewFakeClock()
+	s := &Supervisor{cfg: Config{EpochOnOutput: true, Interval: time.Hour, Notifier: &watchdog.Notifier{}}, clock: clk, gate: cutGate{}, alive: true,
+		rule: newOutputRule(CommitLocal, false), nextEpoch: 1, log: slog.New(slog.DiscardHandler),
+		metrics: newMetrics("t-abandoned"), cg: &Cgroup{}}
+	s.step(epochs.Incarnation{})
+	s.step(epochs.Cut{Epoch: 1})
+	if s.epochDue() {
+		t.Fatal("an epoch in flight, and another one starts")
+	}
+	s.checkpointFailed(1, errors.New("read-only file system"))
+	clk.Advance(onOutputPause)
+	<-s.onOutputResumes()
+	s.onOutputPaused = nil
+	if !s.epochDue() {
+		t.Fatal("output cut for a failed dump waits for the interval")
+	}
+	s.step(epochs.Cut{Epoch: 1}) // the retry
+	if s.epochDue() {
+		t.Fatal("the retry is in flight, and another epoch starts")
 	}
 }

@@ -1384,6 +1384,8 @@ func (s *Supervisor) outputKeys() map[string]string {
 
 func (s *Supervisor) checkpointFailed(epoch uint64, err error) error {
 	s.lastCkptErr = err.Error()
+	// Output this dump cut waits for the next one, which cuts the same epoch again.
+	s.step(epochs.Abandoned{Epoch: epoch})
 	s.pauseOnOutput()
 	s.metrics.checkpoints.WithLabelValues("failed").Inc()
 	s.st.CheckpointFailures++

@@ -1,9 +1,9 @@
 // Package epochs decides the Output Rule: how far the program's held output may leave,
 // which committed epoch goes to the standby, which epochs the local store must keep,
 // and whether the program is protected. It is one state machine, in the manner of etcd
-// raft: the supervisor feeds it what happened (Step with a Cut, Committed, Durable,
-// Acked, Nacked, LinkUp, LinkDown or Incarnation) and carries out the Ready each step
-// returns. It has no goroutines, no clock, no I/O and no logging, and is deterministic;
+// raft: the supervisor feeds it what happened (Step with a Cut, Abandoned, Committed,
+// Durable, Acked, Nacked, LinkUp, LinkDown or Incarnation) and carries out the Ready
+// each step returns. It has no goroutines, no clock, no I/O and no logging, and is deterministic;
 // the supervisor keeps one Machine behind a mutex, so that the standby link and the
 // background fsync release output the moment they learn an epoch is safe, whatever
 // the epoch loop is doing meanwhile.

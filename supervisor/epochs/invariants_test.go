@@ -58,6 +58,8 @@ func TestReleaseInvariants(t *testing.T) {
 					continue
 				}
 				ev = Incarnation{After: next - 1, Takeover: r.IntN(8) == 0}
+			case 8:
+				ev = Abandoned{Epoch: next}
 			default:
 				continue
 			}

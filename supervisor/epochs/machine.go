@@ -33,6 +33,11 @@ type Cut struct{ Epoch uint64 }
 // Committed: the image set of Epoch was committed in the local store.
 type Committed struct{ Epoch uint64 }
 
+// Abandoned: the dump of Epoch was cut in the gate and then failed; Epoch will not
+// commit, and its number is taken again by the next dump, whose cut extends it. The
+// output cut for it is on its way nowhere until then (see Stalled).
+type Abandoned struct{ Epoch uint64 }
+
 // Durable: the image set of Epoch is on stable storage here.
 type Durable struct{ Epoch uint64 }
 
@@ -64,6 +69,7 @@ type Incarnation struct {
 
 func (Cut) event()         {}
 func (Committed) event()   {}
+func (Abandoned) event()   {}
 func (Durable) event()     {}
 func (Acked) event()       {}
 func (Nacked) event()      {}
@@ -157,6 +163,7 @@ type Machine struct {
 	after                          uint64 // the current gate's output belongs to epochs > after
 	released                       uint64 // the current gate's output released up to here
 	offered                        uint64 // newest epoch handed to the link
+	abandoned                      uint64 // the cut epoch whose dump failed; 0: none
 	prot                           Protection
 }
 
@@ -192,7 +199,13 @@ func (m *Machine) apply(ev Event) error {
 		if ev.Epoch <= m.after || ev.Epoch < m.cut {
 			return fmt.Errorf("%w: cut %d after cut %d, in a gate for epochs after %d", ErrBackwards, ev.Epoch, m.cut, m.after)
 		}
-		m.cut = ev.Epoch
+		m.cut, m.abandoned = ev.Epoch, 0
+	case Abandoned:
+		// Only the newest cut, not committed, can be abandoned; a failure before
+		// the cut left nothing in the gate for it.
+		if ev.Epoch == m.cut && ev.Epoch > m.known() {
+			m.abandoned = ev.Epoch
+		}
 	case Committed:
 		if ev.Epoch <= m.known() {
 			return fmt.Errorf("%w: committed %d, but epoch %d is known already", ErrBackwards, ev.Epoch, m.known())
@@ -238,7 +251,7 @@ func (m *Machine) incarnation(ev Incarnation) error {
 		after = known
 	}
 	m.inc++
-	m.after, m.cut, m.released = after, after, after
+	m.after, m.cut, m.released, m.abandoned = after, after, after, 0
 	if ev.Takeover {
 		m.acked, m.full = 0, false
 	}
@@ -261,7 +274,19 @@ func (m *Machine) Safe() uint64 {
 
 // Drained reports whether every epoch cut in the current gate has had its output
 // released: nothing is on its way, so a new epoch now would be the only one in flight.
-func (m *Machine) Drained() bool { return m.released >= m.cut }
+// An abandoned cut is on its way nowhere: only the epochs before it count.
+func (m *Machine) Drained() bool {
+	if m.Stalled() {
+		return m.released >= m.known()
+	}
+	return m.released >= m.cut
+}
+
+// Stalled reports whether output is held for an abandoned epoch: no dump in flight
+// will let it out, the next one will (it cuts the same epoch again).
+func (m *Machine) Stalled() bool {
+	return m.abandoned != 0 && m.abandoned == m.cut && m.cut > m.released
+}
 
 // Pins are the epochs the local store must keep now.
 func (m *Machine) Pins() Pins { return Pins{Durable: m.durable, Acked: m.acked} }
@@ -290,7 +315,7 @@ func (m *Machine) String() string {
 			link = fmt.Sprintf("down(%s)", m.why)
 		}
 	}
-	return fmt.Sprintf("mode=%s link=%s cut=%d committed=%d durable=%d acked=%d offered=%d inc=%d after=%d released=%d safe=%d pins=%d,%d protection=%q",
+	return fmt.Sprintf("mode=%s link=%s cut=%d committed=%d durable=%d acked=%d offered=%d inc=%d after=%d released=%d safe=%d pins=%d,%d protection=%q drained=%v stalled=%v",
 		m.cfg.Mode, link, m.cut, m.committed, m.durable, m.acked, m.offered, m.inc, m.after, m.released, m.Safe(),
-		m.durable, m.acked, m.prot)
+		m.durable, m.acked, m.prot, m.Drained(), m.Stalled())
 }

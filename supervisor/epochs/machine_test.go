@@ -172,6 +172,8 @@ func parseEvent(f []string) (Event, error) {
 		return Cut{Epoch: e}, nil
 	case "committed":
 		return Committed{Epoch: e}, nil
+	case "abandoned":
+		return Abandoned{Epoch: e}, nil
 	case "durable":
 		return Durable{Epoch: e}, nil
 	case "acked":
