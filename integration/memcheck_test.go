@@ -19,14 +19,7 @@ import (
 // rounds it had printed before the kill, and must print for each the hash it printed
 // the first time.
 func TestRestoredMemoryIsExact(t *testing.T) {
-	requiresRoot(t, "gcc")
-	bin, err := memcheck.Build(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	name := "it-memcheck"
-	t.Cleanup(func() { killService(t, name) })
-	p := startFtrun(t, t.TempDir(), nil, "--name", name, "--interval", "100ms", "--discard", "--", bin)
+	p := startMemcheck(t, "it-memcheck", "100ms")
 	const kills = 4
 	for i := range kills {
 		st := p.waitFor("running, checkpointed", 30*time.Second, func(s supervisor.Status) bool {
@@ -58,14 +51,7 @@ func TestRestoredMemoryIsExact(t *testing.T) {
 // The checker can fail: one word of the heap changed right after a restore (a page
 // a dump would have missed) and the rounds run again print other hashes.
 func TestMemcheckCatchesAChangedPage(t *testing.T) {
-	requiresRoot(t, "gcc")
-	bin, err := memcheck.Build(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	name := "it-memcheck-bad"
-	t.Cleanup(func() { killService(t, name) })
-	p := startFtrun(t, t.TempDir(), nil, "--name", name, "--interval", "1h", "--discard", "--", bin)
+	p := startMemcheck(t, "it-memcheck-bad", "1h")
 	p.waitFor("running", 30*time.Second, func(s supervisor.Status) bool { return s.Pid > 0 && s.State == supervisor.StateRunning })
 	p.checkpoint()
 	at := memcheck.Read(p.log()).Rounds
@@ -96,4 +82,15 @@ func TestMemcheckCatchesAChangedPage(t *testing.T) {
 		t.Fatalf("a heap word changed after the restore, and memcheck's rounds run again (%d) printed the same hashes", rep.Repeated)
 	}
 	t.Logf("a changed heap word is caught: %s", rep.Mismatch[0])
+}
+
+// startMemcheck builds memcheck and runs it under ftrun as service name.
+func startMemcheck(t *testing.T, name, interval string) *ftrunProc {
+	requiresRoot(t, "gcc")
+	bin, err := memcheck.Build(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { killService(t, name) })
+	return startFtrun(t, t.TempDir(), nil, "--name", name, "--interval", interval, "--discard", "--", bin)
 }
