@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ftrun/ftrun/checkpoint/dirty"
 )
 
 func TestParseVersion(t *testing.T) {
@@ -189,6 +191,7 @@ func TestProberProbe(t *testing.T) {
 		name string
 		ok   bool
 	}
+	wp := dirty.Probe().OK // the kernel's, whatever CRIU says
 	cases := []struct {
 		name    string
 		version string
@@ -196,8 +199,8 @@ func TestProberProbe(t *testing.T) {
 		exit    int
 		want    []finding
 	}{
-		{"usable", "Version: 4.2.1", "Looks good.", 0, []finding{{"criu", true}, {"criu check", true}, {"memory dirty tracking", false}, {"network lock", false}}},
-		{"check fails", "Version: 4.2.1", "Error (a.c:1): nope", 1, []finding{{"criu", true}, {"criu check", false}, {"memory dirty tracking", false}, {"network lock", false}}},
+		{"usable", "Version: 4.2.1", "Looks good.", 0, []finding{{"criu", true}, {"criu check", true}, {"memory dirty tracking", false}, {"write-protect tracking", wp}, {"network lock", false}}},
+		{"check fails", "Version: 4.2.1", "Error (a.c:1): nope", 1, []finding{{"criu", true}, {"criu check", false}, {"memory dirty tracking", false}, {"write-protect tracking", wp}, {"network lock", false}}},
 		{"too old stops early", "Version: 3.17.1", "Looks good.", 0, []finding{{"criu", false}}},
 	}
 	// The last finding is about the host's /run, whatever CRIU says.
