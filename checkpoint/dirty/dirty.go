@@ -52,8 +52,6 @@ const (
 	// PageWritten is PAGE_IS_WRITTEN: the page was written since it was last
 	// write-protected (or it lies outside any write-protected range).
 	PageWritten = 1 << 1
-	// PagePresent is PAGE_IS_PRESENT.
-	PagePresent = 1 << 3
 )
 
 type uffdioAPIArg struct{ API, Features, Ioctls uint64 }

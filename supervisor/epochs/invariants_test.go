@@ -65,6 +65,14 @@ func TestReleaseInvariants(t *testing.T) {
 			}
 			before := m.released
 			rd, err := m.Step(ev)
+			// An abandoned epoch's output waits, and stalls only while nothing
+			// that may still commit is in flight.
+			if m.Stalled() && (m.released >= m.cut || m.abandoned != m.cut) {
+				t.Fatalf("seed %d: stalled with released %d, cut %d, abandoned %d", seed, m.released, m.cut, m.abandoned)
+			}
+			if m.Stalled() && m.Drained() && m.released != m.known() {
+				t.Fatalf("seed %d: stalled and drained with released %d, known %d", seed, m.released, m.known())
+			}
 			if c, ok := ev.(Committed); ok && err == nil {
 				next = c.Epoch + 1
 			}
