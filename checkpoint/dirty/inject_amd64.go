@@ -1,0 +1,347 @@
+package dirty
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// A Tracker holds the userfaultfd of one process's memory: created inside that
+// process by an injected syscall, taken out with pidfd_getfd and closed there again,
+// so the tracked program keeps nothing in its fd table that a dump would trip on.
+// Closing the Tracker ends the tracking; the process's mappings then read as
+// untracked, which every user of them must count as written.
+type Tracker struct {
+	Pid  int
+	uffd int
+}
+
+// Close drops the userfaultfd, and with it every registration.
+func (t *Tracker) Close() error { return unix.Close(t.uffd) }
+
+// Track creates a userfaultfd in process pid, hands it to the caller and registers
+// every private mapping of the process for async write-protection. Nothing is
+// write-protected yet: every page reads as written until a dump, taken while the
+// process is frozen, protects what it has saved (protecting it now would hide the
+// writes made between the last dump and now).
+//
+// The caller must not be in a blocking wait for pid meanwhile: the ptrace stops are
+// reported to its waits too (a supervisor that waits for its program's exit on a
+// pidfd, as ftrun does, is safe).
+func Track(pid int) (*Tracker, error) {
+	fd, err := injectUffd(pid)
+	if err != nil {
+		return nil, err
+	}
+	t := &Tracker{Pid: pid, uffd: fd}
+	if err := Handshake(fd); err != nil {
+		t.Close()
+		return nil, err
+	}
+	if _, err := t.Refresh(); err != nil {
+		t.Close()
+		return nil, err
+	}
+	return t, nil
+}
+
+// Refresh registers the private mappings made since the last call (brk, mmap and
+// mremap make new, unregistered ones) and returns how many it registered. A mapping
+// the kernel refuses stays untracked: safe, since untracked memory counts as written.
+func (t *Tracker) Refresh() (int, error) {
+	maps, err := privateMappings(t.Pid)
+	if err != nil {
+		return 0, err
+	}
+	n, unmapped := 0, 0
+	for _, r := range maps {
+		err := Register(t.uffd, r)
+		switch {
+		case err == nil:
+			n++
+		case errors.Is(err, unix.EBUSY):
+			// Registered already (by this fd): nothing to do.
+		case errors.Is(err, unix.ENOMEM), errors.Is(err, unix.ESRCH):
+			// Not mapped in the memory the userfaultfd was made for: unmapped since
+			// the maps were read, or that memory is gone altogether.
+			unmapped++
+		default:
+			// EINVAL for mappings uffd cannot take; they stay untracked.
+		}
+	}
+	if len(maps) > 0 && unmapped == len(maps) {
+		// None of the process's mappings is in the tracked memory: it exec'd (or
+		// exited), and its new memory is nobody's.
+		return 0, fmt.Errorf("%w: process %d", ErrGone, t.Pid)
+	}
+	return n, nil
+}
+
+// ErrGone says a Tracker's process no longer has the memory it was tracking.
+var ErrGone = errors.New("tracked memory is gone")
+
+// privateMappings lists the private mappings of pid a dump saves pages of.
+func privateMappings(pid int) ([]Range, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
+	if err != nil {
+		return nil, fmt.Errorf("read mappings: %w", err)
+	}
+	defer f.Close()
+	var out []Range
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 2 || len(fields[1]) < 4 || fields[1][3] != 'p' {
+			continue
+		}
+		if len(fields) >= 6 && strings.HasPrefix(fields[5], "[v") { // [vdso], [vvar], [vsyscall]
+			continue
+		}
+		r, ok := parseRange(fields[0])
+		if ok {
+			out = append(out, r)
+		}
+	}
+	return out, sc.Err()
+}
+
+func parseRange(s string) (Range, bool) {
+	a, b, ok := strings.Cut(s, "-")
+	if !ok {
+		return Range{}, false
+	}
+	start, err1 := strconv.ParseUint(a, 16, 64)
+	end, err2 := strconv.ParseUint(b, 16, 64)
+	return Range{start, end}, err1 == nil && err2 == nil && start < end
+}
+
+// The syscall restart codes a thread stopped inside a syscall may show in rax
+// (include/linux/errno.h); the kernel turns them into a restart on its way back to
+// user space from a signal stop, but not on the way back from the syscall stop an
+// injection ends in, so restoreRegs does it.
+const (
+	eRestartSys          = 512
+	eRestartNoIntr       = 513
+	eRestartNoHand       = 514
+	eRestartRestartBlock = 516
+)
+
+// injectUffd runs userfaultfd(2) inside pid, copies the new fd into this process
+// and closes it in pid.
+func injectUffd(pid int) (int, error) {
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return -1, fmt.Errorf("pidfd_open %d: %w", pid, err)
+	}
+	defer unix.Close(pidfd)
+
+	runtime.LockOSThread() // ptrace requests must come from the tracing thread
+	defer runtime.UnlockOSThread()
+	in, err := seize(pid)
+	if err != nil {
+		return -1, err
+	}
+	theirs, err := in.syscall(unix.SYS_USERFAULTFD, unix.O_CLOEXEC|unix.O_NONBLOCK|uffdUserModeOnly)
+	if err == nil && int64(theirs) < 0 {
+		err = fmt.Errorf("%w: userfaultfd in process %d: %v", ErrUnsupported, pid, unix.Errno(-int64(theirs)))
+	}
+	fd := -1
+	if err == nil {
+		fd, err = unix.PidfdGetfd(pidfd, int(theirs), 0)
+		if err != nil {
+			err = fmt.Errorf("pidfd_getfd %d of process %d: %w", theirs, pid, err)
+		}
+		if _, cerr := in.syscall(unix.SYS_CLOSE, uintptr(theirs)); cerr != nil && err == nil {
+			err = cerr
+		}
+	}
+	if derr := in.detach(); derr != nil && err == nil {
+		err = derr
+	}
+	if err != nil {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+		return -1, err
+	}
+	unix.CloseOnExec(fd)
+	return fd, nil
+}
+
+// injection is one thread of a process held in a ptrace stop.
+type injection struct {
+	pid     int
+	saved   unix.PtraceRegs
+	sysAddr uint64 // address of a syscall instruction in the process
+	signal  int    // a signal that arrived meanwhile, delivered on detach
+}
+
+func seize(pid int) (*injection, error) {
+	if err := unix.PtraceSeize(pid); err != nil {
+		return nil, fmt.Errorf("ptrace seize %d: %w", pid, err)
+	}
+	in := &injection{pid: pid}
+	if err := unix.PtraceInterrupt(pid); err != nil {
+		unix.PtraceDetach(pid)
+		return nil, fmt.Errorf("ptrace interrupt %d: %w", pid, err)
+	}
+	if err := in.waitStop(false); err != nil {
+		unix.PtraceDetach(pid)
+		return nil, err
+	}
+	fail := func(err error) (*injection, error) { unix.PtraceDetach(pid); return nil, err }
+	if err := unix.PtraceSetOptions(pid, unix.PTRACE_O_TRACESYSGOOD); err != nil {
+		return fail(fmt.Errorf("ptrace options %d: %w", pid, err))
+	}
+	if err := unix.PtraceGetRegs(pid, &in.saved); err != nil {
+		return fail(fmt.Errorf("ptrace getregs %d: %w", pid, err))
+	}
+	addr, err := syscallInstruction(pid, in.saved.Rip)
+	if err != nil {
+		return fail(err)
+	}
+	in.sysAddr = addr
+	return in, nil
+}
+
+// waitStop waits for the thread's next stop: the interrupt's (syscallStop false) or
+// a syscall entry or exit. A signal that arrives first is kept for detach.
+func (in *injection) waitStop(syscallStop bool) error {
+	for {
+		var ws unix.WaitStatus
+		if _, err := unix.Wait4(in.pid, &ws, unix.WALL, nil); err != nil {
+			return fmt.Errorf("wait for process %d: %w", in.pid, err)
+		}
+		if !ws.Stopped() {
+			return fmt.Errorf("process %d ended during an injected syscall (status %#x)", in.pid, uint32(ws))
+		}
+		sig := ws.StopSignal()
+		switch {
+		case syscallStop && sig == unix.SIGTRAP|0x80:
+			return nil
+		case !syscallStop && sig == unix.SIGTRAP && ws.TrapCause() == unix.PTRACE_EVENT_STOP:
+			return nil
+		case ws.TrapCause() == unix.PTRACE_EVENT_STOP:
+			// A group stop: resume it and keep waiting.
+		default:
+			in.signal = int(sig)
+		}
+		var err error
+		if syscallStop {
+			err = unix.PtraceSyscall(in.pid, 0)
+		} else {
+			err = unix.PtraceCont(in.pid, 0)
+		}
+		if err != nil {
+			return fmt.Errorf("ptrace resume %d: %w", in.pid, err)
+		}
+	}
+}
+
+// syscall runs one syscall in the stopped thread and returns its raw result.
+func (in *injection) syscall(nr uintptr, args ...uintptr) (uint64, error) {
+	regs := in.saved
+	regs.Rax, regs.Orig_rax, regs.Rip = uint64(nr), ^uint64(0), in.sysAddr
+	a := [6]uint64{}
+	for i, v := range args {
+		a[i] = uint64(v)
+	}
+	regs.Rdi, regs.Rsi, regs.Rdx, regs.R10, regs.R8, regs.R9 = a[0], a[1], a[2], a[3], a[4], a[5]
+	if err := unix.PtraceSetRegs(in.pid, &regs); err != nil {
+		return 0, fmt.Errorf("ptrace setregs %d: %w", in.pid, err)
+	}
+	for range 2 { // entry, then exit
+		if err := unix.PtraceSyscall(in.pid, 0); err != nil {
+			return 0, fmt.Errorf("ptrace syscall %d: %w", in.pid, err)
+		}
+		if err := in.waitStop(true); err != nil {
+			return 0, err
+		}
+	}
+	if err := unix.PtraceGetRegs(in.pid, &regs); err != nil {
+		return 0, fmt.Errorf("ptrace getregs %d: %w", in.pid, err)
+	}
+	return regs.Rax, nil
+}
+
+// detach puts the thread back as it was and lets it go.
+func (in *injection) detach() error {
+	regs := restoreRegs(in.saved)
+	err := unix.PtraceSetRegs(in.pid, &regs)
+	if err != nil {
+		err = fmt.Errorf("ptrace setregs %d: %w", in.pid, err)
+	}
+	if derr := ptraceDetach(in.pid, in.signal); derr != nil && err == nil {
+		err = fmt.Errorf("ptrace detach %d: %w", in.pid, derr)
+	}
+	return err
+}
+
+func ptraceDetach(pid, sig int) error {
+	_, _, e := unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_DETACH, uintptr(pid), 0, uintptr(sig), 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+// restoreRegs is the register set to resume a thread with that was stopped at
+// saved: a syscall it was interrupted in is restarted, as the kernel would have.
+func restoreRegs(saved unix.PtraceRegs) unix.PtraceRegs {
+	if int64(saved.Orig_rax) < 0 {
+		return saved
+	}
+	switch -int64(saved.Rax) {
+	case eRestartSys, eRestartNoIntr, eRestartNoHand:
+		saved.Rax = saved.Orig_rax
+		saved.Rip -= 2
+	case eRestartRestartBlock:
+		saved.Rax = unix.SYS_RESTART_SYSCALL
+		saved.Rip -= 2
+	}
+	return saved
+}
+
+var syscallOp = []byte{0x0f, 0x05}
+
+// syscallInstruction finds a syscall instruction in pid: the one the thread stopped
+// after, when it was in a syscall, or else the first in its vDSO.
+func syscallInstruction(pid int, rip uint64) (uint64, error) {
+	mem, err := os.Open(fmt.Sprintf("/proc/%d/mem", pid))
+	if err != nil {
+		return 0, fmt.Errorf("open memory of %d: %w", pid, err)
+	}
+	defer mem.Close()
+	b := make([]byte, 2)
+	if _, err := mem.ReadAt(b, int64(rip-2)); err == nil && bytes.Equal(b, syscallOp) {
+		return rip - 2, nil
+	}
+	maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read mappings of %d: %w", pid, err)
+	}
+	for _, line := range strings.Split(string(maps), "\n") {
+		if !strings.HasSuffix(line, "[vdso]") {
+			continue
+		}
+		r, ok := parseRange(strings.Fields(line)[0])
+		if !ok {
+			break
+		}
+		code := make([]byte, r.End-r.Start)
+		if _, err := mem.ReadAt(code, int64(r.Start)); err != nil {
+			return 0, fmt.Errorf("read vDSO of %d: %w", pid, err)
+		}
+		if i := bytes.Index(code, syscallOp); i >= 0 {
+			return r.Start + uint64(i), nil
+		}
+	}
+	return 0, fmt.Errorf("no syscall instruction found in process %d to run an injected syscall", pid)
+}

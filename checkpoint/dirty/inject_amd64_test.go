@@ -1,0 +1,207 @@
+package dirty
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The child the injection tests track: it maps a region, writes every page of it,
+// says where it is, then writes the pages it is told to, one line each, and answers.
+func init() {
+	if os.Getenv("DIRTY_TEST_CHILD") != "1" {
+		return
+	}
+	page := os.Getpagesize()
+	mem, err := unix.Mmap(-1, 0, 64*page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		fmt.Println("mmap:", err)
+		os.Exit(1)
+	}
+	for i := range 64 {
+		mem[i*page] = 1
+	}
+	fmt.Printf("region %#x %#x\n", uintptr(unsafe.Pointer(&mem[0])), uintptr(unsafe.Pointer(&mem[0]))+uintptr(len(mem)))
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		if in.Text() == "exec" {
+			unix.Exec("/bin/sleep", []string{"sleep", "60"}, nil)
+		}
+		i, _ := strconv.Atoi(in.Text())
+		mem[i*page+8]++
+		fmt.Println("ok")
+	}
+	os.Exit(0)
+}
+
+type child struct {
+	cmd    *exec.Cmd
+	in     *os.File
+	out    *bufio.Scanner
+	region Range
+}
+
+func startChild(t *testing.T) *child {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(self, "-test.run=^$")
+	cmd.Env = append(os.Environ(), "DIRTY_TEST_CHILD=1")
+	inR, inW, _ := os.Pipe()
+	outR, outW, _ := os.Pipe()
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	inR.Close()
+	outW.Close()
+	c := &child{cmd: cmd, in: inW, out: bufio.NewScanner(outR)}
+	t.Cleanup(func() { inW.Close(); cmd.Process.Kill(); cmd.Wait(); outR.Close() })
+	var start, end uint64
+	if !c.out.Scan() {
+		t.Fatal("child said nothing")
+	}
+	if _, err := fmt.Sscanf(c.out.Text(), "region %v %v", &start, &end); err != nil {
+		t.Fatalf("child said %q: %v", c.out.Text(), err)
+	}
+	c.region = Range{start, end}
+	return c
+}
+
+func (c *child) write(t *testing.T, page int) {
+	t.Helper()
+	fmt.Fprintln(c.in, page)
+	if !c.out.Scan() || c.out.Text() != "ok" {
+		t.Fatalf("child did not write page %d: %q", page, c.out.Text())
+	}
+}
+
+// A userfaultfd made inside another process tracks that process's writes from here,
+// and the process keeps no userfaultfd of its own: a dump of it finds no fd it
+// cannot save. The child goes on as if nothing happened.
+func TestTrackAnotherProcess(t *testing.T) {
+	c := startChild(t)
+	tr, err := Track(c.cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", tr.Pid))
+	for _, fd := range fds {
+		if l, _ := os.Readlink(fd); strings.Contains(l, "userfaultfd") {
+			t.Fatalf("the tracked process keeps %s -> %s", fd, l)
+		}
+	}
+	pm, err := os.Open(fmt.Sprintf("/proc/%d/pagemap", tr.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pm.Close()
+	// Registered, never protected: every populated page reads as written.
+	got, err := Written(pm, c.region)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0] != c.region {
+		t.Fatalf("before any protection: written %v, want all of %v", got, c.region)
+	}
+	page := uint64(os.Getpagesize())
+	for round := range 3 {
+		want := []int{round, 17 + round, 40, 41}
+		for _, p := range want {
+			c.write(t, p)
+		}
+		got, err := Written(pm, c.region)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var pages []int
+		for _, r := range got {
+			for a := r.Start; a < r.End; a += page {
+				pages = append(pages, int((a-c.region.Start)/page))
+			}
+		}
+		if fmt.Sprint(pages) != fmt.Sprint(want) {
+			t.Fatalf("round %d: written pages %v, want %v", round, pages, want)
+		}
+	}
+}
+
+// A process stopped in a blocking syscall gets it back: the sleep it was in goes on
+// after the injection instead of failing with EINTR or returning early.
+func TestTrackRestartsTheInterruptedSyscall(t *testing.T) {
+	cmd := exec.Command("sleep", "1.5")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	time.Sleep(200 * time.Millisecond)
+	tr, err := Track(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.Close()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		t.Fatalf("sleep ended right after the injection: %v", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("sleep after the injection: %v", err)
+	}
+}
+
+func TestRestoreRegs(t *testing.T) {
+	nr := uint64(unix.SYS_NANOSLEEP)
+	for _, tc := range []struct {
+		name          string
+		orig, rax     uint64
+		wantRax       uint64
+		wantRipOffset uint64
+	}{
+		{"not in a syscall", ^uint64(0), 5, 5, 0},
+		{"syscall finished", nr, 0, 0, 0},
+		{"ERESTARTSYS", nr, neg(eRestartSys), nr, 2},
+		{"ERESTARTNOINTR", nr, neg(eRestartNoIntr), nr, 2},
+		{"ERESTARTNOHAND", nr, neg(eRestartNoHand), nr, 2},
+		{"ERESTART_RESTARTBLOCK", nr, neg(eRestartRestartBlock), unix.SYS_RESTART_SYSCALL, 2},
+		{"EINTR stays", nr, neg(int(unix.EINTR)), neg(int(unix.EINTR)), 0},
+	} {
+		got := restoreRegs(unix.PtraceRegs{Orig_rax: tc.orig, Rax: tc.rax, Rip: 1000})
+		if got.Rax != tc.wantRax || got.Rip != 1000-tc.wantRipOffset {
+			t.Errorf("%s: rax %d rip %d, want rax %d rip %d", tc.name, got.Rax, got.Rip, tc.wantRax, 1000-tc.wantRipOffset)
+		}
+	}
+}
+
+func neg(v int) uint64 { return uint64(-int64(v)) }
+
+// A process that execs leaves its tracked memory behind: Refresh says so, so that a
+// supervisor tracks the new memory afresh instead of trusting the old registrations.
+func TestRefreshAfterExec(t *testing.T) {
+	c := startChild(t)
+	tr, err := Track(c.cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	fmt.Fprintln(c.in, "exec")
+	time.Sleep(300 * time.Millisecond)
+	if _, err := tr.Refresh(); !errors.Is(err, ErrGone) {
+		t.Fatalf("Refresh after exec: %v, want ErrGone", err)
+	}
+}
