@@ -89,6 +89,17 @@ type Options struct {
 	// as bind mounts it can see), and a restore builds the namespace over the host's
 	// root, where the program's files are.
 	MountNS bool
+	// TrackMem, on dump, has CRIU save what it needs to know which pages the next
+	// dump may leave in this one, and with ParentDir (the parent set, relative to
+	// ImagesDir) leave in the parent every page not written since its dump. On a kernel
+	// without soft-dirty bits the tracking is userfaultfd write-protection (package
+	// dirty): the tasks' mappings must have been registered, or they are dumped whole.
+	// The set is incremental until Materialize makes it standalone.
+	TrackMem  bool
+	ParentDir string
+	// UffdWP, with TrackMem, selects the write-protection tracking even where the
+	// kernel has soft-dirty bits; without it CRIU uses soft-dirty bits.
+	UffdWP bool
 	// Enter, when set, runs CRIU from inside the program's network namespace (it calls
 	// its argument on a thread set into that namespace): CRIU must share the program's
 	// network namespace, or it would try to dump the namespace itself.
@@ -163,11 +174,24 @@ func (o Options) rpcOpts(imagesFd, workFd int, logFile string) *rpc.CriuOpts {
 			opts.CgroupDumpController = append(opts.CgroupDumpController, "name=systemd")
 		}
 	}
+	if o.TrackMem && o.Pid != 0 {
+		opts.TrackMem = ptr(true)
+		if o.ParentDir != "" {
+			opts.ParentImg = ptr(o.ParentDir)
+		}
+	}
 	if o.Timeout > 0 {
 		opts.Timeout = ptr(uint32((o.Timeout + time.Second - 1) / time.Second))
 	}
 	return opts
 }
+
+// DirtyTrackEnv and DirtyTrackUffdWP select CRIU's dirty-page tracking by
+// userfaultfd write-protection, which the project's CRIU patch adds.
+const (
+	DirtyTrackEnv    = "CRIU_DIRTY_TRACK"
+	DirtyTrackUffdWP = "uffd-wp"
+)
 
 // DumpStats is what CRIU measured of one dump.
 type DumpStats struct {
@@ -267,6 +291,14 @@ func (c *Criu) Dump(o Options) (DumpStats, error) {
 		return DumpStats{}, err
 	}
 	defer closeWork(work)
+	// Read by the project's CRIU patch (scripts/criu-patches/0003-*) in the swrk
+	// helper, which inherits this environment: track written pages with userfaultfd
+	// write-protection rather than soft-dirty bits.
+	if o.TrackMem && o.UffdWP {
+		os.Setenv(DirtyTrackEnv, DirtyTrackUffdWP)
+	} else {
+		os.Unsetenv(DirtyTrackEnv)
+	}
 	cl := c.client()
 	var nfy criu.Notify
 	if o.PostDump != nil || o.PreDump != nil {
