@@ -139,6 +139,11 @@ type Config struct {
 	// User runs the program as this user ("NAME[:GROUP]"; "" keeps root). Programs that
 	// drop privileges themselves need no --user.
 	User string
+	// Incremental is how dumps find the pages written since the last one ("" or
+	// DirtyOff: every dump is full; DirtyAuto is resolved in New). FullEvery bounds
+	// how many incremental dumps come in a row (0: DefaultFullEvery).
+	Incremental DirtyMode
+	FullEvery   int
 	// Listen is where this host serves as the standby of the program's live copy on
 	// the peer (Standby), when the boot finds the service live there; ListenTLS the
 	// server side of the mutual TLS. "" makes ftrun exit (ExitSuperseded) instead.
@@ -229,6 +234,8 @@ type Supervisor struct {
 	// the newest committed set, whose unchanged state files the next one links
 	lastManifest *checkpoint.Manifest
 	lastSetDir   string
+	// which dumps may be incremental, and the trackers of the program's writes
+	incr *incremental
 	// what each epoch's checkpoint recorded of its phases, until the standby acks it
 	marks      map[uint64]phase.Local
 	commitLats []time.Duration // recent checkpoint-start -> standby-ack latencies
@@ -320,7 +327,17 @@ func New(cfg Config) (*Supervisor, error) {
 		return nil, err
 	}
 	cfg.StateDir = abs
+	var criuPath string
+	if cfg.Criu != nil {
+		criuPath = cfg.Criu.Path
+	}
+	if cfg.Incremental != "" {
+		if cfg.Incremental, err = ChooseDirtyMode(cfg.Incremental, criuPath); err != nil {
+			return nil, err
+		}
+	}
 	return &Supervisor{
+		incr:   newIncremental(cfg.Incremental, cfg.FullEvery, cfg.Log.With("service", cfg.Name)),
 		cfg:    cfg,
 		log:    cfg.Log.With("service", cfg.Name),
 		clock:  cfg.Clock,
@@ -538,6 +555,7 @@ func (s *Supervisor) open() error {
 }
 
 func (s *Supervisor) close() {
+	s.incr.close()
 	if s.alive {
 		s.leaveNet()
 	} else {
@@ -1212,6 +1230,8 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 	var synced []checkpoint.SyncedFile
 	unsynced := s.unsynced(procs)
 	opts := s.dumpOptions(epoch, pending.Dir, final, &marks, &synced)
+	opts.TrackMem, opts.ParentDir = s.incr.prepare(procs, s.inc, pending.Dir)
+	opts.UffdWP = s.incr.uffd()
 	marks.CriuCalled = s.clock.Now()
 	stats, err := s.cfg.Criu.Dump(opts)
 	marks.CriuDone = s.clock.Now()
@@ -1228,11 +1248,9 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 		_ = pending.Abort()
 		return 0, s.checkpointFailed(epoch, err)
 	}
-	// CRIU's log (100 KiB and more at its default level) is no part of the state:
-	// it moves out of the set, so it is neither checksummed, shipped nor kept per epoch.
-	if err := os.Rename(filepath.Join(pending.Dir, checkpoint.DumpLog), s.state.path(lastDumpLog)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		s.log.Debug("keep CRIU's dump log", "err", err)
-		_ = os.Remove(filepath.Join(pending.Dir, checkpoint.DumpLog))
+	if err := s.settleDump(pending.Dir, opts.ParentDir); err != nil {
+		_ = pending.Abort()
+		return 0, s.checkpointFailed(epoch, err)
 	}
 	m := &checkpoint.Manifest{Created: s.clock.Now(), Service: s.cfg.Name, Command: s.cfg.Command, Pid: s.pid, External: ext, Stats: stats,
 		Synced: synced, Net: placementOf(s.cfg.Net), Container: true, Unsynced: unsynced, DumpStart: marks.Start}
@@ -1246,8 +1264,29 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 		}
 		return 0, s.checkpointFailed(epoch, err)
 	}
+	s.incr.committed(set.Dir, s.inc, opts.ParentDir != "")
 	marks.Committed, marks.Freezing, marks.Frozen = s.clock.Now(), stats.Freezing, stats.Frozen
 	return s.committed(set, m, stats, marks, final)
+}
+
+// settleDump readies a set CRIU has just written for its manifest: CRIU's log (100
+// KiB and more at its default level) is no part of the state and moves out of the set,
+// so it is neither checksummed, shipped nor kept per epoch; an incremental set is made
+// standalone from its parent (parent, relative to dir).
+func (s *Supervisor) settleDump(dir, parent string) error {
+	if err := os.Rename(filepath.Join(dir, checkpoint.DumpLog), s.state.path(lastDumpLog)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		s.log.Debug("keep CRIU's dump log", "err", err)
+		_ = os.Remove(filepath.Join(dir, checkpoint.DumpLog))
+	}
+	if parent == "" {
+		return nil
+	}
+	st, err := materialize(dir, parent)
+	if err != nil {
+		return fmt.Errorf("incremental dump: %w", err)
+	}
+	s.log.Debug("incremental dump made standalone", "pages_dumped", st.Dumped, "pages_from_parent", st.FromParent)
+	return nil
 }
 
 // dumpOptions are the dump of epoch into dir. Its hooks mark when CRIU announced the

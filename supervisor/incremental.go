@@ -1,0 +1,237 @@
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os/exec"
+	"path/filepath"
+
+	"github.com/ftrun/ftrun/checkpoint"
+	"github.com/ftrun/ftrun/checkpoint/dirty"
+	"github.com/ftrun/ftrun/internal/procfs"
+)
+
+// DirtyMode is how the program's written pages are told, for incremental dumps.
+type DirtyMode string
+
+const (
+	// DirtyAuto picks the first of DirtyUffdWP and DirtySoftDirty this kernel has
+	// (what `ftrun check` probes), else DirtyOff.
+	DirtyAuto DirtyMode = "auto"
+	// DirtyUffdWP: userfaultfd async write-protection, registered by ftrun in each
+	// of the program's processes, read and reset by the project's CRIU patch.
+	DirtyUffdWP DirtyMode = "uffd-wp"
+	// DirtySoftDirty: the kernel's soft-dirty bits, CRIU's own --track-mem.
+	DirtySoftDirty DirtyMode = "soft-dirty"
+	// DirtyOff: every dump is a full one.
+	DirtyOff DirtyMode = "off"
+)
+
+// DefaultFullEvery is how many dumps in a row may be incremental before a full one.
+const DefaultFullEvery = 100
+
+// ChooseDirtyMode resolves DirtyAuto for this kernel; any other mode is checked to be
+// available. The error names what is missing.
+func ChooseDirtyMode(m DirtyMode, criuPath string) (DirtyMode, error) {
+	uffd := func() error {
+		if r := dirty.Probe(); !r.OK {
+			return errors.New(r.Detail)
+		}
+		return nil
+	}
+	soft := func() error {
+		if criuPath == "" {
+			criuPath = "criu"
+		}
+		if out, err := exec.Command(criuPath, "check", "--feature", "mem_dirty_track").CombinedOutput(); err != nil {
+			return fmt.Errorf("criu check --feature mem_dirty_track: %v: %s", err, oneLine(string(out)))
+		}
+		return nil
+	}
+	return chooseDirtyMode(m, uffd, soft)
+}
+
+// chooseDirtyMode is the rule of ChooseDirtyMode, given the two probes.
+func chooseDirtyMode(m DirtyMode, uffd, soft func() error) (DirtyMode, error) {
+	switch m {
+	case DirtyOff:
+		return DirtyOff, nil
+	case DirtyUffdWP:
+		if err := uffd(); err != nil {
+			return "", fmt.Errorf("--incremental uffd-wp: this kernel cannot track written pages by write-protection (%v); use --incremental auto or off", err)
+		}
+		return DirtyUffdWP, nil
+	case DirtySoftDirty:
+		if err := soft(); err != nil {
+			return "", fmt.Errorf("--incremental soft-dirty: this kernel has no soft-dirty bits (%v); use --incremental auto or off", err)
+		}
+		return DirtySoftDirty, nil
+	case DirtyAuto, "":
+		if uffd() == nil {
+			return DirtyUffdWP, nil
+		}
+		if soft() == nil {
+			return DirtySoftDirty, nil
+		}
+		return DirtyOff, nil
+	}
+	return "", fmt.Errorf("--incremental %q: want auto, uffd-wp, soft-dirty or off", m)
+}
+
+// incremental decides which dumps may leave pages in their parent, and holds what
+// tracking needs between dumps: the set the last tracked dump produced, and (for
+// DirtyUffdWP) a userfaultfd per process of the program.
+//
+// The one invariant: a page a tracked dump finds neither written nor outside
+// tracking is unchanged since the dump that produced parent. Every dump resets
+// tracking as it ends (CRIU protects what it saved, still frozen), so parent is
+// valid only while the last dump that ran was committed, in the same incarnation;
+// anything else (a failed dump or commit, a restore, a new program) makes the next
+// dump a full one.
+type incremental struct {
+	mode      DirtyMode
+	fullEvery int
+	log       *slog.Logger
+
+	parent    string // the committed set of the last tracked dump; "" after a failure
+	parentInc int    // the incarnation it was dumped from
+	inRow     int    // incremental dumps since the last full one
+	trackers  map[int]*tracked
+	failed    map[int]bool // processes whose tracking failed, not tried again
+}
+
+type tracked struct {
+	t     *dirty.Tracker
+	start uint64
+}
+
+func newIncremental(mode DirtyMode, fullEvery int, log *slog.Logger) *incremental {
+	if fullEvery <= 0 {
+		fullEvery = DefaultFullEvery
+	}
+	return &incremental{mode: mode, fullEvery: fullEvery, log: log, trackers: map[int]*tracked{}, failed: map[int]bool{}}
+}
+
+// on says whether dumps track memory at all.
+func (inc *incremental) on() bool { return inc != nil && inc.mode != DirtyOff && inc.mode != "" }
+
+// parentFor is the rule: the set the next dump (of incarnation) may leave pages in,
+// or "" for a full one.
+func parentFor(parent string, parentInc, incarnation, inRow, fullEvery int) string {
+	if parent == "" || parentInc != incarnation || inRow >= fullEvery {
+		return ""
+	}
+	return parent
+}
+
+// prepare readies tracking for a dump of procs (the program's processes) into dir:
+// it tracks processes not tracked yet, registers their new mappings, forgets those
+// gone, and returns the options' TrackMem and ParentDir.
+func (inc *incremental) prepare(procs []int, incarnation int, dir string) (bool, string) {
+	if !inc.on() {
+		return false, ""
+	}
+	if inc.mode == DirtyUffdWP {
+		inc.track(procs)
+	}
+	parent := parentFor(inc.parent, inc.parentInc, incarnation, inc.inRow, inc.fullEvery)
+	// Until this dump commits, no set is a valid parent: it resets tracking.
+	inc.parent = ""
+	if parent == "" {
+		return true, ""
+	}
+	rel, err := filepath.Rel(dir, parent)
+	if err != nil {
+		return true, ""
+	}
+	return true, rel
+}
+
+// committed records the set a tracked dump of incarnation produced: the next dump's
+// parent. incremental says whether it left pages in its own parent.
+func (inc *incremental) committed(set string, incarnation int, incremental bool) {
+	if !inc.on() {
+		return
+	}
+	inc.parent, inc.parentInc = set, incarnation
+	if incremental {
+		inc.inRow++
+	} else {
+		inc.inRow = 0
+	}
+}
+
+// track keeps one Tracker per live process of procs.
+func (inc *incremental) track(procs []int) {
+	live := map[int]bool{}
+	for _, pid := range procs {
+		live[pid] = true
+		start, err := procStartTime(pid)
+		if err != nil {
+			continue
+		}
+		if tr, ok := inc.trackers[pid]; ok && tr.start == start {
+			if _, err := tr.t.Refresh(); err == nil {
+				continue
+			} else if !errors.Is(err, dirty.ErrGone) {
+				inc.log.Debug("register new mappings for dirty tracking", "pid", pid, "err", err)
+				continue
+			}
+		}
+		inc.forget(pid)
+		if inc.failed[pid] || !trackable(pid) {
+			continue
+		}
+		t, err := dirty.Track(pid)
+		if err != nil {
+			// Untracked memory is dumped whole: slower, never wrong.
+			inc.failed[pid] = true
+			inc.log.Warn("cannot track the written pages of a process; its memory is dumped whole every epoch", "pid", pid, "err", err)
+			continue
+		}
+		inc.trackers[pid] = &tracked{t: t, start: start}
+	}
+	for pid := range inc.trackers {
+		if !live[pid] {
+			inc.forget(pid)
+		}
+	}
+	for pid := range inc.failed {
+		if !live[pid] {
+			delete(inc.failed, pid)
+		}
+	}
+}
+
+// trackable says whether pid may be stopped for an injected syscall now: not in an
+// uninterruptible sleep (the stop would wait for it), stopped or dead.
+func trackable(pid int) bool {
+	st, err := procfs.State(pid)
+	return err == nil && (st == 'S' || st == 'R')
+}
+
+func (inc *incremental) forget(pid int) {
+	if tr, ok := inc.trackers[pid]; ok {
+		_ = tr.t.Close()
+		delete(inc.trackers, pid)
+	}
+}
+
+// close drops every tracker.
+func (inc *incremental) close() {
+	if inc == nil {
+		return
+	}
+	for pid := range inc.trackers {
+		inc.forget(pid)
+	}
+}
+
+// materialize makes the incremental set in dir standalone (see checkpoint.Materialize).
+func materialize(dir, parentRel string) (checkpoint.MaterializeStats, error) {
+	return checkpoint.Materialize(dir, filepath.Join(dir, parentRel))
+}
+
+// uffd reports whether dumps track written pages by write-protection.
+func (inc *incremental) uffd() bool { return inc.on() && inc.mode == DirtyUffdWP }
