@@ -28,8 +28,7 @@ import (
 
 // CRIU's pagemap entry flags (criu/include/pagemap.h).
 const (
-	peLazy    = 1 << 0
-	peParent  = 1 << 1
+	peParent  = 1 << 0
 	pePresent = 1 << 2
 )
 
@@ -213,11 +212,9 @@ func materializePagemap(dir, parentDir, name string) (MaterializeStats, error) {
 	}
 	inParent := false
 	for _, e := range img.entries {
-		f := entryFlags(e)
-		if f&peLazy != 0 {
-			return st, fmt.Errorf("%w: %s has lazy pages", ErrChain, name)
-		}
-		if f&peParent != 0 {
+		// PE_LAZY only says the pages may be restored lazily; they are here or in
+		// the parent all the same.
+		if entryFlags(e)&peParent != 0 {
 			inParent = true
 		} else {
 			st.Dumped += entryPages(e)
