@@ -74,7 +74,7 @@ func (s *Store) Begin(epoch uint64) (*Pending, error) {
 	}
 	dir, err := os.MkdirTemp(s.dir, tmpPrefix+epochName(epoch)+"-")
 	if err != nil {
-		return nil, wrapNoSpace(fmt.Errorf("create image dir: %w", err))
+		return nil, MarkNoSpace(fmt.Errorf("create image dir: %w", err))
 	}
 	return &Pending{Dir: dir, Epoch: epoch, store: s}, nil
 }
@@ -97,7 +97,7 @@ func (p *Pending) Commit(m *Manifest) (Set, error) {
 	set, err := p.commit(m)
 	if err != nil {
 		_ = p.Abort()
-		return Set{}, wrapNoSpace(err)
+		return Set{}, MarkNoSpace(err)
 	}
 	return set, nil
 }
@@ -155,7 +155,7 @@ func (p *Pending) commitSet(m *Manifest, written []string, durable bool) (Set, e
 	set, err := p.place(m, written, durable && !p.store.NoSync)
 	if err != nil {
 		_ = p.Abort()
-		return Set{}, wrapNoSpace(err)
+		return Set{}, MarkNoSpace(err)
 	}
 	return set, nil
 }
@@ -202,11 +202,11 @@ func (s *Store) Sync(set Set) error {
 	}
 	names, err := listFiles(set.Dir)
 	if err != nil {
-		return wrapNoSpace(fmt.Errorf("list %q: %w", set.Dir, err))
+		return MarkNoSpace(fmt.Errorf("list %q: %w", set.Dir, err))
 	}
 	for _, name := range append(names, ManifestName) {
 		if err := syncFile(filepath.Join(set.Dir, name)); err != nil {
-			return wrapNoSpace(err)
+			return MarkNoSpace(err)
 		}
 	}
 	if err := syncDir(set.Dir); err != nil {
@@ -227,8 +227,13 @@ func syncDir(dir string) error {
 	return nil
 }
 
-func wrapNoSpace(err error) error {
-	if err != nil && errors.Is(err, syscall.ENOSPC) && !errors.Is(err, ErrNoSpace) {
+// MarkNoSpace marks a lack of disk space (ENOSPC, or EDQUOT, a quota) with ErrNoSpace,
+// so one errors.Is answers "is the disk full" whichever layer failed.
+func MarkNoSpace(err error) error {
+	if err == nil || errors.Is(err, ErrNoSpace) {
+		return err
+	}
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
 		return fmt.Errorf("%w: %w", ErrNoSpace, err)
 	}
 	return err

@@ -566,9 +566,9 @@ func TestWrapNoSpace(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			got := wrapNoSpace(tc.in)
+			got := MarkNoSpace(tc.in)
 			if (got == nil) != tc.wantNil {
-				t.Fatalf("wrapNoSpace(%v) = %v", tc.in, got)
+				t.Fatalf("MarkNoSpace(%v) = %v", tc.in, got)
 			}
 			if got == nil {
 				return

@@ -2,7 +2,11 @@ package supervisor
 
 import (
 	"errors"
+	"fmt"
+	"slices"
 	"testing"
+
+	"github.com/ftrun/ftrun/checkpoint"
 )
 
 func TestParentFor(t *testing.T) {
@@ -32,10 +36,13 @@ func TestChooseDirtyMode(t *testing.T) {
 		want      DirtyMode
 		wantError bool
 	}{
-		{DirtyAuto, ok, ok, DirtyUffdWP, false},
+		{DirtyAuto, ok, ok, DirtySoftDirty, false}, // CRIU's own, where there is a choice
+		{DirtyAuto, ok, no, DirtyUffdWP, false},
 		{DirtyAuto, no, ok, DirtySoftDirty, false},
 		{DirtyAuto, no, no, DirtyOff, false},
 		{DirtyUffdWP, no, ok, "", true},
+		{DirtyUffdWP, ok, ok, "", true}, // CRIU would use the soft-dirty bits anyway
+		{DirtyUffdWP, ok, no, DirtyUffdWP, false},
 		{DirtySoftDirty, ok, no, "", true},
 		{DirtyOff, no, no, DirtyOff, false},
 		{"bogus", ok, ok, "", true},
@@ -47,15 +54,59 @@ func TestChooseDirtyMode(t *testing.T) {
 	}
 }
 
+// parentOf is the ParentDir incremental sets for a dump of incarnation into dir.
+func parentOf(inc *incremental, incarnation int, dir string) string {
+	o := checkpoint.Options{ImagesDir: dir}
+	inc.prepare(&o, nil, incarnation)
+	if !o.TrackMem {
+		return "(untracked)"
+	}
+	return o.ParentDir
+}
+
 func TestFailedDumpClearsTheParent(t *testing.T) {
 	inc := newIncremental(DirtySoftDirty, 100, nil)
+	if got := parentOf(inc, 1, "/s/1"); got != "" {
+		t.Fatalf("first dump's parent = %q, want a full dump", got)
+	}
 	inc.committed("/s/1", 1, false)
-	if _, rel := inc.prepare(nil, 1, "/s/2"); rel != "../1" {
-		t.Fatalf("second dump's parent = %q, want ../1", rel)
+	if got := parentOf(inc, 1, "/s/2"); got != "../1" {
+		t.Fatalf("second dump's parent = %q, want ../1", got)
 	}
 	// The dump into /s/2 failed: nothing was committed. The next may not lean on /s/1,
 	// whose tracking the failed dump reset.
-	if _, rel := inc.prepare(nil, 1, "/s/3"); rel != "" {
-		t.Fatalf("after a failed dump the parent = %q, want a full dump", rel)
+	if got := parentOf(inc, 1, "/s/3"); got != "" {
+		t.Fatalf("after a failed dump the parent = %q, want a full dump", got)
+	}
+	inc.committed("/s/3", 1, false)
+	// A restore since: the restored program's pages were never tracked.
+	if got := parentOf(inc, 2, "/s/4"); got != "" {
+		t.Fatalf("after a restore the parent = %q, want a full dump", got)
+	}
+}
+
+func TestAFullDumpEveryN(t *testing.T) {
+	inc := newIncremental(DirtySoftDirty, 2, nil)
+	inc.committed("/s/1", 1, false)
+	var got []string
+	for k := 2; k <= 5; k++ {
+		dir := fmt.Sprintf("/s/%d", k)
+		p := parentOf(inc, 1, dir)
+		got = append(got, p)
+		inc.committed(dir, 1, p != "")
+	}
+	want := []string{"../1", "../2", "", "../4"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("parents = %q, want %q", got, want)
+	}
+}
+
+func TestOffTracksNothing(t *testing.T) {
+	for _, m := range []DirtyMode{"", DirtyOff} {
+		inc := newIncremental(m, 100, nil)
+		inc.committed("/s/1", 1, false)
+		if got := parentOf(inc, 1, "/s/2"); got != "(untracked)" {
+			t.Errorf("mode %q: parent = %q, want no tracking", m, got)
+		}
 	}
 }

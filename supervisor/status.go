@@ -54,8 +54,11 @@ type Status struct {
 	LastCheckpointTime time.Duration                `json:"last_checkpoint_total_ns"`
 	ImageBytes         int64                        `json:"image_bytes"`
 	Checkpoints        int                          `json:"checkpoints"`
-	CheckpointFailures int                          `json:"checkpoint_failures"`
-	LastError          string                       `json:"last_error,omitempty"`
+	// IncrementalCheckpoints counts those of Checkpoints that froze the program only
+	// for the pages it wrote since the one before (--incremental).
+	IncrementalCheckpoints int    `json:"incremental_checkpoints"`
+	CheckpointFailures     int    `json:"checkpoint_failures"`
+	LastError              string `json:"last_error,omitempty"`
 	// FailingSince is the first of the checkpoints failing (or skipped) in a row now,
 	// FailingCause why the newest failed: the program is unprotected since then.
 	FailingSince   time.Time `json:"checkpoints_failing_since,omitzero"`

@@ -17,6 +17,7 @@ import (
 
 	"github.com/ftrun/ftrun/arbiter"
 	"github.com/ftrun/ftrun/checkpoint"
+	"github.com/ftrun/ftrun/checkpoint/delta"
 	"github.com/ftrun/ftrun/internal/promserve"
 	"github.com/ftrun/ftrun/supervisor/container"
 	"github.com/ftrun/ftrun/supervisor/epochs"
@@ -336,10 +337,11 @@ func New(cfg Config) (*Supervisor, error) {
 			return nil, err
 		}
 	}
+	log := cfg.Log.With("service", cfg.Name)
 	return &Supervisor{
-		incr:   newIncremental(cfg.Incremental, cfg.FullEvery, cfg.Log.With("service", cfg.Name)),
+		incr:   newIncremental(cfg.Incremental, cfg.FullEvery, log),
 		cfg:    cfg,
-		log:    cfg.Log.With("service", cfg.Name),
+		log:    log,
 		clock:  cfg.Clock,
 		ladder: NewLadder(cfg.Ladder),
 		// Buffered: the link reports every ack and must not wait for the loop, which
@@ -1230,8 +1232,7 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 	var synced []checkpoint.SyncedFile
 	unsynced := s.unsynced(procs)
 	opts := s.dumpOptions(epoch, pending.Dir, final, &marks, &synced)
-	opts.TrackMem, opts.ParentDir = s.incr.prepare(procs, s.inc, pending.Dir)
-	opts.UffdWP = s.incr.uffd()
+	s.incr.prepare(&opts, procs, s.inc)
 	marks.CriuCalled = s.clock.Now()
 	stats, err := s.cfg.Criu.Dump(opts)
 	marks.CriuDone = s.clock.Now()
@@ -1265,6 +1266,9 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 		return 0, s.checkpointFailed(epoch, err)
 	}
 	s.incr.committed(set.Dir, s.inc, opts.ParentDir != "")
+	if opts.ParentDir != "" {
+		s.st.IncrementalCheckpoints++
+	}
 	marks.Committed, marks.Freezing, marks.Frozen = s.clock.Now(), stats.Freezing, stats.Frozen
 	return s.committed(set, m, stats, marks, final)
 }
@@ -1281,7 +1285,7 @@ func (s *Supervisor) settleDump(dir, parent string) error {
 	if parent == "" {
 		return nil
 	}
-	st, err := materialize(dir, parent)
+	st, err := delta.Materialize(dir, filepath.Join(dir, parent))
 	if err != nil {
 		return fmt.Errorf("incremental dump: %w", err)
 	}

@@ -171,3 +171,23 @@ func equalU64(a, b []uint64) bool {
 	}
 	return true
 }
+
+// A real full dump has nothing in a parent: Materialize leaves every file of it as
+// CRIU wrote it, and counts its pages as dumped (CRIU marks them present and lazy).
+func TestMaterializeLeavesARealFullDumpAlone(t *testing.T) {
+	criutest.Require(t, "gcc")
+	p := startDirtier(t, 20, 16)
+	dir := filepath.Join(t.TempDir(), "full")
+	p.dump(dir)
+	before := snapshot(t, dir)
+	st, err := Materialize(dir, filepath.Join(t.TempDir(), "no-parent"))
+	if err != nil {
+		t.Fatalf("Materialize of a full dump: %v", err)
+	}
+	if st.FromParent != 0 || st.Dumped < 20<<20/PageSize {
+		t.Errorf("stats = %+v, want no page from a parent and the 20 MiB heap dumped", st)
+	}
+	if !sameFiles(before, snapshot(t, dir)) {
+		t.Error("Materialize changed a full dump")
+	}
+}

@@ -17,7 +17,7 @@ import (
 
 // Pagemap entry flags (criu/include/pagemap.h).
 const (
-	peParent  = 1 << 0 // pages are in a parent (pre-dump) image set
+	peParent  = 1 << 0 // pages are in a parent image set (an incremental dump)
 	peLazy    = 1 << 1 // pages may be restored lazily
 	pePresent = 1 << 2 // pages are in the pages-<id>.img file
 )
@@ -78,23 +78,36 @@ func decodePagemapIn(dir, name string) (*pagemapFile, []byte, error) {
 	return pm, data, err
 }
 
-// decodePagemapFunc is decodePagemap with the bound taken from the head's pages id.
-func decodePagemapFunc(data []byte, maxPages func(pagesID uint32) (uint64, error)) (*pagemapFile, error) {
+// pagemapImage is a pagemap image as CRIU wrote it: its magic words, the pages file
+// its present entries index, and its entries in order.
+type pagemapImage struct {
+	magic   []byte
+	pagesID uint32
+	entries []*pagemap.PagemapEntry
+}
+
+// readPagemapImage is crit's pagemap decoding (magic words, a PagemapHead, then
+// PagemapEntry messages, each behind a 32-bit length) over a byte slice. The messages
+// are go-criu v8's, which read CRIU 4.x's 64-bit nr_pages (field 5) correctly. The
+// entries are bounded by len(data); their page counts are the caller's to check.
+func readPagemapImage(data []byte) (*pagemapImage, error) {
 	if len(data) < 4 {
 		return nil, errNotPagemap
 	}
+	img := &pagemapImage{}
+	magicLen := 4
 	m := binary.LittleEndian.Uint32(data)
-	data = data[4:]
 	if m == magicCommon || m == magicService {
-		if len(data) < 4 {
+		if len(data) < 8 {
 			return nil, errNotPagemap
 		}
-		m = binary.LittleEndian.Uint32(data)
-		data = data[4:]
+		m = binary.LittleEndian.Uint32(data[4:])
+		magicLen = 8
 	}
 	if m != magicPagemap {
 		return nil, errNotPagemap
 	}
+	img.magic, data = data[:magicLen], data[magicLen:]
 	next := func(msg proto.Message) (bool, error) {
 		if len(data) == 0 {
 			return false, nil
@@ -116,36 +129,80 @@ func decodePagemapFunc(data []byte, maxPages func(pagesID uint32) (uint64, error
 	if ok, err := next(&head); err != nil || !ok {
 		return nil, fmt.Errorf("pagemap head: %v", orEmpty(err))
 	}
-	pm := &pagemapFile{pagesID: head.GetPagesId()}
+	img.pagesID = head.GetPagesId()
+	for {
+		e := &pagemap.PagemapEntry{}
+		ok, err := next(e)
+		if err != nil {
+			return nil, fmt.Errorf("pagemap entry %d: %w", len(img.entries), err)
+		}
+		if !ok {
+			return img, nil
+		}
+		img.entries = append(img.entries, e)
+	}
+}
+
+// encode writes img back the way CRIU does.
+func (img *pagemapImage) encode() ([]byte, error) {
+	out := append([]byte(nil), img.magic...)
+	add := func(m proto.Message) error {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			return err
+		}
+		out = binary.LittleEndian.AppendUint32(out, uint32(len(b)))
+		out = append(out, b...)
+		return nil
+	}
+	if err := add(&pagemap.PagemapHead{PagesId: proto.Uint32(img.pagesID)}); err != nil {
+		return nil, err
+	}
+	for _, e := range img.entries {
+		if err := add(e); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// entryPages is an entry's page count: CRIU 4.x writes it in nr_pages, older images
+// only in compat_nr_pages.
+func entryPages(e *pagemap.PagemapEntry) uint64 {
+	if e.NrPages == nil {
+		return uint64(e.GetCompatNrPages())
+	}
+	return e.GetNrPages()
+}
+
+// entryFlags is an entry's flags; images older than the flags field get them the way
+// CRIU infers them.
+func entryFlags(e *pagemap.PagemapEntry) uint32 {
+	if e.Flags != nil {
+		return e.GetFlags()
+	}
+	if e.GetInParent() {
+		return peParent
+	}
+	return pePresent
+}
+
+// decodePagemapFunc is decodePagemap with the bound taken from the head's pages id.
+func decodePagemapFunc(data []byte, maxPages func(pagesID uint32) (uint64, error)) (*pagemapFile, error) {
+	img, err := readPagemapImage(data)
+	if err != nil {
+		return nil, err
+	}
+	pm := &pagemapFile{pagesID: img.pagesID}
 	limit, err := maxPages(pm.pagesID)
 	if err != nil {
 		return nil, err
 	}
 	var total uint64
-	for {
-		var e pagemap.PagemapEntry
-		ok, err := next(&e)
-		if err != nil {
-			return nil, fmt.Errorf("pagemap entry %d: %w", len(pm.present), err)
-		}
-		if !ok {
-			return pm, nil
-		}
-		// CRIU 4.x writes the count in nr_pages; older images only in compat_nr_pages.
-		n := e.GetNrPages()
-		if e.NrPages == nil {
-			n = uint64(e.GetCompatNrPages())
-		}
-		flags := e.GetFlags()
-		if e.Flags == nil {
-			// Images older than the flags field: CRIU infers them the same way.
-			flags = pePresent
-			if e.GetInParent() {
-				flags = peParent
-			}
-		}
+	for _, e := range img.entries {
+		n, flags := entryPages(e), entryFlags(e)
 		if flags&peParent != 0 {
-			return nil, fmt.Errorf("entry at 0x%x has pages in a parent image set (pre-dump images are not supported)", e.GetVaddr())
+			return nil, fmt.Errorf("entry at 0x%x has pages in a parent image set (incremental sets are made standalone before they are shipped)", e.GetVaddr())
 		}
 		if flags&pePresent == 0 {
 			continue
@@ -164,6 +221,7 @@ func decodePagemapFunc(data []byte, maxPages func(pagesID uint32) (uint64, error
 			pm.present = append(pm.present, e.GetVaddr()+i*PageSize)
 		}
 	}
+	return pm, nil
 }
 
 func orEmpty(err error) error {

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/ftrun/ftrun/checkpoint"
 	"github.com/ftrun/ftrun/transport/auth"
 )
 
@@ -81,10 +82,10 @@ func (qs *quotas) claim(id auth.Identity, service string) (release func(), err e
 		}
 		dir := filepath.Join(qs.root, service)
 		if err := mkdir(dir); err != nil {
-			return nil, fmt.Errorf("standby: service %q: %w", service, noSpace(err))
+			return nil, fmt.Errorf("standby: service %q: %w", service, checkpoint.MarkNoSpace(err))
 		}
 		if err := writeOwner(dir, id.Name); err != nil {
-			return nil, fmt.Errorf("standby: service %q: %w", service, noSpace(err))
+			return nil, fmt.Errorf("standby: service %q: %w", service, checkpoint.MarkNoSpace(err))
 		}
 		qs.owner[service] = id.Name
 	}

@@ -58,7 +58,7 @@ func badBase(format string, args ...any) *epochError {
 // up (the primary keeps its base), a corrupt set needs a full epoch, anything else
 // is the standby's own problem.
 func classify(what string, err error) *epochError {
-	err = fmt.Errorf("%s: %w", what, noSpace(err))
+	err = fmt.Errorf("%s: %w", what, checkpoint.MarkNoSpace(err))
 	switch {
 	case errors.Is(err, checkpoint.ErrNoSpace):
 		return &epochError{code: frame.NackDiskFull, err: err}

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
-	"syscall"
 
 	"github.com/ftrun/ftrun/checkpoint"
 	"github.com/ftrun/ftrun/checkpoint/delta"
@@ -103,18 +102,6 @@ func mkdir(dir string) error {
 	return os.Chmod(dir, 0o700)
 }
 
-// noSpace marks a lack of disk space with checkpoint.ErrNoSpace, so one errors.Is
-// answers "is this worth a NackDiskFull" whichever layer failed.
-func noSpace(err error) error {
-	if err == nil || errors.Is(err, checkpoint.ErrNoSpace) {
-		return err
-	}
-	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
-		return fmt.Errorf("%w: %w", checkpoint.ErrNoSpace, err)
-	}
-	return err
-}
-
 // service returns the state of name, opening its directory on first use.
 func (s *Store) service(name string) (*service, error) {
 	if err := svcname.Check(name); err != nil {
@@ -127,7 +114,7 @@ func (s *Store) service(name string) (*service, error) {
 	}
 	dir := filepath.Join(s.root, name)
 	if err := mkdir(dir); err != nil {
-		return nil, fmt.Errorf("standby: service %q: %w", name, noSpace(err))
+		return nil, fmt.Errorf("standby: service %q: %w", name, checkpoint.MarkNoSpace(err))
 	}
 	cs, err := checkpoint.OpenStore(filepath.Join(dir, epochsDir))
 	if err != nil {
