@@ -97,9 +97,6 @@ type Options struct {
 	// The set is incremental until Materialize makes it standalone.
 	TrackMem  bool
 	ParentDir string
-	// UffdWP, with TrackMem, selects the write-protection tracking even where the
-	// kernel has soft-dirty bits; without it CRIU uses soft-dirty bits.
-	UffdWP bool
 	// Enter, when set, runs CRIU from inside the program's network namespace (it calls
 	// its argument on a thread set into that namespace): CRIU must share the program's
 	// network namespace, or it would try to dump the namespace itself.
@@ -185,13 +182,6 @@ func (o Options) rpcOpts(imagesFd, workFd int, logFile string) *rpc.CriuOpts {
 	}
 	return opts
 }
-
-// DirtyTrackEnv and DirtyTrackUffdWP select CRIU's dirty-page tracking by
-// userfaultfd write-protection, which the project's CRIU patch adds.
-const (
-	DirtyTrackEnv    = "CRIU_DIRTY_TRACK"
-	DirtyTrackUffdWP = "uffd-wp"
-)
 
 // DumpStats is what CRIU measured of one dump.
 type DumpStats struct {
@@ -291,14 +281,6 @@ func (c *Criu) Dump(o Options) (DumpStats, error) {
 		return DumpStats{}, err
 	}
 	defer closeWork(work)
-	// Read by the project's CRIU patch (scripts/criu-patches/0003-*) in the swrk
-	// helper, which inherits this environment: track written pages with userfaultfd
-	// write-protection rather than soft-dirty bits.
-	if o.TrackMem && o.UffdWP {
-		os.Setenv(DirtyTrackEnv, DirtyTrackUffdWP)
-	} else {
-		os.Unsetenv(DirtyTrackEnv)
-	}
 	cl := c.client()
 	var nfy criu.Notify
 	if o.PostDump != nil || o.PreDump != nil {

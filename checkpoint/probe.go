@@ -154,12 +154,11 @@ func (p Prober) Probe() []Finding {
 		fs = append(fs, Finding{Name: "criu check", Required: true, Detail: firstLine(lastErrorOr(out)),
 			Fix: "`criu check -v4` names what is missing: a kernel feature, or (in a chroot or container) the host's whole mount tree"})
 	}
-	out, err = p.run("check", "--feature", "mem_dirty_track")
-	if err == nil {
-		fs = append(fs, Finding{Name: "memory dirty tracking", OK: true, Detail: "soft-dirty available: CRIU tracks changed pages"})
+	if err := p.SoftDirty(); err == nil {
+		fs = append(fs, Finding{Name: "memory dirty tracking", OK: true, Detail: "soft-dirty available: CRIU tracks changed pages (--incremental soft-dirty)"})
 	} else {
-		fs = append(fs, Finding{Name: "memory dirty tracking", OK: false, Detail: "unavailable (" + firstLine(lastErrorOr(out)) + ")",
-			Fix: "optional: ftrun hashes pages of full dumps instead (CONFIG_MEM_SOFT_DIRTY enables CRIU's own tracking)"})
+		fs = append(fs, Finding{Name: "memory dirty tracking", OK: false, Detail: "unavailable (" + err.Error() + ")",
+			Fix: "optional: --incremental uffd-wp tracks written pages without it; CONFIG_MEM_SOFT_DIRTY enables CRIU's own tracking"})
 	}
 	fs = append(fs, writeProtectFinding(dirty.Probe()))
 	if p.NFTablesLock() {
@@ -243,6 +242,15 @@ func kdatFinding(dir string, tmpfs bool) Finding {
 
 // NFTablesLock reports whether CRIU can lock TCP connections with nftables, in its
 // own process, rather than by running iptables-restore twice per dump.
+// SoftDirty says why the kernel cannot give CRIU soft-dirty bits (nil: it can).
+func (p Prober) SoftDirty() error {
+	out, err := p.run("check", "--feature", "mem_dirty_track")
+	if err != nil {
+		return errors.New(firstLine(lastErrorOr(out)))
+	}
+	return nil
+}
+
 func (p Prober) NFTablesLock() bool {
 	_, err := p.run("check", "--feature", "network_lock_nftables")
 	return err == nil
@@ -277,6 +285,6 @@ func writeProtectFinding(r dirty.ProbeResult) Finding {
 			Fix: "optional: Linux 6.7 or later has userfaultfd async write-protection and PAGEMAP_SCAN"}
 	}
 	return Finding{Name: "write-protect tracking", OK: true,
-		Detail: fmt.Sprintf("%s (protect %s, scan %s; epochs still dump in full)", r.Detail,
+		Detail: fmt.Sprintf("%s (protect %s, scan %s; --incremental uffd-wp uses it)", r.Detail,
 			r.Protect.Round(time.Microsecond), r.Scan.Round(time.Microsecond))}
 }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os/exec"
 	"path/filepath"
 
 	"github.com/ftrun/ftrun/checkpoint"
@@ -16,11 +15,12 @@ import (
 type DirtyMode string
 
 const (
-	// DirtyAuto picks the first of DirtyUffdWP and DirtySoftDirty this kernel has
+	// DirtyAuto picks the first of DirtySoftDirty and DirtyUffdWP this kernel has
 	// (what `ftrun check` probes), else DirtyOff.
 	DirtyAuto DirtyMode = "auto"
 	// DirtyUffdWP: userfaultfd async write-protection, registered by ftrun in each
-	// of the program's processes, read and reset by the project's CRIU patch.
+	// of the program's processes, read and reset by the project's CRIU patch, which
+	// uses it exactly where the kernel has no soft-dirty bits.
 	DirtyUffdWP DirtyMode = "uffd-wp"
 	// DirtySoftDirty: the kernel's soft-dirty bits, CRIU's own --track-mem.
 	DirtySoftDirty DirtyMode = "soft-dirty"
@@ -40,16 +40,7 @@ func ChooseDirtyMode(m DirtyMode, criuPath string) (DirtyMode, error) {
 		}
 		return nil
 	}
-	soft := func() error {
-		if criuPath == "" {
-			criuPath = "criu"
-		}
-		if out, err := exec.Command(criuPath, "check", "--feature", "mem_dirty_track").CombinedOutput(); err != nil {
-			return fmt.Errorf("criu check --feature mem_dirty_track: %v: %s", err, oneLine(string(out)))
-		}
-		return nil
-	}
-	return chooseDirtyMode(m, uffd, soft)
+	return chooseDirtyMode(m, uffd, checkpoint.Prober{Path: criuPath}.SoftDirty)
 }
 
 // chooseDirtyMode is the rule of ChooseDirtyMode, given the two probes.
@@ -58,6 +49,9 @@ func chooseDirtyMode(m DirtyMode, uffd, soft func() error) (DirtyMode, error) {
 	case DirtyOff:
 		return DirtyOff, nil
 	case DirtyUffdWP:
+		if soft() == nil {
+			return "", errors.New("--incremental uffd-wp: this kernel has soft-dirty bits, which CRIU uses instead; use --incremental soft-dirty or auto")
+		}
 		if err := uffd(); err != nil {
 			return "", fmt.Errorf("--incremental uffd-wp: this kernel cannot track written pages by write-protection (%v); use --incremental auto or off", err)
 		}
@@ -68,11 +62,11 @@ func chooseDirtyMode(m DirtyMode, uffd, soft func() error) (DirtyMode, error) {
 		}
 		return DirtySoftDirty, nil
 	case DirtyAuto, "":
-		if uffd() == nil {
-			return DirtyUffdWP, nil
-		}
 		if soft() == nil {
 			return DirtySoftDirty, nil
+		}
+		if uffd() == nil {
+			return DirtyUffdWP, nil
 		}
 		return DirtyOff, nil
 	}
@@ -125,13 +119,14 @@ func parentFor(parent string, parentInc, incarnation, inRow, fullEvery int) stri
 	return parent
 }
 
-// prepare readies tracking for a dump of procs (the program's processes) into dir:
-// it tracks processes not tracked yet, registers their new mappings, forgets those
-// gone, and returns the options' TrackMem and ParentDir.
-func (inc *incremental) prepare(procs []int, incarnation int, dir string) (bool, string) {
+// prepare readies tracking for the dump o of procs (the program's processes): it
+// tracks processes not tracked yet, registers their new mappings, forgets those gone,
+// and sets o's TrackMem and ParentDir.
+func (inc *incremental) prepare(o *checkpoint.Options, procs []int, incarnation int) {
 	if !inc.on() {
-		return false, ""
+		return
 	}
+	o.TrackMem = true
 	if inc.mode == DirtyUffdWP {
 		inc.track(procs)
 	}
@@ -139,13 +134,11 @@ func (inc *incremental) prepare(procs []int, incarnation int, dir string) (bool,
 	// Until this dump commits, no set is a valid parent: it resets tracking.
 	inc.parent = ""
 	if parent == "" {
-		return true, ""
+		return
 	}
-	rel, err := filepath.Rel(dir, parent)
-	if err != nil {
-		return true, ""
+	if rel, err := filepath.Rel(o.ImagesDir, parent); err == nil {
+		o.ParentDir = rel
 	}
-	return true, rel
 }
 
 // committed records the set a tracked dump of incarnation produced: the next dump's
@@ -227,11 +220,3 @@ func (inc *incremental) close() {
 		inc.forget(pid)
 	}
 }
-
-// materialize makes the incremental set in dir standalone (see checkpoint.Materialize).
-func materialize(dir, parentRel string) (checkpoint.MaterializeStats, error) {
-	return checkpoint.Materialize(dir, filepath.Join(dir, parentRel))
-}
-
-// uffd reports whether dumps track written pages by write-protection.
-func (inc *incremental) uffd() bool { return inc.on() && inc.mode == DirtyUffdWP }

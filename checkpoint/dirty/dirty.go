@@ -4,8 +4,7 @@
 // Two kernel mechanisms can say it. Soft-dirty bits (CONFIG_MEM_SOFT_DIRTY, read from
 // /proc/PID/pagemap, reset through /proc/PID/clear_refs) are what CRIU's own
 // --track-mem uses; many current kernels are built without them. Userfaultfd
-// write-protection in async mode (UFFD_FEATURE_WP_ASYNC with WP_UNPOPULATED, Linux
-// 6.7) with the PAGEMAP_SCAN ioctl on /proc/PID/pagemap does the same exactly: a
+// write-protection in async mode (UFFD_FEATURE_WP_ASYNC, Linux 6.7) with the PAGEMAP_SCAN ioctl on /proc/PID/pagemap does the same exactly: a
 // registered range is write-protected, the first write to a page lifts its protection
 // without a fault reaching anybody, and one PAGEMAP_SCAN with PM_SCAN_WP_MATCHING
 // returns the pages written and protects them again in the same walk.
@@ -32,15 +31,14 @@ import (
 
 // The userfaultfd ABI (include/uapi/linux/userfaultfd.h).
 const (
-	uffdAPI             = 0xAA
-	uffdUserModeOnly    = 1
-	uffdioAPI           = 0xc018aa3f // _IOWR(0xAA, 0x3F, struct uffdio_api)
-	uffdioRegister      = 0xc020aa00 // _IOWR(0xAA, 0x00, struct uffdio_register)
-	uffdioWriteprotect  = 0xc018aa06 // _IOWR(0xAA, 0x06, struct uffdio_writeprotect)
-	uffdRegisterModeWP  = 1 << 1
-	uffdWriteprotectWP  = 1 << 0
-	featureWPUnpopulate = 1 << 13
-	featureWPAsync      = 1 << 15
+	uffdAPI            = 0xAA
+	uffdUserModeOnly   = 1
+	uffdioAPI          = 0xc018aa3f // _IOWR(0xAA, 0x3F, struct uffdio_api)
+	uffdioRegister     = 0xc020aa00 // _IOWR(0xAA, 0x00, struct uffdio_register)
+	uffdioWriteprotect = 0xc018aa06 // _IOWR(0xAA, 0x06, struct uffdio_writeprotect)
+	uffdRegisterModeWP = 1 << 1
+	uffdWriteprotectWP = 1 << 0
+	featureWPAsync     = 1 << 15
 )
 
 // The PAGEMAP_SCAN ABI (include/uapi/linux/fs.h, Linux 6.7).
@@ -111,10 +109,15 @@ func NewUffd() (int, error) {
 
 // Handshake enables async write-protection on a fresh userfaultfd (UFFDIO_API). It
 // is done once per fd, by whoever holds it.
+//
+// Without WP_UNPOPULATED: with it, protecting a range also puts a marker in pages
+// never touched, which PAGEMAP_SCAN reports as swapped and not written, and a dump
+// would look for them in its parent. Without it an untouched page stays absent, and
+// its first write maps it unprotected, so it is found written all the same.
 func Handshake(uffd int) error {
-	api := uffdioAPIArg{API: uffdAPI, Features: featureWPAsync | featureWPUnpopulate}
+	api := uffdioAPIArg{API: uffdAPI, Features: featureWPAsync}
 	if _, err := ioctl(uffd, uffdioAPI, unsafe.Pointer(&api)); err != nil {
-		return fmt.Errorf("%w: UFFDIO_API with WP_ASYNC|WP_UNPOPULATED: %v (Linux 6.7 or later needed)", ErrUnsupported, err)
+		return fmt.Errorf("%w: UFFDIO_API with WP_ASYNC: %v (Linux 6.7 or later needed)", ErrUnsupported, err)
 	}
 	return nil
 }

@@ -20,7 +20,7 @@ type ProbeResult struct {
 
 // probePages is the size of the probe's region, and probeWrites the pages it writes
 // after the region was protected: a run of two, single pages, one never touched
-// before (WP_UNPOPULATED's case) and the last page.
+// before (mapped by its first write) and the last page.
 const probePages = 64
 
 var probeWrites = []int{3, 17, 18, 40, 50, probePages - 1}
