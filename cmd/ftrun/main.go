@@ -145,6 +145,8 @@ func runCmd() *cli.Command {
 			&cli.IntFlag{Name: "health-threshold", Value: 3, Usage: "consecutive failed probes that mean the program hangs", EnvVars: env("HEALTH_THRESHOLD")},
 			&cli.DurationFlag{Name: "health-start-period", Value: 0, Usage: "grace after each (re)start before failures count", EnvVars: env("HEALTH_START_PERIOD")},
 			&cli.StringFlag{Name: "criu", Usage: "criu binary (default: from PATH)", EnvVars: env("CRIU")},
+			&cli.StringFlag{Name: "incremental", Value: string(supervisor.DirtyOff), Usage: "incremental checkpoints, which freeze the program only for the pages it wrote since the last one: auto (soft-dirty bits, else userfaultfd write-protection, else off; see `ftrun check`), soft-dirty, uffd-wp or off", EnvVars: env("INCREMENTAL")},
+			&cli.IntFlag{Name: "full-every", Value: supervisor.DefaultFullEvery, Usage: "with --incremental: a full checkpoint after this many incremental ones", EnvVars: env("FULL_EVERY")},
 			&cli.DurationFlag{Name: "criu-timeout", Value: 10 * time.Second, Usage: "how long CRIU may take to freeze the program", EnvVars: env("CRIU_TIMEOUT")},
 			dumpTimeoutFlag(), restoreTimeoutFlag(),
 			&cli.DurationFlag{Name: "stop-timeout", Value: supervisor.DefaultStopTimeout, Usage: "on stop without a final checkpoint: time between SIGTERM to the program and SIGKILL", EnvVars: env("STOP_TIMEOUT")},
@@ -269,6 +271,7 @@ func runCmd() *cli.Command {
 				Health: health, Criu: criu, CriuTimeout: c.Duration("criu-timeout"), NoSync: c.Bool("no-sync"),
 				StopTimeout: c.Duration("stop-timeout"), ExtraFiles: extra, ListenFds: listen,
 				Log: log, User: c.String("user"),
+				Incremental: supervisor.DirtyMode(c.String("incremental")), FullEvery: c.Int("full-every"),
 			})
 			if err != nil {
 				return usage("%v", err)
@@ -381,6 +384,8 @@ func standbyCmd() *cli.Command {
 			arbiterFlag(),
 			bridgeFlag(),
 			&cli.StringFlag{Name: "criu", Usage: "criu binary (default: from PATH)", EnvVars: env("CRIU")},
+			&cli.StringFlag{Name: "incremental", Value: string(supervisor.DirtyOff), Usage: "incremental checkpoints, which freeze the program only for the pages it wrote since the last one: auto (soft-dirty bits, else userfaultfd write-protection, else off; see `ftrun check`), soft-dirty, uffd-wp or off", EnvVars: env("INCREMENTAL")},
+			&cli.IntFlag{Name: "full-every", Value: supervisor.DefaultFullEvery, Usage: "with --incremental: a full checkpoint after this many incremental ones", EnvVars: env("FULL_EVERY")},
 			dumpTimeoutFlag(), restoreTimeoutFlag(),
 			&cli.StringFlag{Name: "metrics", Usage: "ADDR (e.g. :9465) to serve Prometheus metrics on, one series per service, at /metrics", EnvVars: env("METRICS")},
 			&cli.IntFlag{Name: "max-unauthenticated", Value: standby.DefaultMaxUnauthenticated, Usage: "connections not yet past TLS and Hello, in all (more are closed at once; reaching it stops take-overs while it lasts)", EnvVars: env("MAX_UNAUTHENTICATED")},
@@ -619,7 +624,7 @@ func printStatus(st supervisor.Status) {
 		{"epoch", fmt.Sprint(st.Epoch)}, {"last checkpoint", age},
 		{"last frozen time", st.LastFrozen.String()}, {"last checkpoint took", st.LastCheckpointTime.Round(time.Microsecond).String()},
 		{"image size", humanBytes(st.ImageBytes)},
-		{"checkpoints", fmt.Sprintf("%d ok, %d failed", st.Checkpoints, st.CheckpointFailures)},
+		{"checkpoints", fmt.Sprintf("%d ok (%d incremental), %d failed", st.Checkpoints, st.IncrementalCheckpoints, st.CheckpointFailures)},
 		{"restores", fmt.Sprint(st.Restores)}, {"fresh starts", fmt.Sprint(st.FreshStarts)},
 		{"adoptions", fmt.Sprint(st.Adoptions)}, {"health failures", fmt.Sprint(st.HealthFailures)},
 		{"state dir", st.StateDir},

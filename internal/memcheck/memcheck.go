@@ -19,6 +19,9 @@ import (
 	"strconv"
 )
 
+// HeapPages is the size of the program's heap in pages (HEAP_PAGES in Source).
+const HeapPages = 1024
+
 // Source is the program. Its first line of output is "memcheck heap 0xADDR" (where
 // the heap is, for a test that damages it on purpose), then "round N HASH" per round.
 const Source = `

@@ -1,6 +1,10 @@
 package memcheck
 
-import "testing"
+import (
+	"fmt"
+	"strings"
+	"testing"
+)
 
 func TestReadFindsRepeatsAndMismatches(t *testing.T) {
 	out := "memcheck heap 0x7f00001000\n" +
@@ -12,5 +16,11 @@ func TestReadFindsRepeatsAndMismatches(t *testing.T) {
 	}
 	if Heap(out) != 0x7f00001000 {
 		t.Fatalf("heap %#x", Heap(out))
+	}
+}
+
+func TestHeapPagesIsTheSources(t *testing.T) {
+	if !strings.Contains(Source, fmt.Sprintf("#define HEAP_PAGES %d\n", HeapPages)) {
+		t.Fatalf("Source does not define HEAP_PAGES as %d", HeapPages)
 	}
 }
