@@ -31,6 +31,7 @@ type Scenario struct {
 func Scenarios() []Scenario {
 	return []Scenario{
 		{Name: "frozen", Title: "Frozen time vs program size", Tools: []string{"redis-server"}, Run: Frozen},
+		{Name: "incremental", Title: "Frozen time of an incremental checkpoint", Tools: []string{"redis-server"}, Run: Incremental},
 		{Name: "shipped", Title: "Bytes shipped vs pages dirtied", Tools: []string{"gcc"}, Run: Shipped},
 		{Name: "restart", Title: "Plain restart vs ftrun", Tools: []string{"redis-server"}, Run: Restart},
 		{Name: "failover", Title: "Failover as seen by a client", Tools: []string{"redis-server", "iptables"}, Run: Failover},

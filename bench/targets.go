@@ -28,6 +28,9 @@ var (
 	TargetFiftyClients = Target{Name: "throughput, 50 closed-loop clients", Limit: 1000, Unit: "req/s", AtLeast: true}
 	// TargetFrozen is ftrun's frozen time over the `criu dump` command line's, same program.
 	TargetFrozen = Target{Name: "frozen time, ftrun / criu dump CLI", Limit: 1.3, Unit: "x"}
+	// TargetIncrementalFrozen is the frozen time of an incremental checkpoint, about
+	// 1 % of pages written, over a full `criu dump` of the same program.
+	TargetIncrementalFrozen = Target{Name: "frozen time, incremental / full criu dump", Limit: 0.1, Unit: "x"}
 	// TargetScaleP99 is the worst commit p99 of the primaries sharing one standby over
 	// the p99 of one primary alone.
 	TargetScaleP99 = Target{Name: "commit p99, primaries on one standby / one alone", Limit: 2, Unit: "x"}
