@@ -37,21 +37,8 @@ func Frozen(ctx context.Context, env Env) (sec Section, err error) {
 		"and is not part of either figure. Medians.", reps)}
 	defer func() { frozenReport(&sec, rows) }()
 
-	port, err := FreePort()
+	svc, addr, err := onDemandRedis(ctx, env, "-frozen")
 	if err != nil {
-		return sec, err
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	data, err := env.Dir("redis")
-	if err != nil {
-		return sec, err
-	}
-	svc, err := env.RunFtrun(env.Name("-frozen"), "", []string{"--interval", "1h", "--discard", "--no-final-checkpoint"},
-		RedisArgs("127.0.0.1", port, data)...)
-	if err != nil {
-		return sec, err
-	}
-	if _, err := svc.WaitFor(ctx, "redis running", 30*time.Second, func(s supervisor.Status) bool { return s.Pid > 0 && s.State == supervisor.StateRunning }); err != nil {
 		return sec, err
 	}
 	for _, mb := range sizes {
@@ -81,6 +68,28 @@ func Frozen(ctx context.Context, env Env) (sec Section, err error) {
 			mb, row.ImageMiB, Median(row.FtrunFrozen), Median(row.CLIFrozen), Median(row.FtrunTotal), Median(row.CLITotal))
 	}
 	return sec, nil
+}
+
+// onDemandRedis runs redis-server on the host's loopback under `ftrun run`, with
+// checkpoints only on demand, and returns it once it runs, with its address.
+func onDemandRedis(ctx context.Context, env Env, label string, flags ...string) (*Service, string, error) {
+	port, err := FreePort()
+	if err != nil {
+		return nil, "", err
+	}
+	data, err := env.Dir("redis")
+	if err != nil {
+		return nil, "", err
+	}
+	svc, err := env.RunFtrun(env.Name(label), "", append([]string{"--interval", "1h", "--discard", "--no-final-checkpoint"}, flags...),
+		RedisArgs("127.0.0.1", port, data)...)
+	if err != nil {
+		return nil, "", err
+	}
+	if _, err := svc.WaitFor(ctx, "redis running", 30*time.Second, func(s supervisor.Status) bool { return s.Pid > 0 && s.State == supervisor.StateRunning }); err != nil {
+		return nil, "", err
+	}
+	return svc, fmt.Sprintf("127.0.0.1:%d", port), nil
 }
 
 func frozenFtrun(ctx context.Context, svc *Service, row *FrozenRow) error {

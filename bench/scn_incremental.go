@@ -7,8 +7,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"time"
-
-	"github.com/ftrun/ftrun/supervisor"
 )
 
 // Incremental measures how long an incremental checkpoint freezes redis when about 1 %
@@ -27,21 +25,8 @@ func Incremental(ctx context.Context, env Env) (sec Section, err error) {
 		"incremental checkpoint includes making the set standalone (its unchanged pages copied from the parent, off the frozen time).", mb, reps)}
 	defer func() { incrementalReport(&sec, row) }()
 
-	port, err := FreePort()
+	svc, addr, err := onDemandRedis(ctx, env, "-incremental", "--incremental", "auto", "--full-every", "1000")
 	if err != nil {
-		return sec, err
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	data, err := env.Dir("redis")
-	if err != nil {
-		return sec, err
-	}
-	svc, err := env.RunFtrun(env.Name("-incremental"), "", []string{"--interval", "1h", "--discard", "--no-final-checkpoint",
-		"--incremental", "auto", "--full-every", "1000"}, RedisArgs("127.0.0.1", port, data)...)
-	if err != nil {
-		return sec, err
-	}
-	if _, err := svc.WaitFor(ctx, "redis running", 30*time.Second, func(s supervisor.Status) bool { return s.Pid > 0 && s.State == supervisor.StateRunning }); err != nil {
 		return sec, err
 	}
 	if err := Populate(ctx, "", addr, mb); err != nil {
