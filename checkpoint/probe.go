@@ -182,15 +182,37 @@ const PatchesGitID = "ftrun-patches-"
 
 // RlimitsFromProc reports whether the CRIU whose `--version` printed out reads a
 // task's rlimits from /proc when prlimit64() is refused (the project's first patch).
-func RlimitsFromProc(out string) bool {
+func RlimitsFromProc(out string) bool { return patchLevel(out) >= 1 }
+
+// UffdWPTracking reports whether the CRIU whose `--version` printed out tracks dirty
+// pages by userfaultfd write-protection where soft-dirty bits are missing, as ftrun
+// registers it (the project's patch 0003, in the form of patch set 7).
+func UffdWPTracking(out string) bool { return patchLevel(out) >= 7 }
+
+// patchLevel is the number of the project's patch set in a `criu --version` output
+// (0: not built with them).
+func patchLevel(out string) int {
 	for _, l := range strings.Split(out, "\n") {
 		if n, ok := strings.CutPrefix(strings.TrimSpace(l), "GitID: "+PatchesGitID); ok {
-			if v, err := strconv.Atoi(n); err == nil && v >= 1 {
-				return true
+			if v, err := strconv.Atoi(n); err == nil {
+				return v
 			}
 		}
 	}
-	return false
+	return 0
+}
+
+// UffdWP says why the CRIU at p cannot take incremental dumps tracked by userfaultfd
+// write-protection (nil: it can).
+func (p Prober) UffdWP() error {
+	out, err := p.run("--version")
+	if err != nil {
+		return fmt.Errorf("criu --version: %w", err)
+	}
+	if !UffdWPTracking(out) {
+		return fmt.Errorf("this CRIU (%s) lacks the project's write-protection patch: run scripts/setup", strings.ReplaceAll(strings.TrimSpace(out), "\n", ", "))
+	}
+	return nil
 }
 
 // hasCapability reports whether ftrun's bounding set holds capability c: root without

@@ -360,6 +360,21 @@ func TestRlimitsFromProc(t *testing.T) {
 	}
 }
 
+// Patch set 5 selected the write-protection tracking by an environment variable
+// ftrun no longer sets: with it every incremental dump would fail.
+func TestUffdWPTracking(t *testing.T) {
+	for out, want := range map[string]bool{
+		"Version: 4.2.1\n":                          false,
+		"Version: 4.2.1\nGitID: ftrun-patches-5\n":  false,
+		"Version: 4.2.1\nGitID: ftrun-patches-7\n":  true,
+		"Version: 4.2.1\nGitID: ftrun-patches-12\n": true,
+	} {
+		if got := UffdWPTracking(out); got != want {
+			t.Errorf("UffdWPTracking(%q) = %v, want %v", out, got, want)
+		}
+	}
+}
+
 func TestOtherUIDFinding(t *testing.T) {
 	if f := otherUIDFinding(true, false); !f.OK {
 		t.Errorf("with CAP_SYS_RESOURCE: %+v", f)

@@ -38,7 +38,7 @@ func ChooseDirtyMode(m DirtyMode, criuPath string) (DirtyMode, error) {
 		if r := dirty.Probe(); !r.OK {
 			return errors.New(r.Detail)
 		}
-		return nil
+		return checkpoint.Prober{Path: criuPath}.UffdWP()
 	}
 	return chooseDirtyMode(m, uffd, checkpoint.Prober{Path: criuPath}.SoftDirty)
 }
@@ -121,23 +121,34 @@ func parentFor(parent string, parentInc, incarnation, inRow, fullEvery int) stri
 
 // prepare readies tracking for the dump o of procs (the program's processes): it
 // tracks processes not tracked yet, registers their new mappings, forgets those gone,
-// and sets o's TrackMem and ParentDir.
-func (inc *incremental) prepare(o *checkpoint.Options, procs []int, incarnation int) {
-	if !inc.on() {
+// and sets o's TrackMem and ParentDir. The final dump, after which the program is
+// gone, is a full one: nothing may stand between it and a standalone set.
+func (inc *incremental) prepare(o *checkpoint.Options, procs []int, incarnation int, final bool) {
+	if !inc.on() || final {
 		return
 	}
-	o.TrackMem = true
 	if inc.mode == DirtyUffdWP {
 		inc.track(procs)
+		if !inc.on() { // a process is under another's write-protection
+			return
+		}
 	}
+	o.TrackMem = true
 	parent := parentFor(inc.parent, inc.parentInc, incarnation, inc.inRow, inc.fullEvery)
 	// Until this dump commits, no set is a valid parent: it resets tracking.
-	inc.parent = ""
+	inc.dropParent()
 	if parent == "" {
 		return
 	}
 	if rel, err := filepath.Rel(o.ImagesDir, parent); err == nil {
 		o.ParentDir = rel
+	}
+}
+
+// dropParent makes the next dump a full one.
+func (inc *incremental) dropParent() {
+	if inc != nil {
+		inc.parent = ""
 	}
 }
 
@@ -165,9 +176,14 @@ func (inc *incremental) track(procs []int) {
 			continue
 		}
 		if tr, ok := inc.trackers[pid]; ok && tr.start == start {
-			if _, err := tr.t.Refresh(); err == nil {
+			_, err := tr.t.Refresh()
+			switch {
+			case err == nil:
 				continue
-			} else if !errors.Is(err, dirty.ErrGone) {
+			case errors.Is(err, dirty.ErrForeign):
+				inc.stop(err)
+				return
+			case !errors.Is(err, dirty.ErrGone):
 				inc.log.Debug("register new mappings for dirty tracking", "pid", pid, "err", err)
 				continue
 			}
@@ -177,6 +193,10 @@ func (inc *incremental) track(procs []int) {
 			continue
 		}
 		t, err := dirty.Track(pid)
+		if errors.Is(err, dirty.ErrForeign) {
+			inc.stop(err)
+			return
+		}
 		if err != nil {
 			// Untracked memory is dumped whole: slower, never wrong.
 			inc.failed[pid] = true
@@ -202,6 +222,14 @@ func (inc *incremental) track(procs []int) {
 func trackable(pid int) bool {
 	st, err := procfs.State(pid)
 	return err == nil && (st == 'S' || st == 'R')
+}
+
+// stop turns tracking off for good: memory under another userfaultfd's
+// write-protection reads as unwritten whoever protected it, so no dump may trust it.
+func (inc *incremental) stop(err error) {
+	inc.log.Warn("incremental checkpoints off: the program's memory is under write-protection tracking of its own; every checkpoint is a full one", "err", err)
+	inc.close()
+	inc.mode, inc.parent = DirtyOff, ""
 }
 
 func (inc *incremental) forget(pid int) {

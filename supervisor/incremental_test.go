@@ -57,7 +57,7 @@ func TestChooseDirtyMode(t *testing.T) {
 // parentOf is the ParentDir incremental sets for a dump of incarnation into dir.
 func parentOf(inc *incremental, incarnation int, dir string) string {
 	o := checkpoint.Options{ImagesDir: dir}
-	inc.prepare(&o, nil, incarnation)
+	inc.prepare(&o, nil, incarnation, false)
 	if !o.TrackMem {
 		return "(untracked)"
 	}
@@ -108,5 +108,26 @@ func TestOffTracksNothing(t *testing.T) {
 		if got := parentOf(inc, 1, "/s/2"); got != "(untracked)" {
 			t.Errorf("mode %q: parent = %q, want no tracking", m, got)
 		}
+	}
+}
+
+// The final dump ends the program: it is full, whatever the last one was.
+func TestFinalDumpIsFull(t *testing.T) {
+	inc := newIncremental(DirtySoftDirty, 100, nil)
+	inc.committed("/s/1", 1, false)
+	o := checkpoint.Options{ImagesDir: "/s/2"}
+	inc.prepare(&o, nil, 1, true)
+	if o.TrackMem || o.ParentDir != "" {
+		t.Fatalf("final dump options %+v, want a plain full dump", o)
+	}
+}
+
+// A set that could not be made durable is nobody's parent.
+func TestUndurableSetIsNoParent(t *testing.T) {
+	inc := newIncremental(DirtySoftDirty, 100, nil)
+	inc.committed("/s/1", 1, false)
+	inc.dropParent()
+	if got := parentOf(inc, 1, "/s/2"); got != "" {
+		t.Fatalf("parent after a failed sync = %q, want a full dump", got)
 	}
 }

@@ -881,6 +881,8 @@ func (s *Supervisor) synced(set checkpoint.Set, err error) {
 	s.syncing = false
 	if err != nil {
 		s.log.Error("checkpoint is committed but could not be made durable", "epoch", set.Epoch, "err", err)
+		// Its pages may not be what was written: no later set copies them from it.
+		s.incr.dropParent()
 	} else {
 		s.st.DurableEpoch = set.Epoch
 		pins := s.rule.pins()
@@ -1232,7 +1234,7 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 	var synced []checkpoint.SyncedFile
 	unsynced := s.unsynced(procs)
 	opts := s.dumpOptions(epoch, pending.Dir, final, &marks, &synced)
-	s.incr.prepare(&opts, procs, s.inc)
+	s.incr.prepare(&opts, procs, s.inc, final)
 	marks.CriuCalled = s.clock.Now()
 	stats, err := s.cfg.Criu.Dump(opts)
 	marks.CriuDone = s.clock.Now()

@@ -50,6 +50,8 @@ const (
 	// PageWritten is PAGE_IS_WRITTEN: the page was written since it was last
 	// write-protected (or it lies outside any write-protected range).
 	PageWritten = 1 << 1
+	pagePresent = 1 << 3
+	pageSwapped = 1 << 4
 )
 
 type uffdioAPIArg struct{ API, Features, Ioctls uint64 }
@@ -110,10 +112,11 @@ func NewUffd() (int, error) {
 // Handshake enables async write-protection on a fresh userfaultfd (UFFDIO_API). It
 // is done once per fd, by whoever holds it.
 //
-// Without WP_UNPOPULATED: with it, protecting a range also puts a marker in pages
-// never touched, which PAGEMAP_SCAN reports as swapped and not written, and a dump
-// would look for them in its parent. Without it an untouched page stays absent, and
-// its first write maps it unprotected, so it is found written all the same.
+// The kernel turns WP_UNPOPULATED on with WP_ASYNC: protecting a range puts a marker
+// in each of its holes, which PAGEMAP_SCAN then reports as a swapped page not
+// written. So whatever protects (Written here, a dump's reset in the project's CRIU
+// patch) must protect only pages that exist, or a dump looks for the holes in its
+// parent.
 func Handshake(uffd int) error {
 	api := uffdioAPIArg{API: uffdAPI, Features: featureWPAsync}
 	if _, err := ioctl(uffd, uffdioAPI, unsafe.Pointer(&api)); err != nil {
@@ -154,7 +157,8 @@ func Written(pagemap *os.File, r Range) ([]Range, error) {
 			Size: uint64(unsafe.Sizeof(pmScanArg{})), Flags: pmScanWPMatching | pmScanCheckWPSync,
 			Start: start, End: r.End,
 			Vec: uint64(uintptr(unsafe.Pointer(&vec[0]))), VecLen: uint64(len(vec)),
-			CategoryMask: PageWritten, ReturnMask: PageWritten,
+			// Holes are left unprotected (see Handshake): written, they are found.
+			CategoryMask: PageWritten, CategoryAnyofMask: pagePresent | pageSwapped, ReturnMask: PageWritten,
 		}
 		n, err := ioctl(int(pagemap.Fd()), pagemapScan, unsafe.Pointer(&arg))
 		if err != nil {

@@ -36,6 +36,12 @@ func (t *Tracker) Close() error { return unix.Close(t.uffd) }
 // reported to its waits too (a supervisor that waits for its program's exit on a
 // pidfd, as ftrun does, is safe).
 func Track(pid int) (*Tracker, error) {
+	if filtered, err := seccompFiltered(pid); err != nil || filtered {
+		if err == nil {
+			err = fmt.Errorf("%w: process %d runs under a seccomp filter, which an injected userfaultfd(2) would have to pass", ErrUnsupported, pid)
+		}
+		return nil, err
+	}
 	fd, err := injectUffd(pid)
 	if err != nil {
 		return nil, err
@@ -55,6 +61,9 @@ func Track(pid int) (*Tracker, error) {
 // Refresh registers the private mappings made since the last call (brk, mmap and
 // mremap make new, unregistered ones) and returns how many it registered. A mapping
 // the kernel refuses stays untracked: safe, since untracked memory counts as written.
+// ErrForeign means a mapping is registered with another userfaultfd (the program's
+// own, or another tool's): its pages read as protected whoever protected them, so
+// the process's written pages cannot be told.
 func (t *Tracker) Refresh() (int, error) {
 	maps, err := privateMappings(t.Pid)
 	if err != nil {
@@ -67,7 +76,8 @@ func (t *Tracker) Refresh() (int, error) {
 		case err == nil:
 			n++
 		case errors.Is(err, unix.EBUSY):
-			// Registered already (by this fd): nothing to do.
+			// Registering again with the same userfaultfd succeeds; EBUSY is another's.
+			return 0, fmt.Errorf("%w: process %d, %#x-%#x", ErrForeign, t.Pid, r.Start, r.End)
 		case errors.Is(err, unix.ENOMEM), errors.Is(err, unix.ESRCH):
 			// Not mapped in the memory the userfaultfd was made for: unmapped since
 			// the maps were read, or that memory is gone altogether.
@@ -86,6 +96,24 @@ func (t *Tracker) Refresh() (int, error) {
 
 // ErrGone says a Tracker's process no longer has the memory it was tracking.
 var ErrGone = errors.New("tracked memory is gone")
+
+// ErrForeign says memory of the process is under another userfaultfd's tracking.
+var ErrForeign = errors.New("memory is registered with another userfaultfd")
+
+// seccompFiltered says whether pid runs under a seccomp filter (Seccomp: 2 in its
+// status): a filter may kill it or send it SIGSYS for the injected syscall.
+func seccompFiltered(pid int) (bool, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return false, fmt.Errorf("read status of %d: %w", pid, err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "Seccomp:"); ok {
+			return strings.TrimSpace(v) != "0", nil
+		}
+	}
+	return false, nil
+}
 
 // privateMappings lists the private anonymous mappings of pid (heap, stacks, anonymous
 // mmaps). File-backed ones are left untracked, so a dump saves their copied-on-write
@@ -209,6 +237,10 @@ func seize(pid int) (*injection, error) {
 	if err := unix.PtraceGetRegs(pid, &in.saved); err != nil {
 		return fail(fmt.Errorf("ptrace getregs %d: %w", pid, err))
 	}
+	if in.saved.Cs != userCS64 {
+		// A 32-bit task: the syscall instruction and numbers below are not its.
+		return fail(fmt.Errorf("%w: process %d is not a 64-bit task", ErrUnsupported, pid))
+	}
 	addr, err := syscallInstruction(pid, in.saved.Rip)
 	if err != nil {
 		return fail(err)
@@ -232,6 +264,9 @@ func (in *injection) waitStop(syscallStop bool) error {
 		switch {
 		case syscallStop && sig == unix.SIGTRAP|0x80:
 			return nil
+		case syscallStop && (sig == unix.SIGSEGV || sig == unix.SIGILL || sig == unix.SIGBUS):
+			// The injected instruction faulted: it is ours, not the program's.
+			return fmt.Errorf("%w: the syscall injected into process %d faulted (%v)", ErrUnsupported, in.pid, sig)
 		case !syscallStop && sig == unix.SIGTRAP && ws.TrapCause() == unix.PTRACE_EVENT_STOP:
 			return nil
 		case ws.TrapCause() == unix.PTRACE_EVENT_STOP:
@@ -316,6 +351,9 @@ func restoreRegs(saved unix.PtraceRegs) unix.PtraceRegs {
 }
 
 var syscallOp = []byte{0x0f, 0x05}
+
+// userCS64 is the code segment of a 64-bit user task on x86-64 (__USER_CS).
+const userCS64 = 0x33
 
 // syscallInstruction finds a syscall instruction in pid: the one the thread stopped
 // after, when it was in a syscall, or else the first in its vDSO.

@@ -23,6 +23,16 @@ func init() {
 		return
 	}
 	page := os.Getpagesize()
+	if os.Getenv("DIRTY_TEST_SECCOMP") == "1" {
+		// One instruction, "allow": a filter that changes nothing but is there.
+		allow := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: unix.SECCOMP_RET_ALLOW}}
+		prog := unix.SockFprog{Len: 1, Filter: &allow[0]}
+		unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+		if _, _, e := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC, uintptr(unsafe.Pointer(&prog))); e != 0 {
+			fmt.Println("seccomp:", e)
+			os.Exit(1)
+		}
+	}
 	mem, err := unix.Mmap(-1, 0, 64*page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
 		fmt.Println("mmap:", err)
@@ -34,8 +44,17 @@ func init() {
 	fmt.Printf("region %#x %#x\n", uintptr(unsafe.Pointer(&mem[0])), uintptr(unsafe.Pointer(&mem[0]))+uintptr(len(mem)))
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
-		if in.Text() == "exec" {
+		switch in.Text() {
+		case "exec":
 			unix.Exec("/bin/sleep", []string{"sleep", "60"}, nil)
+		case "own-uffd":
+			// The program's own write-protect tracking of its region, kept open.
+			uffd, err := NewUffd()
+			if err == nil {
+				err = Register(uffd, Range{uint64(uintptr(unsafe.Pointer(&mem[0]))), uint64(uintptr(unsafe.Pointer(&mem[0]))) + uint64(len(mem))})
+			}
+			fmt.Println("ok", err)
+			continue
 		}
 		i, _ := strconv.Atoi(in.Text())
 		mem[i*page+8]++
@@ -51,14 +70,14 @@ type child struct {
 	region Range
 }
 
-func startChild(t *testing.T) *child {
+func startChild(t *testing.T, env ...string) *child {
 	t.Helper()
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(self, "-test.run=^$")
-	cmd.Env = append(os.Environ(), "DIRTY_TEST_CHILD=1")
+	cmd.Env = append(append(os.Environ(), "DIRTY_TEST_CHILD=1"), env...)
 	inR, inW, _ := os.Pipe()
 	outR, outW, _ := os.Pipe()
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, os.Stderr
@@ -204,4 +223,36 @@ func TestRefreshAfterExec(t *testing.T) {
 	if _, err := tr.Refresh(); !errors.Is(err, ErrGone) {
 		t.Fatalf("Refresh after exec: %v, want ErrGone", err)
 	}
+}
+
+// Memory the program tracks with a userfaultfd of its own reads as protected whoever
+// protected it: Refresh refuses it rather than let its writes be taken for none.
+func TestRefreshRefusesAnotherUserfaultfd(t *testing.T) {
+	c := startChild(t)
+	fmt.Fprintln(c.in, "own-uffd")
+	if !c.out.Scan() || c.out.Text() != "ok <nil>" {
+		t.Fatalf("child's own userfaultfd: %q", c.out.Text())
+	}
+	tr, err := Track(c.cmd.Process.Pid)
+	if err == nil {
+		tr.Close()
+	}
+	if !errors.Is(err, ErrForeign) {
+		t.Fatalf("Track of a process with its own write-protect tracking: %v, want ErrForeign", err)
+	}
+}
+
+// A seccomp filter sees the injected syscall and may kill the program for it: such a
+// process is not injected into (its memory is dumped whole), and lives on.
+func TestTrackRefusesSeccompFiltered(t *testing.T) {
+	c := startChild(t, "DIRTY_TEST_SECCOMP=1")
+	tr, err := Track(c.cmd.Process.Pid)
+	if err == nil {
+		tr.Close()
+		t.Fatal("Track injected into a process under a seccomp filter")
+	}
+	if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "seccomp") {
+		t.Fatalf("Track under seccomp: %v, want ErrUnsupported naming seccomp", err)
+	}
+	c.write(t, 3)
 }
