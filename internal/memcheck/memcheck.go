@@ -2,7 +2,8 @@
 // memory it was checkpointed with, and the code to build it and read what it says.
 //
 // The program changes its memory in rounds, every step drawn from generators that
-// live in that memory: pages of a heap, mapped regions that come and go, the regions
+// live in that memory: pages of a heap, mapped regions that come and go (and are
+// partly dropped with MADV_DONTNEED, or grown and moved with mremap), the regions
 // of two threads and of a forked child. After each round it prints the round's number
 // and a hash of all of it. A restore brings it back to a round already printed, and
 // it runs the rounds after it again; if memory is exactly what was dumped, it prints
@@ -119,6 +120,16 @@ int main(void) {
 			slots[s].mem = mmap(NULL, slots[s].pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 			if (slots[s].mem == MAP_FAILED) return 1;
 			dirty(slots[s].mem, slots[s].pages, &rng, (int)slots[s].pages);
+		} else if ((r >> 24) % 2) {
+			/* dropped pages read back as zeros */
+			madvise(slots[s].mem, (slots[s].pages + 1) / 2 * PAGE, MADV_DONTNEED);
+		} else {
+			/* grown, maybe moved elsewhere, its new page written */
+			void *m = mremap(slots[s].mem, slots[s].pages * PAGE, (slots[s].pages + 1) * PAGE, MREMAP_MAYMOVE);
+			if (m == MAP_FAILED) return 1;
+			slots[s].mem = m;
+			slots[s].pages++;
+			dirty(slots[s].mem + (slots[s].pages - 1) * PAGE, 1, &rng, 8);
 		}
 		dirty(heap, HEAP_PAGES, &rng, 256);
 		for (int i = 0; i < SLOTS; i++)
