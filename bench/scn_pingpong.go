@@ -181,7 +181,8 @@ func PingPong(ctx context.Context, env Env) (sec Section, err error) {
 		return sec, err
 	}
 	if err := waitFor("B's live copy protected by A", liveB(), 5*time.Minute, protectedBy(a)); err != nil {
-		return sec, fmt.Errorf("%w; A's log ends:\n%s", err, pa.Tail(15))
+		// What ends each of B's ships to A is in B's log, not A's.
+		return sec, fmt.Errorf("%w; A's log ends:\n%s\nB's log ends:\n%s", err, pa.Tail(15), sb.Tail(25))
 	}
 	res.ReturnToProtectedMs = append(res.ReturnToProtectedMs, Ms(time.Since(back)))
 	mark("B protected by A")
