@@ -91,10 +91,21 @@ var soakFaults = []soakFault{
 		r.hostDies()
 	}},
 	{kind: "disk full", inject: func(r *soakRound) {
-		fill := r.fill()
-		r.p.waitFor("checkpoints failing", 20*time.Second, func(s supervisor.Status) bool { return !s.FailingSince.IsZero() })
+		// A dump that had finished writing when the disk filled still commits, and the
+		// commit frees its parent's space, where the next dump fits: the fill takes
+		// whatever is freed until the checkpoints fail.
+		var fills []string
+		r.p.waitFor("checkpoints failing", 20*time.Second, func(s supervisor.Status) bool {
+			if !s.FailingSince.IsZero() {
+				return true
+			}
+			fills = append(fills, r.fill(len(fills)))
+			return false
+		})
 		time.Sleep(time.Duration(500+rand.IntN(1000)) * time.Millisecond)
-		os.Remove(fill)
+		for _, f := range fills {
+			os.Remove(f)
+		}
 	}},
 	{kind: "state dir read-only, program killed", inject: func(r *soakRound) {
 		r.remount("ro")
@@ -279,9 +290,10 @@ func (r *soakRound) hostDies() {
 	r.e.primary.ip(r.t, "link", "set", "eth0", "down")
 }
 
-// fill takes all the free space of the state dir's filesystem.
-func (r *soakRound) fill() string {
-	path := filepath.Join(r.state, "filler")
+// fill takes all the free space of the state dir's filesystem into a file of its own
+// (the i'th).
+func (r *soakRound) fill(i int) string {
+	path := filepath.Join(r.state, fmt.Sprintf("filler%d", i))
 	f, err := os.Create(path)
 	if err != nil {
 		r.t.Fatal(err)
@@ -292,15 +304,16 @@ func (r *soakRound) fill() string {
 		r.t.Fatal(err)
 	}
 	// The filesystem's own bookkeeping takes a little of what statfs calls free.
-	for size := int64(fs.Bavail) * fs.Bsize; ; size -= 256 << 10 {
+	for size := int64(fs.Bavail) * fs.Bsize; size > 0; size -= 256 << 10 {
 		err := unix.Fallocate(int(f.Fd()), 0, 0, size)
 		if err == nil {
 			return path
 		}
-		if err != unix.ENOSPC || size <= 0 {
+		if err != unix.ENOSPC {
 			r.t.Fatal(err)
 		}
 	}
+	return path
 }
 
 // remount makes the state dir read-only or writable again; a checkpoint being written
