@@ -42,7 +42,9 @@ type Options struct {
 	// TCPEstablished dumps (or restores) established TCP connections.
 	TCPEstablished bool
 	// TCPClose restores established connections closed: right for a local restore after
-	// a crash, where the peer already saw the old socket die.
+	// a crash, where the peer already saw the old socket die. On a dump it leaves them
+	// out (no repair mode, no network lock), and the set can then only be restored
+	// with TCPClose.
 	TCPClose bool
 	// NetworkLockSkip leaves the network alone during dump/restore.
 	NetworkLockSkip bool
@@ -241,12 +243,14 @@ func (c *Criu) lockMethod() rpc.CriuNetworkLockMethod {
 }
 
 // opts converts o for this CRIU. A dump (o.Pid set) takes the lock that freezes the
-// program for less, given its connections (cheaperLock); a restore takes nftables
-// where CRIU has it.
+// program for less, given its connections (cheaperLock), or none when it leaves them
+// out (TCPClose); a restore takes nftables where CRIU has it.
 func (c *Criu) opts(o Options, imagesFd, workFd int, logFile string) *rpc.CriuOpts {
 	opts := o.rpcOpts(imagesFd, workFd, logFile)
 	switch {
 	case opts.NetworkLock != nil || !o.TCPEstablished:
+	case o.TCPClose && o.Pid != 0:
+		opts.NetworkLock = ptr(rpc.CriuNetworkLockMethod_SKIP) // nothing to hold still
 	case o.Pid != 0 && c.lockMethod() == rpc.CriuNetworkLockMethod_NFTABLES:
 		lock := c.lockMethod()
 		if n, err := establishedTCP(o.Pid, nftablesFrom); err == nil {

@@ -306,3 +306,13 @@ func checkCgRoots(t *testing.T, o *rpc.CriuOpts, want ...string) {
 		t.Errorf("cgroup roots %q, want %q", got, want)
 	}
 }
+
+// A dump that leaves the connections out takes no network lock, and probes nothing
+// to choose one.
+func TestDumpLeavingConnectionsOutTakesNoLock(t *testing.T) {
+	c := &Criu{Path: "/nonexistent/criu"} // a probe would find no CRIU and choose iptables
+	o := c.opts(Options{Pid: 1, TCPEstablished: true, TCPClose: true, LeaveRunning: true}, 3, -1, DumpLog)
+	if !o.GetTcpClose() || o.NetworkLock == nil || o.GetNetworkLock() != rpc.CriuNetworkLockMethod_SKIP {
+		t.Fatalf("tcp close %v, network lock %v; want close and SKIP", o.GetTcpClose(), o.NetworkLock)
+	}
+}

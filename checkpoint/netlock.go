@@ -4,7 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"os"
-	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/checkpoint-restore/go-criu/v8/rpc"
@@ -33,7 +33,7 @@ func cheaperLock(established int, nft bool) rpc.CriuNetworkLockMethod {
 // whether there are at least nftablesFrom, so a server with thousands of clients
 // costs a few readlinks, not thousands, before every dump.
 func establishedTCP(pid, limit int) (int, error) {
-	est := map[string]bool{}
+	est := map[uint64]bool{}
 	for _, table := range []string{"tcp", "tcp6"} {
 		f, err := os.Open(fmt.Sprintf("/proc/%d/net/%s", pid, table))
 		if err != nil {
@@ -50,26 +50,18 @@ func establishedTCP(pid, limit int) (int, error) {
 	}
 	n := 0
 	for _, p := range procfs.Tree(pid) {
-		dir := fmt.Sprintf("/proc/%d/fd", p)
-		ents, err := os.ReadDir(dir)
-		if err != nil {
-			if p == pid {
-				return 0, err
-			}
-			continue // a child that just exited
-		}
-		for _, e := range ents {
-			l, err := os.Readlink(filepath.Join(dir, e.Name()))
-			if err != nil || !strings.HasPrefix(l, "socket:[") {
-				continue
-			}
-			ino := strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")
+		err := procfs.Sockets(p, func(ino uint64) bool {
 			if est[ino] {
 				delete(est, ino) // a socket shared by several fds counts once
-				if n++; n >= limit {
-					return n, nil
-				}
+				n++
 			}
+			return n < limit
+		})
+		if err != nil && p == pid {
+			return 0, err
+		} // else a child that just exited
+		if n >= limit {
+			return n, nil
 		}
 	}
 	return n, nil
@@ -77,12 +69,14 @@ func establishedTCP(pid, limit int) (int, error) {
 
 // establishedInodes adds to est the socket inodes of the lines of a /proc/net/tcp
 // table in state ESTABLISHED (01).
-func establishedInodes(f *os.File, est map[string]bool) {
+func establishedInodes(f *os.File, est map[uint64]bool) {
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fs := strings.Fields(sc.Text())
 		if len(fs) > 9 && fs[3] == "01" {
-			est[fs[9]] = true
+			if ino, err := strconv.ParseUint(fs[9], 10, 64); err == nil {
+				est[ino] = true
+			}
 		}
 	}
 }

@@ -672,3 +672,51 @@ func TestEpochOnOutputResumesAfterFailedCheckpoints(t *testing.T) {
 	end, _ := status(state)
 	t.Logf("%d writes acknowledged with --interval 1h, checkpoints failing for a while (%d failures), none lost", len(acked), end.CheckpointFailures)
 }
+
+// A set dumped without --net holds its connections closed, so a run that adds --net
+// restores it with them closed, and keeps the data: asking CRIU to reopen them would
+// fail the restore, and the ladder would end in a fresh start.
+func TestSetDumpedWithoutNetRestoresUnderNet(t *testing.T) {
+	e := newOutputEnv(t)
+	name := "it-addnet"
+	t.Cleanup(func() { killService(t, name) })
+	state := t.TempDir()
+	argv := redisService.argv(6379, t.TempDir())
+	p := startFtrunIn(t, e.primary.nsPath(), state, nil, append([]string{"--name", name, "--interval", "1h", "--"}, argv...)...)
+	p.waitFor("running", 20*time.Second, func(s supervisor.Status) bool { return s.Pid > 0 && s.State == supervisor.StateRunning })
+	var conn net.Conn
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		var err error
+		if conn, err = dialIn(e.client, net.JoinHostPort(e.primary.addr, "6379"), time.Second); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("client cannot reach redis on the primary host: %v", err)
+		}
+	}
+	c := &textConn{conn: conn, rd: bufio.NewReader(conn), timeout: 5 * time.Second}
+	defer c.conn.Close()
+	const n = 50
+	for i := range n {
+		if _, err := redisService.write(c, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.checkpoint() // with the client's connection open
+	p.kill9()
+	killService(t, name)
+
+	p = startFtrunIn(t, e.primary.nsPath(), state, nil, append([]string{"--name", name, "--interval", "200ms",
+		"--net", "--addr", e.svc + "/24", "--commit", "local", "--"}, argv...)...)
+	st := p.waitFor("restored", 30*time.Second, func(s supervisor.Status) bool {
+		return s.State == supervisor.StateRunning && (s.Restores > 0 || s.FreshStarts > 0)
+	})
+	if st.Restores != 1 {
+		t.Fatalf("the set dumped without --net was not restored under --net (restores %d, fresh starts %d):\n%s", st.Restores, st.FreshStarts, tail(p.log(), 30))
+	}
+	c2 := dialService(t, e, 6379, 5*time.Second)
+	defer c2.conn.Close()
+	if got, err := redisService.count(c2); err != nil || got != n {
+		t.Fatalf("after the restore under --net the list has %d entries (%v), want %d", got, err, n)
+	}
+}

@@ -42,21 +42,12 @@ func cgroup2Mount() (string, error) {
 	if cgroups.Mode() == cgroups.Unified {
 		return "/sys/fs/cgroup", nil
 	}
-	data, err := os.ReadFile("/proc/self/mountinfo")
+	mnt, _, ok, err := procfs.Cgroup2Mount()
 	if err != nil {
-		return "", fmt.Errorf("read mountinfo: %w", err)
+		return "", err
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		// mountinfo: ... mountpoint ... - fstype source opts
-		pre, post, ok := strings.Cut(line, " - ")
-		if !ok {
-			continue
-		}
-		if fields := strings.Fields(post); len(fields) > 0 && fields[0] == "cgroup2" {
-			if pf := strings.Fields(pre); len(pf) >= 5 {
-				return pf[4], nil
-			}
-		}
+	if ok {
+		return mnt, nil
 	}
 	return "", fmt.Errorf("%w (cgroup mode %s): mount one (e.g. `mount -t cgroup2 none /sys/fs/cgroup/unified`) or boot with systemd.unified_cgroup_hierarchy", ErrNoCgroup2, CgroupMode())
 }

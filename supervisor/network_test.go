@@ -128,7 +128,7 @@ func dump(t *testing.T, s *Supervisor, epoch uint64) {
 	t.Helper()
 	var marks phase.Local
 	var synced []checkpoint.SyncedFile
-	if err := s.dumpOptions(epoch, t.TempDir(), false, &marks, &synced).PostDump(); err != nil {
+	if err := s.dumpOptions(epoch, t.TempDir(), false, &marks, &synced, nil).PostDump(); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -300,5 +300,20 @@ func TestEpochOnOutputAfterADumpFailedPastItsCut(t *testing.T) {
 	s.step(epochs.Cut{Epoch: 1}) // the retry
 	if s.epochDue() {
 		t.Fatal("the retry is in flight, and another epoch starts")
+	}
+}
+
+// Dumps leave the connections out exactly where no restore could reopen them.
+func TestDumpClosesTCPWhereNoRestoreKeepsIt(t *testing.T) {
+	for _, hasNet := range []bool{false, true} {
+		kept := false
+		for _, mode := range []CommitMode{CommitOff, CommitLocal, CommitStandby} {
+			for _, takeover := range []bool{false, true} {
+				kept = kept || keepConnections(hasNet, mode, takeover, true)
+			}
+		}
+		if dumpClosesTCP(hasNet) != !kept {
+			t.Errorf("hasNet=%v: dump closes TCP %v, but a restore keeps connections %v", hasNet, dumpClosesTCP(hasNet), kept)
+		}
 	}
 }

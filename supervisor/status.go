@@ -75,6 +75,9 @@ type Status struct {
 	NetNS  string      `json:"netns,omitempty"`
 	Commit string      `json:"commit,omitempty"`
 	Held   *gate.Stats `json:"held,omitempty"`
+	// TCPDump says how the last dump treated the program's established TCP
+	// connections: saved (and who held their input still) or left out.
+	TCPDump string `json:"tcp_dump,omitempty"`
 	// Shipping is the epoch on its way to the standby, if one is.
 	Shipping *progress.Transfer `json:"shipping,omitempty"`
 }

@@ -1119,7 +1119,8 @@ func (s *Supervisor) restore(epoch uint64, takeover bool) error {
 		return err
 	}
 	start := s.clock.Now()
-	keepTCP := keepConnections(s.cfg.Net != nil, s.cfg.Commit, takeover, s.newestEpoch() == epoch)
+	// A set dumped without --net holds its connections closed, whatever this run's flags.
+	keepTCP := keepConnections(s.cfg.Net != nil && m.Net != nil, s.cfg.Commit, takeover, s.newestEpoch() == epoch)
 	pid, err := s.criuRestore(dir, m, keepTCP)
 	if err != nil {
 		return err
@@ -1233,16 +1234,13 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 	marks := phase.Local{Start: s.clock.Now()}
 	var synced []checkpoint.SyncedFile
 	unsynced := s.unsynced(procs)
-	opts := s.dumpOptions(epoch, pending.Dir, final, &marks, &synced)
+	hold := s.holdTCP()
+	opts := s.dumpOptions(epoch, pending.Dir, final, &marks, &synced, hold)
 	s.incr.prepare(&opts, procs, s.inc, final)
 	marks.CriuCalled = s.clock.Now()
 	stats, err := s.cfg.Criu.Dump(opts)
 	marks.CriuDone = s.clock.Now()
-	if s.dumpLock != nil {
-		if uerr := s.dumpLock.Unlock(); uerr != nil {
-			s.log.Error("let in the program's incoming TCP after the dump", "err", uerr)
-		}
-	}
+	hold.release(s.log)
 	if err != nil {
 		s.dumpFailed()
 		if s.keepFailedLog(pending.Dir) {
@@ -1297,10 +1295,11 @@ func (s *Supervisor) settleDump(dir, parent string) error {
 
 // dumpOptions are the dump of epoch into dir. Its hooks mark when CRIU announced the
 // dump and when it had the program frozen (see phase.Local); the post-dump one also
-// cuts the output and captures the state files into *synced.
-func (s *Supervisor) dumpOptions(epoch uint64, dir string, final bool, marks *phase.Local, synced *[]checkpoint.SyncedFile) checkpoint.Options {
+// cuts the output and captures the state files into *synced. With hold, ftrun keeps
+// the program's incoming TCP still itself, from CRIU's start until it returns.
+func (s *Supervisor) dumpOptions(epoch uint64, dir string, final bool, marks *phase.Local, synced *[]checkpoint.SyncedFile, hold *tcpHold) checkpoint.Options {
 	opts := checkpoint.Options{ImagesDir: dir, Pid: s.pid, LeaveRunning: !final,
-		TCPEstablished: true, Timeout: s.cfg.CriuTimeout, Enter: s.enter(), MountNS: true,
+		TCPEstablished: true, TCPClose: dumpClosesTCP(s.cfg.Net != nil), Timeout: s.cfg.CriuTimeout, Enter: s.enter(), MountNS: true,
 		OwnCgroupsOnly: true, SystemdMirror: s.cg.Placement.Unit != "", CgroupYard: s.cgYard,
 		LogLevel: dumpLogLevel(s.lastCkptErr != "")}
 	opts.PostDump = func() (err error) {
@@ -1321,13 +1320,11 @@ func (s *Supervisor) dumpOptions(epoch uint64, dir string, final bool, marks *ph
 		marks.PreDump = s.clock.Now()
 		return nil
 	}
-	if l := s.dumpLock; l != nil {
-		// ftrun holds the program's incoming TCP still itself, queued rather than
-		// dropped (see gate.DumpLock), from CRIU's start until it lets the program go.
+	if hold != nil {
 		opts.NetworkLockSkip = true
 		opts.PreDump = func() error {
 			marks.PreDump = s.clock.Now()
-			return l.Lock()
+			return hold.lock()
 		}
 	}
 	return opts

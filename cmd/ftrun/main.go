@@ -643,6 +643,9 @@ func printStatus(st supervisor.Status) {
 	if st.Commit != "" {
 		rows = append(rows, [2]string{"output commit", st.Commit})
 	}
+	if st.TCPDump != "" {
+		rows = append(rows, [2]string{"TCP connections in dumps", st.TCPDump})
+	}
 	if h := st.Held; h != nil {
 		rows = append(rows, [2]string{"held output", fmt.Sprintf("%d packets, %s, oldest %s", h.HeldPackets, humanBytes(h.HeldBytes), h.OldestAge.Round(time.Millisecond))})
 	}

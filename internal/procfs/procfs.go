@@ -1,9 +1,10 @@
 // Package procfs reads the few things ftrun needs from /proc: a process's one-letter
-// state, its tree of descendants, and mountinfo's escaped paths. Each was written
-// again by every package that needed it (the supervisor's stopped check, CRIU's
-// deadline, the network lock, the container's mounts, the bench's scratch clean-up);
-// the standard library has none of them, and the libraries that do (prometheus/procfs,
-// moby/sys/mountinfo) would bring a great deal for three small functions.
+// state, its tree of descendants, the sockets it holds, the cgroup2 mount, and
+// mountinfo's escaped paths. Each was written again by every package that needed it
+// (the supervisor's stopped check and cgroups, CRIU's deadline, the network locks,
+// the container's mounts, the bench's scratch clean-up); the standard library has
+// none of them, and the libraries that do (prometheus/procfs, moby/sys/mountinfo)
+// would bring a great deal for a few small functions.
 package procfs
 
 import (
@@ -65,6 +66,53 @@ func Tree(pid int) []int {
 		}
 	}
 	return out
+}
+
+// Cgroup2Mount finds this process's cgroup2 mount in its mountinfo: where it is
+// mounted, and which group of the hierarchy is its root ("/" unless a subtree was
+// bind-mounted or the mount was made in a cgroup namespace). ok is false without one.
+func Cgroup2Mount() (mountpoint, root string, ok bool, err error) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return "", "", false, fmt.Errorf("read mountinfo: %w", err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		// mountinfo: id parent dev root mountpoint opts ... - fstype source opts
+		pre, post, found := strings.Cut(line, " - ")
+		if !found {
+			continue
+		}
+		if fields := strings.Fields(post); len(fields) > 0 && fields[0] == "cgroup2" {
+			if pf := strings.Fields(pre); len(pf) >= 5 {
+				return Unescape(pf[4]), Unescape(pf[3]), true, nil
+			}
+		}
+	}
+	return "", "", false, nil
+}
+
+// Sockets calls visit with the inode of each socket pid holds open, once per
+// descriptor, until visit returns false.
+func Sockets(pid int, visit func(ino uint64) bool) error {
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		l, err := os.Readlink(dir + "/" + e.Name())
+		if err != nil {
+			continue // closed meanwhile
+		}
+		rest, ok := strings.CutPrefix(l, "socket:[")
+		if !ok {
+			continue
+		}
+		if ino, err := strconv.ParseUint(strings.TrimSuffix(rest, "]"), 10, 64); err == nil && !visit(ino) {
+			return nil
+		}
+	}
+	return nil
 }
 
 // Unescape undoes mountinfo's octal escapes (\040 for a space).
