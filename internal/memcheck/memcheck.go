@@ -4,7 +4,9 @@
 // The program changes its memory in rounds, every step drawn from generators that
 // live in that memory: pages of a heap, mapped regions that come and go (and are
 // partly dropped with MADV_DONTNEED, or grown and moved with mremap), the regions
-// of two threads and of a forked child. After each round it prints the round's number
+// of two threads and of a forked child, a shared anonymous region both processes
+// write, and a private mapping of the program's own file, a few of its pages
+// written (copied on write) and the rest as the file has them. After each round it prints the round's number
 // and a hash of all of it. A restore brings it back to a round already printed, and
 // it runs the rounds after it again; if memory is exactly what was dumped, it prints
 // for each the same hash as the first time. One page missing or stale anywhere, in
@@ -27,12 +29,14 @@ const HeapPages = 1024
 // the heap is, for a test that damages it on purpose), then "round N HASH" per round.
 const Source = `
 #define _GNU_SOURCE
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -42,6 +46,12 @@ const Source = `
 #define THREADS 2
 #define THREAD_PAGES 256
 #define CHILD_PAGES 256
+#define SHARED_PAGES 64
+#define FILE_PAGES 256
+
+/* makes the program's file at least FILE_PAGES long, for its private mapping */
+__attribute__((used)) static const unsigned char pad[FILE_PAGES * PAGE] = {1};
+static unsigned char *shared;
 
 static uint64_t next(uint64_t *s) {
 	uint64_t x = *s;
@@ -84,6 +94,7 @@ static void child(int in, int out) {
 	memset(mem, 0x5a, CHILD_PAGES * PAGE);
 	while (read(in, &round, sizeof round) == sizeof round) {
 		dirty(mem, CHILD_PAGES, &rng, 64);
+		dirty(shared, SHARED_PAGES, &rng, 8);
 		uint64_t h = hash(round, mem, CHILD_PAGES * PAGE);
 		if (write(out, &h, sizeof h) != sizeof h) break;
 	}
@@ -94,8 +105,20 @@ int main(void) {
 	struct { unsigned char *mem; size_t pages; } slots[SLOTS] = {0};
 	uint64_t rng = 0x5eed, round = 0;
 	unsigned char *heap = malloc(HEAP_PAGES * PAGE);
-	int down[2], up[2];
+	int down[2], up[2], fd;
+	struct stat st;
+	unsigned char *file;
+	size_t file_pages;
 	for (size_t i = 0; i < HEAP_PAGES * PAGE; i++) heap[i] = (unsigned char)(i * 7);
+	shared = mmap(NULL, SHARED_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (shared == MAP_FAILED) return 1;
+	memset(shared, 0x33, SHARED_PAGES * PAGE);
+	fd = open("/proc/self/exe", O_RDONLY);
+	if (fd < 0 || fstat(fd, &st)) return 1;
+	file_pages = st.st_size / PAGE;
+	file = mmap(NULL, file_pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+	if (file == MAP_FAILED) return 1;
+	close(fd);
 	if (pipe(down) || pipe(up)) return 1;
 	if (fork() == 0) { close(down[1]); close(up[0]); child(down[0], up[1]); }
 	close(down[0]); close(up[1]);
@@ -132,6 +155,8 @@ int main(void) {
 			dirty(slots[s].mem + (slots[s].pages - 1) * PAGE, 1, &rng, 8);
 		}
 		dirty(heap, HEAP_PAGES, &rng, 256);
+		dirty(shared, SHARED_PAGES, &rng, 8);
+		dirty(file, file_pages, &rng, 2);
 		for (int i = 0; i < SLOTS; i++)
 			if (slots[i].mem) dirty(slots[i].mem, slots[i].pages, &rng, 4);
 		pthread_barrier_wait(&start);
@@ -141,6 +166,8 @@ int main(void) {
 		for (int i = 0; i < SLOTS; i++)
 			if (slots[i].mem) h = hash(h ^ (uint64_t)i << 32 ^ slots[i].pages, slots[i].mem, slots[i].pages * PAGE);
 		for (int i = 0; i < THREADS; i++) h = hash(h, workers[i].mem, THREAD_PAGES * PAGE);
+		h = hash(h, shared, SHARED_PAGES * PAGE);
+		h = hash(h, file, file_pages * PAGE);
 		h = hash(h, &rng, sizeof rng);
 		printf("round %llu %016llx\n", (unsigned long long)round, (unsigned long long)h);
 		fflush(stdout);
