@@ -9,8 +9,11 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ftrun/ftrun/internal/procfs"
 )
 
 // A Tracker holds the userfaultfd of one process's memory: created inside that
@@ -167,17 +170,39 @@ const (
 	eRestartRestartBlock = 516
 )
 
+// stopDeadline bounds the wait for a process to stop for the injection. A thread in
+// an uninterruptible sleep (a hung FUSE or NFS request, a vfork parent) stops only
+// when it wakes, and the epoch loop must not wait for that.
+const stopDeadline = 2 * time.Second
+
 // injectUffd runs userfaultfd(2) inside pid, copies the new fd into this process
-// and closes it in pid.
+// and closes it in pid. It traces from an OS thread of its own that ends with it:
+// should pid never stop, the kernel detaches it as that thread exits, where a
+// PTRACE_DETACH (which needs a stopped tracee) could not, and a pending interrupt
+// would stop the program later with nobody to resume it.
 func injectUffd(pid int) (int, error) {
+	type result struct {
+		fd  int
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+		fd, err := injectUffdLocked(pid)
+		done <- result{fd, err}
+	}()
+	r := <-done
+	return r.fd, r.err
+}
+
+// injectUffdLocked is injectUffd on the tracing thread.
+func injectUffdLocked(pid int) (int, error) {
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		return -1, fmt.Errorf("pidfd_open %d: %w", pid, err)
 	}
 	defer unix.Close(pidfd)
 
-	runtime.LockOSThread() // ptrace requests must come from the tracing thread
-	defer runtime.UnlockOSThread()
 	in, err := seize(pid)
 	if err != nil {
 		return -1, err
@@ -226,8 +251,8 @@ func seize(pid int) (*injection, error) {
 		unix.PtraceDetach(pid)
 		return nil, fmt.Errorf("ptrace interrupt %d: %w", pid, err)
 	}
-	if err := in.waitStop(false); err != nil {
-		unix.PtraceDetach(pid)
+	if err := in.waitStop(false, time.Now().Add(stopDeadline)); err != nil {
+		unix.PtraceDetach(pid) // fails unless stopped; the thread's exit detaches then
 		return nil, err
 	}
 	fail := func(err error) (*injection, error) { unix.PtraceDetach(pid); return nil, err }
@@ -250,12 +275,13 @@ func seize(pid int) (*injection, error) {
 }
 
 // waitStop waits for the thread's next stop: the interrupt's (syscallStop false) or
-// a syscall entry or exit. A signal that arrives first is kept for detach.
-func (in *injection) waitStop(syscallStop bool) error {
+// a syscall entry or exit. A signal that arrives first is kept for detach. With a
+// deadline it gives up at it (ErrUnsupported: the process does not stop).
+func (in *injection) waitStop(syscallStop bool, deadline time.Time) error {
 	for {
 		var ws unix.WaitStatus
-		if _, err := unix.Wait4(in.pid, &ws, unix.WALL, nil); err != nil {
-			return fmt.Errorf("wait for process %d: %w", in.pid, err)
+		if err := in.wait(&ws, deadline); err != nil {
+			return err
 		}
 		if !ws.Stopped() {
 			return fmt.Errorf("process %d ended during an injected syscall (status %#x)", in.pid, uint32(ws))
@@ -286,6 +312,35 @@ func (in *injection) waitStop(syscallStop bool) error {
 	}
 }
 
+// wait is Wait4 for the thread, polled until deadline when there is one.
+func (in *injection) wait(ws *unix.WaitStatus, deadline time.Time) error {
+	opts := unix.WALL
+	if !deadline.IsZero() {
+		opts |= unix.WNOHANG
+	}
+	for {
+		got, err := unix.Wait4(in.pid, ws, opts, nil)
+		switch {
+		case err != nil:
+			return fmt.Errorf("wait for process %d: %w", in.pid, err)
+		case got == in.pid:
+			return nil
+		case time.Now().After(deadline):
+			return fmt.Errorf("%w: process %d did not stop within %s (state %s): it sleeps uninterruptibly", ErrUnsupported, in.pid, stopDeadline, procState(in.pid))
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// procState is the one-letter state of pid, for an error message.
+func procState(pid int) string {
+	st, err := procfs.State(pid)
+	if err != nil {
+		return "unknown"
+	}
+	return string(st)
+}
+
 // syscall runs one syscall in the stopped thread and returns its raw result.
 func (in *injection) syscall(nr uintptr, args ...uintptr) (uint64, error) {
 	regs := in.saved
@@ -302,7 +357,7 @@ func (in *injection) syscall(nr uintptr, args ...uintptr) (uint64, error) {
 		if err := unix.PtraceSyscall(in.pid, 0); err != nil {
 			return 0, fmt.Errorf("ptrace syscall %d: %w", in.pid, err)
 		}
-		if err := in.waitStop(true); err != nil {
+		if err := in.waitStop(true, time.Time{}); err != nil {
 			return 0, err
 		}
 	}

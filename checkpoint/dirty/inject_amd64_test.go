@@ -14,6 +14,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ftrun/ftrun/internal/procfs"
 )
 
 // The child the injection tests track: it maps a region, writes every page of it,
@@ -255,4 +257,65 @@ func TestTrackRefusesSeccompFiltered(t *testing.T) {
 		t.Fatalf("Track under seccomp: %v, want ErrUnsupported naming seccomp", err)
 	}
 	c.write(t, 3)
+}
+
+// A process that cannot stop (a vfork parent sleeps uninterruptibly until its child
+// exits) is not waited for: Track gives up, and the process, detached as the tracing
+// thread ends, goes on when it wakes, not left in a ptrace stop nobody ends.
+func TestTrackGivesUpOnAProcessThatCannotStop(t *testing.T) {
+	dir := t.TempDir()
+	src, bin := filepath.Join(dir, "vfork.c"), filepath.Join(dir, "vfork")
+	if err := os.WriteFile(src, []byte(`#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+int main(void) {
+	pid_t p;
+	printf("ready\n");
+	fflush(stdout);
+	if ((p = vfork()) == 0) { sleep(3); _exit(0); }
+	waitpid(p, 0, 0);
+	printf("resumed\n");
+	fflush(stdout);
+	for (;;) pause();
+}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("gcc", "-o", bin, src).CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v: %s", err, out)
+	}
+	cmd := exec.Command(bin)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	lines := bufio.NewScanner(out)
+	if !lines.Scan() || lines.Text() != "ready" {
+		t.Fatalf("no ready line: %q", lines.Text())
+	}
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if st, _ := procfs.State(cmd.Process.Pid); st == 'D' {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the vfork parent never slept uninterruptibly")
+		}
+	}
+	if tr, err := Track(cmd.Process.Pid); err == nil {
+		tr.Close()
+		t.Fatal("tracked a process that could not stop")
+	} else if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "did not stop") {
+		t.Fatalf("Track: %v, want that it did not stop", err)
+	}
+	if !lines.Scan() || lines.Text() != "resumed" {
+		t.Fatalf("the process did not go on after its child exited: %q (state %s)", lines.Text(), procState(cmd.Process.Pid))
+	}
+	time.Sleep(100 * time.Millisecond)
+	if st, _ := procfs.State(cmd.Process.Pid); procfs.Stopped(st) {
+		t.Fatalf("the process is left stopped (state %c)", st)
+	}
 }
