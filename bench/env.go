@@ -27,6 +27,9 @@ type Env struct {
 	Ftrun   string // the ftrun binary that is measured
 	Scratch string // this scenario's own scratch directory
 	Quick   bool   // the short variant (CI)
+	// IncrementalMB are the sizes of the incremental scenario's programs (nil: its
+	// default).
+	IncrementalMB []int
 	// Logf prints a progress line (the runner adds the time and the scenario's name).
 	Logf func(format string, a ...any)
 

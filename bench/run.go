@@ -77,6 +77,8 @@ type Options struct {
 	Command  string    // the command line, for the report
 	// KeepScratch leaves the scratch directory (state dirs, CRIU logs) in place.
 	KeepScratch bool
+	// IncrementalMB are the incremental scenario's sizes (nil: 512 MB, 64 quick).
+	IncrementalMB []int
 }
 
 // ErrFailed is returned when a scenario failed (the report says which and why).
@@ -125,7 +127,7 @@ func Run(ctx context.Context, opt Options) (Report, error) {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return rep, fmt.Errorf("scratch dir: %w", err)
 		}
-		env := Env{Ftrun: opt.Ftrun, Scratch: dir, Quick: opt.Quick, id: id, nets: nets, undo: &undoStack{},
+		env := Env{Ftrun: opt.Ftrun, Scratch: dir, Quick: opt.Quick, IncrementalMB: opt.IncrementalMB, id: id, nets: nets, undo: &undoStack{},
 			Logf: func(format string, a ...any) { pr.say(sc.Name, format, a...) }}
 		pr.say(sc.Name, "start: %s", sc.Title)
 		t0 := time.Now()

@@ -31,6 +31,9 @@ var (
 	// TargetIncrementalFrozen is the frozen time of an incremental checkpoint, about
 	// 1 % of pages written, over a full `criu dump` of the same program.
 	TargetIncrementalFrozen = Target{Name: "frozen time, incremental / full criu dump", Limit: 0.1, Unit: "x"}
+	// TargetIncrementalFrozenLarge is the frozen time of an incremental checkpoint of
+	// a program of 4 GiB or more, about 1 % of pages written.
+	TargetIncrementalFrozenLarge = Target{Name: "frozen time, incremental, 4 GiB", Limit: 60, Unit: "ms"}
 	// TargetScaleP99 is the worst commit p99 of the primaries sharing one standby over
 	// the p99 of one primary alone.
 	TargetScaleP99 = Target{Name: "commit p99, primaries on one standby / one alone", Limit: 2, Unit: "x"}

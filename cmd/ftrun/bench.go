@@ -33,6 +33,7 @@ func benchCmd() *cli.Command {
 			&cli.StringFlag{Name: "out", Usage: "report folder (default ./bench-report-TIMESTAMP)"},
 			&cli.BoolFlag{Name: "keep-scratch", Usage: "keep the scratch directory (state dirs, logs, CRIU logs) for a look afterwards"},
 			&cli.StringSliceFlag{Name: "only", Usage: "run only these scenarios (comma-separated: " + strings.Join(names, ",") + ")"},
+			&cli.IntSliceFlag{Name: "incremental-mb", Usage: "the incremental scenario's program sizes in MB (default 512; 64 with --quick)", EnvVars: []string{"FTRUN_BENCH_INCREMENTAL_MB"}},
 		},
 		Action: func(c *cli.Context) error {
 			if err := supervisor.RequireRoot(); err != nil {
@@ -63,7 +64,7 @@ func benchCmd() *cli.Command {
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			_, err = bench.Run(ctx, bench.Options{Ftrun: self, Out: out, Quick: c.Bool("quick"), Only: only,
-				Progress: os.Stderr, Command: strings.Join(os.Args, " "), KeepScratch: c.Bool("keep-scratch")})
+				Progress: os.Stderr, Command: strings.Join(os.Args, " "), KeepScratch: c.Bool("keep-scratch"), IncrementalMB: c.IntSlice("incremental-mb")})
 			return err
 		},
 	}
