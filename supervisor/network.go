@@ -381,10 +381,66 @@ func (s *Supervisor) step(ev epochs.Event) epochs.Ready {
 	}
 	if rd.Release > 0 && g != nil {
 		if err := g.Release(rd.Release); err != nil && !errors.Is(err, gate.ErrClosed) {
-			s.log.Error("release held output", "epoch", rd.Release, "err", err)
+			s.log.Error("release held output; retrying", "epoch", rd.Release, "err", err)
+			s.releaseLater(g, rd.Release)
 		}
 	}
 	return rd
+}
+
+// releaseRetryMax bounds the wait between tries of a failed release.
+const releaseRetryMax = time.Second
+
+// releaseLater tries a failed release of epoch again until it goes through, the gate
+// is closed (its output went with its incarnation) or ftrun stops. Releases are
+// cumulative, so one retry serves every failed epoch up to the newest; without one,
+// output the rule found safe would wait for the next release, which an idle program
+// may never cause.
+func (s *Supervisor) releaseLater(g gate.Gate, epoch uint64) {
+	if s.ctx == nil {
+		return // not running (a test of the rule alone)
+	}
+	s.retryMu.Lock()
+	defer s.retryMu.Unlock()
+	if epoch <= s.retrying {
+		return
+	}
+	first := s.retrying == 0
+	s.retrying = epoch
+	if !first {
+		return // the running retry takes the newer epoch
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for delay := 10 * time.Millisecond; ; delay = min(2*delay, releaseRetryMax) {
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-s.clock.After(delay):
+			}
+			s.retryMu.Lock()
+			upTo := s.retrying
+			s.retryMu.Unlock()
+			err := g.Release(upTo)
+			if err != nil && !errors.Is(err, gate.ErrClosed) {
+				s.log.Warn("release held output again", "epoch", upTo, "err", err)
+				continue
+			}
+			s.retryMu.Lock()
+			done := s.retrying == upTo
+			if done {
+				s.retrying = 0
+			}
+			s.retryMu.Unlock()
+			if done {
+				if err == nil {
+					s.log.Info("held output released after a retry", "epoch", upTo)
+				}
+				return
+			}
+		}
+	}()
 }
 
 // protectionText is what status says of p.

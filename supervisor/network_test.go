@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -78,6 +79,7 @@ type recordingGate struct {
 	cuts      []uint64
 	released  []uint64
 	closed    bool
+	fail      int // releases to fail before they go through
 }
 
 func (g *recordingGate) Cut(epoch uint64) {
@@ -91,6 +93,10 @@ func (g *recordingGate) Release(epoch uint64) error {
 	defer g.mu.Unlock()
 	if g.closed {
 		return gate.ErrClosed
+	}
+	if g.fail > 0 {
+		g.fail--
+		return errors.New("netlink receive: no buffer space available")
 	}
 	g.released = append(g.released, epoch)
 	return nil
@@ -315,5 +321,36 @@ func TestDumpClosesTCPWhereNoRestoreKeepsIt(t *testing.T) {
 		if dumpClosesTCP(hasNet) != !kept {
 			t.Errorf("hasNet=%v: dump closes TCP %v, but a restore keeps connections %v", hasNet, dumpClosesTCP(hasNet), kept)
 		}
+	}
+}
+
+// A release that fails is tried again until it goes through: output the rule found
+// safe does not wait for a next release, which an idle program may never cause; and
+// the retry ends with ftrun.
+func TestFailedReleaseIsRetried(t *testing.T) {
+	g := &recordingGate{fail: 3}
+	s := gated(t, CommitLocal, g)
+	s.clock = clockwork.NewRealClock()
+	ctx, cancel := context.WithCancel(context.Background())
+	s.ctx = ctx
+	dump(t, s, 1)
+	s.step(epochs.Committed{Epoch: 1})
+	s.step(epochs.Durable{Epoch: 1})
+	for deadline := time.Now().Add(10 * time.Second); g.String() != "cuts [1], released [1]"; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the failed release was not retried: %s", g)
+		}
+	}
+	// A retry that cannot succeed ends with ftrun.
+	g.mu.Lock()
+	g.fail = 1 << 30
+	g.mu.Unlock()
+	dump(t, s, 2)
+	s.step(epochs.Committed{Epoch: 2})
+	s.step(epochs.Durable{Epoch: 2})
+	cancel()
+	s.wg.Wait()
+	if got := g.String(); got != "cuts [1 2], released [1]" {
+		t.Errorf("after ftrun stopped: %s", got)
 	}
 }

@@ -202,9 +202,13 @@ type Supervisor struct {
 	retry                  clockwork.Timer
 	onOutputPaused         clockwork.Timer // a checkpoint failed: held output starts no epoch until it fires
 
-	wg     sync.WaitGroup // every goroutine the supervisor starts
-	ctx    context.Context
-	cancel context.CancelFunc
+	wg sync.WaitGroup // every goroutine the supervisor starts
+	// retrying is the newest epoch a failed gate release is being retried for (0:
+	// none), guarded by retryMu (see releaseLater).
+	retryMu  sync.Mutex
+	retrying uint64
+	ctx      context.Context
+	cancel   context.CancelFunc
 
 	// the current incarnation of the program
 	inc          int
