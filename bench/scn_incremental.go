@@ -31,9 +31,7 @@ func Incremental(ctx context.Context, env Env) (sec Section, err error) {
 	defer func() { incrementalReport(&sec, rows) }()
 	for _, mb := range sizes {
 		row, err := incrementalAt(ctx, env, mb, reps)
-		if len(row.FtrunFrozen) > 0 {
-			rows = append(rows, row)
-		}
+		rows = append(rows, row) // the report leaves out a size without samples
 		if err != nil {
 			return sec, fmt.Errorf("%d MB: %w", mb, err)
 		}

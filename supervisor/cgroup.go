@@ -42,12 +42,9 @@ func cgroup2Mount() (string, error) {
 	if cgroups.Mode() == cgroups.Unified {
 		return "/sys/fs/cgroup", nil
 	}
-	mnt, _, ok, err := procfs.Cgroup2Mount()
-	if err != nil {
-		return "", err
-	}
-	if ok {
-		return mnt, nil
+	mnt, err := procfs.Cgroup2Mount()
+	if err != nil || mnt != "" {
+		return mnt, err
 	}
 	return "", fmt.Errorf("%w (cgroup mode %s): mount one (e.g. `mount -t cgroup2 none /sys/fs/cgroup/unified`) or boot with systemd.unified_cgroup_hierarchy", ErrNoCgroup2, CgroupMode())
 }

@@ -391,56 +391,69 @@ func (s *Supervisor) step(ev epochs.Event) epochs.Ready {
 // releaseRetryMax bounds the wait between tries of a failed release.
 const releaseRetryMax = time.Second
 
-// releaseLater tries a failed release of epoch again until it goes through, the gate
+// releaseLater tries a failed release of epoch on g again until it goes through, g
 // is closed (its output went with its incarnation) or ftrun stops. Releases are
 // cumulative, so one retry serves every failed epoch up to the newest; without one,
 // output the rule found safe would wait for the next release, which an idle program
-// may never cause.
+// may never cause. A failure on a newer gate (a new incarnation's) replaces the
+// retry's target: the old gate's output is no longer ftrun's to let out.
 func (s *Supervisor) releaseLater(g gate.Gate, epoch uint64) {
 	if s.ctx == nil {
 		return // not running (a test of the rule alone)
 	}
 	s.retryMu.Lock()
 	defer s.retryMu.Unlock()
-	if epoch <= s.retrying {
+	if s.relRetry.g == g && epoch <= s.relRetry.epoch {
 		return
 	}
-	first := s.retrying == 0
-	s.retrying = epoch
-	if !first {
-		return // the running retry takes the newer epoch
+	running := s.relRetry.g != nil
+	s.relRetry = pendingRelease{g: g, epoch: epoch}
+	if running {
+		return // the running retry takes the newer target
 	}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		for delay := 10 * time.Millisecond; ; delay = min(2*delay, releaseRetryMax) {
-			select {
-			case <-s.ctx.Done():
-				return
-			case <-s.clock.After(delay):
-			}
-			s.retryMu.Lock()
-			upTo := s.retrying
-			s.retryMu.Unlock()
-			err := g.Release(upTo)
-			if err != nil && !errors.Is(err, gate.ErrClosed) {
-				s.log.Warn("release held output again", "epoch", upTo, "err", err)
-				continue
-			}
-			s.retryMu.Lock()
-			done := s.retrying == upTo
-			if done {
-				s.retrying = 0
-			}
-			s.retryMu.Unlock()
-			if done {
-				if err == nil {
-					s.log.Info("held output released after a retry", "epoch", upTo)
-				}
-				return
-			}
-		}
+		s.retryReleases()
 	}()
+}
+
+// pendingRelease is the release a retry owes: up to epoch on g.
+type pendingRelease struct {
+	g     gate.Gate
+	epoch uint64
+}
+
+// retryReleases carries out s.relRetry until it goes through or ftrun stops.
+func (s *Supervisor) retryReleases() {
+	for delay := 10 * time.Millisecond; ; delay = min(2*delay, releaseRetryMax) {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-s.clock.After(delay):
+		}
+		s.retryMu.Lock()
+		try := s.relRetry
+		s.retryMu.Unlock()
+		err := try.g.Release(try.epoch)
+		if err != nil && !errors.Is(err, gate.ErrClosed) {
+			s.log.Warn("release held output again", "epoch", try.epoch, "err", err)
+			continue
+		}
+		s.retryMu.Lock()
+		done := s.relRetry == try
+		if done {
+			s.relRetry = pendingRelease{}
+		}
+		s.retryMu.Unlock()
+		if done {
+			if err == nil {
+				s.log.Info("held output released after a retry", "epoch", try.epoch)
+			}
+			return
+		}
+		delay = 5 * time.Millisecond // a newer target: try it soon
+	}
 }
 
 // protectionText is what status says of p.

@@ -134,7 +134,7 @@ func dump(t *testing.T, s *Supervisor, epoch uint64) {
 	t.Helper()
 	var marks phase.Local
 	var synced []checkpoint.SyncedFile
-	if err := s.dumpOptions(epoch, t.TempDir(), false, &marks, &synced, nil).PostDump(); err != nil {
+	if err := s.dumpOptions(epoch, t.TempDir(), false, &marks, &synced).PostDump(); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -352,5 +352,41 @@ func TestFailedReleaseIsRetried(t *testing.T) {
 	s.wg.Wait()
 	if got := g.String(); got != "cuts [1 2], released [1]" {
 		t.Errorf("after ftrun stopped: %s", got)
+	}
+}
+
+// A release that fails on a new incarnation's gate while a retry of the old gate's
+// still runs is not lost when the old gate closes: the retry follows the newest
+// gate, and the old one's closing does not end it.
+func TestReleaseRetryFollowsTheNewGate(t *testing.T) {
+	old := &recordingGate{fail: 1 << 30}
+	s := gated(t, CommitLocal, old)
+	s.clock = clockwork.NewRealClock()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s.ctx = ctx
+	dump(t, s, 1)
+	s.step(epochs.Committed{Epoch: 1})
+	s.step(epochs.Durable{Epoch: 1}) // fails on old: a retry starts
+	cur := &recordingGate{fail: 1}
+	s.releaseLater(cur, 2) // the new incarnation's release failed once
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		cur.mu.Lock()
+		got := fmt.Sprint(cur.released)
+		cur.mu.Unlock()
+		if got == "[2]" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the new gate's failed release was not retried: released %s", got)
+		}
+	}
+	cancel()
+	s.wg.Wait()
+	if got := old.String(); got != "cuts [1], released []" {
+		t.Errorf("old gate: %s", got)
 	}
 }

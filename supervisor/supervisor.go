@@ -203,10 +203,10 @@ type Supervisor struct {
 	onOutputPaused         clockwork.Timer // a checkpoint failed: held output starts no epoch until it fires
 
 	wg sync.WaitGroup // every goroutine the supervisor starts
-	// retrying is the newest epoch a failed gate release is being retried for (0:
-	// none), guarded by retryMu (see releaseLater).
+	// relRetry is the failed gate release being retried (zero: none), guarded by
+	// retryMu (see releaseLater).
 	retryMu  sync.Mutex
-	retrying uint64
+	relRetry pendingRelease
 	ctx      context.Context
 	cancel   context.CancelFunc
 
@@ -1238,13 +1238,16 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 	marks := phase.Local{Start: s.clock.Now()}
 	var synced []checkpoint.SyncedFile
 	unsynced := s.unsynced(procs)
-	hold := s.holdTCP()
-	opts := s.dumpOptions(epoch, pending.Dir, final, &marks, &synced, hold)
+	opts := s.dumpOptions(epoch, pending.Dir, final, &marks, &synced)
 	s.incr.prepare(&opts, procs, s.inc, final)
 	marks.CriuCalled = s.clock.Now()
 	stats, err := s.cfg.Criu.Dump(opts)
 	marks.CriuDone = s.clock.Now()
-	hold.release(s.log)
+	if s.dumpLock != nil {
+		if uerr := s.dumpLock.Unlock(); uerr != nil {
+			s.log.Error("let in the program's incoming TCP after the dump", "err", uerr)
+		}
+	}
 	if err != nil {
 		s.dumpFailed()
 		if s.keepFailedLog(pending.Dir) {
@@ -1299,9 +1302,8 @@ func (s *Supervisor) settleDump(dir, parent string) error {
 
 // dumpOptions are the dump of epoch into dir. Its hooks mark when CRIU announced the
 // dump and when it had the program frozen (see phase.Local); the post-dump one also
-// cuts the output and captures the state files into *synced. With hold, ftrun keeps
-// the program's incoming TCP still itself, from CRIU's start until it returns.
-func (s *Supervisor) dumpOptions(epoch uint64, dir string, final bool, marks *phase.Local, synced *[]checkpoint.SyncedFile, hold *tcpHold) checkpoint.Options {
+// cuts the output and captures the state files into *synced.
+func (s *Supervisor) dumpOptions(epoch uint64, dir string, final bool, marks *phase.Local, synced *[]checkpoint.SyncedFile) checkpoint.Options {
 	opts := checkpoint.Options{ImagesDir: dir, Pid: s.pid, LeaveRunning: !final,
 		TCPEstablished: true, TCPClose: dumpClosesTCP(s.cfg.Net != nil), Timeout: s.cfg.CriuTimeout, Enter: s.enter(), MountNS: true,
 		OwnCgroupsOnly: true, SystemdMirror: s.cg.Placement.Unit != "", CgroupYard: s.cgYard,
@@ -1324,11 +1326,14 @@ func (s *Supervisor) dumpOptions(epoch uint64, dir string, final bool, marks *ph
 		marks.PreDump = s.clock.Now()
 		return nil
 	}
-	if hold != nil {
+	s.st.TCPDump = tcpDumpText(s.cfg.Net != nil, s.dumpLock != nil)
+	if l := s.dumpLock; l != nil {
+		// ftrun holds the program's incoming TCP still itself, queued rather than
+		// dropped (see gate.DumpLock), from CRIU's start until it lets the program go.
 		opts.NetworkLockSkip = true
 		opts.PreDump = func() error {
 			marks.PreDump = s.clock.Now()
-			return hold.lock()
+			return l.Lock()
 		}
 	}
 	return opts

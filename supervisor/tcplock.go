@@ -1,9 +1,5 @@
 package supervisor
 
-import (
-	"log/slog"
-)
-
 // How a dump treats the program's established TCP connections, which the status
 // names. A connection is only ever restored open where the program has an address of
 // its own (--net, see keepConnections): there a dump saves each one, and ftrun keeps
@@ -22,32 +18,13 @@ const (
 // dumpClosesTCP is the pure rule for whether a dump leaves the connections out.
 func dumpClosesTCP(hasNet bool) bool { return !hasNet }
 
-// tcpHold is one dump's lock: taken in the pre-dump hook, let go when CRIU returns.
-type tcpHold struct {
-	lock, unlock func() error
-}
-
-// release lets the held TCP in again.
-func (h *tcpHold) release(log *slog.Logger) {
-	if h == nil {
-		return
-	}
-	if err := h.unlock(); err != nil {
-		log.Error("let in the program's incoming TCP after the dump", "err", err)
-	}
-}
-
-// holdTCP is this dump's lock (nil: none of ftrun's), and says in the status how the
-// dump treats the connections.
-func (s *Supervisor) holdTCP() *tcpHold {
+// tcpDumpText is what the status says of a dump's connections (pure).
+func tcpDumpText(hasNet, ownLock bool) string {
 	switch {
-	case dumpClosesTCP(s.cfg.Net != nil):
-		s.st.TCPDump = tcpDumpClosed
-		return nil
-	case s.dumpLock != nil:
-		s.st.TCPDump = tcpDumpQueued
-		return &tcpHold{lock: s.dumpLock.Lock, unlock: s.dumpLock.Unlock}
+	case dumpClosesTCP(hasNet):
+		return tcpDumpClosed
+	case ownLock:
+		return tcpDumpQueued
 	}
-	s.st.TCPDump = tcpDumpCRIU
-	return nil
+	return tcpDumpCRIU
 }

@@ -68,13 +68,12 @@ func Tree(pid int) []int {
 	return out
 }
 
-// Cgroup2Mount finds this process's cgroup2 mount in its mountinfo: where it is
-// mounted, and which group of the hierarchy is its root ("/" unless a subtree was
-// bind-mounted or the mount was made in a cgroup namespace). ok is false without one.
-func Cgroup2Mount() (mountpoint, root string, ok bool, err error) {
+// Cgroup2Mount finds where this process's mountinfo has a cgroup2 mount: "" without
+// one.
+func Cgroup2Mount() (string, error) {
 	data, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
-		return "", "", false, fmt.Errorf("read mountinfo: %w", err)
+		return "", fmt.Errorf("read mountinfo: %w", err)
 	}
 	for _, line := range strings.Split(string(data), "\n") {
 		// mountinfo: id parent dev root mountpoint opts ... - fstype source opts
@@ -84,11 +83,11 @@ func Cgroup2Mount() (mountpoint, root string, ok bool, err error) {
 		}
 		if fields := strings.Fields(post); len(fields) > 0 && fields[0] == "cgroup2" {
 			if pf := strings.Fields(pre); len(pf) >= 5 {
-				return Unescape(pf[4]), Unescape(pf[3]), true, nil
+				return Unescape(pf[4]), nil
 			}
 		}
 	}
-	return "", "", false, nil
+	return "", nil
 }
 
 // Sockets calls visit with the inode of each socket pid holds open, once per
