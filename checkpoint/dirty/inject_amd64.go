@@ -284,7 +284,7 @@ func (in *injection) waitStop(syscallStop bool, deadline time.Time) error {
 			return err
 		}
 		if !ws.Stopped() {
-			return fmt.Errorf("process %d ended during an injected syscall (status %#x)", in.pid, uint32(ws))
+			return fmt.Errorf("%w: process %d ended during an injection (status %#x)", ErrGone, in.pid, uint32(ws))
 		}
 		sig := ws.StopSignal()
 		switch {
@@ -312,25 +312,51 @@ func (in *injection) waitStop(syscallStop bool, deadline time.Time) error {
 	}
 }
 
-// wait is Wait4 for the thread, polled until deadline when there is one.
+// wait is Wait4 for the thread's next stop, polled until deadline when there is one.
+// It looks before it takes: a thread that ended is left unreaped, so that when it is
+// ftrun's own child (the program's root) its parent's wait still gets its exit status.
 func (in *injection) wait(ws *unix.WaitStatus, deadline time.Time) error {
-	opts := unix.WALL
+	opts := unix.WALL | unix.WEXITED | unix.WSTOPPED | unix.WNOWAIT
 	if !deadline.IsZero() {
 		opts |= unix.WNOHANG
 	}
 	for {
-		got, err := unix.Wait4(in.pid, ws, opts, nil)
+		var info unix.Siginfo
+		err := unix.Waitid(unix.P_PID, in.pid, &info, opts, nil)
 		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err != nil:
+			return fmt.Errorf("wait for process %d: %w", in.pid, err)
+		case info.Signo == 0: // WNOHANG: nothing to report yet
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%w: process %d did not stop within %s (state %s): it sleeps uninterruptibly", ErrUnsupported, in.pid, stopDeadline, procState(in.pid))
+			}
+			time.Sleep(time.Millisecond)
+			continue
+		case info.Code == cldExited || info.Code == cldKilled || info.Code == cldDumped:
+			return fmt.Errorf("%w: process %d ended during an injection", ErrGone, in.pid)
+		}
+		// A stop: take it. Only SIGKILL ends a thread in a ptrace stop, and then
+		// this reaps it; that window is the width of two system calls.
+		got, err := unix.Wait4(in.pid, ws, unix.WALL, nil)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
 		case err != nil:
 			return fmt.Errorf("wait for process %d: %w", in.pid, err)
 		case got == in.pid:
 			return nil
-		case time.Now().After(deadline):
-			return fmt.Errorf("%w: process %d did not stop within %s (state %s): it sleeps uninterruptibly", ErrUnsupported, in.pid, stopDeadline, procState(in.pid))
 		}
-		time.Sleep(time.Millisecond)
 	}
 }
+
+// si_code values of a waitid report (<asm-generic/siginfo.h>).
+const (
+	cldExited = 1
+	cldKilled = 2
+	cldDumped = 3
+)
 
 // procState is the one-letter state of pid, for an error message.
 func procState(pid int) string {

@@ -7,8 +7,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 	"unsafe"
@@ -317,5 +319,37 @@ int main(void) {
 	time.Sleep(100 * time.Millisecond)
 	if st, _ := procfs.State(cmd.Process.Pid); procfs.Stopped(st) {
 		t.Fatalf("the process is left stopped (state %c)", st)
+	}
+}
+
+// A process that dies while held for an injection is left for its parent to reap:
+// when it is the program's root, ftrun is both its tracer and its parent, and a wait
+// that took its exit would leave the supervisor an unknown status.
+func TestInjectionLeavesAnEndedChildToItsParent(t *testing.T) {
+	cmd := exec.Command("sleep", "100")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // ptrace belongs to this thread, which then exits
+		in, err := seize(cmd.Process.Pid)
+		if err != nil {
+			done <- err
+			return
+		}
+		if err := cmd.Process.Signal(unix.SIGKILL); err != nil {
+			done <- err
+			return
+		}
+		done <- in.waitStop(true, time.Time{})
+	}()
+	if err := <-done; !errors.Is(err, ErrGone) {
+		t.Fatalf("waiting for a killed tracee: %v, want ErrGone", err)
+	}
+	err := cmd.Wait()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != unix.SIGKILL {
+		t.Fatalf("the parent's wait: %v, want killed by SIGKILL", err)
 	}
 }
