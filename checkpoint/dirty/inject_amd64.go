@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -239,7 +240,8 @@ type injection struct {
 	pid     int
 	saved   unix.PtraceRegs
 	sysAddr uint64 // address of a syscall instruction in the process
-	signal  int    // a signal that arrived meanwhile, delivered on detach
+	mask    uint64 // the thread's blocked signals, put back on detach
+	signal  int    // an unblockable stop signal that arrived meanwhile, delivered on detach
 }
 
 func seize(pid int) (*injection, error) {
@@ -256,6 +258,21 @@ func seize(pid int) (*injection, error) {
 		return nil, err
 	}
 	fail := func(err error) (*injection, error) { unix.PtraceDetach(pid); return nil, err }
+	// Every signal but SIGKILL and SIGSTOP waits, pending with its siginfo, until
+	// the thread runs its own code again: none is delivered over an injected
+	// syscall's registers, and none has to be taken from it and sent anew.
+	if err := ptraceSigmask(unix.PTRACE_GETSIGMASK, pid, &in.mask); err != nil {
+		return fail(fmt.Errorf("ptrace getsigmask %d: %w", pid, err))
+	}
+	all := ^uint64(0)
+	if err := ptraceSigmask(unix.PTRACE_SETSIGMASK, pid, &all); err != nil {
+		return fail(fmt.Errorf("ptrace setsigmask %d: %w", pid, err))
+	}
+	fail = func(err error) (*injection, error) {
+		_ = ptraceSigmask(unix.PTRACE_SETSIGMASK, pid, &in.mask)
+		unix.PtraceDetach(pid)
+		return nil, err
+	}
 	if err := unix.PtraceSetOptions(pid, unix.PTRACE_O_TRACESYSGOOD); err != nil {
 		return fail(fmt.Errorf("ptrace options %d: %w", pid, err))
 	}
@@ -275,7 +292,9 @@ func seize(pid int) (*injection, error) {
 }
 
 // waitStop waits for the thread's next stop: the interrupt's (syscallStop false) or
-// a syscall entry or exit. A signal that arrives first is kept for detach. With a
+// a syscall entry or exit. A signal that arrives before the interrupt's stop is
+// delivered as it would have been (the thread still runs its own code); during the
+// injection only an unblockable stop signal can, and it is kept for detach. With a
 // deadline it gives up at it (ErrUnsupported: the process does not stop).
 func (in *injection) waitStop(syscallStop bool, deadline time.Time) error {
 	for {
@@ -297,14 +316,15 @@ func (in *injection) waitStop(syscallStop bool, deadline time.Time) error {
 			return nil
 		case ws.TrapCause() == unix.PTRACE_EVENT_STOP:
 			// A group stop: resume it and keep waiting.
-		default:
-			in.signal = int(sig)
+			sig = 0
+		case syscallStop:
+			in.signal, sig = int(sig), 0
 		}
 		var err error
 		if syscallStop {
 			err = unix.PtraceSyscall(in.pid, 0)
 		} else {
-			err = unix.PtraceCont(in.pid, 0)
+			err = unix.PtraceCont(in.pid, int(sig))
 		}
 		if err != nil {
 			return fmt.Errorf("ptrace resume %d: %w", in.pid, err)
@@ -400,10 +420,22 @@ func (in *injection) detach() error {
 	if err != nil {
 		err = fmt.Errorf("ptrace setregs %d: %w", in.pid, err)
 	}
+	if merr := ptraceSigmask(unix.PTRACE_SETSIGMASK, in.pid, &in.mask); merr != nil && err == nil {
+		err = fmt.Errorf("ptrace setsigmask %d: %w", in.pid, merr)
+	}
 	if derr := ptraceDetach(in.pid, in.signal); derr != nil && err == nil {
 		err = fmt.Errorf("ptrace detach %d: %w", in.pid, derr)
 	}
 	return err
+}
+
+// ptraceSigmask gets or sets (req) the blocked signals of the stopped thread pid.
+func ptraceSigmask(req, pid int, mask *uint64) error {
+	_, _, e := unix.Syscall6(unix.SYS_PTRACE, uintptr(req), uintptr(pid), 8, uintptr(unsafe.Pointer(mask)), 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
 }
 
 func ptraceDetach(pid, sig int) error {

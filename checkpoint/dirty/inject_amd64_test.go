@@ -353,3 +353,113 @@ func TestInjectionLeavesAnEndedChildToItsParent(t *testing.T) {
 		t.Fatalf("the parent's wait: %v, want killed by SIGKILL", err)
 	}
 }
+
+// Signals sent to a process while it is held for an injection all reach it after,
+// each once and with its siginfo: none is delivered over the injected syscall, none
+// is swallowed, and a queued signal's value survives.
+func TestInjectionKeepsSignalsWithTheirInfo(t *testing.T) {
+	dir := t.TempDir()
+	src, bin := filepath.Join(dir, "sigs.c"), filepath.Join(dir, "sigs")
+	if err := os.WriteFile(src, []byte(`#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+static void on(int sig, siginfo_t *si, void *uc) {
+	char b[64];
+	int n = snprintf(b, sizeof b, "sig %d val %d\n", sig, si->si_value.sival_int);
+	write(1, b, n);
+}
+int main(void) {
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_sigaction = on;
+	sa.sa_flags = SA_SIGINFO | SA_RESTART;
+	sigaction(SIGRTMIN + 1, &sa, 0);
+	sigaction(SIGUSR1, &sa, 0);
+	printf("ready\n");
+	fflush(stdout);
+	for (;;) pause();
+}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("gcc", "-o", bin, src).CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v: %s", err, out)
+	}
+	cmd := exec.Command(bin)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	lines := bufio.NewScanner(out)
+	if !lines.Scan() || lines.Text() != "ready" {
+		t.Fatalf("no ready line: %q", lines.Text())
+	}
+	pid := cmd.Process.Pid
+	rtmin1 := 35 // SIGRTMIN+1 as glibc numbers it
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		in, err := seize(pid)
+		if err != nil {
+			done <- err
+			return
+		}
+		for _, s := range []struct{ sig, val int }{{rtmin1, 7}, {rtmin1, 8}, {int(unix.SIGUSR1), 9}} {
+			if err := sigqueue(pid, s.sig, s.val); err != nil {
+				done <- err
+				return
+			}
+		}
+		if _, err := in.syscall(unix.SYS_GETPID); err != nil {
+			done <- err
+			return
+		}
+		done <- in.detach()
+	}()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	said := make(chan string)
+	go func() {
+		defer close(said)
+		for lines.Scan() {
+			said <- lines.Text()
+		}
+	}()
+	got := map[string]bool{}
+	for timeout := time.After(10 * time.Second); len(got) < 3; {
+		select {
+		case l, ok := <-said:
+			if !ok {
+				t.Fatalf("after the injection the process said only %v", got)
+			}
+			got[l] = true
+		case <-timeout:
+			t.Fatalf("after the injection the process said only %v", got)
+		}
+	}
+	for _, want := range []string{"sig 35 val 7", "sig 35 val 8", "sig 10 val 9"} {
+		if !got[want] {
+			t.Errorf("no %q among %v", want, got)
+		}
+	}
+}
+
+// sigqueue sends sig with value val to pid, as sigqueue(3) does.
+func sigqueue(pid, sig, val int) error {
+	var info [128]byte
+	*(*int32)(unsafe.Pointer(&info[0])) = int32(sig)
+	*(*int32)(unsafe.Pointer(&info[8])) = -1 // SI_QUEUE
+	*(*int32)(unsafe.Pointer(&info[16])) = int32(os.Getpid())
+	*(*int32)(unsafe.Pointer(&info[24])) = int32(val)
+	_, _, e := unix.Syscall(unix.SYS_RT_SIGQUEUEINFO, uintptr(pid), uintptr(sig), uintptr(unsafe.Pointer(&info[0])))
+	if e != 0 {
+		return fmt.Errorf("rt_sigqueueinfo %d: %w", sig, e)
+	}
+	return nil
+}
