@@ -204,11 +204,19 @@ func injectUffdLocked(pid int) (int, error) {
 	}
 	defer unix.Close(pidfd)
 
+	others, err := holdOthers(pid)
+	if err != nil {
+		return -1, err
+	}
+	defer releaseAll(others)
 	in, err := seize(pid)
 	if err != nil {
 		return -1, err
 	}
 	theirs, err := in.syscall(unix.SYS_USERFAULTFD, unix.O_CLOEXEC|unix.O_NONBLOCK|uffdUserModeOnly)
+	if afterUffd != nil {
+		afterUffd(pid)
+	}
 	if err == nil && int64(theirs) < 0 {
 		err = fmt.Errorf("%w: userfaultfd in process %d: %v", ErrUnsupported, pid, unix.Errno(-int64(theirs)))
 	}
@@ -235,6 +243,10 @@ func injectUffdLocked(pid int) (int, error) {
 	return fd, nil
 }
 
+// afterUffd, when set (by a test), runs while the injected userfaultfd is in the
+// process's fd table.
+var afterUffd func(pid int)
+
 // injection is one thread of a process held in a ptrace stop.
 type injection struct {
 	pid     int
@@ -244,17 +256,70 @@ type injection struct {
 	signal  int    // an unblockable stop signal that arrived meanwhile, delivered on detach
 }
 
-func seize(pid int) (*injection, error) {
-	if err := unix.PtraceSeize(pid); err != nil {
-		return nil, fmt.Errorf("ptrace seize %d: %w", pid, err)
+// hold seizes thread tid and waits for it to stop.
+func hold(tid int) (*injection, error) {
+	if err := unix.PtraceSeize(tid); err != nil {
+		return nil, fmt.Errorf("ptrace seize %d: %w", tid, err)
 	}
-	in := &injection{pid: pid}
-	if err := unix.PtraceInterrupt(pid); err != nil {
-		unix.PtraceDetach(pid)
-		return nil, fmt.Errorf("ptrace interrupt %d: %w", pid, err)
+	in := &injection{pid: tid}
+	if err := unix.PtraceInterrupt(tid); err != nil {
+		unix.PtraceDetach(tid)
+		return nil, fmt.Errorf("ptrace interrupt %d: %w", tid, err)
 	}
 	if err := in.waitStop(false, time.Now().Add(stopDeadline)); err != nil {
-		unix.PtraceDetach(pid) // fails unless stopped; the thread's exit detaches then
+		unix.PtraceDetach(tid) // fails unless stopped; the thread's exit detaches then
+		return nil, err
+	}
+	return in, nil
+}
+
+// holdOthers stops every thread of process pid but pid itself, until the list of
+// threads holds still (a thread not held yet may start another), so that none can
+// fork while the process has a userfaultfd in its fd table: a child would keep a
+// copy, which no dump of it can save. A thread that ends meanwhile is passed over.
+func holdOthers(pid int) (held []*injection, err error) {
+	defer func() {
+		if err != nil {
+			releaseAll(held)
+			held = nil
+		}
+	}()
+	seen := map[int]bool{pid: true}
+	for fresh := true; fresh; {
+		fresh = false
+		tids, err := procfs.Threads(pid)
+		if err != nil {
+			return held, fmt.Errorf("threads of process %d: %w", pid, err)
+		}
+		for _, tid := range tids {
+			if seen[tid] {
+				continue
+			}
+			seen[tid], fresh = true, true
+			in, err := hold(tid)
+			switch {
+			case errors.Is(err, unix.ESRCH) || errors.Is(err, ErrGone):
+				continue
+			case err != nil:
+				return held, err
+			}
+			held = append(held, in)
+		}
+	}
+	return held, nil
+}
+
+// releaseAll lets the threads holdOthers held go, as they were.
+func releaseAll(held []*injection) {
+	for _, in := range held {
+		_ = ptraceDetach(in.pid, in.signal)
+	}
+}
+
+// seize holds thread pid for injections into it.
+func seize(pid int) (*injection, error) {
+	in, err := hold(pid)
+	if err != nil {
 		return nil, err
 	}
 	fail := func(err error) (*injection, error) { unix.PtraceDetach(pid); return nil, err }
@@ -340,6 +405,7 @@ func (in *injection) wait(ws *unix.WaitStatus, deadline time.Time) error {
 	if !deadline.IsZero() {
 		opts |= unix.WNOHANG
 	}
+	nap := 20 * time.Microsecond // a running thread stops within microseconds
 	for {
 		var info unix.Siginfo
 		err := unix.Waitid(unix.P_PID, in.pid, &info, opts, nil)
@@ -352,7 +418,8 @@ func (in *injection) wait(ws *unix.WaitStatus, deadline time.Time) error {
 			if time.Now().After(deadline) {
 				return fmt.Errorf("%w: process %d did not stop within %s (state %s): it sleeps uninterruptibly", ErrUnsupported, in.pid, stopDeadline, procState(in.pid))
 			}
-			time.Sleep(time.Millisecond)
+			time.Sleep(nap)
+			nap = min(2*nap, time.Millisecond)
 			continue
 		case info.Code == cldExited || info.Code == cldKilled || info.Code == cldDumped:
 			return fmt.Errorf("%w: process %d ended during an injection", ErrGone, in.pid)

@@ -463,3 +463,39 @@ func sigqueue(pid, sig, val int) error {
 	}
 	return nil
 }
+
+// While the injected userfaultfd is in the process's fd table, every thread of the
+// process is held: none can fork a child that would keep a copy of it. Afterwards
+// all run on.
+func TestInjectionHoldsEveryThread(t *testing.T) {
+	c := startChild(t) // a Go program: several threads
+	pid := c.cmd.Process.Pid
+	var running []string
+	afterUffd = func(pid int) {
+		tids, err := procfs.Threads(pid)
+		if err != nil || len(tids) < 2 {
+			running = append(running, fmt.Sprintf("threads %v: %v", tids, err))
+		}
+		for _, tid := range tids {
+			if st, err := procfs.State(tid); err != nil || st != 't' {
+				running = append(running, fmt.Sprintf("%d: %c %v", tid, st, err))
+			}
+		}
+	}
+	defer func() { afterUffd = nil }()
+	tr, err := Track(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if len(running) > 0 {
+		t.Fatalf("threads not held while the userfaultfd was there: %v", running)
+	}
+	c.write(t, 3) // the program goes on
+	tids, _ := procfs.Threads(pid)
+	for _, tid := range tids {
+		if st, _ := procfs.State(tid); procfs.Stopped(st) {
+			t.Errorf("thread %d left stopped", tid)
+		}
+	}
+}

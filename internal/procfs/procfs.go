@@ -1,5 +1,5 @@
 // Package procfs reads the few things ftrun needs from /proc: a process's one-letter
-// state, its tree of descendants, the sockets it holds, the cgroup2 mount, and
+// state, its threads, its tree of descendants, the sockets it holds, the cgroup2 mount, and
 // mountinfo's escaped paths. Each was written again by every package that needed it
 // (the supervisor's stopped check and cgroups, CRIU's deadline, the network locks,
 // the container's mounts, the bench's scratch clean-up); the standard library has
@@ -36,12 +36,27 @@ func Stopped(state byte) bool { return state == 'T' || state == 't' }
 // maxTree bounds a walk of descendants, in case /proc changes under it.
 const maxTree = 4096
 
+// Threads are the thread IDs of process pid, pid itself among them.
+func Threads(pid int) ([]int, error) {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for _, t := range tasks {
+		if tid, err := strconv.Atoi(t.Name()); err == nil {
+			out = append(out, tid)
+		}
+	}
+	return out, nil
+}
+
 // Children are pid's children: those of each of its threads.
 func Children(pid int) []int {
 	var out []int
-	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-	for _, t := range tasks {
-		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, t.Name()))
+	tids, _ := Threads(pid)
+	for _, tid := range tids {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, tid))
 		if err != nil {
 			continue
 		}
