@@ -28,6 +28,9 @@ const (
 	DirtyOff DirtyMode = "off"
 )
 
+// DefaultDirtyMode is `ftrun run`'s and `ftrun standby`'s --incremental.
+const DefaultDirtyMode = DirtyOff
+
 // DefaultFullEvery is how many dumps in a row may be incremental before a full one.
 const DefaultFullEvery = 100
 

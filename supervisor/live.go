@@ -14,6 +14,7 @@ import (
 
 	"github.com/ftrun/ftrun/checkpoint"
 	"github.com/ftrun/ftrun/failover"
+	"github.com/ftrun/ftrun/supervisor/netplace"
 )
 
 // HeartbeatTimeout is failover's take-over timeout, also how long the primary waits
@@ -39,6 +40,9 @@ type LiveConfig struct {
 	AckFromMemory bool
 	// EpochOnOutput is Config.EpochOnOutput of the live copy.
 	EpochOnOutput bool
+	// Incremental and FullEvery are Config's of the live copy.
+	Incremental DirtyMode
+	FullEvery   int
 }
 
 // LiveCopy is failover's GoLive for `ftrun standby`: it restores the handed-over epoch
@@ -130,12 +134,19 @@ func adoptSupervisor(cfg LiveConfig, svc, dir string) (*Supervisor, error) {
 	if err != nil {
 		return nil, err
 	}
-	return New(Config{
+	return New(cfg.config(svc, dir, m, spec))
+}
+
+// config is the supervisor's Config of a live copy of svc in dir, restored from a
+// set with manifest m and placed on the network by spec.
+func (cfg LiveConfig) config(svc, dir string, m *checkpoint.Manifest, spec *netplace.Spec) Config {
+	return Config{
 		Name: svc, Command: m.Command, StateDir: dir, WorkDir: "/",
 		Interval: cfg.Interval, Criu: cfg.Criu, Clock: cfg.Clock, Log: cfg.Log.With("role", "live"),
 		Node: cfg.Host, Sync: m.SyncRoots, Net: spec, Failover: true,
 		Standby: cfg.Peer, StandbyTLS: cfg.PeerTLS, AckFromMemory: cfg.AckFromMemory, EpochOnOutput: cfg.EpochOnOutput,
-	})
+		Incremental: cfg.Incremental, FullEvery: cfg.FullEvery,
+	}
 }
 
 // liveOf runs sup as a standby's live copy.
@@ -181,12 +192,9 @@ func liveSupervisor(cfg LiveConfig, h failover.Handoff) (*Supervisor, error) {
 	if err != nil {
 		return nil, err
 	}
-	return New(Config{
-		Name: h.Service, Command: m.Command, StateDir: h.LiveDir, WorkDir: "/",
-		Interval: cfg.Interval, Criu: cfg.Criu, Clock: cfg.Clock, Log: cfg.Log.With("role", "live"),
-		Lease: h.Lease, Node: cfg.Host, Sync: m.SyncRoots, Net: spec, Failover: true, LiveSince: h.Set.Epoch,
-		Standby: cfg.Peer, StandbyTLS: cfg.PeerTLS,
-	})
+	c := cfg.config(h.Service, h.LiveDir, m, spec)
+	c.Lease, c.LiveSince = h.Lease, h.Set.Epoch
+	return New(c)
 }
 
 // linkSet hard-links the image set at from to to, whole or not at all.

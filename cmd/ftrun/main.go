@@ -145,8 +145,7 @@ func runCmd() *cli.Command {
 			&cli.IntFlag{Name: "health-threshold", Value: 3, Usage: "consecutive failed probes that mean the program hangs", EnvVars: env("HEALTH_THRESHOLD")},
 			&cli.DurationFlag{Name: "health-start-period", Value: 0, Usage: "grace after each (re)start before failures count", EnvVars: env("HEALTH_START_PERIOD")},
 			&cli.StringFlag{Name: "criu", Usage: "criu binary (default: from PATH)", EnvVars: env("CRIU")},
-			&cli.StringFlag{Name: "incremental", Value: string(supervisor.DirtyOff), Usage: "incremental checkpoints, which freeze the program only for the pages it wrote since the last one: auto (soft-dirty bits, else userfaultfd write-protection, else off; see `ftrun check`), soft-dirty, uffd-wp or off", EnvVars: env("INCREMENTAL")},
-			&cli.IntFlag{Name: "full-every", Value: supervisor.DefaultFullEvery, Usage: "with --incremental: a full checkpoint after this many incremental ones", EnvVars: env("FULL_EVERY")},
+			incrementalFlag(), fullEveryFlag(),
 			&cli.DurationFlag{Name: "criu-timeout", Value: 10 * time.Second, Usage: "how long CRIU may take to freeze the program", EnvVars: env("CRIU_TIMEOUT")},
 			dumpTimeoutFlag(), restoreTimeoutFlag(),
 			&cli.DurationFlag{Name: "stop-timeout", Value: supervisor.DefaultStopTimeout, Usage: "on stop without a final checkpoint: time between SIGTERM to the program and SIGKILL", EnvVars: env("STOP_TIMEOUT")},
@@ -384,8 +383,7 @@ func standbyCmd() *cli.Command {
 			arbiterFlag(),
 			bridgeFlag(),
 			&cli.StringFlag{Name: "criu", Usage: "criu binary (default: from PATH)", EnvVars: env("CRIU")},
-			&cli.StringFlag{Name: "incremental", Value: string(supervisor.DirtyOff), Usage: "incremental checkpoints, which freeze the program only for the pages it wrote since the last one: auto (soft-dirty bits, else userfaultfd write-protection, else off; see `ftrun check`), soft-dirty, uffd-wp or off", EnvVars: env("INCREMENTAL")},
-			&cli.IntFlag{Name: "full-every", Value: supervisor.DefaultFullEvery, Usage: "with --incremental: a full checkpoint after this many incremental ones", EnvVars: env("FULL_EVERY")},
+			incrementalFlag(), fullEveryFlag(),
 			dumpTimeoutFlag(), restoreTimeoutFlag(),
 			&cli.StringFlag{Name: "metrics", Usage: "ADDR (e.g. :9465) to serve Prometheus metrics on, one series per service, at /metrics", EnvVars: env("METRICS")},
 			&cli.IntFlag{Name: "max-unauthenticated", Value: standby.DefaultMaxUnauthenticated, Usage: "connections not yet past TLS and Hello, in all (more are closed at once; reaching it stops take-overs while it lasts)", EnvVars: env("MAX_UNAUTHENTICATED")},
@@ -430,7 +428,8 @@ func standbyCmd() *cli.Command {
 			}
 			live := supervisor.LiveConfig{Interval: c.Duration("interval"), Log: log, Host: host,
 				Bridge: c.String("bridge"), Peer: c.String("peer"), PeerTLS: keys.Client(), AckFromMemory: fromMemory,
-				EpochOnOutput: c.Bool("epoch-on-output"), Criu: criuFromFlags(c)}
+				EpochOnOutput: c.Bool("epoch-on-output"), Criu: criuFromFlags(c),
+				Incremental: supervisor.DirtyMode(c.String("incremental")), FullEvery: c.Int("full-every")}
 			var adopt func(string, string) (failover.Live, bool)
 			if arb == nil {
 				// With an arbiter a copy runs only under the service's key, which
@@ -873,6 +872,14 @@ func demoCmd() *cli.Command {
 			return demo.Run(ctx, demo.Options{Ftrun: self, WorkDir: c.String("work-dir"), Interval: c.Duration("interval"), Out: os.Stdout, Hosts: c.Bool("hosts")})
 		},
 	}
+}
+
+func incrementalFlag() cli.Flag {
+	return &cli.StringFlag{Name: "incremental", Value: string(supervisor.DefaultDirtyMode), Usage: "incremental checkpoints, which freeze the program only for the pages it wrote since the last one: auto (soft-dirty bits, else userfaultfd write-protection, else off; see `ftrun check`), soft-dirty, uffd-wp or off", EnvVars: env("INCREMENTAL")}
+}
+
+func fullEveryFlag() cli.Flag {
+	return &cli.IntFlag{Name: "full-every", Value: supervisor.DefaultFullEvery, Usage: "with --incremental: a full checkpoint after this many incremental ones", EnvVars: env("FULL_EVERY")}
 }
 
 func dumpTimeoutFlag() cli.Flag {
