@@ -265,9 +265,7 @@ func TestTrackRefusesSeccompFiltered(t *testing.T) {
 // exits) is not waited for: Track gives up, and the process, detached as the tracing
 // thread ends, goes on when it wakes, not left in a ptrace stop nobody ends.
 func TestTrackGivesUpOnAProcessThatCannotStop(t *testing.T) {
-	dir := t.TempDir()
-	src, bin := filepath.Join(dir, "vfork.c"), filepath.Join(dir, "vfork")
-	if err := os.WriteFile(src, []byte(`#include <stdio.h>
+	cmd, lines := startC(t, `#include <stdio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 int main(void) {
@@ -280,25 +278,7 @@ int main(void) {
 	fflush(stdout);
 	for (;;) pause();
 }
-`), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("gcc", "-o", bin, src).CombinedOutput(); err != nil {
-		t.Fatalf("gcc: %v: %s", err, out)
-	}
-	cmd := exec.Command(bin)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	lines := bufio.NewScanner(out)
-	if !lines.Scan() || lines.Text() != "ready" {
-		t.Fatalf("no ready line: %q", lines.Text())
-	}
+`)
 	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		if st, _ := procfs.State(cmd.Process.Pid); st == 'D' {
 			break
@@ -358,9 +338,7 @@ func TestInjectionLeavesAnEndedChildToItsParent(t *testing.T) {
 // each once and with its siginfo: none is delivered over the injected syscall, none
 // is swallowed, and a queued signal's value survives.
 func TestInjectionKeepsSignalsWithTheirInfo(t *testing.T) {
-	dir := t.TempDir()
-	src, bin := filepath.Join(dir, "sigs.c"), filepath.Join(dir, "sigs")
-	if err := os.WriteFile(src, []byte(`#include <signal.h>
+	cmd, lines := startC(t, `#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -380,25 +358,7 @@ int main(void) {
 	fflush(stdout);
 	for (;;) pause();
 }
-`), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("gcc", "-o", bin, src).CombinedOutput(); err != nil {
-		t.Fatalf("gcc: %v: %s", err, out)
-	}
-	cmd := exec.Command(bin)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	lines := bufio.NewScanner(out)
-	if !lines.Scan() || lines.Text() != "ready" {
-		t.Fatalf("no ready line: %q", lines.Text())
-	}
+`)
 	pid := cmd.Process.Pid
 	rtmin1 := 35 // SIGRTMIN+1 as glibc numbers it
 	done := make(chan error, 1)
@@ -498,4 +458,32 @@ func TestInjectionHoldsEveryThread(t *testing.T) {
 			t.Errorf("thread %d left stopped", tid)
 		}
 	}
+}
+
+// startC compiles the C program src, starts it and waits for its "ready" line; the
+// process is killed and reaped at the test's end.
+func startC(t *testing.T, src string) (*exec.Cmd, *bufio.Scanner) {
+	t.Helper()
+	dir := t.TempDir()
+	file, bin := filepath.Join(dir, "prog.c"), filepath.Join(dir, "prog")
+	if err := os.WriteFile(file, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("gcc", "-o", bin, file).CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v: %s", err, out)
+	}
+	cmd := exec.Command(bin)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	lines := bufio.NewScanner(out)
+	if !lines.Scan() || lines.Text() != "ready" {
+		t.Fatalf("no ready line: %q", lines.Text())
+	}
+	return cmd, lines
 }
