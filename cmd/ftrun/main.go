@@ -49,7 +49,15 @@ func main() {
 		fmt.Fprintf(os.Stderr, "ftrun: %v\n", err)
 		os.Exit(supervisor.ExitError)
 	}
-	app := &cli.App{
+	if err := newApp().Run(os.Args); err != nil {
+		fmt.Fprintf(os.Stderr, "ftrun: %v\n", err)
+		os.Exit(exitCode(err))
+	}
+}
+
+// newApp is ftrun's command line.
+func newApp() *cli.App {
+	return &cli.App{
 		Name:    "ftrun",
 		Usage:   "checkpoint/restart supervisor: protects an unmodified program with CRIU",
 		Version: version,
@@ -67,10 +75,6 @@ func main() {
 			supervisor.CgroupRoot = c.String("cgroup-root")
 			return nil
 		},
-	}
-	if err := app.Run(os.Args); err != nil {
-		fmt.Fprintf(os.Stderr, "ftrun: %v\n", err)
-		os.Exit(exitCode(err))
 	}
 }
 
@@ -150,7 +154,7 @@ func runCmd() *cli.Command {
 			dumpTimeoutFlag(), restoreTimeoutFlag(),
 			&cli.DurationFlag{Name: "stop-timeout", Value: supervisor.DefaultStopTimeout, Usage: "on stop without a final checkpoint: time between SIGTERM to the program and SIGKILL", EnvVars: env("STOP_TIMEOUT")},
 			&cli.IntFlag{Name: "preserve-fds", Value: -1, DefaultText: "LISTEN_FDS under systemd socket activation, else 0", Usage: "pass N descriptors from 3 on to the program (every other inherited descriptor is closed for it)", EnvVars: env("PRESERVE_FDS")},
-			&cli.StringFlag{Name: "standby", Usage: "HOST:PORT of the peer: an `ftrun standby` to stream every checkpoint to, or (after it took the service over) the live copy this host serves as standby of", EnvVars: env("STANDBY")},
+			&cli.StringFlag{Name: "standby", Usage: "`HOST:PORT` of the peer: an 'ftrun standby' to stream every checkpoint to, or (after it took the service over) the live copy this host serves as standby of", EnvVars: env("STANDBY")},
 			durabilityFlag(), epochOnOutputFlag(),
 			&cli.StringFlag{Name: "listen", Value: ":7946", Usage: "with --standby: where this host serves as the standby of the service's live copy on the peer, when the peer took it over (\"\": exit 156 instead); given explicitly, also where it answers the peer while it decides its role at boot and while it runs the program, so that both hosts of a pair can run this same command (see --priority)", EnvVars: env("LISTEN")},
 			&cli.IntFlag{Name: "priority", Value: 0, Usage: "with --standby and --listen: when both hosts boot with no copy running and hold the same epoch, the one with the higher priority runs the program (then the smaller certificate name, then the smaller --node)", EnvVars: env("PRIORITY")},
@@ -367,7 +371,7 @@ func arbiterFlag() cli.Flag {
 }
 
 func keysFlag() cli.Flag {
-	return &cli.StringFlag{Name: "keys", Value: defaultKeys, Usage: "directory holding ca.crt, this host's node.key and node.crt, and optionally revoked (see `ftrun keygen`; TLS 1.3, both ends authenticated)", EnvVars: env("KEYS")}
+	return &cli.StringFlag{Name: "keys", Value: defaultKeys, Usage: "directory holding ca.crt, this host's node.key and node.crt, and optionally revoked (see 'ftrun keygen'; TLS 1.3, both ends authenticated)", EnvVars: env("KEYS")}
 }
 
 func standbyCmd() *cli.Command {
@@ -393,7 +397,7 @@ func standbyCmd() *cli.Command {
 			&cli.IntFlag{Name: "quota-services", Value: 16, Usage: "services one certificate may hold here (0: no limit)", EnvVars: env("QUOTA_SERVICES")},
 			&cli.StringFlag{Name: "quota-bytes", Value: "0", Usage: "disk one certificate's services may take here, committed and in flight, e.g. 20GiB (0: no limit; set it so that the quotas of all certificates fit the disk)", EnvVars: env("QUOTA_BYTES")},
 			&cli.IntFlag{Name: "quota-conns", Value: 32, Usage: "connections one certificate may hold open here; each may hold up to two frames of 16 MiB in memory (0: no limit)", EnvVars: env("QUOTA_CONNS")},
-			&cli.StringFlag{Name: "peer", Usage: "HOST:PORT where a program taken over here streams its checkpoints: the old primary's `ftrun run --listen`, which serves as its standby once back (\"\": local checkpoints only)", EnvVars: env("PEER")},
+			&cli.StringFlag{Name: "peer", Usage: "`HOST:PORT` where a program taken over here streams its checkpoints: the old primary's 'ftrun run --listen', which serves as its standby once back (\"\": local checkpoints only)", EnvVars: env("PEER")},
 			durabilityFlag(), epochOnOutputFlag(),
 		},
 		Action: func(c *cli.Context) error {
@@ -812,7 +816,7 @@ func keygenCmd() *cli.Command {
 			{
 				Name: "issue", Usage: "sign a host's request with the CA, saying what it may do", ArgsUsage: "CSR",
 				Flags: []cli.Flag{
-					&cli.StringFlag{Name: "ca", Required: true, Usage: "directory made by `ftrun keygen ca`"},
+					&cli.StringFlag{Name: "ca", Required: true, Usage: "directory made by 'ftrun keygen ca'"},
 					&cli.StringSliceFlag{Name: "role", Required: true, Usage: "primary or standby (repeat for both)"},
 					&cli.StringSliceFlag{Name: "service", Usage: "a service a primary may ship (repeat; '*' for any, for one-tenant deployments)"},
 					&cli.StringFlag{Name: "out", Value: auth.NodeCertFile, Usage: "where to write the certificate"},
@@ -875,7 +879,7 @@ func demoCmd() *cli.Command {
 }
 
 func incrementalFlag() cli.Flag {
-	return &cli.StringFlag{Name: "incremental", Value: string(supervisor.DefaultDirtyMode), Usage: "incremental checkpoints, which freeze the program only for the pages it wrote since the last one: auto (soft-dirty bits, else userfaultfd write-protection, else off; see `ftrun check`), soft-dirty, uffd-wp or off", EnvVars: env("INCREMENTAL")}
+	return &cli.StringFlag{Name: "incremental", Value: string(supervisor.DefaultDirtyMode), Usage: "incremental checkpoints, which freeze the program only for the pages it wrote since the last one: auto (soft-dirty bits, else userfaultfd write-protection, else off; see 'ftrun check'), soft-dirty, uffd-wp or off", EnvVars: env("INCREMENTAL")}
 }
 
 func fullEveryFlag() cli.Flag {

@@ -45,3 +45,33 @@ func TestKeygenWithoutCommandIsUsage(t *testing.T) {
 		t.Fatalf("ftrun keygen DIR: %v", err)
 	}
 }
+
+// A backquoted word in a flag's usage is its placeholder in --help: "--standby
+// `ftrun standby`" read as if that were the value to give. Only upper-case
+// placeholders (HOST:PORT, DIR) are meant.
+func TestFlagPlaceholders(t *testing.T) {
+	app := newApp()
+	var check func(path string, flags []cli.Flag)
+	check = func(path string, flags []cli.Flag) {
+		for _, f := range flags {
+			df, ok := f.(cli.DocGenerationFlag)
+			if !ok {
+				continue
+			}
+			_, rest, _ := strings.Cut(df.GetUsage(), "`")
+			name, _, quoted := strings.Cut(rest, "`")
+			if quoted && strings.ToUpper(name) != name {
+				t.Errorf("%s --%s: placeholder %q", path, f.Names()[0], name)
+			}
+		}
+	}
+	check("ftrun", app.Flags)
+	var walk func(path string, cmds []*cli.Command)
+	walk = func(path string, cmds []*cli.Command) {
+		for _, c := range cmds {
+			check(path+" "+c.Name, c.Flags)
+			walk(path+" "+c.Name, c.Subcommands)
+		}
+	}
+	walk("ftrun", app.Commands)
+}
