@@ -33,11 +33,12 @@ func Frozen(ctx context.Context, env Env) (sec Section, err error) {
 	sec = Section{About: fmt.Sprintf("redis-server under `ftrun run` (checkpoints only on demand) is filled with DEBUG POPULATE to each size; "+
 		"then, %d times and alternating who goes first, ftrun takes a checkpoint (`ftrun checkpoint`; frozen and total time from `ftrun status`) "+
 		"and `criu dump --leave-running --tcp-established --file-locks --manage-cgroups=soft` dumps the same process "+
-		"(frozen time from CRIU's stats-dump, total = wall time of the command). ftrun's background fsync is let finish before the next dump "+
+		"(frozen time from CRIU's stats-dump, total = wall time of the command). Both dump in full (`--incremental off`: "+
+		"the incremental scenario measures the other kind). ftrun's background fsync is let finish before the next dump "+
 		"and is not part of either figure. Medians.", reps)}
 	defer func() { frozenReport(&sec, rows) }()
 
-	svc, addr, err := onDemandRedis(ctx, env, "-frozen")
+	svc, addr, err := onDemandRedis(ctx, env, "-frozen", "--incremental", "off")
 	if err != nil {
 		return sec, err
 	}

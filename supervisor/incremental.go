@@ -28,8 +28,9 @@ const (
 	DirtyOff DirtyMode = "off"
 )
 
-// DefaultDirtyMode is `ftrun run`'s and `ftrun standby`'s --incremental.
-const DefaultDirtyMode = DirtyOff
+// DefaultDirtyMode is `ftrun run`'s and `ftrun standby`'s --incremental: whatever
+// this kernel has, full dumps where it has nothing.
+const DefaultDirtyMode = DirtyAuto
 
 // DefaultFullEvery is how many dumps in a row may be incremental before a full one.
 const DefaultFullEvery = 100
