@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -184,4 +185,57 @@ func startMemcheck(t *testing.T, name, interval string, args ...string) *ftrunPr
 	t.Cleanup(func() { killService(t, name) })
 	full := append([]string{"--name", name, "--interval", interval, "--discard"}, args...)
 	return startFtrun(t, t.TempDir(), nil, append(full, "--", bin)...)
+}
+
+// By default (--incremental auto, --incremental-min 64MiB) a small program is
+// checkpointed in full, and once its image passes the minimum its checkpoints become
+// incremental, on this kernel by write-protection; a restore from one gives back
+// every key.
+func TestIncrementalByDefaultFromTheMinimum(t *testing.T) {
+	requiresRoot(t, "redis-server")
+	port := freePort(t)
+	t.Cleanup(func() { killService(t, "it-incr-auto") })
+	p := startFtrun(t, t.TempDir(), nil, append([]string{"--name", "it-incr-auto", "--interval", "1h", "--discard", "--"},
+		redisArgs(port, t.TempDir())...)...)
+	p.waitFor("running", 30*time.Second, func(s supervisor.Status) bool { return s.Pid > 0 && s.State == supervisor.StateRunning })
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := waitRedis(ctx, addr); err != nil {
+		t.Fatal(err)
+	}
+	c, err := dialRedis(addr, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p.checkpoint()
+	p.checkpoint()
+	st, _ := status(p.stateDir)
+	if st.IncrementalCheckpoints != 0 || st.Incremental != "uffd-wp, for images from 64 MiB" {
+		t.Fatalf("a %d-byte redis: %d of %d checkpoints incremental, mode %q; want none, uffd-wp from 64 MiB",
+			st.ImageBytes, st.IncrementalCheckpoints, st.Checkpoints, st.Incremental)
+	}
+	if _, err := c.Do(time.Minute, "DEBUG", "POPULATE", "80000", "key", "1000"); err != nil {
+		t.Fatal(err)
+	}
+	p.checkpoint() // the first image past the minimum, untracked
+	p.checkpoint() // tracked: the parent
+	p.checkpoint() // incremental
+	if st, _ = status(p.stateDir); st.IncrementalCheckpoints != 1 || st.ImageBytes < 64<<20 {
+		t.Fatalf("an image of %d bytes: %d of %d checkpoints incremental, want the last one", st.ImageBytes, st.IncrementalCheckpoints, st.Checkpoints)
+	}
+	c.Close()
+	syscall.Kill(st.Pid, syscall.SIGKILL)
+	p.waitFor("restored", 30*time.Second, func(s supervisor.Status) bool { return s.Restores == 1 && s.Pid > 0 })
+	if _, err := waitRedis(ctx, addr); err != nil {
+		t.Fatal(err)
+	}
+	if c, err = dialRedis(addr, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	n, err := c.Do(10*time.Second, "DBSIZE")
+	if err != nil || fmt.Sprint(n) != "80000" {
+		t.Fatalf("after the restore from the incremental checkpoint: DBSIZE %v (%v), want 80000", n, err)
+	}
 }

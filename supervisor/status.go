@@ -78,6 +78,9 @@ type Status struct {
 	// TCPDump says how the last dump treated the program's established TCP
 	// connections: saved (and who held their input still) or left out.
 	TCPDump string `json:"tcp_dump,omitempty"`
+	// Incremental says how dumps find the pages written since the last one
+	// (--incremental, as this kernel resolved it; "off": every dump is full).
+	Incremental string `json:"incremental,omitempty"`
 	// Shipping is the epoch on its way to the standby, if one is.
 	Shipping *progress.Transfer `json:"shipping,omitempty"`
 }

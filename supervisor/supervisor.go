@@ -145,6 +145,9 @@ type Config struct {
 	// how many incremental dumps come in a row (0: DefaultFullEvery).
 	Incremental DirtyMode
 	FullEvery   int
+	// IncrementalMin, under DirtyAuto, is the image size a program needs before its
+	// dumps are incremental (0: any); smaller programs are dumped in full.
+	IncrementalMin int64
 	// Listen is where this host serves as the standby of the program's live copy on
 	// the peer (Standby), when the boot finds the service live there; ListenTLS the
 	// server side of the mutual TLS. "" makes ftrun exit (ExitSuperseded) instead.
@@ -336,6 +339,10 @@ func New(cfg Config) (*Supervisor, error) {
 	if cfg.Criu != nil {
 		criuPath = cfg.Criu.Path
 	}
+	var incrMin int64
+	if cfg.Incremental == DirtyAuto {
+		incrMin = cfg.IncrementalMin
+	}
 	if cfg.Incremental != "" {
 		if cfg.Incremental, err = ChooseDirtyMode(cfg.Incremental, criuPath); err != nil {
 			return nil, err
@@ -343,7 +350,7 @@ func New(cfg Config) (*Supervisor, error) {
 	}
 	log := cfg.Log.With("service", cfg.Name)
 	return &Supervisor{
-		incr:   newIncremental(cfg.Incremental, cfg.FullEvery, log),
+		incr:   newIncremental(cfg.Incremental, cfg.FullEvery, log).withMin(incrMin),
 		cfg:    cfg,
 		log:    log,
 		clock:  cfg.Clock,
@@ -1240,6 +1247,7 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 	unsynced := s.unsynced(procs)
 	opts := s.dumpOptions(epoch, pending.Dir, final, &marks, &synced)
 	s.incr.prepare(&opts, procs, s.inc, final)
+	s.st.Incremental = s.incr.String()
 	marks.CriuCalled = s.clock.Now()
 	stats, err := s.cfg.Criu.Dump(opts)
 	marks.CriuDone = s.clock.Now()
@@ -1272,7 +1280,7 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 		}
 		return 0, s.checkpointFailed(epoch, err)
 	}
-	s.incr.committed(set.Dir, s.inc, opts.ParentDir != "")
+	s.incr.committed(set.Dir, s.inc, opts.ParentDir != "", m.Bytes())
 	if opts.ParentDir != "" {
 		s.st.IncrementalCheckpoints++
 	}

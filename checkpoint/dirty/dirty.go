@@ -49,9 +49,10 @@ const (
 
 	// PageWritten is PAGE_IS_WRITTEN: the page was written since it was last
 	// write-protected (or it lies outside any write-protected range).
-	PageWritten = 1 << 1
-	pagePresent = 1 << 3
-	pageSwapped = 1 << 4
+	PageWritten   = 1 << 1
+	pageWPAllowed = 1 << 0
+	pagePresent   = 1 << 3
+	pageSwapped   = 1 << 4
 )
 
 type uffdioAPIArg struct{ API, Features, Ioctls uint64 }
@@ -176,6 +177,20 @@ func Written(pagemap *os.File, r Range) ([]Range, error) {
 		start = arg.WalkEnd
 	}
 	return out, nil
+}
+
+// wpAllowed says whether any of r lies in a mapping registered for async
+// write-protection (PAGE_IS_WPALLOWED, by whatever userfaultfd). The kernel skips
+// mappings without it whole, so a scan costs little but for those.
+func wpAllowed(pagemap *os.File, r Range) (bool, error) {
+	var vec [1]pageRegion
+	arg := pmScanArg{
+		Size: uint64(unsafe.Sizeof(pmScanArg{})), Start: r.Start, End: r.End,
+		Vec: uint64(uintptr(unsafe.Pointer(&vec[0]))), VecLen: 1,
+		CategoryMask: pageWPAllowed, ReturnMask: pageWPAllowed,
+	}
+	n, err := ioctl(int(pagemap.Fd()), pagemapScan, unsafe.Pointer(&arg))
+	return n > 0, err
 }
 
 // appendRange adds r to sorted rs, merging it with the last range when they touch.

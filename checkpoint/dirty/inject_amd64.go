@@ -123,10 +123,14 @@ func seccompFiltered(pid int) (bool, error) {
 // mmaps). File-backed ones are left untracked, so a dump saves their copied-on-write
 // pages whole: protecting a file mapping puts a marker in each page it has not
 // mapped yet, PAGEMAP_SCAN reports a marker as a swapped page not written, and a dump
-// would look for it in its parent, where it never was. (Holes in anonymous mappings
-// get markers from the protecting walk too; that is not solved yet, so incremental
-// dumps are not yet usable.)
+// would look for it in its parent, where it never was.
 func privateMappings(pid int) ([]Range, error) {
+	return mappings(pid, true)
+}
+
+// mappings lists pid's mappings that are private anonymous ones (private true) or
+// all the others (private false); [vdso], [vvar] and [vsyscall] are never listed.
+func mappings(pid int, private bool) ([]Range, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
 	if err != nil {
 		return nil, fmt.Errorf("read mappings: %w", err)
@@ -136,10 +140,13 @@ func privateMappings(pid int) ([]Range, error) {
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 || len(fields[1]) < 4 || fields[1][3] != 'p' || fields[4] != "0" {
+		if len(fields) < 5 || len(fields[1]) < 4 {
 			continue
 		}
 		if len(fields) >= 6 && strings.HasPrefix(fields[5], "[v") { // [vdso], [vvar], [vsyscall]
+			continue
+		}
+		if isPrivate := fields[1][3] == 'p' && fields[4] == "0"; isPrivate != private {
 			continue
 		}
 		r, ok := parseRange(fields[0])
@@ -148,6 +155,51 @@ func privateMappings(pid int) ([]Range, error) {
 		}
 	}
 	return out, sc.Err()
+}
+
+// CheckForeign fails with ErrForeign when a mapping of process pid is under async
+// write-protection that ftrun did not set up: any of them in a process it does not
+// track (tracked false), and in one it tracks any but the private anonymous
+// mappings its Tracker registers (a foreign registration of one of those shows in
+// Refresh). PAGEMAP_SCAN reports a page of such a mapping as unwritten whoever
+// protected it, and a dump would leave the page in its parent: the program's own
+// write-tracking (a garbage collector's, say) would hide its writes from the dump.
+func CheckForeign(pid int, tracked bool) error {
+	var check []Range
+	var err error
+	if tracked {
+		check, err = mappings(pid, false)
+	} else {
+		check, err = allMappings(pid)
+	}
+	if err != nil {
+		return err
+	}
+	pagemap, err := os.Open(fmt.Sprintf("/proc/%d/pagemap", pid))
+	if err != nil {
+		return fmt.Errorf("open pagemap: %w", err)
+	}
+	defer pagemap.Close()
+	for _, r := range check {
+		wp, err := wpAllowed(pagemap, r)
+		if err != nil {
+			return fmt.Errorf("PAGEMAP_SCAN of process %d, %#x-%#x: %w", pid, r.Start, r.End, err)
+		}
+		if wp {
+			return fmt.Errorf("%w: process %d, %#x-%#x", ErrForeign, pid, r.Start, r.End)
+		}
+	}
+	return nil
+}
+
+// allMappings is every mapping of pid, private anonymous or not.
+func allMappings(pid int) ([]Range, error) {
+	a, err := mappings(pid, true)
+	if err != nil {
+		return nil, err
+	}
+	b, err := mappings(pid, false)
+	return append(a, b...), err
 }
 
 func parseRange(s string) (Range, bool) {

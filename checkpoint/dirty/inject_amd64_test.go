@@ -460,9 +460,9 @@ func TestInjectionHoldsEveryThread(t *testing.T) {
 	}
 }
 
-// startC compiles the C program src, starts it and waits for its "ready" line; the
-// process is killed and reaped at the test's end.
-func startC(t *testing.T, src string) (*exec.Cmd, *bufio.Scanner) {
+// startC compiles the C program src, starts it with args and waits for its "ready"
+// line; the process is killed and reaped at the test's end.
+func startC(t *testing.T, src string, args ...string) (*exec.Cmd, *bufio.Scanner) {
 	t.Helper()
 	dir := t.TempDir()
 	file, bin := filepath.Join(dir, "prog.c"), filepath.Join(dir, "prog")
@@ -472,7 +472,8 @@ func startC(t *testing.T, src string) (*exec.Cmd, *bufio.Scanner) {
 	if out, err := exec.Command("gcc", "-o", bin, file).CombinedOutput(); err != nil {
 		t.Fatalf("gcc: %v: %s", err, out)
 	}
-	cmd := exec.Command(bin)
+	cmd := exec.Command(bin, args...)
+	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -486,4 +487,69 @@ func startC(t *testing.T, src string) (*exec.Cmd, *bufio.Scanner) {
 		t.Fatalf("no ready line: %q", lines.Text())
 	}
 	return cmd, lines
+}
+
+// foreignWPSource maps 16 pages, shared (argv[1] "shared", a memfd) or private
+// anonymous, and registers them for async write-protection with a userfaultfd of
+// its own: a program that tracks its own writes.
+const foreignWPSource = `#define _GNU_SOURCE
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+	long page = sysconf(_SC_PAGESIZE);
+	int shared = argc > 1 && strcmp(argv[1], "shared") == 0;
+	int fd = memfd_create("fwp", 0);
+	ftruncate(fd, 16 * page);
+	char *m = shared ? mmap(0, 16 * page, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+			 : mmap(0, 16 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	memset(m, 1, 16 * page);
+	int u = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+	/* WP_ASYNC, WP_UNPOPULATED, WP_HUGETLBFS_SHMEM: newer than Debian 12's headers */
+	struct uffdio_api api = {.api = UFFD_API, .features = (1 << 15) | (1 << 13) | (1 << 12)};
+	if (u < 0 || ioctl(u, UFFDIO_API, &api)) { perror("uffd api"); return 1; }
+	struct uffdio_register reg = {.range = {(unsigned long)m, 16 * page}, .mode = UFFDIO_REGISTER_MODE_WP};
+	if (ioctl(u, UFFDIO_REGISTER, &reg)) { perror("register"); return 1; }
+	struct uffdio_writeprotect wp = {.range = {(unsigned long)m, 16 * page}, .mode = UFFDIO_WRITEPROTECT_MODE_WP};
+	if (ioctl(u, UFFDIO_WRITEPROTECT, &wp)) { perror("writeprotect"); return 1; }
+	printf("ready\n");
+	fflush(stdout);
+	for (;;) pause();
+}
+`
+
+// A program's own async write-protection is found wherever ftrun's tracking would
+// not see it: on a shared mapping of a tracked process (ftrun registers only private
+// anonymous ones), and anywhere in a process it does not track. A process without
+// any passes.
+func TestCheckForeignFindsTheProgramsOwnWriteProtection(t *testing.T) {
+	shared, _ := startC(t, foreignWPSource, "shared")
+	private, _ := startC(t, foreignWPSource)
+	plain, _ := startC(t, `#include <stdio.h>
+#include <unistd.h>
+int main(void) { printf("ready\n"); fflush(stdout); for (;;) pause(); }
+`)
+	for _, c := range []struct {
+		what    string
+		pid     int
+		tracked bool
+		foreign bool
+	}{
+		{"shared mapping, tracked process", shared.Process.Pid, true, true},
+		{"shared mapping, untracked process", shared.Process.Pid, false, true},
+		{"private mapping, untracked process", private.Process.Pid, false, true},
+		{"private mapping, tracked process (Refresh's to find)", private.Process.Pid, true, false},
+		{"no write-protection, untracked", plain.Process.Pid, false, false},
+		{"no write-protection, tracked", plain.Process.Pid, true, false},
+	} {
+		err := CheckForeign(c.pid, c.tracked)
+		if got := errors.Is(err, ErrForeign); got != c.foreign || (err != nil && !got) {
+			t.Errorf("%s: CheckForeign = %v, want foreign %v", c.what, err, c.foreign)
+		}
+	}
 }
