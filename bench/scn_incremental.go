@@ -22,7 +22,7 @@ func Incremental(ctx context.Context, env Env) (sec Section, err error) {
 		}
 	}
 	var rows []FrozenRow
-	sec = Section{About: fmt.Sprintf("For each size, redis-server under `ftrun run --incremental auto --incremental-min 0` (checkpoints only on demand) is filled "+
+	sec = Section{About: fmt.Sprintf("For each size, redis-server under `ftrun run --incremental auto` (checkpoints only on demand) is filled "+
 		"with DEBUG POPULATE and checkpointed once (the full parent). Then %d times: SETRANGE rewrites 16 bytes of random keys, one per 1 %% "+
 		"of the image's pages, and ftrun takes a checkpoint (incremental: frozen time from `ftrun status`); the keys are rewritten again and "+
 		"`criu dump --leave-running` dumps the same process in full (frozen time from CRIU's stats-dump). Medians. The total time of the "+
@@ -42,7 +42,7 @@ func Incremental(ctx context.Context, env Env) (sec Section, err error) {
 // incrementalAt measures one size.
 func incrementalAt(ctx context.Context, env Env, mb, reps int) (row FrozenRow, err error) {
 	row.DataMB = mb
-	svc, addr, err := onDemandRedis(ctx, env, fmt.Sprintf("-incremental-%d", mb), "--incremental", "auto", "--incremental-min", "0", "--full-every", "1000")
+	svc, addr, err := onDemandRedis(ctx, env, fmt.Sprintf("-incremental-%d", mb), "--incremental", "auto", "--full-every", "1000")
 	if err != nil {
 		return row, err
 	}

@@ -35,13 +35,6 @@ const (
 // this kernel has, full dumps where it has nothing.
 const DefaultDirtyMode = DirtyAuto
 
-// DefaultIncrementalMin is `ftrun run`'s --incremental-min: under auto, programs
-// smaller than this are dumped in full. Measured here (`ftrun bench --only output`, a
-// 10 MB redis behind the gate): incremental dumps froze it about as long as full ones
-// (fixed costs dominate), and making each set standalone lengthened every commit by
-// some 7 ms; at 64 MiB an incremental dump freezes the program 16 ms instead of 55.
-const DefaultIncrementalMin = 64 << 20
-
 // DefaultFullEvery is how many dumps in a row may be incremental before a full one.
 const DefaultFullEvery = 100
 
@@ -105,9 +98,6 @@ type incremental struct {
 	parent    string // the committed set of the last tracked dump; "" after a failure
 	parentInc int    // the incarnation it was dumped from
 	inRow     int    // incremental dumps since the last full one
-	minBytes  int64  // the image a program needs for its dumps to be incremental
-	lastBytes int64  // the image of the last committed dump
-	armed     bool   // the dump prepare readied tracks memory: its set may be a parent
 	trackers  map[int]*tracked
 	failed    map[int]bool // processes whose tracking failed, not tried again
 }
@@ -126,11 +116,8 @@ func newIncremental(mode DirtyMode, fullEvery int, log *slog.Logger) *incrementa
 
 // String is what status says of the mode.
 func (inc *incremental) String() string {
-	switch {
-	case !inc.on():
+	if !inc.on() {
 		return string(DirtyOff)
-	case inc.minBytes > 0:
-		return fmt.Sprintf("%s, for images from %d MiB", inc.mode, inc.minBytes>>20)
 	}
 	return string(inc.mode)
 }
@@ -147,27 +134,12 @@ func parentFor(parent string, parentInc, incarnation, inRow, fullEvery int) stri
 	return parent
 }
 
-// withMin makes dumps of a program whose last image is under minBytes full ones.
-func (inc *incremental) withMin(minBytes int64) *incremental {
-	inc.minBytes = minBytes
-	return inc
-}
-
 // prepare readies tracking for the dump o of procs (the program's processes): it
 // tracks processes not tracked yet, registers their new mappings, forgets those gone,
 // and sets o's TrackMem and ParentDir. The final dump, after which the program is
-// gone, is a full one: nothing may stand between it and a standalone set; so is a
-// dump of a program whose last image was under the minimum.
+// gone, is a full one: nothing may stand between it and a standalone set.
 func (inc *incremental) prepare(o *checkpoint.Options, procs []int, incarnation int, final bool) {
-	if inc == nil {
-		return
-	}
-	inc.armed = false
 	if !inc.on() || final {
-		return
-	}
-	if inc.lastBytes < inc.minBytes {
-		inc.dropParent()
 		return
 	}
 	parent := inc.parent
@@ -183,7 +155,7 @@ func (inc *incremental) prepare(o *checkpoint.Options, procs []int, incarnation 
 			parent = "" // this dump saves every page
 		}
 	}
-	o.TrackMem, inc.armed = true, true
+	o.TrackMem = true
 	parent = parentFor(parent, inc.parentInc, incarnation, inc.inRow, inc.fullEvery)
 	// Until this dump commits, no set is a valid parent: it resets tracking.
 	inc.dropParent()
@@ -203,17 +175,11 @@ func (inc *incremental) dropParent() {
 }
 
 // committed records the set a tracked dump of incarnation produced: the next dump's
-// parent. incremental says whether it left pages in its own parent; bytes is the
-// size of the (standalone) set, tracked or not.
-func (inc *incremental) committed(set string, incarnation int, incremental bool, bytes int64) {
+// parent. incremental says whether it left pages in its own parent.
+func (inc *incremental) committed(set string, incarnation int, incremental bool) {
 	if !inc.on() {
 		return
 	}
-	inc.lastBytes = bytes
-	if !inc.armed {
-		return // an untracked dump: nobody's parent
-	}
-	inc.armed = false
 	inc.parent, inc.parentInc = set, incarnation
 	if incremental {
 		inc.inRow++

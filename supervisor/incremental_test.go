@@ -69,7 +69,7 @@ func TestFailedDumpClearsTheParent(t *testing.T) {
 	if got := parentOf(inc, 1, "/s/1"); got != "" {
 		t.Fatalf("first dump's parent = %q, want a full dump", got)
 	}
-	inc.committed("/s/1", 1, false, 0)
+	inc.committed("/s/1", 1, false)
 	if got := parentOf(inc, 1, "/s/2"); got != "../1" {
 		t.Fatalf("second dump's parent = %q, want ../1", got)
 	}
@@ -78,7 +78,7 @@ func TestFailedDumpClearsTheParent(t *testing.T) {
 	if got := parentOf(inc, 1, "/s/3"); got != "" {
 		t.Fatalf("after a failed dump the parent = %q, want a full dump", got)
 	}
-	inc.committed("/s/3", 1, false, 0)
+	inc.committed("/s/3", 1, false)
 	// A restore since: the restored program's pages were never tracked.
 	if got := parentOf(inc, 2, "/s/4"); got != "" {
 		t.Fatalf("after a restore the parent = %q, want a full dump", got)
@@ -88,13 +88,13 @@ func TestFailedDumpClearsTheParent(t *testing.T) {
 func TestAFullDumpEveryN(t *testing.T) {
 	inc := newIncremental(DirtySoftDirty, 2, nil)
 	parentOf(inc, 1, "/s/1")
-	inc.committed("/s/1", 1, false, 0)
+	inc.committed("/s/1", 1, false)
 	var got []string
 	for k := 2; k <= 5; k++ {
 		dir := fmt.Sprintf("/s/%d", k)
 		p := parentOf(inc, 1, dir)
 		got = append(got, p)
-		inc.committed(dir, 1, p != "", 0)
+		inc.committed(dir, 1, p != "")
 	}
 	want := []string{"../1", "../2", "", "../4"}
 	if !slices.Equal(got, want) {
@@ -105,7 +105,7 @@ func TestAFullDumpEveryN(t *testing.T) {
 func TestOffTracksNothing(t *testing.T) {
 	for _, m := range []DirtyMode{"", DirtyOff} {
 		inc := newIncremental(m, 100, nil)
-		inc.committed("/s/1", 1, false, 0)
+		inc.committed("/s/1", 1, false)
 		if got := parentOf(inc, 1, "/s/2"); got != "(untracked)" {
 			t.Errorf("mode %q: parent = %q, want no tracking", m, got)
 		}
@@ -116,7 +116,7 @@ func TestOffTracksNothing(t *testing.T) {
 func TestFinalDumpIsFull(t *testing.T) {
 	inc := newIncremental(DirtySoftDirty, 100, nil)
 	parentOf(inc, 1, "/s/1")
-	inc.committed("/s/1", 1, false, 0)
+	inc.committed("/s/1", 1, false)
 	o := checkpoint.Options{ImagesDir: "/s/2"}
 	inc.prepare(&o, nil, 1, true)
 	if o.TrackMem || o.ParentDir != "" {
@@ -128,42 +128,9 @@ func TestFinalDumpIsFull(t *testing.T) {
 func TestUndurableSetIsNoParent(t *testing.T) {
 	inc := newIncremental(DirtySoftDirty, 100, nil)
 	parentOf(inc, 1, "/s/1")
-	inc.committed("/s/1", 1, false, 0)
+	inc.committed("/s/1", 1, false)
 	inc.dropParent()
 	if got := parentOf(inc, 1, "/s/2"); got != "" {
 		t.Fatalf("parent after a failed sync = %q, want a full dump", got)
-	}
-}
-
-// Under a minimum, a program's dumps are full (and untracked) until a committed image
-// reaches it, and full again once one falls under it; the parent from before is not
-// leaned on across such a dump.
-func TestIncrementalMinimum(t *testing.T) {
-	inc := newIncremental(DirtySoftDirty, 100, nil).withMin(64 << 20)
-	if got := parentOf(inc, 1, "/s/1"); got != "(untracked)" {
-		t.Fatalf("first dump: %q, want untracked", got)
-	}
-	inc.committed("/s/1", 1, false, 10<<20)
-	if got := parentOf(inc, 1, "/s/2"); got != "(untracked)" {
-		t.Fatalf("after a 10 MiB image: %q, want untracked", got)
-	}
-	inc.committed("/s/2", 1, false, 80<<20)
-	if got := parentOf(inc, 1, "/s/3"); got != "" {
-		t.Fatalf("after an 80 MiB image: %q, want a tracked full dump", got)
-	}
-	inc.committed("/s/3", 1, false, 80<<20)
-	if got := parentOf(inc, 1, "/s/4"); got != "../3" {
-		t.Fatalf("then: %q, want ../3", got)
-	}
-	inc.committed("/s/4", 1, true, 30<<20)
-	if got := parentOf(inc, 1, "/s/5"); got != "(untracked)" {
-		t.Fatalf("after the image shrank to 30 MiB: %q, want untracked", got)
-	}
-	inc.committed("/s/5", 1, false, 80<<20)
-	if got := parentOf(inc, 1, "/s/6"); got != "" {
-		t.Fatalf("grown again: %q, want a tracked full dump, not one on ../4", got)
-	}
-	if got := inc.String(); got != "soft-dirty, for images from 64 MiB" {
-		t.Errorf("String = %q", got)
 	}
 }

@@ -40,10 +40,9 @@ type LiveConfig struct {
 	AckFromMemory bool
 	// EpochOnOutput is Config.EpochOnOutput of the live copy.
 	EpochOnOutput bool
-	// Incremental, IncrementalMin and FullEvery are Config's of the live copy.
-	Incremental    DirtyMode
-	IncrementalMin int64
-	FullEvery      int
+	// Incremental and FullEvery are Config's of the live copy.
+	Incremental DirtyMode
+	FullEvery   int
 }
 
 // LiveCopy is failover's GoLive for `ftrun standby`: it restores the handed-over epoch
@@ -146,7 +145,7 @@ func (cfg LiveConfig) config(svc, dir string, m *checkpoint.Manifest, spec *netp
 		Interval: cfg.Interval, Criu: cfg.Criu, Clock: cfg.Clock, Log: cfg.Log.With("role", "live"),
 		Node: cfg.Host, Sync: m.SyncRoots, Net: spec, Failover: true,
 		Standby: cfg.Peer, StandbyTLS: cfg.PeerTLS, AckFromMemory: cfg.AckFromMemory, EpochOnOutput: cfg.EpochOnOutput,
-		Incremental: cfg.Incremental, IncrementalMin: cfg.IncrementalMin, FullEvery: cfg.FullEvery,
+		Incremental: cfg.Incremental, FullEvery: cfg.FullEvery,
 	}
 }
 

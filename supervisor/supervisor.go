@@ -145,9 +145,6 @@ type Config struct {
 	// how many incremental dumps come in a row (0: DefaultFullEvery).
 	Incremental DirtyMode
 	FullEvery   int
-	// IncrementalMin, under DirtyAuto, is the image size a program needs before its
-	// dumps are incremental (0: any); smaller programs are dumped in full.
-	IncrementalMin int64
 	// Listen is where this host serves as the standby of the program's live copy on
 	// the peer (Standby), when the boot finds the service live there; ListenTLS the
 	// server side of the mutual TLS. "" makes ftrun exit (ExitSuperseded) instead.
@@ -339,10 +336,6 @@ func New(cfg Config) (*Supervisor, error) {
 	if cfg.Criu != nil {
 		criuPath = cfg.Criu.Path
 	}
-	var incrMin int64
-	if cfg.Incremental == DirtyAuto {
-		incrMin = cfg.IncrementalMin
-	}
 	if cfg.Incremental != "" {
 		if cfg.Incremental, err = ChooseDirtyMode(cfg.Incremental, criuPath); err != nil {
 			return nil, err
@@ -350,7 +343,7 @@ func New(cfg Config) (*Supervisor, error) {
 	}
 	log := cfg.Log.With("service", cfg.Name)
 	return &Supervisor{
-		incr:   newIncremental(cfg.Incremental, cfg.FullEvery, log).withMin(incrMin),
+		incr:   newIncremental(cfg.Incremental, cfg.FullEvery, log),
 		cfg:    cfg,
 		log:    log,
 		clock:  cfg.Clock,
@@ -1280,7 +1273,7 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 		}
 		return 0, s.checkpointFailed(epoch, err)
 	}
-	s.incr.committed(set.Dir, s.inc, opts.ParentDir != "", m.Bytes())
+	s.incr.committed(set.Dir, s.inc, opts.ParentDir != "")
 	if opts.ParentDir != "" {
 		s.st.IncrementalCheckpoints++
 	}

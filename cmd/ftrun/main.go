@@ -149,7 +149,7 @@ func runCmd() *cli.Command {
 			&cli.IntFlag{Name: "health-threshold", Value: 3, Usage: "consecutive failed probes that mean the program hangs", EnvVars: env("HEALTH_THRESHOLD")},
 			&cli.DurationFlag{Name: "health-start-period", Value: 0, Usage: "grace after each (re)start before failures count", EnvVars: env("HEALTH_START_PERIOD")},
 			&cli.StringFlag{Name: "criu", Usage: "criu binary (default: from PATH)", EnvVars: env("CRIU")},
-			incrementalFlag(), incrementalMinFlag(), fullEveryFlag(),
+			incrementalFlag(), fullEveryFlag(),
 			&cli.DurationFlag{Name: "criu-timeout", Value: 10 * time.Second, Usage: "how long CRIU may take to freeze the program", EnvVars: env("CRIU_TIMEOUT")},
 			dumpTimeoutFlag(), restoreTimeoutFlag(),
 			&cli.DurationFlag{Name: "stop-timeout", Value: supervisor.DefaultStopTimeout, Usage: "on stop without a final checkpoint: time between SIGTERM to the program and SIGKILL", EnvVars: env("STOP_TIMEOUT")},
@@ -260,10 +260,6 @@ func runCmd() *cli.Command {
 				node, _ = os.Hostname()
 			}
 			wd, _ := os.Getwd()
-			incr, incrMin, fullEvery, err := incrementalFromFlags(c)
-			if err != nil {
-				return err
-			}
 			sup, err := supervisor.New(supervisor.Config{
 				Net: netSpec, Commit: commit,
 				Standby: c.String("standby"), StandbyTLS: standbyTLS, AckFromMemory: fromMemory, EpochOnOutput: c.Bool("epoch-on-output"), Listen: c.String("listen"), ListenTLS: listenTLS,
@@ -278,7 +274,7 @@ func runCmd() *cli.Command {
 				Health: health, Criu: criu, CriuTimeout: c.Duration("criu-timeout"), NoSync: c.Bool("no-sync"),
 				StopTimeout: c.Duration("stop-timeout"), ExtraFiles: extra, ListenFds: listen,
 				Log: log, User: c.String("user"),
-				Incremental: incr, IncrementalMin: incrMin, FullEvery: fullEvery,
+				Incremental: supervisor.DirtyMode(c.String("incremental")), FullEvery: c.Int("full-every"),
 			})
 			if err != nil {
 				return usage("%v", err)
@@ -391,7 +387,7 @@ func standbyCmd() *cli.Command {
 			arbiterFlag(),
 			bridgeFlag(),
 			&cli.StringFlag{Name: "criu", Usage: "criu binary (default: from PATH)", EnvVars: env("CRIU")},
-			incrementalFlag(), incrementalMinFlag(), fullEveryFlag(),
+			incrementalFlag(), fullEveryFlag(),
 			dumpTimeoutFlag(), restoreTimeoutFlag(),
 			&cli.StringFlag{Name: "metrics", Usage: "ADDR (e.g. :9465) to serve Prometheus metrics on, one series per service, at /metrics", EnvVars: env("METRICS")},
 			&cli.IntFlag{Name: "max-unauthenticated", Value: standby.DefaultMaxUnauthenticated, Usage: "connections not yet past TLS and Hello, in all (more are closed at once; reaching it stops take-overs while it lasts)", EnvVars: env("MAX_UNAUTHENTICATED")},
@@ -434,14 +430,10 @@ func standbyCmd() *cli.Command {
 			if err != nil {
 				return err
 			}
-			incr, incrMin, fullEvery, err := incrementalFromFlags(c)
-			if err != nil {
-				return err
-			}
 			live := supervisor.LiveConfig{Interval: c.Duration("interval"), Log: log, Host: host,
 				Bridge: c.String("bridge"), Peer: c.String("peer"), PeerTLS: keys.Client(), AckFromMemory: fromMemory,
 				EpochOnOutput: c.Bool("epoch-on-output"), Criu: criuFromFlags(c),
-				Incremental: incr, IncrementalMin: incrMin, FullEvery: fullEvery}
+				Incremental: supervisor.DirtyMode(c.String("incremental")), FullEvery: c.Int("full-every")}
 			var adopt func(string, string) (failover.Live, bool)
 			if arb == nil {
 				// With an arbiter a copy runs only under the service's key, which
@@ -891,19 +883,6 @@ func demoCmd() *cli.Command {
 
 func incrementalFlag() cli.Flag {
 	return &cli.StringFlag{Name: "incremental", Value: string(supervisor.DefaultDirtyMode), Usage: "incremental checkpoints, which freeze the program only for the pages it wrote since the last one: auto (soft-dirty bits, else userfaultfd write-protection, else off; see 'ftrun check'), soft-dirty, uffd-wp or off", EnvVars: env("INCREMENTAL")}
-}
-
-func incrementalMinFlag() cli.Flag {
-	return &cli.StringFlag{Name: "incremental-min", Value: fmt.Sprintf("%dMiB", supervisor.DefaultIncrementalMin>>20), Usage: "with --incremental auto: the image size (e.g. 64MiB) a program needs before its checkpoints are incremental; smaller ones are checkpointed in full, which costs them less (0: any size)", EnvVars: env("INCREMENTAL_MIN")}
-}
-
-// incrementalFromFlags is --incremental, --incremental-min and --full-every.
-func incrementalFromFlags(c *cli.Context) (supervisor.DirtyMode, int64, int, error) {
-	minBytes, err := parseBytes(c.String("incremental-min"))
-	if err != nil {
-		return "", 0, 0, usage("--incremental-min: %v", err)
-	}
-	return supervisor.DirtyMode(c.String("incremental")), minBytes, c.Int("full-every"), nil
 }
 
 func fullEveryFlag() cli.Flag {
