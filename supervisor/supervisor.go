@@ -1293,11 +1293,12 @@ func (s *Supervisor) settleDump(dir, parent string) error {
 	if parent == "" {
 		return nil
 	}
+	start := s.clock.Now()
 	st, err := delta.Materialize(dir, filepath.Join(dir, parent))
 	if err != nil {
 		return fmt.Errorf("incremental dump: %w", err)
 	}
-	s.log.Debug("incremental dump made standalone", "pages_dumped", st.Dumped, "pages_from_parent", st.FromParent)
+	s.log.Debug("incremental dump made standalone", "pages_dumped", st.Dumped, "pages_from_parent", st.FromParent, "took", s.clock.Since(start))
 	return nil
 }
 
