@@ -158,15 +158,10 @@ func (p Prober) Probe() []Finding {
 		fs = append(fs, Finding{Name: "memory dirty tracking", OK: true, Detail: "soft-dirty available: CRIU tracks changed pages (--incremental soft-dirty)"})
 	} else {
 		fs = append(fs, Finding{Name: "memory dirty tracking", OK: false, Detail: "unavailable (" + err.Error() + ")",
-			Fix: "optional: --incremental uffd-wp tracks written pages without it; CONFIG_MEM_SOFT_DIRTY enables CRIU's own tracking"})
+			Fix: "optional: --incremental auto (the default) tracks written pages by write-protection instead where the next line finds it; CONFIG_MEM_SOFT_DIRTY enables CRIU's own tracking"})
 	}
 	fs = append(fs, writeProtectFinding(dirty.Probe()))
-	if p.NFTablesLock() {
-		fs = append(fs, Finding{Name: "network lock", OK: true, Detail: "nftables, in-process"})
-	} else {
-		fs = append(fs, Finding{Name: "network lock", OK: false, Detail: "iptables (CRIU built without libnftables)",
-			Fix: "optional: scripts/setup rebuilds CRIU with libnftables; iptables-restore adds ~45 ms per TCP connection to the frozen time of a program with several"})
-	}
+	fs = append(fs, netLockFinding(p.run("check", "--feature", "network_lock_nftables")))
 	if bin, err := criuBinary(p.Path); err == nil {
 		dir := kdatDir(bin)
 		fs = append(fs, kdatFinding(dir, isTmpfs(dir)))
@@ -276,6 +271,23 @@ func (p Prober) SoftDirty() error {
 func (p Prober) NFTablesLock() bool {
 	_, err := p.run("check", "--feature", "network_lock_nftables")
 	return err == nil
+}
+
+// netLockFinding is what `criu check --feature network_lock_nftables` (out, err)
+// says of the network lock: a check that failed on something else (a chroot's
+// partial mount tree, say) says nothing of how CRIU was built, and the finding says
+// so rather than blame the build.
+func netLockFinding(out string, err error) Finding {
+	switch why := firstLine(lastErrorOr(out)); {
+	case err == nil:
+		return Finding{Name: "network lock", OK: true, Detail: "nftables, in-process"}
+	case strings.Contains(out, "libnftables"):
+		return Finding{Name: "network lock", Detail: "iptables (CRIU built without libnftables)",
+			Fix: "optional: scripts/setup rebuilds CRIU with libnftables; iptables-restore adds ~45 ms per TCP connection to the frozen time of a program with several"}
+	default:
+		return Finding{Name: "network lock", Detail: "unknown: CRIU's check of it failed (" + why + ")",
+			Fix: "see `criu check` above"}
+	}
 }
 
 func firstLine(s string) string {

@@ -387,3 +387,19 @@ func TestOtherUIDFinding(t *testing.T) {
 		t.Errorf("without either: %+v", f)
 	}
 }
+
+// A feature check that failed on something else than the build says so, not that
+// CRIU lacks libnftables: in a chroot `criu check` fails on the mount tree first.
+func TestNetLockFinding(t *testing.T) {
+	if f := netLockFinding("network_lock_nftables is supported\n", nil); !f.OK {
+		t.Errorf("supported: %+v", f)
+	}
+	built := "Warn  (criu/cr-check.c:1580): Nftables based locking requires libnftables and set concatenations support\n"
+	if f := netLockFinding(built, errors.New("exit status 1")); f.OK || !strings.Contains(f.Detail, "without libnftables") {
+		t.Errorf("built without: %+v", f)
+	}
+	chroot := "Error (criu/mount.c:381): mnt: No parent found for mountpoint 52 (@./dev)\n"
+	if f := netLockFinding(chroot, errors.New("exit status 1")); f.OK || strings.Contains(f.Detail, "without libnftables") || !strings.Contains(f.Detail, "No parent found") {
+		t.Errorf("check failed otherwise: %+v", f)
+	}
+}
