@@ -161,7 +161,7 @@ func (p Prober) Probe() []Finding {
 			Fix: "optional: --incremental auto (the default) tracks written pages by write-protection instead where the next line finds it; CONFIG_MEM_SOFT_DIRTY enables CRIU's own tracking"})
 	}
 	fs = append(fs, writeProtectFinding(dirty.Probe()))
-	fs = append(fs, netLockFinding(p.run("check", "--feature", "network_lock_nftables")))
+	fs = append(fs, p.netLock())
 	if bin, err := criuBinary(p.Path); err == nil {
 		dir := kdatDir(bin)
 		fs = append(fs, kdatFinding(dir, isTmpfs(dir)))
@@ -257,8 +257,6 @@ func kdatFinding(dir string, tmpfs bool) Finding {
 		Fix: "optional: run scripts/setup (it builds CRIU with RUNDIR=/run/criu, where ftrun mounts a tmpfs), or mount a tmpfs on /run (systemd does)"}
 }
 
-// NFTablesLock reports whether CRIU can lock TCP connections with nftables, in its
-// own process, rather than by running iptables-restore twice per dump.
 // SoftDirty says why the kernel cannot give CRIU soft-dirty bits (nil: it can).
 func (p Prober) SoftDirty() error {
 	out, err := p.run("check", "--feature", "mem_dirty_track")
@@ -268,9 +266,13 @@ func (p Prober) SoftDirty() error {
 	return nil
 }
 
-func (p Prober) NFTablesLock() bool {
-	_, err := p.run("check", "--feature", "network_lock_nftables")
-	return err == nil
+// NFTablesLock reports whether CRIU can lock TCP connections with nftables, in its
+// own process, rather than by running iptables-restore twice per dump.
+func (p Prober) NFTablesLock() bool { return p.netLock().OK }
+
+// netLock is the finding of CRIU's check of its nftables lock.
+func (p Prober) netLock() Finding {
+	return netLockFinding(p.run("check", "--feature", "network_lock_nftables"))
 }
 
 // netLockFinding is what `criu check --feature network_lock_nftables` (out, err)

@@ -239,13 +239,16 @@ func (inc *incremental) track(procs []int) {
 	}
 }
 
-// noForeign checks every process of procs for async write-protection that is not
-// ftrun's (dirty.CheckForeign): found, tracking stops for good; a check that fails
-// otherwise makes only this dump a full one (false).
+// noForeign checks every process of procs that is not tracked for async
+// write-protection that is not ftrun's (dirty.CheckForeign; Refresh checks the
+// tracked ones): found, tracking stops for good; a check that fails otherwise makes
+// only this dump a full one (false).
 func (inc *incremental) noForeign(procs []int) bool {
 	for _, pid := range procs {
-		_, tracked := inc.trackers[pid]
-		err := dirty.CheckForeign(pid, tracked)
+		if _, tracked := inc.trackers[pid]; tracked {
+			continue
+		}
+		err := dirty.CheckForeign(pid)
 		switch {
 		case err == nil, errors.Is(err, os.ErrNotExist), errors.Is(err, unix.ESRCH):
 			// ended meanwhile: nothing of it is dumped
@@ -253,7 +256,7 @@ func (inc *incremental) noForeign(procs []int) bool {
 			inc.stop(err)
 			return false
 		default:
-			inc.log.Warn("cannot tell whether a process's memory is under write-protection of its own; this checkpoint is a full one", "pid", pid, "err", err)
+			inc.log.Warn("cannot tell whether a process's memory is under write-protection of another tool; this checkpoint is a full one", "pid", pid, "err", err)
 			return false
 		}
 	}

@@ -452,7 +452,7 @@ func (s *Supervisor) retryReleases() {
 			}
 			return
 		}
-		delay = 5 * time.Millisecond // a newer target: try it soon
+		delay = 5 * time.Millisecond // a newer target: back off from the start again (10 ms)
 	}
 }
 

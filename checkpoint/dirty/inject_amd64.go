@@ -65,16 +65,18 @@ func Track(pid int) (*Tracker, error) {
 // Refresh registers the private mappings made since the last call (brk, mmap and
 // mremap make new, unregistered ones) and returns how many it registered. A mapping
 // the kernel refuses stays untracked: safe, since untracked memory counts as written.
-// ErrForeign means a mapping is registered with another userfaultfd (the program's
-// own, or another tool's): its pages read as protected whoever protected them, so
-// the process's written pages cannot be told.
+// ErrForeign means memory of the process is under another userfaultfd's async
+// write-protection: a private mapping registered with it (EBUSY here), or any other
+// mapping (which ftrun never registers) found so by PAGEMAP_SCAN. Its pages read as
+// protected whoever protected them, so the process's written pages cannot be told;
+// a scan that fails counts as a finding.
 func (t *Tracker) Refresh() (int, error) {
-	maps, err := privateMappings(t.Pid)
+	private, others, err := mappings(t.Pid)
 	if err != nil {
 		return 0, err
 	}
 	n, unmapped := 0, 0
-	for _, r := range maps {
+	for _, r := range private {
 		err := Register(t.uffd, r)
 		switch {
 		case err == nil:
@@ -90,12 +92,20 @@ func (t *Tracker) Refresh() (int, error) {
 			// EINVAL for mappings uffd cannot take; they stay untracked.
 		}
 	}
-	if len(maps) > 0 && unmapped == len(maps) {
+	if len(private) > 0 && unmapped == len(private) {
 		// None of the process's mappings is in the tracked memory: it exec'd (or
 		// exited), and its new memory is nobody's.
 		return 0, fmt.Errorf("%w: process %d", ErrGone, t.Pid)
 	}
-	return n, nil
+	switch err := noneWPAllowed(t.Pid, others); {
+	case err == nil, errors.Is(err, ErrForeign):
+		return n, err
+	case errors.Is(err, os.ErrNotExist), errors.Is(err, unix.ESRCH):
+		return 0, fmt.Errorf("%w: process %d", ErrGone, t.Pid)
+	default:
+		// What cannot be checked cannot be trusted.
+		return 0, fmt.Errorf("%w: process %d: cannot tell (%v)", ErrForeign, t.Pid, err)
+	}
 }
 
 // ErrGone says a Tracker's process no longer has the memory it was tracking.
@@ -119,24 +129,18 @@ func seccompFiltered(pid int) (bool, error) {
 	return false, nil
 }
 
-// privateMappings lists the private anonymous mappings of pid (heap, stacks, anonymous
-// mmaps). File-backed ones are left untracked, so a dump saves their copied-on-write
-// pages whole: protecting a file mapping puts a marker in each page it has not
-// mapped yet, PAGEMAP_SCAN reports a marker as a swapped page not written, and a dump
-// would look for it in its parent, where it never was.
-func privateMappings(pid int) ([]Range, error) {
-	return mappings(pid, true)
-}
-
-// mappings lists pid's mappings that are private anonymous ones (private true) or
-// all the others (private false); [vdso], [vvar] and [vsyscall] are never listed.
-func mappings(pid int, private bool) ([]Range, error) {
+// mappings lists the mappings of pid: the private anonymous ones (heap, stacks,
+// anonymous mmaps), which a Tracker registers, and the others, which it leaves
+// untracked so that a dump saves their copied-on-write pages whole: protecting a file
+// mapping puts a marker in each page it has not mapped yet, PAGEMAP_SCAN reports a
+// marker as a swapped page not written, and a dump would look for it in its parent,
+// where it never was. [vdso], [vvar] and [vsyscall] are in neither.
+func mappings(pid int) (private, others []Range, err error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
 	if err != nil {
-		return nil, fmt.Errorf("read mappings: %w", err)
+		return nil, nil, fmt.Errorf("read mappings: %w", err)
 	}
 	defer f.Close()
-	var out []Range
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
@@ -146,41 +150,43 @@ func mappings(pid int, private bool) ([]Range, error) {
 		if len(fields) >= 6 && strings.HasPrefix(fields[5], "[v") { // [vdso], [vvar], [vsyscall]
 			continue
 		}
-		if isPrivate := fields[1][3] == 'p' && fields[4] == "0"; isPrivate != private {
-			continue
-		}
 		r, ok := parseRange(fields[0])
-		if ok {
-			out = append(out, r)
+		switch {
+		case !ok:
+		case fields[1][3] == 'p' && fields[4] == "0":
+			private = append(private, r)
+		default:
+			others = append(others, r)
 		}
 	}
-	return out, sc.Err()
+	return private, others, sc.Err()
 }
 
-// CheckForeign fails with ErrForeign when a mapping of process pid is under async
-// write-protection that ftrun did not set up: any of them in a process it does not
-// track (tracked false), and in one it tracks any but the private anonymous
-// mappings its Tracker registers (a foreign registration of one of those shows in
-// Refresh). PAGEMAP_SCAN reports a page of such a mapping as unwritten whoever
-// protected it, and a dump would leave the page in its parent: the program's own
-// write-tracking (a garbage collector's, say) would hide its writes from the dump.
-func CheckForeign(pid int, tracked bool) error {
-	var check []Range
-	var err error
-	if tracked {
-		check, err = mappings(pid, false)
-	} else {
-		check, err = allMappings(pid)
-	}
+// CheckForeign fails with ErrForeign when any mapping of process pid, one ftrun does
+// not track, is under async write-protection: another tool's (a program cannot keep
+// a userfaultfd of its own and be dumped). PAGEMAP_SCAN reports a page of such a
+// mapping as unwritten whoever protected it, and a dump would leave the page in its
+// parent. (For a tracked process, Refresh checks the same.)
+func CheckForeign(pid int) error {
+	private, others, err := mappings(pid)
 	if err != nil {
 		return err
+	}
+	return noneWPAllowed(pid, append(private, others...))
+}
+
+// noneWPAllowed fails with ErrForeign when any of ranges of pid's memory lies in a
+// mapping under async write-protection.
+func noneWPAllowed(pid int, ranges []Range) error {
+	if len(ranges) == 0 {
+		return nil
 	}
 	pagemap, err := os.Open(fmt.Sprintf("/proc/%d/pagemap", pid))
 	if err != nil {
 		return fmt.Errorf("open pagemap: %w", err)
 	}
 	defer pagemap.Close()
-	for _, r := range check {
+	for _, r := range ranges {
 		wp, err := wpAllowed(pagemap, r)
 		if err != nil {
 			return fmt.Errorf("PAGEMAP_SCAN of process %d, %#x-%#x: %w", pid, r.Start, r.End, err)
@@ -190,16 +196,6 @@ func CheckForeign(pid int, tracked bool) error {
 		}
 	}
 	return nil
-}
-
-// allMappings is every mapping of pid, private anonymous or not.
-func allMappings(pid int) ([]Range, error) {
-	a, err := mappings(pid, true)
-	if err != nil {
-		return nil, err
-	}
-	b, err := mappings(pid, false)
-	return append(a, b...), err
 }
 
 func parseRange(s string) (Range, bool) {
