@@ -27,6 +27,8 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags matrix ./integration/
+	@# CRIU's other architectures: ftrun builds there too, with full dumps only.
+	for arch in arm64 ppc64le s390x; do GOARCH=$$arch $(GO) vet ./... || exit 1; done
 
 unit:
 	$(GO) test -race -count=1 $(PKGS_UNIT)

@@ -304,7 +304,7 @@ func (r *soakRound) fill(i int) string {
 		r.t.Fatal(err)
 	}
 	// The filesystem's own bookkeeping takes a little of what statfs calls free.
-	for size := int64(fs.Bavail) * fs.Bsize; size > 0; size -= 256 << 10 {
+	for size := int64(fs.Bavail) * int64(fs.Bsize); size > 0; size -= 256 << 10 {
 		err := unix.Fallocate(int(f.Fd()), 0, 0, size)
 		if err == nil {
 			return path

@@ -3,6 +3,7 @@ package dirty
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"slices"
 	"time"
 	"unsafe"
@@ -29,7 +30,12 @@ var probeWrites = []int{3, 17, 18, 40, 50, probePages - 1}
 // write some pages (some populated before, one not), scan; then check the scan found
 // exactly those pages, that a second scan finds none, and that a write after it is
 // found again.
+// Where this build cannot inject the userfaultfd into another process, the probe
+// says so and tracking is off, whatever the kernel can do.
 func Probe() ProbeResult {
+	if !injectionArch {
+		return ProbeResult{Detail: fmt.Sprintf("tracking another process needs an injected userfaultfd(2), implemented for amd64 only, not %s", runtime.GOARCH)}
+	}
 	res, err := probe()
 	if err != nil {
 		return ProbeResult{Detail: err.Error()}
