@@ -211,9 +211,6 @@ func (in *injection) waitStop(syscallStop bool, deadline time.Time) error {
 		if err := in.wait(&ws, deadline); err != nil {
 			return err
 		}
-		if !ws.Stopped() {
-			return fmt.Errorf("%w: process %d ended during an injection (status %#x)", ErrGone, in.pid, uint32(ws))
-		}
 		sig := ws.StopSignal()
 		switch {
 		case syscallStop && sig == unix.SIGTRAP|0x80:
@@ -221,10 +218,15 @@ func (in *injection) waitStop(syscallStop bool, deadline time.Time) error {
 		case syscallStop && (sig == unix.SIGSEGV || sig == unix.SIGILL || sig == unix.SIGBUS):
 			// The injected instruction faulted: it is ours, not the program's.
 			return fmt.Errorf("%w: the syscall injected into process %d faulted (%v)", ErrUnsupported, in.pid, sig)
-		case !syscallStop && sig == unix.SIGTRAP && ws.TrapCause() == unix.PTRACE_EVENT_STOP:
+		case !syscallStop && stopEvent(ws) == unix.PTRACE_EVENT_STOP:
+			// The interrupt's stop, or a group stop (SIGSTOP and its kin; the
+			// interrupt of a stopped thread reports that): either holds the
+			// thread for the injection, and a group stop is in force again
+			// once it is detached.
 			return nil
-		case ws.TrapCause() == unix.PTRACE_EVENT_STOP:
-			// A group stop: resume it and keep waiting.
+		case stopEvent(ws) == unix.PTRACE_EVENT_STOP:
+			// A group stop during the injection: the injected syscall goes on,
+			// and detach leaves the thread stopped as the group is.
 			sig = 0
 		case syscallStop:
 			in.signal, sig = int(sig), 0
@@ -241,18 +243,24 @@ func (in *injection) waitStop(syscallStop bool, deadline time.Time) error {
 	}
 }
 
-// wait is Wait4 for the thread's next stop, polled until deadline when there is one.
-// It looks before it takes: a thread that ended is left unreaped, so that when it is
-// ftrun's own child (the program's root) its parent's wait still gets its exit status.
+// stopEvent is the ptrace event of a stop, whatever its signal (WaitStatus.TrapCause
+// knows SIGTRAP's only, and a group stop reports PTRACE_EVENT_STOP with SIGSTOP's).
+func stopEvent(ws unix.WaitStatus) int { return int(ws>>16) & 0xff }
+
+// wait waits for the thread's next stop, polled until deadline when there is one. It
+// looks before it takes, and takes only a stop: a thread that ended is left unreaped,
+// so that when it is ftrun's own child (the program's root) its parent's wait still
+// gets its exit status. (A thread SIGKILLed between the look and the take has no stop
+// left to take; the next look finds it ended.)
 func (in *injection) wait(ws *unix.WaitStatus, deadline time.Time) error {
-	opts := unix.WALL | unix.WEXITED | unix.WSTOPPED | unix.WNOWAIT
+	peek := unix.WALL | unix.WEXITED | unix.WSTOPPED | unix.WNOWAIT
 	if !deadline.IsZero() {
-		opts |= unix.WNOHANG
+		peek |= unix.WNOHANG
 	}
 	nap := 20 * time.Microsecond // a running thread stops within microseconds
 	for {
 		var info unix.Siginfo
-		err := unix.Waitid(unix.P_PID, in.pid, &info, opts, nil)
+		err := unix.Waitid(unix.P_PID, in.pid, &info, peek, nil)
 		switch {
 		case errors.Is(err, unix.EINTR):
 			continue
@@ -268,18 +276,40 @@ func (in *injection) wait(ws *unix.WaitStatus, deadline time.Time) error {
 		case info.Code == cldExited || info.Code == cldKilled || info.Code == cldDumped:
 			return fmt.Errorf("%w: process %d ended during an injection", ErrGone, in.pid)
 		}
-		// A stop: take it. Only SIGKILL ends a thread in a ptrace stop, and then
-		// this reaps it; that window is the width of two system calls.
-		got, err := unix.Wait4(in.pid, ws, unix.WALL, nil)
+		if beforeTake != nil {
+			beforeTake(in.pid)
+		}
+		// A stop: take it, and nothing else (no WEXITED, so no reaping).
+		err = unix.Waitid(unix.P_PID, in.pid, &info, unix.WALL|unix.WSTOPPED|unix.WNOHANG, nil)
 		switch {
 		case errors.Is(err, unix.EINTR):
 			continue
+		case errors.Is(err, unix.ECHILD), err == nil && info.Signo == 0:
+			// The stop is gone (SIGKILL): the thread ended, or is ending, and
+			// the next look sees it so. ECHILD is the kernel's word for a
+			// child that can only report an exit, which this wait does not ask.
+			continue
 		case err != nil:
 			return fmt.Errorf("wait for process %d: %w", in.pid, err)
-		case got == in.pid:
-			return nil
 		}
+		*ws = stopStatus(&info)
+		return nil
 	}
+}
+
+// beforeTake, when set (by a test), runs between wait's look at a stop and its take.
+var beforeTake func(pid int)
+
+// stopStatus is the wait4 status of the ptrace stop a waitid reported: si_status
+// holds the stop's whole code there (signal, and the event in its second byte).
+func stopStatus(info *unix.Siginfo) unix.WaitStatus {
+	chld := (*struct {
+		Signo, Errno, Code, _ int32
+		Pid                   int32
+		UID                   uint32
+		Status                int32
+	})(unsafe.Pointer(info))
+	return unix.WaitStatus(uint32(chld.Status)<<8 | 0x7f)
 }
 
 // si_code values of a waitid report (<asm-generic/siginfo.h>).

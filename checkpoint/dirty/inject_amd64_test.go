@@ -559,3 +559,87 @@ int main(void) { printf("ready\n"); fflush(stdout); for (;;) pause(); }
 		}
 	}
 }
+
+// A tracee SIGKILLed between the look at its stop and the take is not reaped either:
+// the take asks for stops only.
+func TestInjectionLeavesAChildKilledBeforeTheTake(t *testing.T) {
+	cmd := exec.Command("sleep", "100")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	killed := false
+	beforeTake = func(pid int) {
+		if !killed && pid == cmd.Process.Pid {
+			killed = true
+			_ = unix.Kill(pid, unix.SIGKILL)
+			for {
+				// Until the kernel has woken it from the stop the look saw.
+				if st, err := procfs.State(pid); err != nil || st == 'Z' {
+					return
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}
+	defer func() { beforeTake = nil }()
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		in, err := seize(cmd.Process.Pid)
+		if err != nil {
+			done <- err
+			return
+		}
+		_, err = in.syscall(unix.SYS_GETPID)
+		done <- err
+	}()
+	if err := <-done; !errors.Is(err, ErrGone) {
+		t.Fatalf("an injection into a tracee killed before the take: %v, want ErrGone", err)
+	}
+	if !killed {
+		t.Fatal("the hook never ran")
+	}
+	err := cmd.Wait()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != unix.SIGKILL {
+		t.Fatalf("the parent's wait: %v, want killed by SIGKILL", err)
+	}
+}
+
+// A process stopped by SIGSTOP is tracked where it stands and stays stopped: the
+// injection runs from its group stop and the stop is in force again after it.
+func TestTrackLeavesAStoppedProcessStopped(t *testing.T) {
+	c := startChild(t)
+	pid := c.cmd.Process.Pid
+	if err := unix.Kill(pid, unix.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	waitState := func(want func(byte) bool, what string) {
+		t.Helper()
+		for i := 0; ; i++ {
+			st, err := procfs.State(pid)
+			if err == nil && want(st) {
+				return
+			}
+			if i == 500 {
+				t.Fatalf("process %d: state %c, not %s", pid, st, what)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	stopped := func(st byte) bool { return st == 'T' }
+	waitState(stopped, "stopped")
+	tr, err := Track(pid)
+	if err != nil {
+		t.Fatalf("Track of a stopped process: %v", err)
+	}
+	defer tr.Close()
+	time.Sleep(100 * time.Millisecond)
+	if st, _ := procfs.State(pid); st != 'T' {
+		t.Fatalf("the injection left a stopped process in state %c, not T", st)
+	}
+	if err := unix.Kill(pid, unix.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	waitState(func(st byte) bool { return !procfs.Stopped(st) }, "running after SIGCONT")
+}
