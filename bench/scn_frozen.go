@@ -18,6 +18,10 @@ type FrozenRow struct {
 	CLIFrozen   []float64 `json:"cli_frozen_ms"`
 	FtrunTotal  []float64 `json:"ftrun_total_ms"`
 	CLITotal    []float64 `json:"cli_total_ms"`
+	// Of an incremental checkpoint: what it wrote into the store, and the memory it
+	// found changed since the one before (MiB).
+	FtrunWritten []float64 `json:"ftrun_written_mib,omitempty"`
+	FtrunChanged []float64 `json:"ftrun_changed_mib,omitempty"`
 }
 
 // Frozen measures how long a checkpoint freezes redis, and how long it takes in all,

@@ -34,6 +34,9 @@ var (
 	// TargetIncrementalFrozenLarge is the frozen time of an incremental checkpoint of
 	// a program of 4 GiB or more, about 1 % of pages written.
 	TargetIncrementalFrozenLarge = Target{Name: "frozen time, incremental, 4 GiB", Limit: 60, Unit: "ms"}
+	// TargetIncrementalBytes is what an incremental checkpoint writes into the
+	// store, less 64 KiB, over the memory it found changed since the one before.
+	TargetIncrementalBytes = Target{Name: "bytes written, incremental / memory changed (+ 64 KiB)", Limit: 1.1, Unit: "x"}
 	// TargetScaleP99 is the worst commit p99 of the primaries sharing one standby over
 	// the p99 of one primary alone.
 	TargetScaleP99 = Target{Name: "commit p99, primaries on one standby / one alone", Limit: 2, Unit: "x"}

@@ -202,7 +202,7 @@ func TestRetire(t *testing.T) {
 	s := openStore(t)
 	one := commitSet(t, s, 1, sampleImages)
 	commitSet(t, s, 2, sampleImages)
-	dir, err := s.Retire(one)
+	dir, err := s.Retire(one, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +212,7 @@ func TestRetire(t *testing.T) {
 	if _, err := VerifyDir(dir); err != nil {
 		t.Errorf("retired set changed: %v", err)
 	}
-	if _, err := s.Retire(Set{Epoch: 9, Dir: "/elsewhere/0000000000000009"}); err == nil {
+	if _, err := s.Retire(Set{Epoch: 9, Dir: "/elsewhere/0000000000000009"}, true); err == nil {
 		t.Error("retired a set outside the store")
 	}
 	// A crash before the caller removed it: the next OpenStore does.

@@ -279,10 +279,11 @@ func (s *Store) Remove(set Set) error {
 
 // Retire takes a committed set out of the store ahead of its removal, so that its
 // files may be reused: it renames the set's directory to a name that List ignores and
-// OpenStore removes, makes the rename durable (unless NoSync) and returns the new
-// directory, which the caller removes when done with it. A crash at any point leaves
-// the set either committed and intact or gone.
-func (s *Store) Retire(set Set) (string, error) {
+// OpenStore removes and returns the new directory, which the caller removes when done
+// with it. With durable it makes the rename durable (unless NoSync), so that a crash
+// at any point leaves the set either committed and intact or gone; without, a crash
+// may bring the set back with what was written over, which its manifest refuses.
+func (s *Store) Retire(set Set, durable bool) (string, error) {
 	if filepath.Dir(set.Dir) != filepath.Clean(s.dir) {
 		return "", fmt.Errorf("refusing to retire %q: not in %q", set.Dir, s.dir)
 	}
@@ -293,7 +294,7 @@ func (s *Store) Retire(set Set) (string, error) {
 	if err := os.Rename(set.Dir, dir); err != nil {
 		return "", fmt.Errorf("retire epoch %d: %w", set.Epoch, err)
 	}
-	if !s.NoSync {
+	if durable && !s.NoSync {
 		if err := syncDir(s.dir); err != nil {
 			return dir, err
 		}

@@ -32,9 +32,52 @@ func TestRestoredMemoryIsExact(t *testing.T) {
 func TestRestoredMemoryIsExactIncremental(t *testing.T) {
 	p := startMemcheck(t, "it-memcheck-incr", "100ms", "--incremental", "uffd-wp", "--full-every", "5")
 	killAndCompare(t, p)
-	if st, _ := status(p.stateDir); st.IncrementalCheckpoints == 0 {
+	st, _ := status(p.stateDir)
+	if st.IncrementalCheckpoints == 0 {
 		t.Fatalf("%d checkpoints, none incremental: nothing of the tracking was tested", st.Checkpoints)
 	}
+	// Sets made standalone over an older one the store dropped, with only the pages
+	// written since that one copied, restored exactly too.
+	if st.WrittenOver == 0 {
+		t.Fatalf("%d incremental checkpoints, none written over an older set: that path was not tested", st.IncrementalCheckpoints)
+	}
+	t.Logf("%d checkpoints, %d incremental, %d of them written over an older set", st.Checkpoints, st.IncrementalCheckpoints, st.WrittenOver)
+}
+
+// A restore from a set made standalone over an older one (only the pages written
+// since that one copied, the rest left in its file) gives back exactly the memory
+// checkpointed: checkpoints on demand until the newest is such a set, then memcheck
+// is killed and its rounds run again after the restore must print their hashes.
+func TestRestoreFromASetWrittenOver(t *testing.T) {
+	p := startMemcheck(t, "it-memcheck-over", "1h", "--incremental", "uffd-wp", "--keep", "3")
+	p.waitFor("running", 30*time.Second, func(s supervisor.Status) bool { return s.Pid > 0 && s.State == supervisor.StateRunning })
+	over := false
+	for i := 0; i < 30 && !over; i++ {
+		at := memcheck.Read(p.log()).Rounds
+		for memcheck.Read(p.log()).Rounds < at+3 {
+			time.Sleep(20 * time.Millisecond)
+		}
+		before, _ := status(p.stateDir)
+		p.checkpoint()
+		after, _ := status(p.stateDir)
+		over = after.WrittenOver > before.WrittenOver
+	}
+	if !over {
+		t.Fatal("30 checkpoints, none written over an older set")
+	}
+	// Rounds after the checkpoint, which the restore runs again.
+	for at := memcheck.Read(p.log()).Rounds; memcheck.Read(p.log()).Rounds < at+5; {
+		time.Sleep(20 * time.Millisecond)
+	}
+	st, _ := status(p.stateDir)
+	if err := syscall.Kill(st.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	p.waitFor("restored", 30*time.Second, func(s supervisor.Status) bool { return s.Restores == 1 && s.State == supervisor.StateRunning })
+	if got, _ := status(p.stateDir); got.Epoch != st.Epoch {
+		t.Fatalf("restored with epoch %d as the newest, want %d (the set written over)", got.Epoch, st.Epoch)
+	}
+	compareRounds(t, p, 1)
 }
 
 // killAndCompare kills memcheck -9 at random moments and checks every restore ran
@@ -52,6 +95,13 @@ func killAndCompare(t *testing.T, p *ftrunProc) {
 		}
 		p.waitFor("restored", 30*time.Second, func(s supervisor.Status) bool { return s.Restores == i+1 && s.State == supervisor.StateRunning })
 	}
+	compareRounds(t, p, kills)
+}
+
+// compareRounds lets memcheck run 10 more rounds and checks that every round run
+// again after the kills printed the hash of its first run.
+func compareRounds(t *testing.T, p *ftrunProc, kills int) {
+	t.Helper()
 	last := memcheck.Read(p.log()).Rounds
 	for deadline := time.Now().Add(10 * time.Second); memcheck.Read(p.log()).Rounds < last+10; {
 		if time.Now().After(deadline) {

@@ -6,10 +6,12 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/ftrun/ftrun/checkpoint"
+	"github.com/ftrun/ftrun/checkpoint/delta"
 	"github.com/ftrun/ftrun/checkpoint/dirty"
 	"github.com/ftrun/ftrun/internal/procfs"
 )
@@ -95,11 +97,16 @@ type incremental struct {
 	fullEvery int
 	log       *slog.Logger
 
-	parent    string // the committed set of the last tracked dump; "" after a failure
-	parentInc int    // the incarnation it was dumped from
-	inRow     int    // incremental dumps since the last full one
-	trackers  map[int]*tracked
-	failed    map[int]bool // processes whose tracking failed, not tried again
+	parent      string // the committed set of the last tracked dump; "" after a failure
+	parentEpoch uint64 // its epoch
+	parentInc   int    // the incarnation it was dumped from
+	dumpParent  uint64 // the epoch of the parent of the dump under way
+	// history are the pages each committed incremental dump wrote, by epoch: what
+	// changed between an older set and the parent (see reusable).
+	history  map[uint64]dumpRecord
+	inRow    int // incremental dumps since the last full one
+	trackers map[int]*tracked
+	failed   map[int]bool // processes whose tracking failed, not tried again
 }
 
 type tracked struct {
@@ -111,7 +118,7 @@ func newIncremental(mode DirtyMode, fullEvery int, log *slog.Logger) *incrementa
 	if fullEvery <= 0 {
 		fullEvery = DefaultFullEvery
 	}
-	return &incremental{mode: mode, fullEvery: fullEvery, log: log, trackers: map[int]*tracked{}, failed: map[int]bool{}}
+	return &incremental{mode: mode, fullEvery: fullEvery, log: log, trackers: map[int]*tracked{}, failed: map[int]bool{}, history: map[uint64]dumpRecord{}}
 }
 
 // String is what status says of the mode.
@@ -142,7 +149,7 @@ func (inc *incremental) prepare(o *checkpoint.Options, procs []int, incarnation 
 	if !inc.on() || final {
 		return
 	}
-	parent := inc.parent
+	parent, parentEpoch := inc.parent, inc.parentEpoch
 	if inc.mode == DirtyUffdWP {
 		inc.track(procs)
 		if !inc.on() { // a process is under another's write-protection
@@ -163,7 +170,7 @@ func (inc *incremental) prepare(o *checkpoint.Options, procs []int, incarnation 
 		return
 	}
 	if rel, err := filepath.Rel(o.ImagesDir, parent); err == nil {
-		o.ParentDir = rel
+		o.ParentDir, inc.dumpParent = rel, parentEpoch
 	}
 }
 
@@ -175,16 +182,79 @@ func (inc *incremental) dropParent() {
 }
 
 // committed records the set a tracked dump of incarnation produced: the next dump's
-// parent. incremental says whether it left pages in its own parent.
-func (inc *incremental) committed(set string, incarnation int, incremental bool) {
+// parent. written are the pages it wrote per pagemap when it left the rest in its
+// own parent (an incremental dump), nil for a full one.
+func (inc *incremental) committed(set checkpoint.Set, incarnation int, written map[string][]delta.CopyRun) {
 	if !inc.on() {
 		return
 	}
-	inc.parent, inc.parentInc = set, incarnation
-	if incremental {
+	if written != nil {
 		inc.inRow++
+		inc.history[set.Epoch] = dumpRecord{parent: inc.dumpParent, written: written}
 	} else {
 		inc.inRow = 0
+		delete(inc.history, set.Epoch) // a full set ends every chain through it
+	}
+	inc.parent, inc.parentEpoch, inc.parentInc = set.Dir, set.Epoch, incarnation
+}
+
+// dumpRecord is what one committed incremental dump wrote, and over which set.
+type dumpRecord struct {
+	parent  uint64                     // the epoch of the set it left the rest in
+	written map[string][]delta.CopyRun // per pagemap, the pages it wrote
+}
+
+// reusable is the rule that lets a commit write over a set the store is about to
+// drop instead of copying its parent whole (delta.Retired): of drop (the sets the
+// store will drop once the new epoch commits, newest first) it picks the newest that
+// the chain of recorded dumps leads back to from parent, the new dump's parent, and
+// returns it with the pages written since, per pagemap. Only a pagemap every dump
+// of the chain had may be taken (a process that was not in one of them may have left
+// and its pid come back). below, when not 0, bounds the set picked: the standby's
+// newest, which a page delta may still be computed against or be on its way.
+func reusable(drop []checkpoint.Set, parent, below uint64, history map[uint64]dumpRecord) (checkpoint.Set, map[string][]delta.CopyRun, bool) {
+	dropping := map[uint64]checkpoint.Set{}
+	for _, set := range drop {
+		if below == 0 || set.Epoch < below {
+			dropping[set.Epoch] = set
+		}
+	}
+	var since map[string][]delta.CopyRun
+	for cur, steps := parent, 0; steps <= len(history); steps++ {
+		if set, ok := dropping[cur]; ok && since != nil {
+			return set, since, true
+		}
+		rec, ok := history[cur]
+		if !ok {
+			return checkpoint.Set{}, nil, false
+		}
+		if since == nil {
+			since = map[string][]delta.CopyRun{}
+			for name, runs := range rec.written {
+				since[name] = slices.Clone(runs)
+			}
+		} else {
+			for name, runs := range since {
+				more, ok := rec.written[name]
+				if !ok {
+					delete(since, name)
+					continue
+				}
+				since[name] = append(runs, more...)
+			}
+		}
+		cur = rec.parent
+	}
+	return checkpoint.Set{}, nil, false
+}
+
+// forgetBefore drops the records of dumps older than epoch: no set the store still
+// holds is reached through them.
+func (inc *incremental) forgetBefore(epoch uint64) {
+	for e := range inc.history {
+		if e < epoch {
+			delete(inc.history, e)
+		}
 	}
 }
 

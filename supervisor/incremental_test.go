@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/ftrun/ftrun/checkpoint"
+	"github.com/ftrun/ftrun/checkpoint/delta"
 )
 
 func TestParentFor(t *testing.T) {
@@ -54,6 +55,17 @@ func TestChooseDirtyMode(t *testing.T) {
 	}
 }
 
+// testSet is the set of epoch n in the store /s.
+func testSet(n uint64) checkpoint.Set { return checkpoint.Set{Epoch: n, Dir: fmt.Sprintf("/s/%d", n)} }
+
+// writtenIf is what the commit of an incremental dump (incremental) reports written.
+func writtenIf(incremental bool) map[string][]delta.CopyRun {
+	if !incremental {
+		return nil
+	}
+	return map[string][]delta.CopyRun{}
+}
+
 // parentOf is the ParentDir incremental sets for a dump of incarnation into dir.
 func parentOf(inc *incremental, incarnation int, dir string) string {
 	o := checkpoint.Options{ImagesDir: dir}
@@ -69,7 +81,7 @@ func TestFailedDumpClearsTheParent(t *testing.T) {
 	if got := parentOf(inc, 1, "/s/1"); got != "" {
 		t.Fatalf("first dump's parent = %q, want a full dump", got)
 	}
-	inc.committed("/s/1", 1, false)
+	inc.committed(testSet(1), 1, nil)
 	if got := parentOf(inc, 1, "/s/2"); got != "../1" {
 		t.Fatalf("second dump's parent = %q, want ../1", got)
 	}
@@ -78,7 +90,7 @@ func TestFailedDumpClearsTheParent(t *testing.T) {
 	if got := parentOf(inc, 1, "/s/3"); got != "" {
 		t.Fatalf("after a failed dump the parent = %q, want a full dump", got)
 	}
-	inc.committed("/s/3", 1, false)
+	inc.committed(testSet(3), 1, nil)
 	// A restore since: the restored program's pages were never tracked.
 	if got := parentOf(inc, 2, "/s/4"); got != "" {
 		t.Fatalf("after a restore the parent = %q, want a full dump", got)
@@ -88,13 +100,13 @@ func TestFailedDumpClearsTheParent(t *testing.T) {
 func TestAFullDumpEveryN(t *testing.T) {
 	inc := newIncremental(DirtySoftDirty, 2, nil)
 	parentOf(inc, 1, "/s/1")
-	inc.committed("/s/1", 1, false)
+	inc.committed(testSet(1), 1, nil)
 	var got []string
 	for k := 2; k <= 5; k++ {
 		dir := fmt.Sprintf("/s/%d", k)
 		p := parentOf(inc, 1, dir)
 		got = append(got, p)
-		inc.committed(dir, 1, p != "")
+		inc.committed(testSet(uint64(k)), 1, writtenIf(p != ""))
 	}
 	want := []string{"../1", "../2", "", "../4"}
 	if !slices.Equal(got, want) {
@@ -105,7 +117,7 @@ func TestAFullDumpEveryN(t *testing.T) {
 func TestOffTracksNothing(t *testing.T) {
 	for _, m := range []DirtyMode{"", DirtyOff} {
 		inc := newIncremental(m, 100, nil)
-		inc.committed("/s/1", 1, false)
+		inc.committed(testSet(1), 1, nil)
 		if got := parentOf(inc, 1, "/s/2"); got != "(untracked)" {
 			t.Errorf("mode %q: parent = %q, want no tracking", m, got)
 		}
@@ -116,7 +128,7 @@ func TestOffTracksNothing(t *testing.T) {
 func TestFinalDumpIsFull(t *testing.T) {
 	inc := newIncremental(DirtySoftDirty, 100, nil)
 	parentOf(inc, 1, "/s/1")
-	inc.committed("/s/1", 1, false)
+	inc.committed(testSet(1), 1, nil)
 	o := checkpoint.Options{ImagesDir: "/s/2"}
 	inc.prepare(&o, nil, 1, true)
 	if o.TrackMem || o.ParentDir != "" {
@@ -128,9 +140,67 @@ func TestFinalDumpIsFull(t *testing.T) {
 func TestUndurableSetIsNoParent(t *testing.T) {
 	inc := newIncremental(DirtySoftDirty, 100, nil)
 	parentOf(inc, 1, "/s/1")
-	inc.committed("/s/1", 1, false)
+	inc.committed(testSet(1), 1, nil)
 	inc.dropParent()
 	if got := parentOf(inc, 1, "/s/2"); got != "" {
 		t.Fatalf("parent after a failed sync = %q, want a full dump", got)
+	}
+}
+
+// The set a commit may write over is one the store drops anyway, reached from the new
+// dump's parent through recorded incremental dumps, and what it says changed since is
+// every page those dumps wrote, for the pagemaps all of them had.
+func TestReusable(t *testing.T) {
+	run := func(v uint64) []delta.CopyRun { return []delta.CopyRun{{Vaddr: v, NrPages: 1}} }
+	history := map[uint64]dumpRecord{
+		// 2 was a full dump: no record.
+		3: {parent: 2, written: map[string][]delta.CopyRun{"pagemap-1.img": run(0x1000), "pagemap-9.img": run(0x9000)}},
+		4: {parent: 3, written: map[string][]delta.CopyRun{"pagemap-1.img": run(0x2000)}},
+		5: {parent: 4, written: map[string][]delta.CopyRun{"pagemap-1.img": run(0x3000)}},
+	}
+	sets := func(epochs ...uint64) (out []checkpoint.Set) {
+		for _, e := range epochs {
+			out = append(out, testSet(e))
+		}
+		return out
+	}
+	for _, c := range []struct {
+		name   string
+		drop   []checkpoint.Set
+		parent uint64
+		below  uint64
+		want   uint64 // 0: none
+		since  []delta.CopyRun
+	}{
+		{name: "the newest dropped", drop: sets(3, 2), parent: 5, want: 3, since: append(run(0x3000), run(0x2000)...)},
+		{name: "through a longer chain", drop: sets(2), parent: 5, want: 2, since: append(append(run(0x3000), run(0x2000)...), run(0x1000)...)},
+		{name: "nothing dropped", drop: nil, parent: 5},
+		{name: "the parent itself is never taken", drop: sets(5), parent: 5},
+		{name: "past a full dump the chain ends", drop: sets(1), parent: 5},
+		{name: "the standby's newest bounds it", drop: sets(3, 2), parent: 5, below: 3, want: 2, since: append(append(run(0x3000), run(0x2000)...), run(0x1000)...)},
+		{name: "a parent with no record", drop: sets(3), parent: 6},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			set, since, ok := reusable(c.drop, c.parent, c.below, history)
+			if c.want == 0 {
+				if ok {
+					t.Fatalf("picked epoch %d, want none", set.Epoch)
+				}
+				return
+			}
+			if !ok || set.Epoch != c.want {
+				t.Fatalf("picked %v (%v), want epoch %d", set, ok, c.want)
+			}
+			if !slices.Equal(since["pagemap-1.img"], c.since) {
+				t.Errorf("written since = %+v, want %+v", since["pagemap-1.img"], c.since)
+			}
+			if _, ok := since["pagemap-9.img"]; ok {
+				t.Error("a pagemap missing from a dump of the chain may be taken")
+			}
+		})
+	}
+	// The history is not changed by a pick.
+	if len(history[3].written["pagemap-1.img"]) != 1 {
+		t.Error("reusable changed a record")
 	}
 }

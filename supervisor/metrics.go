@@ -16,6 +16,7 @@ type metrics struct {
 	commitLat   prometheus.Histogram
 	phase       *prometheus.HistogramVec
 	dumped      prometheus.Counter
+	written     prometheus.Counter
 	shipped     prometheus.Counter
 	imageBytes  prometheus.Gauge
 	epoch       prometheus.Gauge
@@ -45,6 +46,8 @@ func newMetrics(service string) *metrics {
 			Help: "Time from the start of a checkpoint to the standby's acknowledgement."}),
 		dumped: prometheus.NewCounter(prometheus.CounterOpts{Name: "ftrun_dumped_bytes_total", ConstLabels: c,
 			Help: "Bytes of image sets committed locally."}),
+		written: prometheus.NewCounter(prometheus.CounterOpts{Name: "ftrun_written_bytes_total", ConstLabels: c,
+			Help: "Bytes checkpoints wrote into the local store: CRIU's images, and the pages copied to make incremental sets standalone."}),
 		shipped: prometheus.NewCounter(prometheus.CounterOpts{Name: "ftrun_shipped_bytes_total", ConstLabels: c,
 			Help: "Bytes sent to the standby (deltas after the first epoch)."}),
 		imageBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ftrun_image_bytes", ConstLabels: c,
@@ -74,7 +77,7 @@ func newMetrics(service string) *metrics {
 		Help: "Bytes of held output."})
 	m.heldAge = prometheus.NewGauge(prometheus.GaugeOpts{Name: "ftrun_held_output_oldest_seconds", ConstLabels: c,
 		Help: "Age of the oldest held packet."})
-	m.reg.MustRegister(m.checkpoints, m.frozen, m.ckptTime, m.commitLat, m.phase, m.dumped, m.shipped, m.imageBytes,
+	m.reg.MustRegister(m.checkpoints, m.frozen, m.ckptTime, m.commitLat, m.phase, m.dumped, m.written, m.shipped, m.imageBytes,
 		m.epoch, m.standbyEp, m.lag, m.protected, m.failing, m.up, m.recoveries, m.heldPkts, m.heldBytes, m.heldAge)
 	for _, r := range []string{"ok", "failed", "skipped"} {
 		m.checkpoints.WithLabelValues(r)

@@ -56,9 +56,18 @@ type Status struct {
 	Checkpoints        int                          `json:"checkpoints"`
 	// IncrementalCheckpoints counts those of Checkpoints that froze the program only
 	// for the pages it wrote since the one before (--incremental).
-	IncrementalCheckpoints int    `json:"incremental_checkpoints"`
-	CheckpointFailures     int    `json:"checkpoint_failures"`
-	LastError              string `json:"last_error,omitempty"`
+	IncrementalCheckpoints int `json:"incremental_checkpoints"`
+	// WrittenOver counts those of IncrementalCheckpoints made standalone over an
+	// older set the store dropped, which needed only the pages written since it.
+	WrittenOver int `json:"written_over_checkpoints"`
+	// LastCheckpointWritten is what the last checkpoint wrote into the store: CRIU's
+	// images, and the pages copied to make an incremental set standalone.
+	LastCheckpointWritten int64 `json:"last_checkpoint_written_bytes"`
+	// LastCheckpointChanged is what of the program's memory the last checkpoint
+	// found written since the one before (0 when it was a full one).
+	LastCheckpointChanged int64  `json:"last_checkpoint_changed_bytes"`
+	CheckpointFailures    int    `json:"checkpoint_failures"`
+	LastError             string `json:"last_error,omitempty"`
 	// FailingSince is the first of the checkpoints failing (or skipped) in a row now,
 	// FailingCause why the newest failed: the program is unprotected since then.
 	FailingSince   time.Time `json:"checkpoints_failing_since,omitzero"`

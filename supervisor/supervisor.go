@@ -1257,7 +1257,8 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 		_ = pending.Abort()
 		return 0, s.checkpointFailed(epoch, err)
 	}
-	if err := s.settleDump(pending.Dir, opts.ParentDir); err != nil {
+	settled, err := s.settleDump(pending.Dir, opts.ParentDir, epoch)
+	if err != nil {
 		_ = pending.Abort()
 		return 0, s.checkpointFailed(epoch, err)
 	}
@@ -1273,10 +1274,15 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 		}
 		return 0, s.checkpointFailed(epoch, err)
 	}
-	s.incr.committed(set.Dir, s.inc, opts.ParentDir != "")
+	s.incr.committed(set, s.inc, settled.written)
 	if opts.ParentDir != "" {
 		s.st.IncrementalCheckpoints++
+		if settled.over {
+			s.st.WrittenOver++
+		}
 	}
+	s.st.LastCheckpointWritten, s.st.LastCheckpointChanged = settled.bytes, settled.changed
+	s.metrics.written.Add(float64(settled.bytes))
 	marks.Committed, marks.Freezing, marks.Frozen = s.clock.Now(), stats.Freezing, stats.Frozen
 	return s.committed(set, m, stats, marks, final)
 }
@@ -1284,22 +1290,96 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 // settleDump readies a set CRIU has just written for its manifest: CRIU's log (100
 // KiB and more at its default level) is no part of the state and moves out of the set,
 // so it is neither checksummed, shipped nor kept per epoch; an incremental set is made
-// standalone from its parent (parent, relative to dir).
-func (s *Supervisor) settleDump(dir, parent string) error {
+// standalone from its parent (parent, relative to dir), over a set the store is
+// dropping where one serves (see retiredFor).
+func (s *Supervisor) settleDump(dir, parent string, epoch uint64) (settled, error) {
 	if err := os.Rename(filepath.Join(dir, checkpoint.DumpLog), s.state.path(lastDumpLog)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		s.log.Debug("keep CRIU's dump log", "err", err)
 		_ = os.Remove(filepath.Join(dir, checkpoint.DumpLog))
 	}
+	out := settled{bytes: dirBytes(dir)}
 	if parent == "" {
-		return nil
+		return out, nil
 	}
 	start := s.clock.Now()
-	st, err := delta.Materialize(dir, filepath.Join(dir, parent))
-	if err != nil {
-		return fmt.Errorf("incremental dump: %w", err)
+	retired := s.retiredFor(epoch)
+	st, err := delta.Materialize(dir, filepath.Join(dir, parent), retired)
+	over := "none"
+	if retired != nil {
+		over = filepath.Base(retired.Dir)
+		if rerr := os.RemoveAll(retired.Dir); rerr != nil {
+			s.log.Warn("remove a retired checkpoint", "dir", retired.Dir, "err", rerr)
+		}
 	}
-	s.log.Debug("incremental dump made standalone", "pages_dumped", st.Dumped, "pages_from_parent", st.FromParent, "took", s.clock.Since(start))
-	return nil
+	if err != nil {
+		return out, fmt.Errorf("incremental dump: %w", err)
+	}
+	s.log.Debug("incremental dump made standalone", "pages_dumped", st.Dumped, "pages_from_parent", st.FromParent,
+		"pages_kept", st.Kept, "over", over, "bytes", st.Bytes, "took", s.clock.Since(start))
+	out.written, out.over, out.bytes, out.changed = st.Written, st.Kept > 0, out.bytes+st.Bytes, int64(st.Dumped)*delta.PageSize
+	return out, nil
+}
+
+// settled is what settleDump did to a set.
+type settled struct {
+	// written are the pages an incremental dump wrote, per pagemap (nil for a
+	// full one); over says it was made standalone over a retired set.
+	written map[string][]delta.CopyRun
+	over    bool
+	bytes   int64 // written into the store: CRIU's images and Materialize's copies
+	changed int64 // the pages an incremental dump wrote
+}
+
+// dirBytes is the size of the files in dir.
+func dirBytes(dir string) int64 {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, e := range ents {
+		if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() {
+			n += fi.Size()
+		}
+	}
+	return n
+}
+
+// retiredFor takes out of the store, for the commit of epoch to write over, a set
+// the store would drop once epoch commits and whose pages are still right but for
+// those the dumps since wrote (reusable); nil when none qualifies. With a standby,
+// only a set older than its newest qualifies: none newer may be on its way to it.
+// Taking it early costs nothing a crash could notice: it is neither among the newest
+// --keep nor the newest durable set, and were its removal lost, its manifest would
+// refuse its written-over pages.
+func (s *Supervisor) retiredFor(epoch uint64) *delta.Retired {
+	sets, err := s.store.List()
+	if err != nil || len(sets) == 0 {
+		return nil
+	}
+	s.incr.forgetBefore(sets[len(sets)-1].Epoch)
+	pins := s.rule.pins()
+	var below uint64
+	if s.link != nil {
+		if pins.Acked == 0 {
+			return nil
+		}
+		below = pins.Acked
+	}
+	drop := checkpoint.Retain(append([]checkpoint.Set{{Epoch: epoch}}, sets...), s.cfg.Keep, pins.Durable, pins.Acked)
+	set, since, ok := reusable(drop, s.incr.dumpParent, below, s.incr.history)
+	if !ok {
+		return nil
+	}
+	dir, err := s.store.Retire(set, false)
+	if err != nil {
+		s.log.Debug("retire a checkpoint to write over", "epoch", set.Epoch, "err", err)
+		if dir != "" {
+			_ = os.RemoveAll(dir)
+		}
+		return nil
+	}
+	return &delta.Retired{Dir: dir, Written: since}
 }
 
 // dumpOptions are the dump of epoch into dir. Its hooks mark when CRIU announced the

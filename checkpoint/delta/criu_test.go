@@ -180,7 +180,7 @@ func TestMaterializeLeavesARealFullDumpAlone(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "full")
 	p.dump(dir)
 	before := snapshot(t, dir)
-	st, err := Materialize(dir, filepath.Join(t.TempDir(), "no-parent"))
+	st, err := Materialize(dir, filepath.Join(t.TempDir(), "no-parent"), nil)
 	if err != nil {
 		t.Fatalf("Materialize of a full dump: %v", err)
 	}

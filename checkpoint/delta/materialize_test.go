@@ -74,12 +74,15 @@ func sameFiles(a, b map[string][]byte) bool {
 func TestMaterialize(t *testing.T) {
 	parent, child, want := writeChain(t, t.TempDir())
 	before := snapshot(t, parent)
-	st, err := Materialize(child, parent)
+	st, err := Materialize(child, parent, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if st.Dumped != 2 || st.FromParent != 3 {
 		t.Errorf("stats = %+v, want 2 dumped, 3 from the parent", st)
+	}
+	if st.Bytes < 5*PageSize || st.Bytes >= 6*PageSize {
+		t.Errorf("wrote %d bytes, want the 5 pages of the standalone file and the pagemap", st.Bytes)
 	}
 	pm, _, err := decodePagemapIn(child, "pagemap-7.img")
 	if err != nil {
@@ -104,7 +107,7 @@ func TestMaterialize(t *testing.T) {
 	}
 	// Done twice, the second finds nothing in a parent and changes nothing.
 	again := snapshot(t, child)
-	if _, err := Materialize(child, "/nonexistent"); err != nil || !sameFiles(again, snapshot(t, child)) {
+	if _, err := Materialize(child, "/nonexistent", nil); err != nil || !sameFiles(again, snapshot(t, child)) {
 		t.Errorf("a standalone set is not left alone: %v", err)
 	}
 }
@@ -140,7 +143,7 @@ func TestMaterializeRefusesABadParent(t *testing.T) {
 			parent, child, _ := writeChain(t, t.TempDir())
 			tc.spoil(t, parent, child)
 			before := snapshot(t, parent)
-			_, err := Materialize(child, parent)
+			_, err := Materialize(child, parent, nil)
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("Materialize = %v, want %v", err, tc.want)
 			}
@@ -174,10 +177,111 @@ func TestMaterializeDiskFull(t *testing.T) {
 	writeSet(t, parent, map[string][]entry{"pagemap-7.img": {{vaddr: 0x100000, n: 512, flags: present, fill: big}}}, map[string]uint32{"pagemap-7.img": 1}, nil)
 	writeSet(t, child, map[string][]entry{"pagemap-7.img": {{vaddr: 0x100000, n: 512, flags: inParent}}}, map[string]uint32{"pagemap-7.img": 2}, nil)
 	before := snapshot(t, parent)
-	if _, err := Materialize(child, parent); !errors.Is(err, checkpoint.ErrNoSpace) {
+	if _, err := Materialize(child, parent, nil); !errors.Is(err, checkpoint.ErrNoSpace) {
 		t.Fatalf("Materialize onto a full disk = %v, want ErrNoSpace", err)
 	}
 	if !sameFiles(before, snapshot(t, parent)) {
 		t.Error("the parent set changed")
+	}
+}
+
+// writeRetired writes a standalone set in dir whose pagemap-7.img lists layout (all
+// at one page each) with the fill bytes fills.
+func writeRetired(t *testing.T, dir string, layout []uint64, fills []byte) {
+	t.Helper()
+	must(t, os.MkdirAll(dir, 0o700))
+	var entries []entry
+	for i, v := range layout {
+		entries = append(entries, entry{vaddr: v, n: 1, flags: present, fill: []byte{fills[i]}})
+	}
+	writeSet(t, dir, map[string][]entry{"pagemap-7.img": entries}, map[string]uint32{"pagemap-7.img": 5}, nil)
+}
+
+// Over a retired set's pages file, Materialize writes only what that file does not
+// hold already: the pages this dump wrote and those written since the retired set,
+// each where the layout held still; what lies at another place is copied.
+func TestMaterializeOverARetiredSet(t *testing.T) {
+	root := t.TempDir()
+	parent, child, want := writeChain(t, root)
+	retired := filepath.Join(root, "retired")
+	// The child's standalone layout is 0x1000 0x2000 0x10000 0x11000 0x12000.
+	// 0x1000 and 0x12000 are still right in the retired file; 0x2000 and 0x10000
+	// are this dump's; 0x11000 was written since (its old bytes are stale).
+	writeRetired(t, retired, []uint64{0x1000, 0x2000, 0x10000, 0x11000, 0x12000}, []byte{1, 0xa, 0xb, 0xc, 5})
+	before := snapshot(t, parent)
+	st, err := Materialize(child, parent, &Retired{Dir: retired, Written: map[string][]CopyRun{"pagemap-7.img": {{Vaddr: 0x11000, NrPages: 1}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Dumped != 2 || st.FromParent != 1 || st.Kept != 2 {
+		t.Errorf("stats = %+v, want 2 dumped, 1 from the parent, 2 kept", st)
+	}
+	if st.Bytes < 3*PageSize || st.Bytes >= 4*PageSize {
+		t.Errorf("wrote %d bytes, want the 3 pages not kept and the pagemap", st.Bytes)
+	}
+	if w := st.Written["pagemap-7.img"]; !slices.Equal(w, []CopyRun{{0x2000, 1}, {0x10000, 1}}) {
+		t.Errorf("written = %+v, want the two dumped pages", w)
+	}
+	got, err := os.ReadFile(filepath.Join(child, "pages-3.img"))
+	must(t, err)
+	if !bytes.Equal(got, want) {
+		t.Errorf("standalone pages over the retired file differ from what a full dump holds")
+	}
+	if _, err := os.Lstat(filepath.Join(retired, "pages-5.img")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the retired pages file was not moved: %v", err)
+	}
+	if !sameFiles(before, snapshot(t, parent)) {
+		t.Error("the parent set changed")
+	}
+}
+
+// A retired file whose layout moved, one longer than the new file, and one linked
+// from another set: each gives the same bytes as a copy, and the linked one is not
+// touched.
+func TestMaterializeOverAnUnfitRetiredSet(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		present []uint64
+		fills   []byte
+		linked  bool
+		kept    uint64
+	}{
+		{"moved", []uint64{0x2000, 0x3000, 0x1000, 0x12000, 0x11000}, []byte{9, 1, 1, 5, 4}, false, 0},
+		{"longer", []uint64{0x1000, 0x2000, 0x10000, 0x11000, 0x12000, 0x13000, 0x14000}, []byte{1, 2, 3, 4, 5, 6, 7}, false, 3},
+		{"linked", []uint64{0x1000, 0x2000, 0x10000, 0x11000, 0x12000}, []byte{1, 2, 3, 4, 5}, true, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			parent, child, want := writeChain(t, root)
+			retired := filepath.Join(root, "retired")
+			writeRetired(t, retired, tc.present, tc.fills)
+			other := filepath.Join(root, "other-pages.img")
+			if tc.linked {
+				must(t, os.Link(filepath.Join(retired, "pages-5.img"), other))
+			}
+			st, err := Materialize(child, parent, &Retired{Dir: retired, Written: map[string][]CopyRun{"pagemap-7.img": nil}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Kept != tc.kept {
+				t.Errorf("kept %d pages, want %d", st.Kept, tc.kept)
+			}
+			got, err := os.ReadFile(filepath.Join(child, "pages-3.img"))
+			must(t, err)
+			if !bytes.Equal(got, want) {
+				t.Errorf("standalone pages differ from what a full dump holds (%d bytes, want %d)", len(got), len(want))
+			}
+			if tc.linked {
+				b, err := os.ReadFile(other)
+				must(t, err)
+				var orig []byte
+				for _, f := range tc.fills {
+					orig = append(orig, page(f)...)
+				}
+				if !bytes.Equal(b, orig) {
+					t.Error("a pages file linked from elsewhere was written over")
+				}
+			}
+		})
 	}
 }

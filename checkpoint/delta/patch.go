@@ -127,11 +127,30 @@ func (r *Reuse) take(p pagesPlan, path string) (*older, *os.File, error) {
 	if !ok {
 		return nil, nil, nil
 	}
-	pm, _, err := decodePagemapIn(r.Dir, p.name)
+	pm, f, err := takePages(r.Dir, p.name, path)
+	if pm == nil || err != nil {
+		return nil, nil, err
+	}
+	o := &older{file: pm.pagesName(), present: pm.present, unchanged: map[uint64]bool{}}
+	for _, c := range runs {
+		for i := uint64(0); i < uint64(c.NrPages); i++ {
+			o.unchanged[c.Vaddr+i*PageSize] = true
+		}
+	}
+	return o, f, nil
+}
+
+// takePages moves the pages file of pagemap name in the set dir (one leaving its
+// store) to path and opens it for writing, if it fits: a regular file of the size
+// its pagemap says and linked nowhere else, since writing over a file another set
+// links would change that set too. It returns the file's pagemap, or nil (and no
+// error) for a file that does not fit; path must not exist.
+func takePages(dir, name, path string) (*pagemapFile, *os.File, error) {
+	pm, _, err := decodePagemapIn(dir, name)
 	if err != nil {
 		return nil, nil, nil
 	}
-	src := filepath.Join(r.Dir, pm.pagesName())
+	src := filepath.Join(dir, pm.pagesName())
 	fi, err := os.Lstat(src)
 	if err != nil || !fi.Mode().IsRegular() || fi.Size() != int64(len(pm.present))*PageSize {
 		return nil, nil, nil
@@ -150,13 +169,7 @@ func (r *Reuse) take(p pagesPlan, path string) (*older, *os.File, error) {
 		os.Remove(path)
 		return nil, nil, err
 	}
-	o := &older{file: pm.pagesName(), present: pm.present, unchanged: map[uint64]bool{}}
-	for _, c := range runs {
-		for i := uint64(0); i < uint64(c.NrPages); i++ {
-			o.unchanged[c.Vaddr+i*PageSize] = true
-		}
-	}
-	return o, f, nil
+	return pm, f, nil
 }
 
 // Segment kinds.

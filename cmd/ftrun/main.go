@@ -626,8 +626,8 @@ func printStatus(st supervisor.Status) {
 		{"pid", fmt.Sprint(st.Pid)}, {"command", strings.Join(st.Command, " ")},
 		{"epoch", fmt.Sprint(st.Epoch)}, {"last checkpoint", age},
 		{"last frozen time", st.LastFrozen.String()}, {"last checkpoint took", st.LastCheckpointTime.Round(time.Microsecond).String()},
-		{"image size", humanBytes(st.ImageBytes)},
-		{"checkpoints", fmt.Sprintf("%d ok (%d incremental), %d failed", st.Checkpoints, st.IncrementalCheckpoints, st.CheckpointFailures)},
+		{"image size", humanBytes(st.ImageBytes)}, {"last checkpoint wrote", wroteText(st.LastCheckpointWritten, st.LastCheckpointChanged)},
+		{"checkpoints", fmt.Sprintf("%d ok (%d incremental, %d over an older set), %d failed", st.Checkpoints, st.IncrementalCheckpoints, st.WrittenOver, st.CheckpointFailures)},
 		{"restores", fmt.Sprint(st.Restores)}, {"fresh starts", fmt.Sprint(st.FreshStarts)},
 		{"adoptions", fmt.Sprint(st.Adoptions)}, {"health failures", fmt.Sprint(st.HealthFailures)},
 		{"state dir", st.StateDir},
@@ -690,6 +690,15 @@ func printPhases(st supervisor.Status) {
 
 // ms shows d in milliseconds with a precision that suits epoch phases.
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
+
+// wroteText is what a checkpoint wrote, and for an incremental one the memory it
+// found changed.
+func wroteText(written, changed int64) string {
+	if changed == 0 {
+		return humanBytes(written)
+	}
+	return fmt.Sprintf("%s (%s of memory changed)", humanBytes(written), humanBytes(changed))
+}
 
 func humanBytes(n int64) string {
 	switch {

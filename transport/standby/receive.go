@@ -661,7 +661,7 @@ func (in *incoming) retireOlder() {
 		if err != nil || m.Epoch != set.Epoch {
 			return
 		}
-		dir, err := in.svc.store.Retire(set)
+		dir, err := in.svc.store.Retire(set, true)
 		if dir != "" {
 			in.retired = dir
 		}
