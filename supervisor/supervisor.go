@@ -1257,7 +1257,7 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 		_ = pending.Abort()
 		return 0, s.checkpointFailed(epoch, err)
 	}
-	settled, err := s.settleDump(pending.Dir, opts.ParentDir, epoch)
+	settled, err := s.settleDump(pending.Dir, opts.ParentDir, epoch, stats.CriuImageSize)
 	if err != nil {
 		_ = pending.Abort()
 		return 0, s.checkpointFailed(epoch, err)
@@ -1291,13 +1291,13 @@ func (s *Supervisor) tryCheckpoint(final bool) (uint64, error) {
 // KiB and more at its default level) is no part of the state and moves out of the set,
 // so it is neither checksummed, shipped nor kept per epoch; an incremental set is made
 // standalone from its parent (parent, relative to dir), over a set the store is
-// dropping where one serves (see retiredFor).
-func (s *Supervisor) settleDump(dir, parent string, epoch uint64) (settled, error) {
+// dropping where one serves (see retiredFor). criuBytes is what CRIU wrote into dir.
+func (s *Supervisor) settleDump(dir, parent string, epoch uint64, criuBytes int64) (settled, error) {
 	if err := os.Rename(filepath.Join(dir, checkpoint.DumpLog), s.state.path(lastDumpLog)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		s.log.Debug("keep CRIU's dump log", "err", err)
 		_ = os.Remove(filepath.Join(dir, checkpoint.DumpLog))
 	}
-	out := settled{bytes: dirBytes(dir)}
+	out := settled{bytes: criuBytes}
 	if parent == "" {
 		return out, nil
 	}
@@ -1328,21 +1328,6 @@ type settled struct {
 	over    bool
 	bytes   int64 // written into the store: CRIU's images and Materialize's copies
 	changed int64 // the pages an incremental dump wrote
-}
-
-// dirBytes is the size of the files in dir.
-func dirBytes(dir string) int64 {
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return 0
-	}
-	var n int64
-	for _, e := range ents {
-		if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() {
-			n += fi.Size()
-		}
-	}
-	return n
 }
 
 // retiredFor takes out of the store, for the commit of epoch to write over, a set
