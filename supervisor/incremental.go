@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,6 +15,7 @@ import (
 	"github.com/ftrun/ftrun/checkpoint/delta"
 	"github.com/ftrun/ftrun/checkpoint/dirty"
 	"github.com/ftrun/ftrun/internal/procfs"
+	"github.com/ftrun/ftrun/supervisor/epochs"
 )
 
 // DirtyMode is how the program's written pages are told, for incremental dumps.
@@ -193,7 +195,7 @@ func (inc *incremental) committed(set checkpoint.Set, incarnation int, written m
 		inc.history[set.Epoch] = dumpRecord{parent: inc.dumpParent, written: written}
 	} else {
 		inc.inRow = 0
-		delete(inc.history, set.Epoch) // a full set ends every chain through it
+		clear(inc.history) // no chain reaches past a full set
 	}
 	inc.parent, inc.parentEpoch, inc.parentInc = set.Dir, set.Epoch, incarnation
 }
@@ -210,19 +212,22 @@ type dumpRecord struct {
 // the chain of recorded dumps leads back to from parent, the new dump's parent, and
 // returns it with the pages written since, per pagemap. Only a pagemap every dump
 // of the chain had may be taken (a process that was not in one of them may have left
-// and its pid come back). below, when not 0, bounds the set picked: the standby's
-// newest, which a page delta may still be computed against or be on its way.
+// and its pid come back). below, when not 0, bounds the set picked from above (see
+// retiredFor).
 func reusable(drop []checkpoint.Set, parent, below uint64, history map[uint64]dumpRecord) (checkpoint.Set, map[string][]delta.CopyRun, bool) {
 	dropping := map[uint64]checkpoint.Set{}
+	oldest := uint64(math.MaxUint64)
 	for _, set := range drop {
 		if below == 0 || set.Epoch < below {
 			dropping[set.Epoch] = set
+			oldest = min(oldest, set.Epoch)
 		}
 	}
 	var since map[string][]delta.CopyRun
-	for cur, steps := parent, 0; steps <= len(history); steps++ {
+	for cur, steps := parent, 0; steps <= len(history) && cur >= oldest; steps++ {
 		if set, ok := dropping[cur]; ok && since != nil {
-			return set, since, true
+			// Nothing to take when no pagemap was in every dump of the chain.
+			return set, since, len(since) > 0
 		}
 		rec, ok := history[cur]
 		if !ok {
@@ -246,6 +251,17 @@ func reusable(drop []checkpoint.Set, parent, below uint64, history map[uint64]du
 		cur = rec.parent
 	}
 	return checkpoint.Set{}, nil, false
+}
+
+// retireBelow is the epoch a set must be older than to be written over (0: none
+// may): the newest durable set's, since fsyncs run in epoch order and none will touch
+// an older set again, and with a standby also the standby's newest, since a newer one
+// may be on its way to it.
+func retireBelow(pins epochs.Pins, standby bool) uint64 {
+	if standby {
+		return min(pins.Durable, pins.Acked)
+	}
+	return pins.Durable
 }
 
 // forgetBefore drops the records of dumps older than epoch: no set the store still

@@ -3,11 +3,15 @@ package supervisor
 import (
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
 	"slices"
 	"testing"
 
 	"github.com/ftrun/ftrun/checkpoint"
 	"github.com/ftrun/ftrun/checkpoint/delta"
+	"github.com/ftrun/ftrun/supervisor/epochs"
 )
 
 func TestParentFor(t *testing.T) {
@@ -157,6 +161,9 @@ func TestReusable(t *testing.T) {
 		3: {parent: 2, written: map[string][]delta.CopyRun{"pagemap-1.img": run(0x1000), "pagemap-9.img": run(0x9000)}},
 		4: {parent: 3, written: map[string][]delta.CopyRun{"pagemap-1.img": run(0x2000)}},
 		5: {parent: 4, written: map[string][]delta.CopyRun{"pagemap-1.img": run(0x3000)}},
+		// A chain whose two dumps share no pagemap.
+		9: {parent: 8, written: map[string][]delta.CopyRun{"pagemap-1.img": run(0x3000)}},
+		8: {parent: 2, written: map[string][]delta.CopyRun{"pagemap-9.img": run(0x9000)}},
 	}
 	sets := func(epochs ...uint64) (out []checkpoint.Set) {
 		for _, e := range epochs {
@@ -179,6 +186,7 @@ func TestReusable(t *testing.T) {
 		{name: "past a full dump the chain ends", drop: sets(1), parent: 5},
 		{name: "the standby's newest bounds it", drop: sets(3, 2), parent: 5, below: 3, want: 2, since: append(append(run(0x3000), run(0x2000)...), run(0x1000)...)},
 		{name: "a parent with no record", drop: sets(3), parent: 6},
+		{name: "no pagemap in every dump of the chain", drop: sets(2), parent: 9},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			set, since, ok := reusable(c.drop, c.parent, c.below, history)
@@ -202,5 +210,88 @@ func TestReusable(t *testing.T) {
 	// The history is not changed by a pick.
 	if len(history[3].written["pagemap-1.img"]) != 1 {
 		t.Error("reusable changed a record")
+	}
+}
+
+// Only sets older than the newest durable one may be written over (an fsync may still
+// be at work on a newer one), and with a standby older than its newest too.
+func TestRetireBelow(t *testing.T) {
+	for _, c := range []struct {
+		pins    epochs.Pins
+		standby bool
+		want    uint64
+	}{
+		{epochs.Pins{Durable: 5}, false, 5},
+		{epochs.Pins{Durable: 5, Acked: 3}, false, 5},
+		{epochs.Pins{Durable: 5, Acked: 3}, true, 3},
+		{epochs.Pins{Durable: 2, Acked: 7}, true, 2},
+		{epochs.Pins{Durable: 5}, true, 0}, // nothing acked yet
+		{epochs.Pins{}, false, 0},          // nothing durable yet
+	} {
+		if got := retireBelow(c.pins, c.standby); got != c.want {
+			t.Errorf("retireBelow(%+v, standby %v) = %d, want %d", c.pins, c.standby, got, c.want)
+		}
+	}
+}
+
+// A full dump ends every chain: no record from before it is kept.
+func TestAFullDumpClearsTheHistory(t *testing.T) {
+	inc := newIncremental(DirtySoftDirty, 100, nil)
+	parentOf(inc, 1, "/s/1")
+	inc.committed(testSet(1), 1, nil)
+	for k := uint64(2); k <= 4; k++ {
+		parentOf(inc, 1, fmt.Sprintf("/s/%d", k))
+		inc.committed(testSet(k), 1, writtenIf(true))
+	}
+	if len(inc.history) != 3 {
+		t.Fatalf("%d records after three incremental dumps, want 3", len(inc.history))
+	}
+	inc.committed(testSet(5), 1, nil)
+	if len(inc.history) != 0 {
+		t.Fatalf("%d records after a full dump, want none", len(inc.history))
+	}
+}
+
+// retiredFor over a real store: with set 1 the newest durable one, the fsync of a newer
+// set may be under way (syncLater), so none of 2..5 is written over; once 5 is
+// durable, the newest set the prune drops and the chain reaches (3) is.
+func TestRetiredForSparesSetsNotYetDurable(t *testing.T) {
+	store, err := checkpoint.OpenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for e := uint64(1); e <= 5; e++ {
+		p, err := store.Begin(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Commit(&checkpoint.Manifest{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	inc := newIncremental(DirtySoftDirty, 100, nil)
+	run := map[string][]delta.CopyRun{"pagemap-1.img": {{Vaddr: 0x1000, NrPages: 1}}}
+	for e := uint64(2); e <= 5; e++ {
+		inc.history[e] = dumpRecord{parent: e - 1, written: run}
+	}
+	inc.dumpParent = 5
+	rule := newOutputRule(CommitMode(epochs.Local), false)
+	rule.m.Step(epochs.Incarnation{})
+	for e := uint64(1); e <= 5; e++ {
+		rule.m.Step(epochs.Committed{Epoch: e})
+	}
+	rule.m.Step(epochs.Durable{Epoch: 1})
+	s := &Supervisor{store: store, incr: inc, rule: rule, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	s.cfg.Keep = 3
+	if r := s.retiredFor(6); r != nil {
+		t.Fatalf("retired %s while only set 1 is durable", filepath.Base(r.Dir))
+	}
+	if sets, _ := store.List(); len(sets) != 5 {
+		t.Fatalf("%d sets left in the store, want all 5", len(sets))
+	}
+	rule.m.Step(epochs.Durable{Epoch: 5})
+	r := s.retiredFor(6)
+	if r == nil || filepath.Base(r.Dir) != ".tmp-retired-0000000000000003" {
+		t.Fatalf("retired %+v with set 5 durable, want set 3", r)
 	}
 }

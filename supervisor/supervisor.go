@@ -1332,11 +1332,13 @@ type settled struct {
 
 // retiredFor takes out of the store, for the commit of epoch to write over, a set
 // the store would drop once epoch commits and whose pages are still right but for
-// those the dumps since wrote (reusable); nil when none qualifies. With a standby,
-// only a set older than its newest qualifies: none newer may be on its way to it.
-// Taking it early costs nothing a crash could notice: it is neither among the newest
-// --keep nor the newest durable set, and were its removal lost, its manifest would
-// refuse its written-over pages.
+// those the dumps since wrote (reusable); nil when none qualifies. Only a set older
+// than the newest durable one qualifies: fsyncs run in epoch order, so no fsync is
+// still working on it, nor will one. With a standby it must also be older than the
+// standby's newest: none newer may be on its way to it. Were its removal lost in a
+// crash, its manifest would refuse the written-over pages. Taking it before the
+// commit means a commit that fails after that leaves the store one set short of
+// --keep until the next one commits.
 func (s *Supervisor) retiredFor(epoch uint64) *delta.Retired {
 	sets, err := s.store.List()
 	if err != nil || len(sets) == 0 {
@@ -1344,12 +1346,9 @@ func (s *Supervisor) retiredFor(epoch uint64) *delta.Retired {
 	}
 	s.incr.forgetBefore(sets[len(sets)-1].Epoch)
 	pins := s.rule.pins()
-	var below uint64
-	if s.link != nil {
-		if pins.Acked == 0 {
-			return nil
-		}
-		below = pins.Acked
+	below := retireBelow(pins, s.link != nil)
+	if below == 0 {
+		return nil
 	}
 	drop := checkpoint.Retain(append([]checkpoint.Set{{Epoch: epoch}}, sets...), s.cfg.Keep, pins.Durable, pins.Acked)
 	set, since, ok := reusable(drop, s.incr.dumpParent, below, s.incr.history)

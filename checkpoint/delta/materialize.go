@@ -143,6 +143,19 @@ func (p *parentPages) find(vaddr uint64) (offset, pages uint64, ok bool) {
 	return r.offset + skip*PageSize, r.pages - skip, true
 }
 
+// covers fails with ErrChain unless the parent holds the n pages at vaddr.
+func (p *parentPages) covers(vaddr, n uint64) error {
+	for n > 0 {
+		_, have, ok := p.find(vaddr)
+		if !ok {
+			return fmt.Errorf("%w: page %#x is in neither the dump nor its parent", ErrChain, vaddr)
+		}
+		take := min(have, n)
+		vaddr, n = vaddr+take*PageSize, n-take
+	}
+	return nil
+}
+
 func pagesName(id uint32) string { return (&pagemapFile{pagesID: id}).pagesName() }
 
 // pagemapStats counts one pagemap's Materialize.
@@ -312,6 +325,11 @@ func (w *standaloneWriter) fromParent(parent *parentPages, vaddr, n uint64) erro
 			kept++
 		}
 		if kept > 0 {
+			// Kept or copied, the pages must be the parent's: a dump that left in
+			// its parent what the parent lacks is refused either way.
+			if err := parent.covers(vaddr, kept); err != nil {
+				return err
+			}
 			w.off += int64(kept * PageSize)
 			w.keptPages += kept
 			vaddr, left = vaddr+kept*PageSize, left-kept

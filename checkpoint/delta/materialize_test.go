@@ -285,3 +285,22 @@ func TestMaterializeOverAnUnfitRetiredSet(t *testing.T) {
 		})
 	}
 }
+
+// A dump that left in its parent a page the parent lacks is refused also where a
+// retired file holds that page at its place: the page there may have been dropped
+// since, and its old bytes are not the program's.
+func TestMaterializeOverARetiredSetRefusesABadParent(t *testing.T) {
+	root := t.TempDir()
+	parent, child, _ := writeChain(t, root)
+	// The parent loses 0x12000 (the last of its second run).
+	writeSet(t, parent, map[string][]entry{"pagemap-7.img": {
+		{vaddr: 0x1000, n: 2, flags: present, fill: []byte{1, 2}},
+		{vaddr: 0x10000, n: 2, flags: presentLazy, fill: []byte{3, 4}},
+	}}, map[string]uint32{"pagemap-7.img": 1}, nil)
+	retired := filepath.Join(root, "retired")
+	writeRetired(t, retired, []uint64{0x1000, 0x2000, 0x10000, 0x11000, 0x12000}, []byte{1, 2, 3, 4, 5})
+	_, err := Materialize(child, parent, &Retired{Dir: retired, Written: map[string][]CopyRun{"pagemap-7.img": nil}})
+	if !errors.Is(err, ErrChain) {
+		t.Fatalf("Materialize with a page in neither the dump nor its parent: %v, want ErrChain", err)
+	}
+}
